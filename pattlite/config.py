@@ -1,0 +1,79 @@
+"""The one place that defines names, paths, profiles and defaults.
+
+Notebooks, the CLI and the library all read from here; nothing else hard-codes a dataset root, a class
+order or a profile setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Canonical class order of this project (the column order of the paper's Table 1). Every reader maps
+# its dataset's own label numbering to these names; integer labels index a dataset's class list below.
+CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt")
+
+DATASETS = ("fer2013", "ferplus", "rafdb", "ckplus", "synthetic")
+REAL_DATASETS = ("ckplus", "rafdb", "fer2013", "ferplus")  # the paper's column order
+
+# Class list (and so integer label order) per dataset. CK+'s 7-class protocol has contempt, not neutral.
+DATASET_CLASSES = {
+    "fer2013": CLASSES[:7],
+    "rafdb": CLASSES[:7],
+    "ferplus": CLASSES,
+    "ckplus": tuple(c for c in CLASSES if c != "neutral"),
+    "synthetic": CLASSES[:7],  # 8 with num_classes=8; see pattlite.data.synthetic
+}
+
+# Backbone layers the paper says were unfrozen for fine-tuning (Section IV-B).
+PAPER_FINETUNE_LAYERS = {"ckplus": 40, "rafdb": 59, "fer2013": 46, "ferplus": 49}
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dir_from_env(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser() if value else default
+
+
+def data_dir() -> Path:
+    """Where datasets and caches live: $PATTLITE_DATA_DIR, else <project>/data."""
+    return _dir_from_env("PATTLITE_DATA_DIR", PROJECT_ROOT / "data")
+
+
+def results_dir(profile: str | None = None) -> Path:
+    """Experiment results: $PATTLITE_RESULTS_DIR, else <project>/results[/<profile>]."""
+    base = _dir_from_env("PATTLITE_RESULTS_DIR", PROJECT_ROOT / "results")
+    return base / profile if profile else base
+
+
+def figures_dir(profile: str) -> Path:
+    return _dir_from_env("PATTLITE_FIGURES_DIR", PROJECT_ROOT / "figures") / profile
+
+
+def reports_dir(profile: str) -> Path:
+    return _dir_from_env("PATTLITE_REPORTS_DIR", PROJECT_ROOT / "reports") / profile
+
+
+def cache_dir() -> Path:
+    """Pixel and feature caches: $PATTLITE_CACHE_DIR, else <data dir>/cache."""
+    return _dir_from_env("PATTLITE_CACHE_DIR", data_dir() / "cache")
+
+
+def dataset_root_env_var(name: str) -> str:
+    return f"PATTLITE_{name.upper()}_ROOT"
+
+
+def dataset_root(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Root folder of a dataset: the explicit argument, else $PATTLITE_<NAME>_ROOT, else data/<name>/."""
+    check_name("dataset", name, DATASETS)
+    if root is not None and str(root) != "":
+        return Path(root).expanduser()
+    return _dir_from_env(dataset_root_env_var(name), data_dir() / name)
+
+
+def check_name(kind: str, value: str, valid) -> str:
+    """Raise a ValueError listing the valid names when `value` is not one of them."""
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
+    return value
