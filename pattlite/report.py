@@ -1,0 +1,630 @@
+"""Reporting: "ours vs paper" tables with verdicts, table and figure files, plots, the report, provenance.
+
+No training here. The notebooks and the CLI build result frames from result files and call these.
+
+- `verdict` / `compare`: one verdict per published number ("reproduced", "not reproduced",
+  "not comparable", "no result").
+- `save_table` / `save_figure`: CSV + Markdown + LaTeX, PNG + PDF, with a banner on synthetic data.
+- `plot_confusion_matrix`, `plot_accuracy_vs_params`: the paper's Figs. 2-5, 8 and 9-10.
+- `render_report`: the replication report as Markdown and as one standalone HTML file.
+- `provenance`: code version, package versions, backend and device, stored in every result file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pattlite import config
+
+# ---------------------------------------------------------------------------------------------------
+# Verdicts
+
+# Accuracy tolerance, in percentage points. The paper reports single training runs (CK+: a mean over 10
+# folds) with no spread, so there is no published error bar to test against. One point is a judgement: it
+# is about 30 test images on RAF-DB (3,068) or FERPlus (3,573), more than rounding and less than any gap
+# that would change the paper's conclusions (its Table 8 margins over other methods are 1.05 to 8.15
+# points). A result within it counts as reproducing the number; anything further does not.
+ACCURACY_TOLERANCE = 1.0
+# Image counts (Tables 1-3) are exact properties of the data: any difference means a different dataset.
+COUNT_TOLERANCE = 0.0
+TOLERANCE_BY_QUANTITY = {"accuracy": ACCURACY_TOLERANCE, "count": COUNT_TOLERANCE}
+
+VERDICTS = ("reproduced", "not reproduced", "not comparable", "no result")
+SYNTHETIC_BANNER = "SYNTHETIC DATA — not comparable with the paper"
+
+# Float comparisons of numbers printed with 2 decimals: 95.05 - 94.05 is 1.0000000000000142.
+_EPS = 1e-9
+
+
+def _is_missing(x) -> bool:
+    if x is None or x is pd.NA:
+        return True
+    try:
+        return math.isnan(float(x))
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number or None, got {x!r}") from None
+
+
+def verdict(paper, ours, tolerance: float = ACCURACY_TOLERANCE, comparable: bool = True) -> str:
+    """Verdict on one published number.
+
+    Args:
+        paper: the published value (None/NaN where the paper has none).
+        ours: our value (None/NaN where we have no result yet).
+        tolerance: largest |ours - paper| still counted as reproduced, in the value's unit.
+        comparable: False when ours was not measured under comparable conditions (synthetic or demo
+            data, a different protocol); the verdict is then "not comparable" whatever the numbers.
+
+    Returns:
+        "not comparable" (not comparable, or the paper has no value), "no result" (ours missing),
+        "reproduced" (|ours - paper| <= tolerance) or "not reproduced".
+    """
+    if _is_missing(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    if not comparable:
+        return "not comparable"
+    if _is_missing(ours):
+        return "no result"
+    if _is_missing(paper):
+        return "not comparable"
+    return "reproduced" if abs(float(ours) - float(paper)) <= tolerance + _EPS else "not reproduced"
+
+
+def _duplicated_keys(df: pd.DataFrame, on: list[str], what: str) -> None:
+    dup = df.duplicated(subset=on, keep=False)
+    if dup.any():
+        rows = df.loc[dup, on].drop_duplicates().head(5).to_dict("records")
+        raise ValueError(f"{what} has several rows for the same keys {on}: {rows}; "
+                         f"add the distinguishing column to `on`")
+
+
+def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolerance: float | None = None,
+            synthetic: bool = False, paper_col: str = "value", ours_col: str = "value",
+            how: str = "left") -> pd.DataFrame:
+    """Join published numbers with ours and give each a verdict.
+
+    Args:
+        paper_df: published numbers, e.g. `pattlite.paper.paper_table(4)` (value in `paper_col`).
+        ours_df: our numbers, one row per key, value in `ours_col`.
+        on: key columns present in both frames (e.g. ["variant", "dataset"]).
+        tolerance: one tolerance for every row; None picks it per row from the paper's `quantity` column
+            (`TOLERANCE_BY_QUANTITY`: accuracy 1.0 point, counts exact), or `ACCURACY_TOLERANCE` when the
+            frame has no `quantity` column.
+        synthetic: our numbers come from synthetic/demo data: every verdict is "not comparable".
+        paper_col, ours_col: value columns.
+        how: "left" keeps the paper's rows (ours without a published counterpart are left out);
+            "outer" also keeps those, with verdict "not comparable".
+
+    Returns:
+        A DataFrame with the `on` columns, the paper frame's other descriptive columns, then `paper`,
+        `ours`, `diff` (ours - paper), `tolerance` and `verdict`.
+    """
+    if how not in ("left", "outer"):
+        raise ValueError(f"how must be 'left' or 'outer', got {how!r}")
+    on = list(on)
+    for frame, col, what in ((paper_df, paper_col, "paper_df"), (ours_df, ours_col, "ours_df")):
+        missing = [c for c in on + [col] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{what} lacks column(s) {missing}; it has: {list(frame.columns)}")
+        _duplicated_keys(frame, on, what)
+    paper_part = paper_df.rename(columns={paper_col: "paper"})
+    ours_part = ours_df[on + [ours_col]].rename(columns={ours_col: "ours"})
+    merged = paper_part.merge(ours_part, on=on, how=how, sort=False)
+    merged["paper"] = pd.to_numeric(merged["paper"], errors="raise").astype(float)
+    merged["ours"] = pd.to_numeric(merged["ours"], errors="raise").astype(float)
+    merged["diff"] = merged["ours"] - merged["paper"]
+    if tolerance is not None:
+        merged["tolerance"] = float(tolerance)
+    elif "quantity" in merged.columns:
+        unknown = sorted(set(merged["quantity"].dropna()) - set(TOLERANCE_BY_QUANTITY))
+        if unknown:
+            raise ValueError(f"no default tolerance for quantity {unknown}; known: {list(TOLERANCE_BY_QUANTITY)}"
+                             f"; pass tolerance=")
+        merged["tolerance"] = merged["quantity"].map(TOLERANCE_BY_QUANTITY).fillna(ACCURACY_TOLERANCE)
+    else:
+        merged["tolerance"] = ACCURACY_TOLERANCE
+    merged["verdict"] = [verdict(p, o, t, comparable=not synthetic)
+                         for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])]
+    tail = ["paper", "ours", "diff", "tolerance", "verdict"]
+    head = on + [c for c in merged.columns if c not in on and c not in tail]
+    out = merged[head + tail].reset_index(drop=True)
+    out.attrs = {"synthetic": bool(synthetic)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables and figures on disk
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_file_stem(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"file name stem {name!r} must be letters, digits, '.', '_' or '-' "
+                         f"(no folders, no spaces), e.g. 'table4_ablation'")
+    return name
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                   "—": "---", "–": "--", "×": r"$\times$", "✓": r"$\checkmark$", ">": r"$>$", "<": r"$<$"}
+
+
+def latex_escape(text) -> str:
+    """Escape a cell or caption for LaTeX (also maps the paper's ×, ✓ and dashes)."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def _cell(value, float_format: str) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return float_format % value
+    return str(value)
+
+
+def _latex_table(df: pd.DataFrame, caption: str, synthetic: bool, float_format: str) -> str:
+    # Written by hand: DataFrame.to_latex needs jinja2 at run time and its booktabs layout varies by version.
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+                    else "l" for c in df.columns)
+    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}"]
+    if synthetic:
+        lines.append(rf"\textbf{{{latex_escape(SYNTHETIC_BANNER)}}}\\[4pt]")
+    lines += [rf"\begin{{tabular}}{{{align}}}", r"\hline",
+              " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\hline"]
+    for row in df.itertuples(index=False):
+        lines.append(" & ".join(latex_escape(_cell(v, float_format)) for v in row) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
+    text = df.map(lambda v: _cell(v, float_format)) if len(df) else df.astype(str)
+    return text.to_markdown(index=False, disable_numparse=True)
+
+
+def save_table(df: pd.DataFrame, name: str, out_dir, caption: str, synthetic: bool = False,
+               float_format: str = "%.2f") -> dict[str, Path]:
+    """Write `df` as `<name>.csv`, `<name>.md` and `<name>.tex` in `out_dir`.
+
+    Each file starts with the caption (e.g. "Table 4. Ablation study ...") and, when `synthetic`, the
+    banner "SYNTHETIC DATA — not comparable with the paper". In the CSV both are comment lines starting
+    with "# " before the header; read it back with `read_table_csv`. Missing values are written "-".
+
+    Returns:
+        {"csv": path, "md": path, "tex": path}.
+    """
+    _check_file_stem(name)
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"save_table expects a pandas DataFrame, got {type(df).__name__}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preamble = [caption] + ([SYNTHETIC_BANNER] if synthetic else [])
+    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex"}
+
+    csv_body = df.to_csv(index=False, na_rep="-", float_format=float_format)
+    paths["csv"].write_text("".join(f"# {line}\n" for line in preamble) + csv_body, encoding="utf-8")
+
+    md = [f"**{caption}**", ""]
+    if synthetic:
+        md += [f"> **{SYNTHETIC_BANNER}**", ""]
+    md += [_markdown_table(df, float_format), ""]
+    paths["md"].write_text("\n".join(md), encoding="utf-8")
+
+    paths["tex"].write_text(_latex_table(df, caption, synthetic, float_format), encoding="utf-8")
+    return paths
+
+
+def read_table_csv(path) -> pd.DataFrame:
+    """Read a CSV written by `save_table` (skips its leading "# " caption/banner lines; "-" is missing)."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    skip = 0
+    while skip < len(lines) and lines[skip].startswith("# "):
+        skip += 1
+    if skip == len(lines):
+        raise ValueError(f"{path}: no table after the {skip} comment line(s)")
+    return pd.read_csv(path, skiprows=skip, na_values=["-"], keep_default_na=True)
+
+
+def add_synthetic_banner(fig) -> None:
+    """Write the synthetic-data banner across `fig` (once) so no copy of the image loses it."""
+    if any(t.get_text() == SYNTHETIC_BANNER for t in fig.texts):
+        return
+    fig.text(0.5, 0.5, SYNTHETIC_BANNER, ha="center", va="center", rotation=25, fontsize=16,
+             color="red", alpha=0.35, fontweight="bold", zorder=1000)
+    fig.text(0.5, 0.995, SYNTHETIC_BANNER, ha="center", va="top", fontsize=9, color="red",
+             fontweight="bold")
+
+
+def save_figure(fig, name: str, out_dir, synthetic: bool = False, dpi: int = 150) -> dict[str, Path]:
+    """Save a matplotlib figure as `<name>.png` and `<name>.pdf` in `out_dir`.
+
+    When `synthetic`, the banner text is drawn on the figure itself first (`add_synthetic_banner`).
+
+    Returns:
+        {"png": path, "pdf": path}.
+    """
+    _check_file_stem(name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if synthetic:
+        add_synthetic_banner(fig)
+    paths = {"png": out_dir / f"{name}.png", "pdf": out_dir / f"{name}.pdf"}
+    fig.savefig(paths["png"], dpi=dpi, bbox_inches="tight")
+    fig.savefig(paths["pdf"], bbox_inches="tight")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots
+
+
+def normalize_confusion_matrix(cm) -> np.ndarray:
+    """Row-normalise a confusion matrix (rows = true class) to percent; a row with no samples is NaN."""
+    cm = np.asarray(cm, dtype=float)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square 2-D, got shape {cm.shape}")
+    if (cm < 0).any():
+        raise ValueError("confusion matrix has negative counts")
+    totals = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 100.0 * cm / totals, np.nan)
+
+
+def plot_confusion_matrix(cm, classes, title: str, normalize: bool = True, ax=None):
+    """Confusion matrix as a heat map with the value in every cell, like the paper's Figs. 2-5 and 8.
+
+    Args:
+        cm: square array of counts, rows = true class, columns = predicted class.
+        classes: class names in the matrix's order.
+        title: axes title.
+        normalize: show row-normalised percentages (per-class recall on the diagonal); else raw counts.
+        ax: matplotlib Axes to draw on; a new figure when None.
+
+    Returns:
+        The Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(cm, dtype=float)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
+        raise ValueError(f"confusion matrix shape {counts.shape} does not match {len(classes)} classes {list(classes)}")
+    shown = normalize_confusion_matrix(counts) if normalize else counts
+    if ax is None:
+        size = 1.0 + 0.75 * len(classes)
+        _, ax = plt.subplots(figsize=(size + 1.0, size))
+    vmax = 100.0 if normalize else max(float(np.nanmax(shown)) if shown.size else 1.0, 1.0)
+    image = ax.imshow(np.nan_to_num(shown, nan=0.0), cmap="Blues", vmin=0.0, vmax=vmax)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    for i in range(shown.shape[0]):
+        for j in range(shown.shape[1]):
+            value = shown[i, j]
+            label = "-" if np.isnan(value) else (f"{value:.2f}" if normalize else f"{int(value)}")
+            ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                    color="white" if not np.isnan(value) and value > 0.6 * vmax else "black")
+    ax.set_xticks(range(len(classes)), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), labels=list(classes))
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    return ax
+
+
+def _points_frame(rows, what: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    if len(df) == 0:
+        return pd.DataFrame(columns=["method", "params", "accuracy"])
+    missing = [c for c in ("method", "params", "accuracy") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; expected method, params (count), accuracy (%)")
+    return df
+
+
+def plot_accuracy_vs_params(methods_df, ours_rows, title: str, ax=None):
+    """Accuracy against parameter count (log scale), like the paper's Figs. 9 (RAF-DB) and 10 (FERPlus).
+
+    Args:
+        methods_df: the paper's points, columns `method`, `params` (count), `accuracy` (%), optional
+            `is_pattlite`; `pattlite.paper.figure_points(9 or 10)` gives them. Points without a parameter
+            count cannot be placed on the axis; they are named in a note under the plot.
+        ours_rows: our points (DataFrame or list of dicts) with the same columns; may be empty.
+        title: axes title.
+        ax: matplotlib Axes; a new figure when None.
+
+    Returns:
+        The Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    paper_pts = _points_frame(methods_df, "methods_df")
+    ours_pts = _points_frame(ours_rows, "ours_rows")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 5.0))
+    is_pattlite = (paper_pts["is_pattlite"].astype(bool) if "is_pattlite" in paper_pts
+                   else paper_pts["method"].astype(str).str.startswith("PAtt-Lite"))
+    placeable = paper_pts["params"].notna()
+    groups = (
+        (paper_pts[placeable & ~is_pattlite], dict(marker="o", color="tab:gray"), "published methods"),
+        (paper_pts[placeable & is_pattlite], dict(marker="*", s=180, color="tab:blue"), "PAtt-Lite (paper)"),
+        (ours_pts[ours_pts["params"].notna()], dict(marker="D", color="tab:red"), "ours"),
+    )
+    for pts, style, label in groups:
+        if len(pts) == 0:
+            continue
+        ax.scatter(pts["params"].astype(float), pts["accuracy"].astype(float), label=label, zorder=3,
+                   **{"s": 40, **style})
+        for row in pts.itertuples(index=False):
+            ax.annotate(str(row.method), (float(row.params), float(row.accuracy)), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("Parameters (log scale)")
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    unplaced = list(paper_pts.loc[~placeable, "method"]) + list(ours_pts.loc[ours_pts["params"].isna(), "method"])
+    if unplaced:
+        ax.text(0.0, -0.16, "Not plotted (no parameter count): " + ", ".join(map(str, unplaced)),
+                transform=ax.transAxes, fontsize=7, va="top")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------
+# The report
+
+_IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".svg": "image/svg+xml"}
+
+
+def _inline_html(text: str) -> str:
+    # Escape first, then add the few inline forms the report uses: code, bold, italic, links.
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"(?<![*\w])\*([^*]+)\*(?!\w)", r"<em>\1</em>", out)
+    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', out)
+    return out
+
+
+def markdown_to_html(text: str) -> str:
+    """A small Markdown subset to HTML: headings, paragraphs, -/* and 1. lists, > quotes, ``` code,
+    and inline code, bold, italic and links. Enough for report prose; tables come from DataFrames."""
+    blocks, para, list_kind, in_code, code = [], [], None, False, []
+
+    def flush_para():
+        if para:
+            blocks.append(f"<p>{_inline_html(' '.join(para))}</p>")
+            para.clear()
+
+    def close_list():
+        nonlocal list_kind
+        if list_kind:
+            blocks.append(f"</{list_kind}>")
+            list_kind = None
+
+    for line in text.splitlines():
+        if in_code:
+            if line.strip().startswith("```"):
+                blocks.append(f"<pre><code>{html.escape(chr(10).join(code))}</code></pre>")
+                in_code, code = False, []
+            else:
+                code.append(line)
+            continue
+        stripped = line.strip()
+        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
+        bullet = re.match(r"^[-*]\s+(.*)$", stripped)
+        numbered = re.match(r"^\d+[.)]\s+(.*)$", stripped)
+        if stripped.startswith("```"):
+            flush_para(); close_list(); in_code = True
+        elif not stripped:
+            flush_para(); close_list()
+        elif heading:
+            flush_para(); close_list()
+            level = len(heading.group(1))
+            blocks.append(f"<h{level}>{_inline_html(heading.group(2))}</h{level}>")
+        elif bullet or numbered:
+            flush_para()
+            kind = "ul" if bullet else "ol"
+            if list_kind != kind:
+                close_list()
+                blocks.append(f"<{kind}>")
+                list_kind = kind
+            blocks.append(f"<li>{_inline_html((bullet or numbered).group(1))}</li>")
+        elif stripped.startswith(">"):
+            flush_para(); close_list()
+            blocks.append(f"<blockquote>{_inline_html(stripped.lstrip('>').strip())}</blockquote>")
+        else:
+            close_list()
+            para.append(stripped)
+    if in_code:
+        raise ValueError("markdown text has an unclosed ``` code block")
+    flush_para(); close_list()
+    return "\n".join(blocks)
+
+
+_HTML_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; margin: 1em 0; }
+code { background: #f4f4f4; padding: 0 3px; }
+.banner { background: #ffe0e0; color: #a00000; font-weight: bold; padding: 0.6em 1em; border: 2px solid #a00000; }
+.provenance { color: #666; font-size: 0.85em; }
+"""
+
+
+def _check_block(block, where: str):
+    if isinstance(block, (str, pd.DataFrame)):
+        return block
+    if isinstance(block, os.PathLike):
+        path = Path(block)
+        if path.suffix.lower() not in _IMAGE_MIME:
+            raise ValueError(f"{where}: image {path} has suffix {path.suffix!r}; supported: {', '.join(_IMAGE_MIME)}")
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: image file {path} does not exist")
+        return path
+    raise TypeError(f"{where}: a block must be markdown text (str), a pandas DataFrame or an image path "
+                    f"(pathlib.Path), got {type(block).__name__}")
+
+
+def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite replication report",
+                  synthetic: bool = False, provenance_info: dict | None = None) -> tuple[Path, Path]:
+    """Write the report as Markdown and as one standalone HTML file (images embedded as base64).
+
+    Args:
+        markdown_path, html_path: output files (folders are created).
+        sections: list of (section title, list of blocks); a block is Markdown text (str), a pandas
+            DataFrame (rendered as a table, missing values "-") or an image file as a `pathlib.Path`
+            (PNG/JPEG/GIF/SVG; linked relative to the Markdown file, embedded in the HTML).
+        title: the report's title.
+        synthetic: put the synthetic-data banner at the top of both files.
+        provenance_info: e.g. `provenance()`; written as a small key: value list at the end.
+
+    Returns:
+        (markdown_path, html_path).
+    """
+    markdown_path, html_path = Path(markdown_path), Path(html_path)
+    checked = []
+    for i, section in enumerate(sections):
+        if not (isinstance(section, (tuple, list)) and len(section) == 2 and isinstance(section[0], str)):
+            raise TypeError(f"section {i} must be a (title, blocks) pair, got {section!r:.80}")
+        name, blocks = section
+        if isinstance(blocks, (str, pd.DataFrame, os.PathLike)):
+            raise TypeError(f"section {name!r}: blocks must be a list of blocks, got one {type(blocks).__name__}")
+        checked.append((name, [_check_block(b, f"section {name!r} block {j}") for j, b in enumerate(blocks)]))
+
+    md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
+    if synthetic:
+        md += [f"> **{SYNTHETIC_BANNER}**", ""]
+        body.append(f'<p class="banner">{html.escape(SYNTHETIC_BANNER)}</p>')
+    for name, blocks in checked:
+        md += [f"## {name}", ""]
+        body.append(f"<h2>{html.escape(name)}</h2>")
+        for block in blocks:
+            if isinstance(block, str):
+                md += [block.strip(), ""]
+                body.append(markdown_to_html(block))
+            elif isinstance(block, pd.DataFrame):
+                md += [_markdown_table(block, "%.2f"), ""]
+                body.append(block.to_html(index=False, na_rep="-", border=0,
+                                          float_format=lambda v: f"{v:.2f}"))
+            else:
+                rel = os.path.relpath(block.resolve(), markdown_path.resolve().parent)
+                md += [f"![{block.stem}]({Path(rel).as_posix()})", ""]
+                data = base64.b64encode(block.read_bytes()).decode("ascii")
+                body.append(f'<img alt="{html.escape(block.stem)}" '
+                            f'src="data:{_IMAGE_MIME[block.suffix.lower()]};base64,{data}">')
+    if provenance_info:
+        items = [(k, v) for k, v in provenance_info.items()]
+        md += ["---", "", "Provenance:", ""] + [f"- {k}: {v}" for k, v in items] + [""]
+        body.append('<div class="provenance"><p>Provenance:</p><ul>'
+                    + "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in items)
+                    + "</ul></div>")
+
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text("\n".join(md), encoding="utf-8")
+    html_path.write_text("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                         f"<title>{html.escape(title)}</title>\n<style>{_HTML_STYLE}</style>\n</head>\n"
+                         "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n", encoding="utf-8")
+    return markdown_path, html_path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True,
+                              timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _accelerators(backend: str) -> list[str]:
+    """Names of the GPUs/TPUs the active Keras backend sees (empty on CPU)."""
+    if backend == "tensorflow":
+        import tensorflow as tf  # the backend is already imported by keras; this adds no cost
+
+        names = []
+        for device in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(device)
+            names.append(details.get("device_name", device.name))
+        return names
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def provenance() -> dict:
+    """Where a result came from: code version, package versions, Keras backend and device; no hostname.
+
+    Returns:
+        {"git_commit": sha or "unknown", "git_dirty": bool or None (unknown), "python", "keras",
+        "tensorflow" (None if not installed), "numpy", "pandas", "pattlite", "keras_backend",
+        "device" (GPU names, else the CPU model), "platform", "created_utc"}.
+    """
+    import keras
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    backend = keras.config.backend()
+    gpus = _accelerators(backend)
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "tensorflow": _version("tensorflow"),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "pattlite": _version("pattlite") or __import__("pattlite").__version__,
+        "keras_backend": backend,
+        "device": ", ".join(gpus) if gpus else f"CPU: {_cpu_model()}",
+        "platform": f"{platform.system()} {platform.machine()}; {sys.implementation.name}",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
