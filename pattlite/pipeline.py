@@ -1,0 +1,121 @@
+"""Run the notebooks in order with papermill: the engine behind ./run_all.sh.
+
+Each notebook gets the profile (and any extra parameters) through its `parameters` cell, runs with
+the notebooks folder as working directory and the kernel of the Python that runs this module, and is
+written executed to results/<profile>/notebooks/. The first failure stops the run, naming the notebook
+and the failing cell. Finished experiments are read back from result files, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import config
+
+NOTEBOOKS = (
+    "01_datasets",          # Tables 1-3
+    "02_ablation",          # Table 4
+    "03_patch_grid",        # Table 5
+    "04_patch_attention",   # Table 6, Figures 2-5
+    "05_main_results",      # Tables 7-11, Figures 8-10
+    "06_gradcam",           # Figures 6-7
+    "07_audit",             # batch-composition audit
+    "08_report",            # the replication report
+)
+NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def _failing_cell(nb_path: Path) -> str:
+    """Describe the first cell of an executed notebook that raised."""
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    code_index = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code_index += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                return (f"code cell {code_index} ({first_line[:80]!r}): "
+                        f"{out.get('ename')}: {out.get('evalue')}")
+    return "unknown cell"
+
+
+def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = None,
+                  output_dir: Path | None = None, log=print) -> list[tuple[str, float]]:
+    """Execute the notebooks (all, or those named in `only`) for `profile`; return (name, seconds)."""
+    import papermill as pm
+
+    from .profiles import PROFILES
+    config.check_name("profile", profile, tuple(PROFILES))
+    names = list(NOTEBOOKS)
+    if only:
+        wanted = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+        resolved = []
+        for w in wanted:
+            match = [n for n in NOTEBOOKS if n == w or n.split("_", 1)[1] == w or n.startswith(w + "_")]
+            if not match:
+                raise ValueError(f"unknown notebook {w!r}; valid: {', '.join(NOTEBOOKS)} "
+                                 "(full name, number or the part after the number)")
+            resolved += match
+        names = [n for n in NOTEBOOKS if n in resolved]
+    output_dir = Path(output_dir or config.results_dir(profile) / "notebooks")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # TensorFlow's INFO lines (the oneDNN notice) would clutter every notebook; oneDNN itself stays on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    params = {"profile": profile, **(parameters or {})}
+    timings = []
+    total_start = time.time()
+    for i, name in enumerate(names, 1):
+        src = NOTEBOOKS_DIR / f"{name}.ipynb"
+        dst = output_dir / f"{name}.ipynb"
+        log(f"[{i}/{len(names)}] {name} (profile {profile}) ...")
+        start = time.time()
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                kernel_name="python3", progress_bar=False, log_output=False)
+        except pm.PapermillExecutionError as err:
+            where = _failing_cell(dst) if dst.exists() else f"cell {err.exec_count}"
+            raise NotebookFailed(f"notebook {name} failed at {where}\n  executed copy: {dst}") from None
+        elapsed = time.time() - start
+        timings.append((name, elapsed))
+        log(f"[{i}/{len(names)}] {name} done in {elapsed:.1f} s")
+    log(f"all {len(names)} notebooks done in {time.time() - total_start:.1f} s; "
+        f"executed notebooks in {output_dir}")
+    return timings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="demo", help="demo (default, synthetic data), paper or ci")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08")
+    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra notebook parameter (repeatable), e.g. -p rafdb_root=/data/raf")
+    args = parser.parse_args(argv)
+    params = {}
+    for item in args.parameter:
+        if "=" not in item:
+            parser.error(f"--parameter expects NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key] = value
+    try:
+        run_notebooks(args.profile, args.only, params)
+    except (NotebookFailed, ValueError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

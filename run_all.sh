@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Regenerate everything: installs what it needs (scripts/bootstrap.sh), then runs the notebooks in
+# order with papermill. Default profile: demo (synthetic data, CPU-sized).
+#   ./run_all.sh [--profile demo|paper|ci] [--only LIST] [-p NAME=VALUE ...]
+set -euo pipefail
+cd "$(dirname "$0")"
+python="$(scripts/bootstrap.sh | tail -n 1)"
+exec "$python" -m pattlite.pipeline "$@"
