@@ -74,7 +74,7 @@ def load_synthetic_manifest(root=None, **options):
 
 def __getattr__(name):
     # Tables are re-exported lazily so that `import pattlite.data` stays light.
-    if name in ("table1", "table2", "table3", "PAPER_TABLES"):
+    if name in ("table1", "table2", "table3", "published_tables"):
         from pattlite.data import tables
 
         return getattr(tables, name)

@@ -12,33 +12,30 @@ import pandas as pd
 
 from pattlite import config
 
-# The paper's published numbers for Tables 1-3 (class order: anger, disgust, fear, happiness, neutral,
-# sadness, surprise, contempt; None = not applicable).
-# TODO(lead): point this at pattlite.paper once paper_results.json exists.
-PAPER_TABLES = {
-    "table1": {
-        "rafdb": (867, 877, 355, 5957, 3204, 2460, 1619, None),
-        "fer2013": (4953, 547, 5121, 8989, 6198, 6077, 4002, None),
-        "ferplus": (3123, 253, 825, 9367, 13014, 4414, 4493, 221),
-    },
-    "table2": {
-        "rafdb": {
-            "occlusion": (31, 47, 35, 236, 191, 122, 72, None),
-            "pose30": (75, 78, 38, 446, 282, 179, 149, None),
-            "pose45": (37, 36, 20, 164, 129, 90, 82, None),
-        },
-        "ferplus": {
-            "occlusion": (23, 3, 33, 122, 162, 125, 135, 2),
-            "pose30": (102, 5, 28, 286, 466, 151, 127, 5),
-            "pose45": (52, 1, 16, 141, 271, 89, 59, 4),
-        },
-    },
-    "table3": {
-        "rafdb": {"train": 12271, "val": None, "test": 3068},
-        "fer2013": {"train": 28659, "val": 3584, "test": 3582},
-        "ferplus": {"train": 28558, "val": 3579, "test": 3573},
-    },
-}
+def published_tables() -> dict:
+    """Tables 1-3 as published, from the project's one transcription (pattlite/resources/paper_results.json),
+    shaped {table: {dataset: ...}} in the canonical class order (None = not in the paper)."""
+    from pattlite.paper import paper_table
+
+    out = {"table1": {}, "table2": {}, "table3": {}}
+    t1 = paper_table(1)
+    for dataset, g in t1.groupby("dataset", sort=False):
+        values = dict(zip(g["class"], g["value"]))
+        out["table1"][dataset] = tuple(_int_or_none(values.get(c)) for c in config.CLASSES)
+    t2 = paper_table(2)
+    for (dataset, subset), g in t2.groupby(["dataset", "subset"], sort=False):
+        values = dict(zip(g["class"], g["value"]))
+        out["table2"].setdefault(dataset, {})[subset] = tuple(_int_or_none(values.get(c)) for c in config.CLASSES)
+    t3 = paper_table(3)
+    for dataset, g in t3.groupby("dataset", sort=False):
+        values = dict(zip(g["split"], g["value"]))
+        out["table3"][dataset] = {s: _int_or_none(values.get(s)) for s in ("train", "val", "test")}
+    return out
+
+
+def _int_or_none(value):
+    return None if value is None or pd.isna(value) else int(value)
+
 
 _COLUMNS_TAIL = ["paper", "ours", "diff"]
 
@@ -62,7 +59,7 @@ def table1(manifests) -> pd.DataFrame:
     """Table 1, class distribution (all splits together) of RAF-DB, FER2013 and FERPlus, plus a total row."""
     manifests = _check(manifests)
     rows = []
-    for dataset, published in PAPER_TABLES["table1"].items():
+    for dataset, published in published_tables()["table1"].items():
         df = manifests.get(dataset)
         counts = df["label"].value_counts() if df is not None else None
         for name, paper in zip(config.CLASSES, published):
@@ -86,7 +83,7 @@ def table2(manifests=None, subsets_dir=None) -> pd.DataFrame:
 
     manifests = _check(manifests)
     rows = []
-    for dataset, by_subset in PAPER_TABLES["table2"].items():
+    for dataset, by_subset in published_tables()["table2"].items():
         df = manifests.get(dataset)
         if df is not None and df.attrs.get("subsets") is not None:
             counts = {s: df.loc[df[s], "label"].value_counts() for s in SUBSETS}
@@ -115,7 +112,7 @@ def table3(manifests) -> pd.DataFrame:
     """Table 3, split sizes; RAF-DB also gets a row `train+val` (the paper has no val split there)."""
     manifests = _check(manifests)
     rows = []
-    for dataset, published in PAPER_TABLES["table3"].items():
+    for dataset, published in published_tables()["table3"].items():
         df = manifests.get(dataset)
         sizes = df["split"].value_counts() if df is not None else None
         for split, paper in published.items():
