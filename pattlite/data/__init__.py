@@ -58,11 +58,19 @@ def load_manifest(dataset: str, root=None, **options) -> pd.DataFrame:
     return reader(config.dataset_root(dataset, root), **options)
 
 
-def load_pixels(manifest, size, progress=True):
-    """Pixels of a manifest as a uint8 array (N, size, size, 3); see `pattlite.data.pixels`."""
+def load_pixels(manifest, size, progress=True, **options):
+    """Pixels of a manifest as a uint8 array (N, size, size, 3); see `pattlite.data.pixels.load_pixels`
+    for the options (`cache_dir`, `skip_unreadable`)."""
     from pattlite.data.pixels import load_pixels as _load_pixels
 
-    return _load_pixels(manifest, size, progress=progress)
+    return _load_pixels(manifest, size, progress=progress, **options)
+
+
+def cache_info(cache_dir=None):
+    """Pixel caches on disk (dataset, size, rows, megabytes, path); see `pattlite.data.pixels`."""
+    from pattlite.data.pixels import cache_info as _cache_info
+
+    return _cache_info(cache_dir)
 
 
 def load_synthetic_manifest(root=None, **options):
