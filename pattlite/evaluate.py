@@ -1,0 +1,212 @@
+"""Test metrics under three evaluation protocols.
+
+The authors' batch-mixing attention makes a prediction depend on the other images in its batch, so
+"the accuracy" of such a model is only defined together with how test images are batched:
+
+- `published`: the test set stably sorted by class (class-grouped, as the authors' arrays were),
+  unshuffled, batch 32 (Keras' default `evaluate` batch size, what the authors' evaluation did).
+- `shuffled`: a seeded random order, batch 32.
+- `independent`: no prediction depends on another test image: the batch-mixing attention is switched
+  off (`pattlite.model.set_batch_mixing`), which computes exactly what batch size 1 computes
+  (`tests/test_evaluate.py` checks that equivalence). Models without batch mixing give the same numbers
+  under every protocol.
+
+Works on full models (uint8 images) and on heads (cached backbone features). Keras 3 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import keras
+import numpy as np
+
+from pattlite import config
+
+PROTOCOLS = ("published", "shuffled", "independent")
+PUBLISHED_BATCH_SIZE = 32
+
+
+class OrderedBatches(keras.utils.PyDataset):
+    """Batches `x[order[i * batch_size : (i + 1) * batch_size]]`, read lazily (memory-mapped x stays on disk).
+
+    Args:
+        x: array (N, ...) of model inputs.
+        order: indices into x, in the order batches are formed.
+        batch_size: images per batch (the last batch may be smaller).
+        y, sample_weight: optional per-image targets and weights, batched alongside x.
+        reshuffle_seed: when not None, `order` is replaced by a permutation drawn from
+            `numpy.random.default_rng([reshuffle_seed, epoch])` at the start of every epoch.
+    """
+
+    def __init__(self, x, order, batch_size, y=None, sample_weight=None, reshuffle_seed=None):
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=10)
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.order = np.asarray(order, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.reshuffle_seed = reshuffle_seed
+        self.epoch = 0
+        if reshuffle_seed is not None:
+            self._reshuffle()
+
+    def _reshuffle(self):
+        rng = np.random.default_rng([int(self.reshuffle_seed), self.epoch])
+        self.order = rng.permutation(len(self.x)).astype(np.int64)
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, index):
+        # Sorted reads are faster on memory maps; the batch's own order is restored after reading.
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        sort = np.argsort(rows, kind="stable")
+        # float16 features are widened here: CPU kernels for half precision are slow or missing.
+        dtype = "float32" if self.x.dtype == np.float16 else self.x.dtype
+        x = np.empty((len(rows),) + tuple(self.x.shape[1:]), dtype=dtype)
+        x[sort] = self.x[rows[sort]]
+        if self.y is None:
+            return (x,)
+        y = np.asarray(self.y)[rows]
+        if self.sample_weight is None:
+            return x, y
+        return x, y, np.asarray(self.sample_weight, dtype="float32")[rows]
+
+    def on_epoch_end(self):
+        if self.reshuffle_seed is not None:
+            self.epoch += 1
+            self._reshuffle()
+
+
+@contextlib.contextmanager
+def batch_mixing_disabled(model):
+    """Within the block, every `BatchMixingAttention` of `model` computes what batch size 1 computes.
+
+    Unlike `pattlite.model.set_batch_mixing`, only the compiled predict function is reset (it bakes the
+    flag in when traced), so this is safe inside `fit` (validation callbacks); nothing is reset for
+    models without batch mixing.
+    """
+    from pattlite.model import BatchMixingAttention
+
+    layers = [layer for layer in model.layers if isinstance(layer, BatchMixingAttention) and layer.mixing]
+    if not layers:
+        yield model
+        return
+    for layer in layers:
+        layer.mixing = False
+    model.predict_function = None
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.mixing = True
+        model.predict_function = None
+
+
+def protocol_order(y, protocol: str, seed: int = 0) -> np.ndarray:
+    """The order in which a protocol feeds images: indices into y.
+
+    `published`: stably sorted by class (the dataset's own order within a class); `shuffled`: a
+    permutation from `numpy.random.default_rng(seed)`; `independent`: the given order (it does not matter).
+    """
+    config.check_name("evaluation protocol", protocol, PROTOCOLS)
+    y = np.asarray(y)
+    if protocol == "published":
+        return np.argsort(y, kind="stable")
+    if protocol == "shuffled":
+        return np.random.default_rng(seed).permutation(len(y))
+    return np.arange(len(y))
+
+
+def _check_inputs(model, x, y):
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} items but y has {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty set (0 images)")
+    expected = tuple(model.inputs[0].shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(f"inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which "
+                         f"expects (N,) + {expected}")
+
+
+def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISHED_BATCH_SIZE) -> np.ndarray:
+    """Class probabilities (N, C) under a protocol, in the ORIGINAL order of x.
+
+    Args:
+        model: a Keras model (full model on images, or a head on features).
+        x: inputs (N, ...), e.g. uint8 images or float16 features; memory maps are read batch by batch.
+        y: integer labels (N,); `published` groups batches by them.
+        protocol: one of `PROTOCOLS`.
+        seed: the `shuffled` order's seed.
+        batch_size: images per batch (32 in the authors' evaluation).
+    """
+    config.check_name("evaluation protocol", protocol, PROTOCOLS)
+    y = np.asarray(y)
+    _check_inputs(model, x, y)
+    order = protocol_order(y, protocol, seed)
+    batches = OrderedBatches(x, order, batch_size)
+    if protocol == "independent":
+        with batch_mixing_disabled(model):
+            probs_in_order = model.predict(batches, verbose=0)
+    else:
+        probs_in_order = model.predict(batches, verbose=0)
+    probs = np.empty_like(probs_in_order)
+    probs[order] = probs_in_order
+    return probs
+
+
+def metrics_from_predictions(y, predictions, classes) -> dict:
+    """Accuracy, per-class accuracy, mean class accuracy and confusion matrix (rows = true class)."""
+    y = np.asarray(y, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    n = len(classes)
+    if y.size and (y.min() < 0 or y.max() >= n):
+        raise ValueError(f"labels range {y.min()}..{y.max()} does not fit the {n} classes {tuple(classes)}")
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (y, predictions), 1)
+    support = confusion.sum(axis=1)
+    per_class = {c: (float(confusion[i, i] / support[i]) if support[i] else None)
+                 for i, c in enumerate(classes)}
+    present = [v for v in per_class.values() if v is not None]
+    return {
+        "n": int(len(y)),
+        "accuracy": float(np.mean(predictions == y)) if len(y) else float("nan"),
+        "per_class_accuracy": per_class,
+        "mean_class_accuracy": float(np.mean(present)) if present else float("nan"),
+        "support": {c: int(s) for c, s in zip(classes, support)},
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate(model, x, y, classes, protocol: str, seed: int = 0, batch_size: int = PUBLISHED_BATCH_SIZE) -> dict:
+    """Evaluates a model on a test set under one protocol.
+
+    Args:
+        model: a Keras model (full model on uint8 images, or a head on cached features).
+        x: inputs (N, ...).
+        y: integer labels (N,), indices into `classes`.
+        classes: the class names, in label order.
+        protocol: "published", "shuffled" or "independent" (see the module docstring).
+        seed: the `shuffled` protocol's seed.
+        batch_size: images per batch (32: Keras' default, what the authors used).
+
+    Returns:
+        dict with protocol, seed, batch_size, n, accuracy, per_class_accuracy (class -> accuracy, None
+        for a class absent from y), mean_class_accuracy (over present classes), support,
+        confusion_matrix (counts, rows = true class, columns = predicted), predictions (int array in the
+        original order of x) and probabilities (float array (N, C), same order).
+
+    Raises:
+        ValueError: unknown protocol (lists the valid ones), mismatching shapes, labels out of range.
+    """
+    config.check_name("evaluation protocol", protocol, PROTOCOLS)
+    probs = predict(model, x, y, protocol, seed=seed, batch_size=batch_size)
+    if probs.shape[1] != len(classes):
+        raise ValueError(f"model {model.name!r} predicts {probs.shape[1]} classes but {len(classes)} "
+                         f"class names were given: {tuple(classes)}")
+    predictions = probs.argmax(axis=1)
+    result = {"protocol": protocol, "seed": int(seed), "batch_size": int(batch_size)}
+    result.update(metrics_from_predictions(y, predictions, classes))
+    result["predictions"] = predictions
+    result["probabilities"] = probs
+    return result

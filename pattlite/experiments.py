@@ -1,0 +1,477 @@
+"""Experiments: configs, hashing, result files and run-or-load.
+
+An experiment is everything that determines one trained-and-evaluated model: the benchmark and its
+data source, the CK+ fold, the variant and its options, the training recipe, the evaluation protocols,
+the seed, sizes, epoch limits, the weights, the stage-1 mode, the training-set limit and the profile.
+`Experiment.key()` hashes all of it; `run_experiment` writes `<results dir>/experiments/<key>.json`
+once, atomically (temporary file + `os.replace`), and later calls load it, so an interrupted list of
+experiments resumes at the first unfinished one.
+
+Example:
+
+```python
+from pattlite.experiments import make_experiment, run_experiments, collect_results
+exps = [make_experiment("demo", d, "published") for d in ("rafdb", "ferplus")]
+run_experiments(exps)
+collect_results(pattlite.config.results_dir("demo"))
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pattlite import config
+from pattlite.evaluate import PROTOCOLS, evaluate
+from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
+from pattlite.train import TrainConfig, enable_determinism, train, train_stage2
+
+SUBSETS = ("occlusion", "pose30", "pose45")
+MODEL_OPTIONS = ("cut_layer", "kernel", "attention", "augment")
+SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
+CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
+               "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
+               "features too")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One trained-and-evaluated model, fully specified (see `make_experiment`).
+
+    Attributes:
+        profile: profile name (picks the default results folder).
+        dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
+        source: {"dataset": reader name, "options": reader options} (synthetic stand-in or real data).
+        synthetic: True when the data are synthetic.
+        fold: CK+ test fold (None for other benchmarks).
+        variant: `pattlite.model` variant; model_options: its options (cut_layer, kernel, attention, augment).
+        seed: training seed.
+        image_size, resize_to: image side fed to the model, side resized to inside it.
+        weights: "imagenet", a weights file path, or None (seeded random backbone, BatchNorm calibrated
+            on `bn_calibration_images` training images; `weights_seed`).
+        stage1: "exact" (full model, augmentation) or "cached" (head on cached features, no augmentation).
+        finetune: "as_coded" or "paper".
+        train_limit: at most this many training images (class-stratified; None = all).
+        protocols: evaluation protocols run on the test split and on each challenging subset.
+        train: `TrainConfig` fields other than the defaults (epochs, validation, ...).
+    """
+
+    profile: str
+    dataset: str
+    source: dict
+    synthetic: bool
+    fold: int | None
+    variant: str
+    model_options: dict
+    seed: int
+    image_size: int
+    resize_to: int
+    weights: str | None
+    weights_seed: int
+    bn_calibration_images: int
+    stage1: str
+    finetune: str
+    train_limit: int | None
+    protocols: tuple
+    train: dict
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["protocols"] = list(self.protocols)
+        return d
+
+    def key(self) -> str:
+        """Short hash of the canonical JSON of every field."""
+        payload = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(seed=self.seed, finetune=self.finetune, verbose=False, **self.train)
+
+    def label(self) -> str:
+        """Short human-readable description for progress lines."""
+        fold = f" fold {self.fold}" if self.fold is not None else ""
+        options = "".join(f" {k}={v}" for k, v in sorted(self.model_options.items()))
+        return f"{self.dataset}{fold} {self.variant}{options} seed {self.seed}"
+
+
+def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: int | None = None,
+                    **overrides) -> Experiment:
+    """An `Experiment` with every field filled from a profile.
+
+    Args:
+        profile: a profile name or `Profile`.
+        dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
+        variant: a `pattlite.model` variant.
+        seed: training seed.
+        fold: CK+ test fold (default: the profile's first fold); not allowed for other benchmarks.
+        **overrides: `Experiment` fields (e.g. stage1="exact"), model options (cut_layer, kernel,
+            attention, augment) or `TrainConfig` fields (e.g. stage2=False, validation="independent").
+
+    Raises:
+        ValueError: unknown profile, dataset, variant or override (the message lists the valid names).
+    """
+    from pattlite.model import VARIANTS
+
+    if not isinstance(profile, Profile):
+        profile = get_profile(profile)
+    config.check_name("benchmark", dataset, BENCHMARKS)
+    config.check_name("variant", variant, tuple(VARIANTS))
+    if dataset == "ckplus":
+        fold = profile.ckplus_folds[0] if fold is None else fold
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < 10:
+            raise ValueError(f"fold {fold!r}: expected an int in 0..9 (CK+ 10-fold cross-validation)")
+    elif fold is not None:
+        raise ValueError(f"fold={fold!r} given for {dataset!r}; only ckplus is cross-validated")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "finetune", "verbose"}
+    exp_fields = {f.name for f in dataclasses.fields(Experiment)} - {"profile", "dataset", "variant",
+                                                                      "seed", "fold", "train"}
+    model_options, train_overrides, exp_overrides = {}, {}, {}
+    for name, value in overrides.items():
+        if name in MODEL_OPTIONS:
+            model_options[name] = value
+        elif name in exp_fields:
+            exp_overrides[name] = value
+        elif name in train_fields:
+            train_overrides[name] = value
+        else:
+            raise ValueError(f"unknown experiment override {name!r}; valid: experiment fields "
+                             f"{sorted(exp_fields)}, model options {list(MODEL_OPTIONS)}, TrainConfig "
+                             f"fields {sorted(train_fields)}")
+    train_settings = {
+        "stage1_epochs": profile.stage1_epochs, "stage2_epochs": profile.stage2_epochs,
+        "stage2_max_epochs": profile.stage2_max_epochs, "validation": profile.validation,
+        "steps_per_execution": profile.steps_per_execution, "deterministic": profile.deterministic,
+        **train_overrides,
+    }
+    fields = dict(
+        profile=profile.name, dataset=dataset, source=profile.source(dataset), synthetic=profile.synthetic,
+        fold=fold, variant=variant, model_options=dict(sorted(model_options.items())), seed=int(seed),
+        image_size=profile.image_size(dataset), resize_to=profile.resize_to,
+        weights=None if profile.weights is None else str(profile.weights),
+        weights_seed=profile.weights_seed, bn_calibration_images=profile.bn_calibration_images,
+        stage1=profile.stage1, finetune=profile.finetune, train_limit=profile.train_limit,
+        protocols=tuple(PROTOCOLS), train=train_settings,
+    )
+    fields.update(exp_overrides)
+    fields["protocols"] = tuple(fields["protocols"])
+    for protocol in fields["protocols"]:
+        config.check_name("evaluation protocol", protocol, PROTOCOLS)
+    exp = Experiment(**fields)
+    exp.train_config()  # validates the TrainConfig fields now, not after loading data
+    return exp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+def _split_for_fold(manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """Re-splits a synthetic CK+ stand-in by subject folds: test = fold, val = next fold, train = rest."""
+    folds = manifest["fold"].astype(int)
+    out = manifest.copy()
+    out["split"] = np.where(folds == fold, "test", np.where(folds == (fold + 1) % 10, "val", "train"))
+    for column in SUBSETS:
+        if column in out.columns:
+            out[column] = False
+    out.attrs.update(manifest.attrs)
+    return out
+
+
+def limit_training_rows(y_train, limit: int | None, seed: int = SUBSET_SEED) -> np.ndarray:
+    """Positions (sorted) of at most `limit` training images, each class kept in proportion, seeded."""
+    y_train = np.asarray(y_train)
+    n = len(y_train)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise ValueError(f"train_limit {limit!r}: expected a positive int or None")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(y_train):
+        members = rng.permutation(np.flatnonzero(y_train == label))
+        chosen.append(members[:max(1, int(round(limit * len(members) / n)))])
+    return np.sort(np.concatenate(chosen))
+
+
+def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> dict:
+    """Manifest, pixels and split indices of an experiment.
+
+    Real data never falls back to synthetic: a missing dataset raises the reader's
+    `DatasetNotFoundError`, which says which dataset, where it looked and how to get it.
+    """
+    from pattlite.data import load_manifest, load_pixels
+
+    options = dict(exp.source["options"])
+    reader = exp.source["dataset"]
+    if reader == "synthetic":
+        manifest = load_manifest("synthetic", **options)
+        if exp.dataset == "ckplus":
+            manifest = _split_for_fold(manifest, exp.fold)
+    else:
+        if exp.dataset == "ckplus":
+            options["fold"] = exp.fold
+        manifest = load_manifest(reader, root=root, **options)
+    classes = tuple(manifest.attrs["classes"])
+    if len(classes) != len(config.DATASET_CLASSES[exp.dataset]):
+        raise ValueError(f"{exp.dataset}: source {exp.source} gives {len(classes)} classes, expected "
+                         f"{len(config.DATASET_CLASSES[exp.dataset])}")
+    split = manifest["split"].to_numpy()
+    index = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
+    for s in ("train", "val", "test"):
+        if len(index[s]) == 0:
+            raise ValueError(f"{exp.dataset} ({exp.source['dataset']}): the {s} split is empty")
+    y_all = manifest["y"].to_numpy().astype(np.int64)
+    index["train"] = index["train"][limit_training_rows(y_all[index["train"]], exp.train_limit)]
+    pixels = load_pixels(manifest, exp.image_size, progress=progress)
+    return {"manifest": manifest, "classes": classes, "pixels": pixels, "y": y_all, "index": index}
+
+
+def _take(array, positions):
+    """Rows of a (possibly memory-mapped) array; a contiguous range stays a view, not a copy."""
+    positions = np.asarray(positions)
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+        return array[positions[0]:positions[0] + len(positions)]
+    return np.asarray(array[positions])
+
+
+def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
+    """The backbone weights an experiment uses: resolved file/"imagenet", or a calibrated random backbone."""
+    from pattlite.features import random_backbone_weights
+
+    if exp.weights is not None:
+        return resolve_weights(exp.weights)
+    train_rows = data["index"]["train"]
+    rng = np.random.default_rng(exp.weights_seed)
+    chosen = np.sort(rng.permutation(train_rows)[:exp.bn_calibration_images])
+    return random_backbone_weights(exp.weights_seed, np.asarray(data["pixels"][chosen]), exp.resize_to)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _provenance() -> dict:
+    from pattlite.report import provenance
+
+    return provenance()
+
+
+def result_path(exp: Experiment, results_dir=None) -> Path:
+    base = Path(results_dir) if results_dir is not None else config.results_dir(exp.profile)
+    return base / "experiments" / f"{exp.key()}.json"
+
+
+def _write_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool):
+    """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
+    from pattlite.features import backbone_features
+    from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
+
+    index, y = data["index"], data["y"]
+    num_classes = len(data["classes"])
+    model_kwargs = dict(exp.model_options, resize_to=exp.resize_to)
+    if exp.stage1 == "exact":
+        enable_determinism(exp.seed, cfg.deterministic)  # seeds the head's initialisation too
+        model = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
+                            weights=weights, **model_kwargs)
+        inputs = data["pixels"]
+        result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
+                       y[index["val"]], cfg, dataset=exp.dataset)
+        return result.stage1_model, inputs, result
+    cut = variant_cut_layer(exp.variant, **exp.model_options)
+    features = backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
+                                 resize_to=exp.resize_to, progress=progress)[cut]
+    enable_determinism(exp.seed, cfg.deterministic)
+    head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
+    if cfg.finetune == "paper" and cfg.stage2:
+        # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
+        result = train(head, _take(features, index["train"]), y[index["train"]],
+                       _take(features, index["val"]), y[index["val"]],
+                       dataclasses.replace(cfg, stage2=False), dataset=exp.dataset)
+        full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
+                           weights=weights, **model_kwargs)
+        copy_head_weights(head, full)
+        pixels = data["pixels"]
+        graph, history2, report, initial, seconds = train_stage2(
+            full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
+            y[index["val"]], result.epochs["stage1"], cfg, dataset=exp.dataset)
+        result.model = graph
+        result.history["stage2"] = {k: [float(v) for v in vs] for k, vs in history2.history.items()}
+        result.epochs.update(stage2=len(history2.epoch), stage2_initial_epoch=initial)
+        result.trainable_params["stage2"] = int(sum(np.prod(w.shape) for w in graph.trainable_weights))
+        result.finetune = report
+        result.wall_time_s["stage2"] = seconds
+        result.wall_time_s["total"] += seconds
+        return full, pixels, result
+    result = train(head, _take(features, index["train"]), y[index["train"]], _take(features, index["val"]),
+                   y[index["val"]], cfg, dataset=exp.dataset)
+    return result.stage1_model, features, result
+
+
+def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
+                   progress: bool = True) -> dict:
+    """Trains and evaluates one experiment, or loads its result file.
+
+    Args:
+        exp: an `Experiment` (see `make_experiment`).
+        results_dir: folder holding `experiments/<key>.json` (default `config.results_dir(exp.profile)`).
+        force: retrain even when a result file exists.
+        root: dataset root for real data (default: `$PATTLITE_<NAME>_ROOT`, else data/<name>/).
+        progress: progress bars and per-epoch lines.
+
+    Returns:
+        The result dict (also the file's content): key, config, dataset, classes, synthetic, stage1 (+
+        note when cached), weights, metrics[subset][protocol] (subset "all" = the test split, plus each
+        challenging subset present), predictions (image ids, labels, per-protocol predicted labels per
+        subset), history, epochs, trainable_params, finetune, wall_time_s, provenance, cached.
+
+    Raises:
+        DatasetNotFoundError: a real dataset is missing (never replaced by synthetic data).
+    """
+    path = result_path(exp, results_dir)
+    if path.is_file() and not force:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        result["cached"] = True
+        return result
+    start = time.time()
+    data = load_experiment_data(exp, root=root, progress=progress)
+    weights = experiment_weights(exp, data, progress=progress)
+    cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
+    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress)
+    manifest, y, classes = data["manifest"], data["y"], data["classes"]
+    test_rows = data["index"]["test"]
+    groups = {"all": test_rows}
+    for subset in SUBSETS:
+        if subset in manifest.columns:
+            rows = test_rows[manifest[subset].to_numpy()[test_rows].astype(bool)]
+            if len(rows):
+                groups[subset] = rows
+    metrics, predictions = {}, {}
+    for subset, rows in groups.items():
+        x = _take(inputs, rows)
+        metrics[subset], predictions[subset] = {}, {
+            "image_id": manifest["image_id"].to_numpy()[rows].tolist(), "y": y[rows].tolist()}
+        for protocol in exp.protocols:
+            scores = evaluate(model, x, y[rows], classes, protocol, seed=exp.seed)
+            predictions[subset][protocol] = scores.pop("predictions").tolist()
+            scores.pop("probabilities")
+            metrics[subset][protocol] = scores
+    result = {
+        "key": exp.key(),
+        "config": exp.to_dict(),
+        "dataset": exp.dataset,
+        "source_dataset": manifest.attrs.get("dataset"),
+        "classes": list(classes),
+        "synthetic": bool(manifest.attrs.get("synthetic", exp.synthetic)),
+        "stage1": exp.stage1,
+        "notes": [CACHED_NOTE] if exp.stage1 == "cached" else [],
+        "weights": {"spec": exp.weights, "used": str(weights),
+                    "random_init": exp.weights is None},
+        "split_sizes": {s: int(len(r)) for s, r in data["index"].items()},
+        "metrics": metrics,
+        "predictions": predictions,
+        "history": trained.history,
+        "epochs": trained.epochs,
+        "trainable_params": trained.trainable_params,
+        "finetune": trained.finetune,
+        "wall_time_s": {**trained.wall_time_s, "experiment": time.time() - start},
+        "provenance": _provenance(),
+        "cached": False,
+    }
+    result = _jsonable(result)
+    _write_atomic(path, result)
+    return result
+
+
+def run_experiments(experiments, results_dir=None, force: bool = False, root=None, progress: bool = False,
+                    log=print) -> list[dict]:
+    """Runs (or loads) experiments in order, one progress line each: "[3/65] rafdb published seed 0 ... 12.3 s".
+
+    An interruption leaves the finished experiments' files in place; rerunning loads them and resumes at
+    the first unfinished one.
+    """
+    experiments = list(experiments)
+    results = []
+    for i, exp in enumerate(experiments, 1):
+        start = time.time()
+        result = run_experiment(exp, results_dir=results_dir, force=force, root=root, progress=progress)
+        status = " (cached)" if result.get("cached") else ""
+        accuracy = result["metrics"]["all"]
+        summary = ", ".join(f"{p} {accuracy[p]['accuracy']:.3f}" for p in accuracy)
+        log(f"[{i}/{len(experiments)}] {exp.label()} ... {time.time() - start:.1f} s{status}; {summary}")
+        results.append(result)
+    return results
+
+
+def collect_results(results_dir) -> pd.DataFrame:
+    """All result files of a folder as one table: a row per experiment x subset x protocol.
+
+    Columns: key, the experiment's fields (model options as `opt_<name>`, training settings as
+    `train_<name>`, source as `source_dataset`), subset ("all" = test split), protocol, n, accuracy,
+    mean_class_accuracy, `acc_<class>` per class, epochs_stage1, epochs_stage2, trainable_params_stage1/2,
+    wall_time_s.
+    """
+    folder = Path(results_dir) / "experiments"
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        cfg = result["config"]
+        base = {"key": result["key"]}
+        for name, value in cfg.items():
+            if name == "model_options":
+                base.update({f"opt_{k}": v for k, v in value.items()})
+            elif name == "train":
+                base.update({f"train_{k}": v for k, v in value.items()})
+            elif name == "source":
+                base["source_dataset"] = value["dataset"]
+            elif name == "protocols":
+                continue
+            else:
+                base[name] = value
+        base.update(
+            epochs_stage1=result["epochs"]["stage1"], epochs_stage2=result["epochs"]["stage2"],
+            trainable_params_stage1=result["trainable_params"]["stage1"],
+            trainable_params_stage2=result["trainable_params"]["stage2"],
+            wall_time_s=result["wall_time_s"]["total"],
+        )
+        for subset, by_protocol in result["metrics"].items():
+            for protocol, m in by_protocol.items():
+                row = dict(base, subset=subset, protocol=protocol, n=m["n"], accuracy=m["accuracy"],
+                           mean_class_accuracy=m["mean_class_accuracy"])
+                row.update({f"acc_{c}": v for c, v in m["per_class_accuracy"].items()})
+                rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,237 @@
+"""Run profiles: the one place that defines every default the notebooks, the CLI and the engine use.
+
+Three profiles:
+
+- `paper`: the real datasets at the sizes the authors stored them (120 px; RAF-DB 224 px), ImageNet
+  backbone weights, the full-model stage 1 with in-model augmentation, the authors' epoch limits,
+  10 CK+ folds.
+- `demo`: every benchmark replaced by a synthetic stand-in (`pattlite.data.synthetic`), small images,
+  a randomly initialised backbone whose BatchNorm statistics are calibrated on training images, heads
+  trained on cached backbone features (no augmentation), short epoch caps. Sized so that the whole
+  demo (about 65 trainings) runs in minutes on 2 CPU cores.
+- `ci`: the demo, smaller still, for tests (seconds per training).
+
+Example:
+
+```python
+from pattlite.profiles import get_profile
+profile = get_profile("demo", stage1_epochs=5)
+profile.source("ferplus")        # {'dataset': 'synthetic', 'options': {'num_classes': 8, ...}}
+profile.image_size("rafdb")      # 48
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from pattlite import config
+
+BENCHMARKS = config.REAL_DATASETS  # ("ckplus", "rafdb", "fer2013", "ferplus"), the paper's column order
+STAGE1_MODES = ("exact", "cached")
+FINETUNE_MODES = ("as_coded", "paper")
+VALIDATION_PROTOCOLS = ("published", "independent")
+WEIGHTS_FILE_NAME = "mobilenet_1_0_224_imagenet_no_top.weights.h5"
+WEIGHTS_ENV_VAR = "PATTLITE_WEIGHTS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Every default of one run profile.
+
+    Attributes:
+        name: "paper", "demo" or "ci".
+        description: one line for reports.
+        synthetic: True when every benchmark is a synthetic stand-in (results must say so).
+        sources: benchmark name -> {"dataset": reader name, "options": reader options}. For synthetic
+            profiles each benchmark has its own seed and class count (FERPlus 8, the others 7).
+        image_sizes: benchmark name -> side of the square images fed to the model.
+        resize_to: side the model resizes images to before the backbone (224 gives the 14x14 map the
+            patch extraction block expects).
+        weights: backbone weights: "imagenet" (resolved by `resolve_weights`), a file path, or None
+            (random init with seed `weights_seed`, BatchNorm calibrated on `bn_calibration_images`
+            training images).
+        weights_seed: seed of the random backbone when `weights` is None.
+        bn_calibration_images: training images used to calibrate BatchNorm of a random backbone.
+        stage1: "exact" (full model, augmentation inside the model) or "cached" (the head trained on
+            frozen-backbone features from `pattlite.features`; no augmentation is possible there).
+        finetune: "as_coded" (the authors' notebook: no backbone weight unfrozen) or "paper" (the
+            paper's text: 40/59/46/49 layers unfrozen, BatchNorm frozen).
+        stage1_epochs: stage-1 epoch limit (the authors: 100).
+        stage2_epochs: the stage-2 `epochs` argument of Keras' fit (the authors: 500; the run starts at
+            the epoch index `history.epoch[-5]` of stage 1).
+        stage2_max_epochs: cap on the number of stage-2 epochs actually run (None: no cap).
+        train_limit: at most this many training images (class-stratified, seeded), None = all.
+        ckplus_folds: the CK+ cross-validation folds to run (the paper: all 10).
+        seeds: training seeds to run.
+        steps_per_execution: batches per compiled call (keeps a GPU busy at batch size 8).
+        validation: "published" (class-grouped, unshuffled, batch 8: what the authors' validation did)
+            or "independent" (no validation prediction depends on other images).
+        deterministic: ask the backend for deterministic ops (see `pattlite.train.enable_determinism`).
+    """
+
+    name: str
+    description: str
+    synthetic: bool
+    sources: dict
+    image_sizes: dict
+    resize_to: int = 224
+    weights: str | None = "imagenet"
+    weights_seed: int = 0
+    bn_calibration_images: int = 64
+    stage1: str = "exact"
+    finetune: str = "as_coded"
+    stage1_epochs: int = 100
+    stage2_epochs: int = 500
+    stage2_max_epochs: int | None = None
+    train_limit: int | None = None
+    ckplus_folds: tuple = tuple(range(10))
+    seeds: tuple = (0,)
+    steps_per_execution: int = 1
+    validation: str = "published"
+    deterministic: bool = False
+
+    def source(self, benchmark: str) -> dict:
+        """{"dataset": reader name, "options": dict} for one benchmark (a copy)."""
+        config.check_name("benchmark", benchmark, BENCHMARKS)
+        entry = self.sources[benchmark]
+        return {"dataset": entry["dataset"], "options": dict(entry["options"])}
+
+    def image_size(self, benchmark: str) -> int:
+        config.check_name("benchmark", benchmark, BENCHMARKS)
+        return int(self.image_sizes[benchmark])
+
+    def num_classes(self, benchmark: str) -> int:
+        """Classes of a benchmark (its synthetic stand-in has the same count)."""
+        config.check_name("benchmark", benchmark, BENCHMARKS)
+        return len(config.DATASET_CLASSES[benchmark])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _synthetic_sources(n_train, n_val, n_test, image_size, ckplus_images) -> dict:
+    """Synthetic stand-ins: one seed per benchmark, 8 classes for FERPlus, a small CK+."""
+    common = dict(image_size=image_size, progress=False)
+    return {
+        # CK+ is small and cross-validated over subject folds; its stand-in keeps every image in one pool
+        # that the folds re-split (see pattlite.experiments).
+        "ckplus": {"dataset": "synthetic", "options": dict(
+            num_classes=7, seed=11, n_train=ckplus_images, n_val=0, n_test=0, **common)},
+        "rafdb": {"dataset": "synthetic", "options": dict(
+            num_classes=7, seed=12, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
+        "fer2013": {"dataset": "synthetic", "options": dict(
+            num_classes=7, seed=13, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
+        "ferplus": {"dataset": "synthetic", "options": dict(
+            num_classes=8, seed=14, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
+    }
+
+
+PROFILES = {
+    "paper": Profile(
+        name="paper",
+        description="the paper's setting: real datasets, ImageNet weights, full-model training",
+        synthetic=False,
+        sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
+        # The sizes the authors stored their arrays at.
+        image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
+        weights="imagenet",
+        stage1="exact",
+        stage1_epochs=100,
+        stage2_epochs=500,
+        ckplus_folds=tuple(range(10)),
+        steps_per_execution=16,
+    ),
+    "demo": Profile(
+        name="demo",
+        description="synthetic stand-ins, random backbone with calibrated BatchNorm, heads on cached "
+                    "features; shows the pipeline and the batch-composition effect, not the paper's numbers",
+        synthetic=True,
+        sources=_synthetic_sources(n_train=280, n_val=70, n_test=140, image_size=48, ckplus_images=280),
+        image_sizes={name: 48 for name in BENCHMARKS},
+        weights=None,
+        stage1="cached",
+        stage1_epochs=6,
+        stage2_epochs=500,
+        stage2_max_epochs=2,
+        train_limit=280,
+        ckplus_folds=(0, 1),
+        steps_per_execution=8,
+    ),
+    "ci": Profile(
+        name="ci",
+        description="the demo at test size: seconds per training",
+        synthetic=True,
+        sources=_synthetic_sources(n_train=56, n_val=28, n_test=56, image_size=32, ckplus_images=140),
+        image_sizes={name: 32 for name in BENCHMARKS},
+        weights=None,
+        bn_calibration_images=32,
+        stage1="cached",
+        stage1_epochs=2,
+        stage2_epochs=500,
+        stage2_max_epochs=1,
+        train_limit=56,
+        ckplus_folds=(0,),
+        steps_per_execution=4,
+    ),
+}
+
+
+def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> Profile:
+    """Returns a profile, with fields overridden.
+
+    Args:
+        name: "paper", "demo" or "ci".
+        allow_random_weights: permit `weights=None` in a non-synthetic profile (random backbone weights
+            say nothing about the paper's numbers).
+        **overrides: any `Profile` field, e.g. `stage1_epochs=5`, `weights="/path/file.weights.h5"`.
+
+    Raises:
+        ValueError: unknown profile or field, an invalid value, or random weights on real data.
+    """
+    config.check_name("profile", name, tuple(PROFILES))
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+    profile = dataclasses.replace(PROFILES[name], **overrides)
+    config.check_name("stage-1 mode", profile.stage1, STAGE1_MODES)
+    config.check_name("fine-tuning mode", profile.finetune, FINETUNE_MODES)
+    config.check_name("validation protocol", profile.validation, VALIDATION_PROTOCOLS)
+    if profile.weights is None and not profile.synthetic and not allow_random_weights:
+        raise ValueError(
+            f"profile {name!r} with weights=None would train on a random backbone; pass weights "
+            f"('imagenet' or a {WEIGHTS_FILE_NAME} path) or allow_random_weights=True"
+        )
+    for field in ("stage1_epochs", "stage2_epochs", "steps_per_execution", "resize_to"):
+        value = getattr(profile, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"profile field {field}={value!r}: expected a positive int")
+    return profile
+
+
+def resolve_weights(weights):
+    """Turns a profile's `weights` into what `pattlite.model.build_model` accepts.
+
+    "imagenet" becomes a local file when one exists ($PATTLITE_WEIGHTS, else
+    `<data dir>/weights/mobilenet_1_0_224_imagenet_no_top.weights.h5`), since Keras' own download needs
+    internet; otherwise it stays "imagenet" (Keras downloads it). A path must exist. None stays None.
+    """
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        env = os.environ.get(WEIGHTS_ENV_VAR)
+        if env:
+            path = Path(env).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"${WEIGHTS_ENV_VAR}={env!r}: no such file; expected {WEIGHTS_FILE_NAME}")
+            return path
+        local = config.data_dir() / "weights" / WEIGHTS_FILE_NAME
+        return local if local.is_file() else "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist; expected a "
+                                f"{WEIGHTS_FILE_NAME}-style Keras weights file")
+    return path

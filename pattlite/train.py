@@ -1,0 +1,402 @@
+"""The authors' two-stage training recipe, driven by `TrainConfig`.
+
+Stage 1 trains the new layers on a frozen backbone: Adam(1e-3, global_clipnorm 3), sparse categorical
+cross-entropy, 'balanced' class weights, batch 8, up to 100 epochs, EarlyStopping and ReduceLROnPlateau
+on validation accuracy. Stage 2 ("fine-tuning") runs the authors' stage-2 graph (`finetune_model`: extra
+dropout) with Adam(1e-5, global_clipnorm 3), no class weights, a per-epoch inverse-time learning rate
+1e-5 / (1 + epoch / 80), up to epoch 500, EarlyStopping on TRAINING accuracy, starting at the epoch
+index `history.epoch[-5]` of stage 1. Which backbone layers are unfrozen is `TrainConfig.finetune`:
+"as_coded" (the notebook's off-by-one: no backbone weight changes) or "paper" (the paper's text).
+
+Works on full models fed uint8 images (resizing and augmentation happen inside the model) and on heads
+fed cached backbone features (`pattlite.features`; no augmentation is possible on features).
+
+Differences from the authors' notebook, all deliberate and recorded:
+- The training set is shuffled every epoch in an order drawn from the seed (the authors shuffled their
+  arrays once, unseeded, and let Keras reshuffle unseeded).
+- Validation is computed by `ValidationCallback` under a recorded protocol: "published" reproduces
+  the authors' Keras validation (class-grouped, unshuffled, batch 8); "independent" switches the
+  batch mixing off.
+- Class weights are applied as per-image sample weights (what Keras does with `class_weight`); a class
+  absent from the training labels gets weight 1.
+
+Keras 3 only, except `enable_determinism`, which calls the TensorFlow backend at the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pattlite import config
+from pattlite.evaluate import OrderedBatches, predict
+
+FINETUNE_MODES = ("as_coded", "paper")
+VALIDATION_PROTOCOLS = ("published", "independent")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of the authors' recipe, and the recorded choices around it.
+
+    Attributes:
+        batch_size: training batch size (8).
+        validation: "published" (class-grouped, unshuffled, batch `validation_batch_size`: the authors'
+            validation) or "independent" (no validation prediction depends on another image).
+        validation_batch_size: 8 (Keras uses the training batch size for validation).
+        seed: seeds Python, NumPy and the Keras backend, and the per-epoch shuffle order.
+        deterministic: request deterministic backend ops (`enable_determinism`).
+        steps_per_execution: batches per compiled call (`Model.compile`); keeps a GPU busy at batch 8.
+        verbose: print one line per epoch.
+        stage1_epochs: 100.
+        stage1_learning_rate: 1e-3.
+        global_clipnorm: 3.0 (both stages).
+        class_weight: "balanced" (sklearn's `compute_class_weight`) or None.
+        stage1_monitor: "val_accuracy".
+        stage1_patience, stage1_min_delta: EarlyStopping (5, 0.003, restore best weights).
+        lr_patience, lr_min_delta, lr_factor, min_learning_rate: ReduceLROnPlateau (3, 0.003, 0.1, 1e-6).
+        stage2: run stage 2 at all.
+        finetune: "as_coded" or "paper" (`pattlite.model.set_finetune_trainable`).
+        finetune_layers: layers to unfreeze (None: the mode's default; "paper" uses the dataset's).
+        stage2_epochs: Keras' `epochs` for stage 2 (500): the last epoch index + 1.
+        stage2_max_epochs: cap on the stage-2 epochs actually run (None: no cap; small profiles).
+        stage2_learning_rate: 1e-5.
+        stage2_decay_steps, stage2_decay_rate: the per-epoch inverse time decay lr0 / (1 + rate * epoch / steps).
+        stage2_monitor: "accuracy" (training accuracy, as coded).
+        stage2_patience, stage2_min_delta: EarlyStopping (20, 0.003, restore best weights).
+        stage2_start_offset: stage 2 starts at `history.epoch[-offset]` of stage 1 (5).
+        spatial_dropout, finetune_dropout: the stage-2 graph's dropout rates (0.2, 0.2).
+    """
+
+    batch_size: int = 8
+    validation: str = "published"
+    validation_batch_size: int = 8
+    seed: int = 0
+    deterministic: bool = False
+    steps_per_execution: int = 1
+    verbose: bool = True
+    # Stage 1
+    stage1_epochs: int = 100
+    stage1_learning_rate: float = 1e-3
+    global_clipnorm: float = 3.0
+    class_weight: str | None = "balanced"
+    stage1_monitor: str = "val_accuracy"
+    stage1_patience: int = 5
+    stage1_min_delta: float = 0.003
+    lr_patience: int = 3
+    lr_min_delta: float = 0.003
+    lr_factor: float = 0.1
+    min_learning_rate: float = 1e-6
+    # Stage 2
+    stage2: bool = True
+    finetune: str = "as_coded"
+    finetune_layers: int | None = None
+    stage2_epochs: int = 500
+    stage2_max_epochs: int | None = None
+    stage2_learning_rate: float = 1e-5
+    stage2_decay_steps: float = 80.0
+    stage2_decay_rate: float = 1.0
+    stage2_monitor: str = "accuracy"
+    stage2_patience: int = 20
+    stage2_min_delta: float = 0.003
+    stage2_start_offset: int = 5
+    spatial_dropout: float = 0.2
+    finetune_dropout: float = 0.2
+
+    def __post_init__(self):
+        config.check_name("validation protocol", self.validation, VALIDATION_PROTOCOLS)
+        config.check_name("fine-tuning mode", self.finetune, FINETUNE_MODES)
+        if self.class_weight not in ("balanced", None):
+            raise ValueError(f"class_weight {self.class_weight!r}: expected 'balanced' or None")
+        for name in ("batch_size", "validation_batch_size", "stage1_epochs", "stage2_epochs",
+                     "steps_per_execution", "stage2_start_offset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name}={value!r}: expected a positive int")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        model: the final model (the stage-2 graph when stage 2 ran; it shares its layers with
+            `stage1_model`, so both hold the final weights).
+        stage1_model: the stage-1 graph.
+        history: {"stage1": {metric: [per epoch]}, "stage2": {...}} (stage 2 empty when not run).
+        epochs: {"stage1": epochs run, "stage2": epochs run, "stage2_initial_epoch": index}.
+        trainable_params: {"stage1": count, "stage2": count}.
+        finetune: `set_finetune_trainable`'s report for stage 2 (None when not run).
+        wall_time_s: {"stage1": s, "stage2": s, "total": s}.
+    """
+
+    model: keras.Model
+    stage1_model: keras.Model
+    history: dict
+    epochs: dict
+    trainable_params: dict
+    finetune: dict | None
+    wall_time_s: dict
+
+
+def enable_determinism(seed: int, deterministic: bool = False) -> None:
+    """Seeds Python, NumPy and the Keras backend; optionally asks for deterministic ops.
+
+    Keras 3.15 has no backend-neutral switch for deterministic kernels, so `deterministic=True` calls
+    the backend at the edge: TensorFlow's `enable_op_determinism` (JAX on CPU is deterministic already;
+    on GPU set XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting). On CPU with TensorFlow the
+    recipe is repeatable with seeds alone (tests/test_train.py checks it).
+    """
+    from pattlite.model import cut_layer_name
+
+    # pattlite.model builds a reference MobileNet once, lazily, to learn layer names; that draws from
+    # the seeded Python RNG, so it must happen before seeding, or the first model of a process would
+    # get different initial weights than the next ones.
+    cut_layer_name(29)
+    keras.utils.set_random_seed(int(seed))  # Python, NumPy and the backend
+    random.seed(int(seed))
+    if deterministic and keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # edge: the one TensorFlow call of the training code
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def balanced_class_weights(y, num_classes: int) -> np.ndarray:
+    """sklearn's 'balanced' class weights n / (k * n_c) for the classes present; 1 for absent classes."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(y)
+    present = np.unique(y)
+    weights = np.ones(num_classes, dtype=np.float64)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return weights
+
+
+def inverse_time_decay(epoch: int, learning_rate: float = 1e-5, decay_steps: float = 80.0,
+                       decay_rate: float = 1.0) -> float:
+    """The authors' stage-2 learning rate at an epoch index: lr / (1 + rate * epoch / steps)."""
+    return float(learning_rate / (1.0 + decay_rate * epoch / decay_steps))
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """Adds `val_loss` and `val_accuracy` to the epoch logs, under a recorded validation protocol.
+
+    Put it first in the callback list: EarlyStopping, ReduceLROnPlateau and CSVLogger read the same
+    logs dict afterwards.
+
+    Args:
+        x, y: validation inputs and integer labels.
+        protocol: "published" (stably sorted by class, batch `batch_size`) or "independent".
+        batch_size: 8, as Keras validated the authors' fit.
+    """
+
+    def __init__(self, x, y, protocol: str, batch_size: int = 8):
+        super().__init__()
+        config.check_name("validation protocol", protocol, VALIDATION_PROTOCOLS)
+        self.x, self.y = x, np.asarray(y, dtype=np.int64)
+        self.protocol, self.batch_size = protocol, int(batch_size)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        probs = predict(self.model, self.x, self.y, self.protocol, batch_size=self.batch_size)
+        picked = np.clip(probs[np.arange(len(self.y)), self.y], 1e-7, 1.0)
+        logs["val_loss"] = float(-np.mean(np.log(picked)))
+        logs["val_accuracy"] = float(np.mean(probs.argmax(axis=1) == self.y))
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Prints one line per epoch: stage, epoch, metrics, learning rate, seconds."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        print(f"  {self.stage} epoch {epoch + 1}: " + ", ".join(parts) + f", lr {lr:.2e}, "
+              f"{time.time() - self._start:.1f} s", flush=True)
+
+
+def _count_params(weights) -> int:
+    return int(sum(math.prod(int(d) for d in w.shape) for w in weights))
+
+
+def _history_dict(history) -> dict:
+    return {k: [float(v) for v in values] for k, values in history.history.items()} | {
+        "epoch": [int(e) for e in history.epoch]}
+
+
+def _logging_callbacks(log_dir, stage: str, tensorboard: bool) -> list:
+    if log_dir is None:
+        return []
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(str(log_dir / f"{stage}.csv"))]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir / "tensorboard" / stage)))
+    return callbacks
+
+
+def _check_data(model, x, y, what: str):
+    if len(x) != len(y):
+        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError(f"{what}: empty (0 images)")
+    expected = tuple(model.inputs[0].shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{what}: inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, "
+                         f"which expects (N,) + {expected}")
+
+
+def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfig, log_dir=None,
+                 tensorboard: bool = False):
+    """Stage 1 on a model whose backbone is frozen; returns (Keras History, seconds).
+
+    Compiles the model, trains it with the stage-1 callbacks and leaves it with the best weights on the
+    monitored validation accuracy (EarlyStopping restores them when it stops the run).
+    """
+    cfg = train_config
+    _check_data(model, x_train, y_train, "training set")
+    _check_data(model, x_val, y_val, "validation set")
+    num_classes = int(model.outputs[0].shape[-1])
+    y_train = np.asarray(y_train, dtype=np.int64)
+    sample_weight = None
+    if cfg.class_weight == "balanced":
+        sample_weight = balanced_class_weights(y_train, num_classes)[y_train].astype("float32")
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.stage1_learning_rate, global_clipnorm=cfg.global_clipnorm),
+        loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
+    )
+    batches = OrderedBatches(x_train, np.arange(len(x_train)), cfg.batch_size, y=y_train,
+                             sample_weight=sample_weight, reshuffle_seed=cfg.seed)
+    callbacks = [
+        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
+        keras.callbacks.EarlyStopping(monitor=cfg.stage1_monitor, patience=cfg.stage1_patience,
+                                      min_delta=cfg.stage1_min_delta, mode="max",
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=cfg.stage1_monitor, patience=cfg.lr_patience,
+                                          min_delta=cfg.lr_min_delta, factor=cfg.lr_factor,
+                                          min_lr=cfg.min_learning_rate, mode="max"),
+        *_logging_callbacks(log_dir, "stage1", tensorboard),
+    ]
+    if cfg.verbose:
+        callbacks.append(EpochLine("stage 1"))
+    start = time.time()
+    history = model.fit(batches, epochs=cfg.stage1_epochs, callbacks=callbacks, verbose=0)
+    return history, time.time() - start
+
+
+def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
+    """The authors' `history.epoch[-offset]`, guarded: 0 when stage 1 ran fewer than `offset` epochs."""
+    return max(0, int(stage1_epochs_run) - int(offset))
+
+
+def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, train_config: TrainConfig,
+                 dataset: str | None = None, log_dir=None, tensorboard: bool = False):
+    """Stage 2 on the authors' fine-tuning graph built from `model` (a full model or a head).
+
+    Returns (stage-2 model, Keras History, `set_finetune_trainable` report or None, initial epoch,
+    seconds). On a head (cached features) there are no backbone layers: only mode "as_coded" is
+    possible there, and it is exact, since as coded no backbone weight is unfrozen.
+    """
+    from pattlite.model import backbone_layers, finetune_model, set_finetune_trainable
+
+    cfg = train_config
+    finetune_graph = finetune_model(model, spatial_dropout=cfg.spatial_dropout, dropout=cfg.finetune_dropout)
+    report = None
+    if backbone_layers(finetune_graph):
+        report = set_finetune_trainable(finetune_graph, cfg.finetune, n_layers=cfg.finetune_layers,
+                                        dataset=dataset)
+    elif cfg.finetune == "paper":
+        raise ValueError(
+            f"fine-tuning mode 'paper' unfreezes backbone layers, but {model.name!r} is a head on cached "
+            "features; run stage 2 on the full model (stage1='exact', or copy the head weights into "
+            "build_model(...) first)"
+        )
+    finetune_graph.compile(
+        optimizer=keras.optimizers.Adam(cfg.stage2_learning_rate, global_clipnorm=cfg.global_clipnorm),
+        loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
+    )
+    initial_epoch = stage2_initial_epoch(stage1_epochs_run, cfg.stage2_start_offset)
+    end_epoch = cfg.stage2_epochs
+    if cfg.stage2_max_epochs is not None:
+        end_epoch = min(end_epoch, initial_epoch + cfg.stage2_max_epochs)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    # A different stream from stage 1, still drawn from the seed.
+    batches = OrderedBatches(x_train, np.arange(len(x_train)), cfg.batch_size, y=y_train,
+                             reshuffle_seed=cfg.seed + 1_000_003)
+    callbacks = [
+        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
+        keras.callbacks.LearningRateScheduler(lambda epoch, lr: inverse_time_decay(
+            epoch, cfg.stage2_learning_rate, cfg.stage2_decay_steps, cfg.stage2_decay_rate)),
+        keras.callbacks.EarlyStopping(monitor=cfg.stage2_monitor, patience=cfg.stage2_patience,
+                                      min_delta=cfg.stage2_min_delta, mode="max",
+                                      restore_best_weights=True),
+        *_logging_callbacks(log_dir, "stage2", tensorboard),
+    ]
+    if cfg.verbose:
+        callbacks.append(EpochLine("stage 2"))
+    start = time.time()
+    history = finetune_graph.fit(batches, epochs=end_epoch, initial_epoch=initial_epoch,
+                                 callbacks=callbacks, verbose=0)
+    return finetune_graph, history, report, initial_epoch, time.time() - start
+
+
+def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | None = None,
+          dataset: str | None = None, log_dir=None, tensorboard: bool = False) -> TrainResult:
+    """Runs the authors' two-stage recipe on `model` (built by `pattlite.model.build_model` or `build_head`).
+
+    Args:
+        model: a full model (inputs: uint8 images; resizing and augmentation inside) or a head (inputs:
+            cached backbone features; no augmentation).
+        x_train, y_train: training inputs (N, ...) and integer labels; memory maps are read batch by batch.
+        x_val, y_val: validation inputs and labels (used under `train_config.validation`).
+        train_config: a `TrainConfig` (default: the authors' recipe).
+        dataset: benchmark name, for the paper's per-dataset fine-tuning depth.
+        log_dir: folder for CSV logs (`stage1.csv`, `stage2.csv`) and optional TensorBoard logs.
+        tensorboard: also write TensorBoard logs under `log_dir/tensorboard/`.
+
+    Returns:
+        A `TrainResult`.
+    """
+    cfg = train_config or TrainConfig()
+    enable_determinism(cfg.seed, cfg.deterministic)
+    total_start = time.time()
+    stage1_params = _count_params(model.trainable_weights)
+    history1, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard)
+    epochs1 = len(history1.epoch)
+    result = TrainResult(
+        model=model, stage1_model=model, history={"stage1": _history_dict(history1), "stage2": {}},
+        epochs={"stage1": epochs1, "stage2": 0, "stage2_initial_epoch": None},
+        trainable_params={"stage1": stage1_params, "stage2": None}, finetune=None,
+        wall_time_s={"stage1": seconds1, "stage2": 0.0, "total": 0.0},
+    )
+    if cfg.stage2:
+        graph, history2, report, initial, seconds2 = train_stage2(
+            model, x_train, y_train, x_val, y_val, epochs1, cfg, dataset, log_dir, tensorboard)
+        result.model = graph
+        result.history["stage2"] = _history_dict(history2)
+        result.epochs.update(stage2=len(history2.epoch), stage2_initial_epoch=initial)
+        result.trainable_params["stage2"] = _count_params(graph.trainable_weights)
+        result.finetune = report
+        result.wall_time_s["stage2"] = seconds2
+    result.wall_time_s["total"] = time.time() - total_start
+    return result

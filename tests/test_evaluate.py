@@ -1,0 +1,108 @@
+"""Tests of pattlite.evaluate: protocol semantics, original-order predictions, metrics, bad names.
+
+Heads on small random features stand in for full models (the protocols act on whatever the model is
+fed); the batch-mixing attention's scale is raised so that mixing visibly changes predictions."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from pattlite import evaluate as E
+from pattlite.model import BatchMixingAttention, build_head
+
+FEATURES = (14, 14, 16)  # small channel count: cheap, the patch block accepts any depth
+CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+def grouped_data(n_per_class=10, seed=0):
+    """Class-grouped features (as the authors' arrays were) with a weak class signal."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(CLASSES)), n_per_class)
+    x = rng.normal(0, 1, (len(y),) + FEATURES).astype("float32")
+    x[np.arange(len(y)), :, :, y] += 0.5
+    return x, y
+
+
+def head(variant, scale=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = build_head(variant, len(CLASSES), FEATURES)
+    # Sharpen the random classifier so differences in its input show in the probabilities.
+    dense = model.get_layer("predictions")
+    dense.set_weights([w * 100.0 for w in dense.get_weights()])
+    if scale is not None:
+        for layer in model.layers:
+            if isinstance(layer, BatchMixingAttention):
+                layer.scale.assign(scale)
+    return model
+
+
+def test_published_model_depends_on_protocol_but_pattlite_does_not():
+    x, y = grouped_data()
+    mixing = head("published", scale=30.0)
+    results = {p: E.evaluate(mixing, x, y, CLASSES, p, seed=1) for p in E.PROTOCOLS}
+    probs = {p: r["probabilities"] for p, r in results.items()}
+    assert not np.allclose(probs["published"], probs["shuffled"], atol=1e-4)
+    assert not np.allclose(probs["published"], probs["independent"], atol=1e-4)
+
+    per_image = head("pattlite")
+    others = {p: E.evaluate(per_image, x, y, CLASSES, p, seed=1) for p in E.PROTOCOLS}
+    for p in E.PROTOCOLS:
+        np.testing.assert_allclose(others[p]["probabilities"], others["independent"]["probabilities"],
+                                   atol=1e-5)
+        assert others[p]["accuracy"] == others["independent"]["accuracy"]
+
+
+def test_independent_equals_batch_size_one():
+    x, y = grouped_data(n_per_class=3)
+    model = head("published", scale=30.0)
+    independent = E.predict(model, x, y, "independent", batch_size=32)
+    one_by_one = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
+    np.testing.assert_allclose(independent, one_by_one, atol=1e-5)
+    # And the mixing is back on afterwards: batches of 32 differ from batch size 1 again.
+    assert not np.allclose(model.predict(x, batch_size=32, verbose=0), one_by_one, atol=1e-4)
+
+
+def test_published_protocol_batches_class_grouped_in_original_order():
+    x, y = grouped_data(n_per_class=4)
+    perm = np.random.default_rng(3).permutation(len(y))  # a non-grouped input order
+    model = head("published", scale=30.0)
+    probs = E.predict(model, x[perm], y[perm], "published")
+    # Reference: the grouped order, batch 32, mapped back to the shuffled input order.
+    grouped = model.predict(x, batch_size=32, verbose=0)
+    np.testing.assert_allclose(probs, grouped[perm], atol=1e-5)
+
+
+def test_metrics_confusion_and_per_class():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 0, 2])
+    m = E.metrics_from_predictions(y, predictions, CLASSES[:4])
+    assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_accuracy"] == {"anger": 0.5, "disgust": 1.0, "fear": 0.5, "happiness": None}
+    assert m["mean_class_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_predictions_match_probabilities_and_labels():
+    x, y = grouped_data(n_per_class=2)
+    r = E.evaluate(head("pattlite"), x, y, CLASSES, "shuffled", seed=5)
+    assert r["predictions"].shape == (len(y),)
+    np.testing.assert_array_equal(r["predictions"], r["probabilities"].argmax(axis=1))
+    assert np.array(r["confusion_matrix"]).sum() == len(y)
+    assert r["accuracy"] == pytest.approx(np.mean(r["predictions"] == y))
+
+
+def test_bad_input_is_named():
+    x, y = grouped_data(n_per_class=1)
+    model = head("pattlite")
+    with pytest.raises(ValueError, match="published, shuffled, independent"):
+        E.evaluate(model, x, y, CLASSES, "batch1")
+    with pytest.raises(ValueError, match="7 labels"):
+        E.evaluate(model, x[:3], y, CLASSES, "published")
+    with pytest.raises(ValueError, match="expects"):
+        E.evaluate(model, x[:, :7], y, CLASSES, "published")
+    with pytest.raises(ValueError, match="class names"):
+        E.evaluate(model, x, y, CLASSES[:5], "published")

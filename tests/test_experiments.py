@@ -1,0 +1,132 @@
+"""Tests of pattlite.profiles and pattlite.experiments: names, keys, run-or-load, resume, determinism,
+result files, missing real data. Synthetic data at the ci profile's size, shortened further."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from pattlite import experiments as X
+from pattlite.profiles import PROFILES, get_profile
+
+FAST = dict(stage1_epochs=2, stage2_max_epochs=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    names = ("PATTLITE_DATA_DIR", "PATTLITE_CACHE_DIR", "PATTLITE_RESULTS_DIR", "PATTLITE_RAFDB_ROOT")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["PATTLITE_DATA_DIR"] = str(root / "data")
+    os.environ["PATTLITE_CACHE_DIR"] = str(root / "cache")
+    os.environ["PATTLITE_RESULTS_DIR"] = str(root / "results")
+    os.environ["PATTLITE_RAFDB_ROOT"] = str(root / "no_rafdb_here")
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_profiles():
+    assert set(PROFILES) == {"paper", "demo", "ci"}
+    with pytest.raises(ValueError, match="paper, demo, ci"):
+        get_profile("quick")
+    with pytest.raises(ValueError, match="allow_random_weights"):
+        get_profile("paper", weights=None)
+    assert get_profile("paper", weights=None, allow_random_weights=True).weights is None
+    with pytest.raises(ValueError, match="unknown profile field"):
+        get_profile("demo", epochs=3)
+    demo = get_profile("demo")
+    assert demo.synthetic and demo.stage1 == "cached" and demo.weights is None
+    assert demo.num_classes("ferplus") == 8 and demo.source("ferplus")["options"]["num_classes"] == 8
+    seeds = {demo.source(b)["options"]["seed"] for b in ("ckplus", "rafdb", "fer2013", "ferplus")}
+    assert len(seeds) == 4
+    paper = get_profile("paper")
+    assert paper.image_size("rafdb") == 224 and paper.image_size("fer2013") == 120
+    assert paper.stage1 == "exact" and paper.finetune == "as_coded" and len(paper.ckplus_folds) == 10
+
+
+def test_make_experiment_names_and_keys():
+    exp = X.make_experiment("ci", "rafdb", "published", **FAST)
+    assert exp.key() == X.make_experiment("ci", "rafdb", "published", **FAST).key()
+    assert exp.key() != X.make_experiment("ci", "rafdb", "published", seed=1, **FAST).key()
+    assert exp.key() != X.make_experiment("ci", "rafdb", "published", cut_layer=35, **FAST).key()
+    assert X.make_experiment("ci", "ckplus", "published").fold == 0
+    with pytest.raises(ValueError, match="ckplus, rafdb, fer2013, ferplus"):
+        X.make_experiment("ci", "affectnet", "published")
+    with pytest.raises(ValueError, match="pattlite"):
+        X.make_experiment("ci", "rafdb", "patt")
+    with pytest.raises(ValueError, match="unknown experiment override"):
+        X.make_experiment("ci", "rafdb", "published", learning_rate=1.0)
+    with pytest.raises(ValueError, match="only ckplus"):
+        X.make_experiment("ci", "rafdb", "published", fold=2)
+    with pytest.raises(ValueError, match="published, shuffled, independent"):
+        X.make_experiment("ci", "rafdb", "published", protocols=("batch1",))
+
+
+def test_run_load_and_repeat(tmp_path):
+    exp = X.make_experiment("ci", "ferplus", "published", **FAST)
+    first = X.run_experiment(exp, results_dir=tmp_path, progress=False)
+    assert first["cached"] is False and first["synthetic"] is True and first["stage1"] == "cached"
+    assert first["notes"] and "augmentation" in first["notes"][0]
+    assert set(first["metrics"]["all"]) == {"published", "shuffled", "independent"}
+    assert len(first["classes"]) == 8
+    subsets = set(first["metrics"]) - {"all"}
+    assert subsets and subsets <= {"occlusion", "pose30", "pose45"}
+    assert len(first["predictions"]["all"]["image_id"]) == first["metrics"]["all"]["published"]["n"]
+    path = tmp_path / "experiments" / f"{exp.key()}.json"
+    assert json.loads(path.read_text())["key"] == exp.key()
+    assert "git_commit" in first["provenance"]
+
+    loaded = X.run_experiment(exp, results_dir=tmp_path, progress=False)
+    assert loaded["cached"] is True and loaded["metrics"] == first["metrics"]
+
+    # Same seed, retrained: same numbers on CPU.
+    again = X.run_experiment(exp, results_dir=tmp_path, force=True, progress=False)
+    assert again["cached"] is False
+    assert again["metrics"] == first["metrics"]
+    assert again["history"] == first["history"]
+
+    table = X.collect_results(tmp_path)
+    assert len(table) == sum(len(m) for m in first["metrics"].values())
+    assert set(table["protocol"]) == {"published", "shuffled", "independent"}
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    exps = [X.make_experiment("ci", "ckplus", "pattlite", fold=f, **FAST) for f in (0, 1, 2)]
+    calls = []
+    real = X._build_and_train
+
+    def interrupted(exp, *args):
+        calls.append(exp.fold)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(exp, *args)
+
+    monkeypatch.setattr(X, "_build_and_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        X.run_experiments(exps, results_dir=tmp_path, log=lambda line: None)
+    files = sorted(p.name for p in (tmp_path / "experiments").iterdir())
+    assert files == [f"{exps[0].key()}.json"]  # nothing partial from the interrupted one
+    first_result = json.loads((tmp_path / "experiments" / files[0]).read_text())
+
+    monkeypatch.setattr(X, "_build_and_train", lambda exp, *a: (calls.append(exp.fold), real(exp, *a))[1])
+    lines = []
+    results = X.run_experiments(exps, results_dir=tmp_path, log=lines.append)
+    assert calls == [0, 1, 1, 2]  # fold 0 loaded, not retrained
+    assert results[0]["cached"] is True and results[0]["metrics"] == first_result["metrics"]
+    assert "(cached)" in lines[0] and lines[2].startswith("[3/3] ckplus fold 2 pattlite")
+    assert not set(results[0]["metrics"]) - {"all"}  # CK+ has no challenging subsets
+
+
+def test_paper_profile_missing_dataset_is_named(tmp_path):
+    from pattlite.data.errors import DatasetNotFoundError
+
+    exp = X.make_experiment("paper", "rafdb", "published")
+    with pytest.raises(DatasetNotFoundError, match="rafdb"):
+        X.run_experiment(exp, results_dir=tmp_path, progress=False)
+    assert not (tmp_path / "experiments").exists()

@@ -1,0 +1,103 @@
+"""Tests of pattlite.train: the two-stage recipe on heads (cheap) and once on a tiny full model."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from pattlite import train as T
+from pattlite.evaluate import evaluate
+from pattlite.model import build_head, build_model
+
+FEATURES = (14, 14, 16)
+CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+def separable_features(n_per_class, seed):
+    """Features whose class shows in one channel: a head can learn it in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(CLASSES)), n_per_class)
+    x = rng.normal(0, 1, (len(y),) + FEATURES).astype("float16")
+    x[np.arange(len(y)), :, :, y] += 2.0
+    return x, y
+
+
+def train_head(tmp_path, seed=0, **config):
+    x, y = separable_features(12, seed=0)
+    xv, yv = separable_features(4, seed=1)
+    T.enable_determinism(seed)
+    model = build_head("pattlite", len(CLASSES), FEATURES)
+    cfg = T.TrainConfig(seed=seed, stage1_epochs=4, stage2_max_epochs=2, verbose=False, **config)
+    return T.train(model, x, y, xv, yv, cfg, log_dir=tmp_path), cfg
+
+
+def test_head_training_beats_chance_and_repeats(tmp_path):
+    first, _ = train_head(tmp_path / "a")
+    second, _ = train_head(tmp_path / "b")
+    xt, yt = separable_features(5, seed=2)
+    scores = [evaluate(r.stage1_model, xt, yt, CLASSES, "independent")["accuracy"] for r in (first, second)]
+    assert scores[0] > 2.0 / len(CLASSES)
+    assert scores[0] == scores[1]
+    assert first.history == second.history
+    assert first.epochs["stage1"] >= 1 and first.epochs["stage2"] >= 1
+    # CSV logs per stage; stage 2 starts at history.epoch[-5], guarded for short stage-1 runs.
+    assert (tmp_path / "a" / "stage1.csv").is_file() and (tmp_path / "a" / "stage2.csv").is_file()
+    assert first.epochs["stage2_initial_epoch"] == max(0, first.epochs["stage1"] - 5)
+    assert first.history["stage2"]["epoch"][0] == first.epochs["stage2_initial_epoch"]
+    # The stage-2 learning rate follows the inverse time decay per epoch index.
+    lr = first.history["stage2"]["learning_rate"]
+    expected = [T.inverse_time_decay(e) for e in first.history["stage2"]["epoch"]]
+    np.testing.assert_allclose(lr, expected, rtol=1e-5)
+    assert first.trainable_params["stage1"] == first.trainable_params["stage2"]
+
+
+def test_different_seed_changes_training(tmp_path):
+    a, _ = train_head(tmp_path / "a", seed=0)
+    b, _ = train_head(tmp_path / "b", seed=1)
+    assert a.history["stage1"]["loss"] != b.history["stage1"]["loss"]
+
+
+def test_helpers():
+    assert T.stage2_initial_epoch(3) == 0
+    assert T.stage2_initial_epoch(12) == 7
+    assert T.inverse_time_decay(80) == pytest.approx(5e-6)
+    weights = T.balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(weights, [4 / 6, 2.0, 1.0])  # n / (k n_c) over present classes; absent: 1
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="published, independent"):
+        T.TrainConfig(validation="shuffled")
+    with pytest.raises(ValueError, match="as_coded, paper"):
+        T.TrainConfig(finetune="all")
+    with pytest.raises(ValueError, match="batch_size"):
+        T.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="paper"):
+        x, y = separable_features(2, 0)
+        model = build_head("pattlite", len(CLASSES), FEATURES)
+        T.train(model, x, y, x, y, T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1, finetune="paper",
+                                                 verbose=False))
+
+
+def test_full_model_two_stages_as_coded_and_paper(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(16) % 7
+    T.enable_determinism(0)
+    model = build_model("published", 7, input_shape=(32, 32, 3))
+    cfg = T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1, verbose=False, validation="independent")
+    result = T.train(model, x, y, x[:8], y[:8], cfg, dataset="rafdb")
+    # As coded, stage 2 unfreezes no backbone weight.
+    assert result.finetune["backbone_trainable_params"] == 0
+    assert result.trainable_params["stage2"] == result.trainable_params["stage1"]
+    assert "val_accuracy" in result.history["stage1"]
+
+    keras.utils.set_random_seed(0)
+    model = build_model("published", 7, input_shape=(32, 32, 3))
+    paper = T.train(model, x, y, x[:8], y[:8], T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1,
+                                                             verbose=False, finetune="paper"), dataset="rafdb")
+    assert paper.finetune["backbone_trainable_params"] > 0
+    assert paper.trainable_params["stage2"] > paper.trainable_params["stage1"]
