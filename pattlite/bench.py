@@ -1,0 +1,202 @@
+"""Throughput benchmark: training images/s per stage and inference images/s per batch size.
+
+`run_benchmark` measures, on random images served from a uint8 array on disk (memory-mapped, as the
+pixel cache of `pattlite.data.pixels` serves them) and resized to 224 inside the model:
+
+- training, batch `train_batch_size` (the authors' 8), variant `published`:
+  - `stage1_frozen`: stage 1, backbone frozen (Adam 1e-3, clipnorm 3, class-weighted loss);
+  - `stage2_as_coded`: the authors' stage-2 graph with their unfreezing call, which unfreezes no
+    backbone weight (`pattlite.model.set_finetune_trainable(..., "as_coded")`);
+  - `stage2_paper_59`: the same graph with the last 59 backbone layers trainable (BatchNorm frozen), the
+    paper's RAF-DB setting;
+- inference (`predict_on_batch`) of the `published` and `pattlite` models at each batch size.
+
+Each measurement runs one warm-up step (graph tracing, excluded) and then `steps` timed steps. Every step
+is timed in two parts: producing the batch from the uint8 array (`feed`) and the model call (`compute`);
+`images_per_s` counts both, `feed_share` is feed / (feed + compute).
+
+Example:
+
+```python
+from pattlite.bench import run_benchmark
+result = run_benchmark(batch_sizes=(1, 32), steps=30)
+result["training"]["stage1_frozen"]["images_per_s"]
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TRAINING_STAGES = ("stage1_frozen", "stage2_as_coded", "stage2_paper_59")
+INFERENCE_VARIANTS = ("published", "pattlite")
+PAPER_MODE_UNFROZEN_LAYERS = 59  # the paper's RAF-DB setting (Section IV-B)
+DEFAULT_STEPS = 30
+DEFAULT_IMAGE_SIZE = 120  # the size the authors stored FERPlus / FER2013 / CK+ at
+DEFAULT_BATCH_SIZES = (1, 32)
+NUM_CLASSES = 7
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def _timed_steps(batches, indices, call, steps: int) -> dict:
+    """Runs `call(*batch)` on one warm-up batch, then on `steps` batches; returns the timings."""
+    warmup = batches[indices[0]]
+    call(*warmup)
+    feed = compute = 0.0
+    images = 0
+    for step in range(steps):
+        start = time.perf_counter()
+        batch = batches[indices[(step + 1) % len(indices)]]
+        fed = time.perf_counter()
+        call(*batch)
+        done = time.perf_counter()
+        feed += fed - start
+        compute += done - fed
+        images += len(batch[0])
+    total = feed + compute
+    return {
+        "steps": steps,
+        "images": images,
+        "seconds": total,
+        "images_per_s": images / total,
+        "feed_seconds": feed,
+        "feed_share": feed / total,
+    }
+
+
+def _count(weights) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in weights))
+
+
+def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
+                  image_size: int = DEFAULT_IMAGE_SIZE, weights=None, train_batch_size: int = 8,
+                  resize_to: int = 224, seed: int = 0, log=print) -> dict:
+    """Measures training and inference throughput of the PAtt-Lite models on random data.
+
+    Args:
+        batch_sizes: inference batch sizes (the authors evaluated at 32; 1 is one image at a time).
+        steps: timed steps per measurement (after one untimed warm-up step).
+        image_size: side of the square uint8 input images (the model resizes them to `resize_to`).
+        weights: backbone weights for `pattlite.model.build_model`: None (random init; throughput does
+            not depend on the values), "imagenet" or a weights file path.
+        train_batch_size: training batch size (the authors' 8).
+        resize_to: the side the model resizes images to (224 gives the 14x14 map the head expects).
+        seed: seeds the random images, labels and model initialisation.
+        log: called with one progress line per measurement (None: silent).
+
+    Returns:
+        dict with `settings`, `training` (stage -> timings, `trainable_params`), `inference`
+        (variant -> {batch size as str -> timings}), `machine` (from `pattlite.report.provenance`)
+        and `seconds` (the whole benchmark). Timings: steps, images, seconds, images_per_s,
+        feed_seconds, feed_share.
+    """
+    import keras
+
+    from pattlite import model as model_lib
+    from pattlite.evaluate import OrderedBatches
+    from pattlite.report import provenance
+    from pattlite.train import TrainConfig, balanced_class_weights
+
+    batch_sizes = tuple(_positive_int("batch size", b) for b in batch_sizes)
+    if not batch_sizes:
+        raise ValueError("batch_sizes is empty: give at least one inference batch size")
+    steps = _positive_int("steps", steps)
+    image_size = _positive_int("image_size", image_size)
+    train_batch_size = _positive_int("train_batch_size", train_batch_size)
+    say = log or (lambda *_: None)
+    started = time.perf_counter()
+    recipe = TrainConfig()
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    # Enough images that no timed step reuses the warm-up batch.
+    n_images = max(max(batch_sizes), train_batch_size) * (steps + 1)
+    labels = rng.integers(0, NUM_CLASSES, n_images)
+    sample_weight = balanced_class_weights(labels, NUM_CLASSES)[labels].astype("float32")
+    result = {"settings": {"batch_sizes": list(batch_sizes), "steps": steps, "image_size": image_size,
+                           "resize_to": resize_to, "train_batch_size": train_batch_size,
+                           "weights": None if weights is None else str(weights), "data": "random uint8",
+                           "num_classes": NUM_CLASSES},
+              "training": {}, "inference": {}}
+
+    with tempfile.TemporaryDirectory(prefix="pattlite-bench-") as tmp:
+        # A uint8 array on disk, read through a memory map like the pixel cache.
+        cache_path = Path(tmp) / "images.npy"
+        np.save(cache_path, rng.integers(0, 256, (n_images, image_size, image_size, 3), dtype=np.uint8))
+        images = np.load(cache_path, mmap_mode="r")
+        order = rng.permutation(n_images)
+        shape = (image_size, image_size, 3)
+
+        # Training: one model; stage 2 reuses its layers, as the recipe does.
+        train_batches = OrderedBatches(images, order, train_batch_size, y=labels, sample_weight=sample_weight)
+        train_indices = list(range(len(train_batches)))
+        net = model_lib.build_model("published", NUM_CLASSES, input_shape=shape, weights=weights,
+                                    resize_to=resize_to)
+        net.compile(optimizer=keras.optimizers.Adam(recipe.stage1_learning_rate,
+                                                    global_clipnorm=recipe.global_clipnorm),
+                    loss="sparse_categorical_crossentropy")
+        stage_models = {"stage1_frozen": (net, None)}
+        finetune_graph = model_lib.finetune_model(net, recipe.spatial_dropout, recipe.finetune_dropout)
+        stage_models["stage2_as_coded"] = (finetune_graph, ("as_coded", None))
+        stage_models["stage2_paper_59"] = (finetune_graph, ("paper", PAPER_MODE_UNFROZEN_LAYERS))
+        for stage, (graph, unfreeze) in stage_models.items():
+            if unfreeze is not None:
+                model_lib.set_finetune_trainable(graph, unfreeze[0], n_layers=unfreeze[1])
+                # Recompiling after changing `trainable` is what makes the change take effect.
+                graph.compile(optimizer=keras.optimizers.Adam(recipe.stage2_learning_rate,
+                                                              global_clipnorm=recipe.global_clipnorm),
+                              loss="sparse_categorical_crossentropy")
+            if stage == "stage1_frozen":
+                call = graph.train_on_batch
+            else:
+                # The authors' stage 2 uses no class weights.
+                def call(x, y, _w, graph=graph):
+                    return graph.train_on_batch(x, y)
+            timing = _timed_steps(train_batches, train_indices, call, steps)
+            timing["trainable_params"] = _count(graph.trainable_weights)
+            result["training"][stage] = timing
+            say(f"  training {stage:16s} batch {train_batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
+                f"feed {100 * timing['feed_share']:.1f}% ({timing['trainable_params']:,} trainable params)")
+        del net, finetune_graph, stage_models
+
+        for variant in INFERENCE_VARIANTS:
+            net = model_lib.build_model(variant, NUM_CLASSES, input_shape=shape, weights=weights,
+                                        resize_to=resize_to)
+            result["inference"][variant] = {}
+            for batch_size in batch_sizes:
+                batches = OrderedBatches(images, order, batch_size)
+                timing = _timed_steps(batches, list(range(len(batches))), net.predict_on_batch, steps)
+                result["inference"][variant][str(batch_size)] = timing
+                say(f"  inference {variant:15s} batch {batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
+                    f"feed {100 * timing['feed_share']:.1f}%")
+            del net
+        del images
+
+    result["machine"] = {k: v for k, v in provenance().items()
+                         if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")}
+    result["machine"]["cpu_count"] = os.cpu_count()
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The benchmark as a Markdown table: one row per measurement."""
+    lines = ["| measurement | batch | images/s | feed share |", "|---|---:|---:|---:|"]
+    batch = result["settings"]["train_batch_size"]
+    for stage, timing in result["training"].items():
+        lines.append(f"| training {stage} | {batch} | {timing['images_per_s']:.1f} | "
+                     f"{100 * timing['feed_share']:.1f}% |")
+    for variant, per_batch in result["inference"].items():
+        for batch_size, timing in per_batch.items():
+            lines.append(f"| inference {variant} | {batch_size} | {timing['images_per_s']:.1f} | "
+                         f"{100 * timing['feed_share']:.1f}% |")
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""The `pattlite` console script: train one experiment, benchmark throughput, run the batch-composition audit.
+
+    pattlite train --dataset synthetic --variant published --profile ci --seed 3
+    pattlite bench [--batch-sizes 1,32] [--steps 8] [--image-size 120]
+    pattlite audit --dataset ferplus --root data/ferplus --weights mobilenet_1_0_224_imagenet_no_top.weights.h5
+
+Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
+(accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
+values (the message lists the valid ones), 1 a missing file (dataset, weights).
+
+Results: `--results DIR` (or `$PATTLITE_RESULTS_DIR`) is the results base folder; each experiment is
+written to `DIR/<profile>/experiments/<key>.json` and later calls with the same settings load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pattlite import config
+
+TRAIN_DATASETS = config.REAL_DATASETS + ("synthetic",)
+PROTOCOLS = ("published", "shuffled", "independent")
+
+
+class CommandError(ValueError):
+    """A bad command-line value; reported without a traceback."""
+
+
+def _weights_argument(value: str):
+    """--weights: "none" -> None (random init), "imagenet", or a file path (checked later, by name)."""
+    if value is None:
+        return None
+    if value.lower() == "none":
+        return None
+    if value == "imagenet":
+        return "imagenet"
+    return str(Path(value).expanduser())
+
+
+def _int_list(text: str, what: str) -> tuple:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CommandError(f"{what} {text!r}: expected comma-separated integers, e.g. 1,32") from None
+    if not values:
+        raise CommandError(f"{what} {text!r}: expected at least one integer")
+    return values
+
+
+def _results_base(args) -> Path | None:
+    return None if args.results is None else Path(args.results).expanduser()
+
+
+def _json_line(payload: dict) -> None:
+    print(json.dumps(payload, sort_keys=False), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+
+
+def _train_experiment(args):
+    """The experiment `pattlite train` runs, and the benchmark slot it uses."""
+    config.check_name("dataset", args.dataset, TRAIN_DATASETS)
+    from pattlite.profiles import PROFILES, get_profile, resolve_weights
+
+    config.check_name("profile", args.profile, tuple(PROFILES))
+    from pattlite.experiments import make_experiment  # imports Keras: after the cheap checks
+    from pattlite.model import VARIANTS
+
+    config.check_name("variant", args.variant, tuple(VARIANTS))
+    base = PROFILES[args.profile]
+    if args.dataset == "synthetic":
+        if not base.synthetic:
+            raise CommandError(f"--dataset synthetic needs a synthetic profile (ci or demo), not "
+                               f"{args.profile!r}")
+        benchmark = "fer2013"  # the stand-in in the FER2013 slot: 7 classes, like config.DATASET_CLASSES
+    else:
+        benchmark = args.dataset
+    overrides = {}
+    if args.weights is not None:
+        weights = _weights_argument(args.weights)
+        resolve_weights(weights)  # a missing file fails now, not after the data are read
+        overrides["weights"] = weights
+    profile = get_profile(args.profile, allow_random_weights=args.weights is not None, **overrides)
+    return make_experiment(profile, benchmark, args.variant, seed=args.seed, fold=args.fold), profile
+
+
+def cmd_train(args) -> int:
+    from pattlite.experiments import result_path, run_experiment
+
+    exp, profile = _train_experiment(args)
+    results_dir = None if args.results is None else _results_base(args) / profile.name
+    source = exp.source["dataset"]
+    what = (f"synthetic stand-in (in the {exp.dataset} slot of profile {profile.name!r})"
+            if source == "synthetic" else exp.dataset)
+    print(f"pattlite train: {exp.label()} on {what}; profile {profile.name}, stage 1 {exp.stage1}, "
+          f"weights {exp.weights or 'random init, BatchNorm calibrated'}", flush=True)
+    if args.root is not None and source == "synthetic":
+        print(f"note: --root {args.root} is ignored: profile {profile.name!r} uses synthetic data", flush=True)
+    result = run_experiment(exp, results_dir=results_dir, force=args.force, root=args.root, progress=True)
+    path = result_path(exp, results_dir)
+    metrics = result["metrics"]["all"]
+    print(("loaded from " if result["cached"] else "trained and evaluated; wrote ") + str(path))
+    print(f"epochs: stage 1 {result['epochs']['stage1']}, stage 2 {result['epochs']['stage2']}; "
+          f"test images {metrics[PROTOCOLS[0]]['n']}")
+    for protocol in PROTOCOLS:
+        if protocol in metrics:
+            print(f"  {protocol:12s} accuracy {100 * metrics[protocol]['accuracy']:6.2f}%  "
+                  f"mean class accuracy {100 * metrics[protocol]['mean_class_accuracy']:6.2f}%")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    if result.get("synthetic"):
+        print("note: synthetic data: these numbers say nothing about the paper's benchmarks")
+    _json_line({
+        "dataset": args.dataset,
+        "benchmark_slot": exp.dataset,
+        "source_dataset": result.get("source_dataset"),
+        "synthetic": bool(result.get("synthetic")),
+        "variant": exp.variant,
+        "profile": profile.name,
+        "seed": exp.seed,
+        "fold": exp.fold,
+        "stage1": exp.stage1,
+        "key": result["key"],
+        "accuracy": {p: metrics[p]["accuracy"] for p in metrics},
+        "mean_class_accuracy": {p: metrics[p]["mean_class_accuracy"] for p in metrics},
+        "epochs": result["epochs"],
+        "cached": bool(result["cached"]),
+        "result_path": str(path),
+    })
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench
+
+
+def cmd_bench(args) -> int:
+    from pattlite.bench import format_table, run_benchmark
+    from pattlite.profiles import resolve_weights
+
+    weights = resolve_weights(_weights_argument(args.weights))
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
+          f"{args.steps} timed steps after 1 warm-up step per row; weights "
+          f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
+    result = run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
+                           weights=weights, train_batch_size=args.train_batch_size)
+    print(format_table(result))
+    print(f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
+          f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
+          f"{result['seconds']:.1f} s in all")
+    _json_line(result)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# audit
+
+
+def cmd_audit(args) -> int:
+    from pattlite import audit
+
+    config.check_name("dataset", args.dataset, audit.AUDIT_DATASETS)
+    synthetic = args.dataset == "synthetic"
+    profile = args.profile or (audit.SYNTHETIC_PROFILE if synthetic else audit.REAL_PROFILE)
+    if not synthetic and args.weights is None:
+        raise CommandError(f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
+                           "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
+    weights = _weights_argument(args.weights)
+    if synthetic and weights is None:
+        print("note: synthetic run: random backbone (seeded), BatchNorm calibrated on training images", flush=True)
+    if synthetic and args.root is not None:
+        print(f"note: --root {args.root} is ignored for --dataset synthetic", flush=True)
+    seeds = _int_list(args.seeds, "--seeds")
+    summary = audit.run_audit(
+        args.dataset, root=args.root, weights=weights, train_limit=args.train_limit, seeds=seeds,
+        results_dir=audit.results_base(args.results, profile), image_size=args.image_size,
+        stage1_epochs=args.epochs, profile=profile, force=args.force, progress=True)
+    print(audit.format_table(summary))
+    print(f"train images {summary['train_images']}, test images {summary['test_images']}, "
+          f"{summary['image_size']}px, stage-1 epochs run {summary['epochs_run']} (cap "
+          f"{summary['stage1_epochs']}); {summary['cached']} of {len(summary['result_paths'])} results "
+          f"loaded from files; {summary['seconds']:.1f} s")
+    print(f"batch gain of the published head (published - independent protocol): "
+          f"{100 * summary['batch_gain']:+.2f} points")
+    print(f"note: {summary['note']}")
+    if summary["synthetic"]:
+        print("note: synthetic data: these numbers say nothing about the paper's benchmarks")
+    _json_line(summary)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pattlite import audit, bench
+
+    parser = argparse.ArgumentParser(
+        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit.",
+        epilog="The last stdout line of every subcommand is one JSON object.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit}")
+
+    train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
+                           description="Train and evaluate one experiment under the published, shuffled "
+                                       "and independent protocols, or load it from the results folder.")
+    train.add_argument("--dataset", required=True,
+                       help=f"one of {', '.join(TRAIN_DATASETS)} (synthetic: the stand-in of a synthetic "
+                            "profile)")
+    train.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, "
+                                                    "else data/<name>/)")
+    train.add_argument("--variant", required=True, help="model variant, e.g. published, pattlite, no_mixing")
+    train.add_argument("--profile", required=True, help="paper, demo or ci")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    train.add_argument("--fold", type=int, default=None, help="CK+ test fold 0..9")
+    train.add_argument("--weights", default=None,
+                       help="backbone weights: a .weights.h5 path, imagenet, or none (random init); "
+                            "default: the profile's")
+    train.add_argument("--results", default=None,
+                       help="results base folder (default $PATTLITE_RESULTS_DIR, else results/)")
+    train.add_argument("--force", action="store_true", help="retrain even when a result file exists")
+    train.set_defaults(handler=cmd_train)
+
+    bench_parser = sub.add_parser("bench", help="training and inference throughput on random data",
+                                  description=bench.__doc__.splitlines()[0])
+    bench_parser.add_argument("--batch-sizes", default="1,32", help="inference batch sizes (default 1,32)")
+    bench_parser.add_argument("--steps", type=int, default=bench.DEFAULT_STEPS,
+                              help=f"timed steps per row (default {bench.DEFAULT_STEPS})")
+    bench_parser.add_argument("--image-size", type=int, default=bench.DEFAULT_IMAGE_SIZE,
+                              help=f"input image side before the resize to 224 (default {bench.DEFAULT_IMAGE_SIZE})")
+    bench_parser.add_argument("--train-batch-size", type=int, default=8, help="training batch (default 8)")
+    bench_parser.add_argument("--weights", default="none",
+                              help="backbone weights: none (default), imagenet or a .weights.h5 path")
+    bench_parser.set_defaults(handler=cmd_bench)
+
+    audit_parser = sub.add_parser("audit", help="the batch-composition audit on cached backbone features",
+                                  description=audit.__doc__.splitlines()[0])
+    audit_parser.add_argument("--dataset", required=True, help=f"one of {', '.join(audit.AUDIT_DATASETS)}")
+    audit_parser.add_argument("--root", default=None, help="dataset folder")
+    audit_parser.add_argument("--weights", default=None,
+                              help="backbone weights file (required for real data)")
+    audit_parser.add_argument("--train-limit", type=int, default=None,
+                              help=f"training images, class-stratified (default {audit.DEFAULT_TRAIN_LIMIT} "
+                                   "on real data)")
+    audit_parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1 (default 0)")
+    audit_parser.add_argument("--epochs", type=int, default=None,
+                              help=f"stage-1 epoch cap (default {audit.DEFAULT_STAGE1_EPOCHS} on real data)")
+    audit_parser.add_argument("--image-size", type=int, default=None,
+                              help="image side fed to the model (default: the profile's, 120)")
+    audit_parser.add_argument("--profile", default=None,
+                              help="default paper (real data) or ci (synthetic; demo is larger)")
+    audit_parser.add_argument("--results", default=None, help="results base folder")
+    audit_parser.add_argument("--force", action="store_true", help="retrain even when result files exist")
+    audit_parser.set_defaults(handler=cmd_audit)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs the `pattlite` console script; returns the exit status."""
+    # TensorFlow's INFO lines would bury the progress output; oneDNN itself stays on.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)
+        print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # bad names / values; the message lists the valid ones
+        print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
