@@ -235,6 +235,22 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
     return {"manifest": manifest, "classes": classes, "pixels": pixels, "y": y_all, "index": index}
 
 
+class _RowsOf:
+    """Features computed for some manifest rows (`used`), addressed by manifest position."""
+
+    def __init__(self, array, used):
+        self.array, self.used = array, np.asarray(used)
+        self.shape = (len(self.used),) + tuple(array.shape[1:])
+
+    def __getitem__(self, positions):
+        if isinstance(positions, slice):
+            positions = np.arange(*positions.indices(int(self.used[-1]) + 1))
+        local = np.searchsorted(self.used, positions)
+        if np.any(self.used[np.minimum(local, len(self.used) - 1)] != positions):
+            raise IndexError("features were not computed for some requested manifest rows")
+        return _take(self.array, local)
+
+
 def _take(array, positions):
     """Rows of a (possibly memory-mapped) array; a contiguous range stays a view, not a copy."""
     positions = np.asarray(positions)
@@ -311,8 +327,10 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
                        y[index["val"]], cfg, dataset=exp.dataset)
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
-    features = backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
-                                 resize_to=exp.resize_to, progress=progress)[cut]
+    # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
+    used = np.unique(np.concatenate([index["train"], index["val"], index["test"]]))
+    features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
+                                         resize_to=exp.resize_to, progress=progress, rows=used)[cut], used)
     enable_determinism(exp.seed, cfg.deterministic)
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
     if cfg.finetune == "paper" and cfg.stage2:

@@ -72,13 +72,16 @@ def manifest_identity(manifest) -> str:
     return digest.hexdigest()[:16]
 
 
-def feature_key(manifest, size: int, weights, resize_to: int = 224) -> str:
-    """The cache key of one (images, size, weights, resize) combination; the layer is the file name."""
-    return _hash({
+def feature_key(manifest, size: int, weights, resize_to: int = 224, rows=None) -> str:
+    """The cache key of one (images, rows, size, weights, resize) combination; the layer is the file name."""
+    key = {
         "images": manifest_identity(manifest), "size": int(size), "resize_to": int(resize_to),
         "weights": weights_identity(weights), "pattlite": pattlite.__version__,
         "format": FEATURE_FORMAT_VERSION, "dtype": FEATURE_DTYPE,
-    })
+    }
+    if rows is not None:
+        key["rows"] = hashlib.sha1(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
+    return _hash(key)
 
 
 def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224, cache_dir=None) -> Path:
@@ -129,7 +132,7 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     return path
 
 
-def _extract(manifest, size, weights, layer_names, resize_to, batch_size, progress, folder):
+def _extract(manifest, size, weights, layer_names, resize_to, batch_size, progress, folder, rows=None):
     """One pass of the images through the backbone, written to temporary .npy files in `folder`.
 
     Returns {layer name: temporary path}; the caller renames them into place.
@@ -140,15 +143,16 @@ def _extract(manifest, size, weights, layer_names, resize_to, batch_size, progre
     from pattlite.model import build_backbone
 
     pixels = load_pixels(manifest, size, progress=progress)
+    rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
     backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
                               input_shape=(size, size, 3))
     extractor = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
     outputs = {}
-    n = len(pixels)
+    n = len(rows)
     with tqdm(total=n, desc=f"backbone features ({', '.join(layer_names)})", unit="img",
               disable=not progress) as bar:
         for start in range(0, n, batch_size):
-            batch = np.asarray(pixels[start:start + batch_size], dtype="float32")
+            batch = np.asarray(pixels[rows[start:start + batch_size]], dtype="float32")
             values = extractor.predict_on_batch(batch)
             if not isinstance(values, (list, tuple)):
                 values = [values]
@@ -178,7 +182,7 @@ def _deepest(layer_names) -> str:
 
 
 def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to: int = 224,
-                      batch_size: int = 64, progress: bool = True, cache_dir=None) -> dict:
+                      batch_size: int = 64, progress: bool = True, cache_dir=None, rows=None) -> dict:
     """Frozen-backbone features of every image of a manifest, from the cache or computed once.
 
     Args:
@@ -193,9 +197,12 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
             change the features).
         progress: show a tqdm progress bar.
         cache_dir: feature cache folder (default `features_dir()`).
+        rows: manifest positions to compute (sorted ascending), e.g. a training subset plus val and
+            test; None = every row. A training limit then costs only the images it keeps.
 
     Returns:
-        {layer name: read-only float16 memory map (N, h, w, c)}, rows in manifest order. No augmentation
+        {layer name: read-only float16 memory map (N, h, w, c)}, one row per manifest row (or per entry
+        of `rows`), in that order. No augmentation
         can be applied to these features.
     """
     from pattlite.model import cut_layer_name
@@ -203,15 +210,20 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
     names = list(dict.fromkeys(cut_layer_name(c) for c in cut_layers))
     if not names:
         raise ValueError("cut_layers is empty; expected at least one layer number or name")
-    key = feature_key(manifest, size, weights, resize_to)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) > 1 and np.any(np.diff(rows) <= 0)):
+            raise ValueError("rows must be a 1-D array of increasing manifest positions")
+    key = feature_key(manifest, size, weights, resize_to, rows=rows)
     folder = features_dir(cache_dir) / key
     missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
-        written = _extract(manifest, size, weights, missing, resize_to, batch_size, progress, folder)
+        written = _extract(manifest, size, weights, missing, resize_to, batch_size, progress, folder, rows)
         for name, tmp in written.items():
             os.replace(tmp, folder / f"{name}.npy")
-        meta = {"key": key, "n": len(manifest), "size": int(size), "resize_to": int(resize_to),
+        expected = len(manifest) if rows is None else len(rows)
+        meta = {"key": key, "n": expected, "size": int(size), "resize_to": int(resize_to),
                 "weights": weights_identity(weights), "pattlite": pattlite.__version__,
                 "dataset": manifest.attrs.get("dataset"), "layers": sorted(
                     p.stem for p in folder.glob("*.npy") if not p.name.startswith("."))}
@@ -221,9 +233,10 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
     features = {}
     for name in names:
         array = np.load(folder / f"{name}.npy", mmap_mode="r")
-        if len(array) != len(manifest):
-            raise ValueError(f"{folder / (name + '.npy')}: {len(array)} rows for a manifest of "
-                             f"{len(manifest)}; delete the folder {folder} to rebuild it")
+        expected = len(manifest) if rows is None else len(rows)
+        if len(array) != expected:
+            raise ValueError(f"{folder / (name + '.npy')}: {len(array)} rows, expected {expected}; "
+                             f"delete the folder {folder} to rebuild it")
         features[name] = array
     return features
 

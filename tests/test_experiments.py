@@ -41,7 +41,8 @@ def test_profiles():
     with pytest.raises(ValueError, match="unknown profile field"):
         get_profile("demo", epochs=3)
     demo = get_profile("demo")
-    assert demo.synthetic and demo.stage1 == "cached" and demo.weights is None
+    assert demo.synthetic and demo.stage1 == "cached" and demo.weights == "imagenet"
+    assert get_profile("ci").weights is None  # ci needs no download
     assert demo.num_classes("ferplus") == 8 and demo.source("ferplus")["options"]["num_classes"] == 8
     seeds = {demo.source(b)["options"]["seed"] for b in ("ckplus", "rafdb", "fer2013", "ferplus")}
     assert len(seeds) == 4

@@ -105,3 +105,16 @@ def test_cached_head_predicts_like_full_model(env, tmp_path):
     from_images = full.predict(np.asarray(env["pixels"], dtype="float32"), verbose=0)
     # float16 storage is the only difference
     np.testing.assert_allclose(from_features, from_images, atol=2e-3)
+
+
+def test_rows_subset_matches_full_features(env, count_extractions, tmp_path):
+    cache = tmp_path / "cache"
+    m, w = env["manifest"], env["weights"]
+    full = F.backbone_features(m, 32, w, progress=False, cache_dir=cache)["conv_dw_9_relu"]
+    rows = np.array([0, 3, 4, 10, len(m) - 1])
+    part = F.backbone_features(m, 32, w, progress=False, cache_dir=cache, rows=rows)["conv_dw_9_relu"]
+    assert part.shape == (len(rows),) + full.shape[1:]
+    np.testing.assert_array_equal(part, full[rows])
+    assert count_extractions[-1] == ["conv_dw_9_relu"] and len(count_extractions) == 2  # own cache entry
+    with pytest.raises(ValueError, match="increasing"):
+        F.backbone_features(m, 32, w, progress=False, cache_dir=cache, rows=[3, 1])
