@@ -1,0 +1,47 @@
+"""The model, evaluation and training code is Keras 3 only, so it runs on Keras' JAX backend too.
+
+Runs in a subprocess (the backend is fixed at import time). Skipped when JAX is not installed: it is
+not a dependency (`pip install -e .[jax]` adds it).
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                reason="JAX not installed (pip install -e .[jax]); backend check skipped")
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import keras
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from pattlite.evaluate import evaluate
+    from pattlite.model import build_model
+    from pattlite.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (14, 32, 32, 3)).astype("uint8")
+    y = np.repeat(np.arange(7), 2)
+    published = build_model("published", 7, input_shape=(32, 32, 3))
+    assert published.count_params() == 1_102_664, published.count_params()
+    corrected = build_model("pattlite", 7, input_shape=(32, 32, 3))
+    together = corrected.predict(x, batch_size=14, verbose=0)
+    alone = np.concatenate([corrected.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    classes = [str(i) for i in range(7)]
+    for protocol in ("published", "shuffled", "independent"):
+        evaluate(published, x, y, classes, protocol)
+    result = train(published, x, y, x, y, TrainConfig(stage1_epochs=1, stage2=False, verbose=False))
+    assert result.epochs["stage1"] == 1
+    print("JAX-OK")
+""")
+
+
+def test_model_evaluate_and_train_run_on_the_jax_backend():
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "JAX-OK" in out.stdout, out.stderr[-3000:]
