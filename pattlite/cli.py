@@ -263,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Runs the `pattlite` console script; returns the exit status."""
-    # TensorFlow's INFO lines would bury the progress output; oneDNN itself stays on.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    config.quiet_backend_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

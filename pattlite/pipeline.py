@@ -72,6 +72,7 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
     output_dir = Path(output_dir or config.results_dir(profile) / "notebooks")
     output_dir.mkdir(parents=True, exist_ok=True)
     # TensorFlow's INFO lines (the oneDNN notice) would clutter every notebook; oneDNN itself stays on.
+    # The kernels inherit this environment variable.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     params = {"profile": profile, **(parameters or {})}
     timings = []
