@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from pattlite import config
+from pattlite.console import quiet_backend_logs
 
 TRAIN_DATASETS = config.REAL_DATASETS + ("synthetic",)
 PROTOCOLS = ("published", "shuffled", "independent")
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Runs the `pattlite` console script; returns the exit status."""
-    config.quiet_backend_logs()
+    quiet_backend_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

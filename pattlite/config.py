@@ -78,15 +78,3 @@ def check_name(kind: str, value: str, valid) -> str:
         raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
     return value
 
-
-def quiet_backend_logs() -> None:
-    """Keep TensorFlow's log noise out of progress output and notebooks; oneDNN itself stays on.
-
-    INFO lines (the oneDNN notice) are filtered by TF_CPP_MIN_LOG_LEVEL=1 when set before TensorFlow
-    loads; the Python-side "triggered tf.function retracing" warnings (evaluation on test subsets of
-    different sizes traces once per shape, which is expected) go through the `tensorflow` logger.
-    """
-    import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)

@@ -97,6 +97,9 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
 
 
 def main(argv=None) -> int:
+    from .console import quiet_backend_logs
+
+    quiet_backend_logs()  # the kernels inherit the filtered stderr
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="demo", help="demo (default, synthetic data), paper or ci")
     parser.add_argument("--only", default=None,

@@ -67,6 +67,10 @@ class Profile:
         stage2_max_epochs: cap on the number of stage-2 epochs actually run (None: no cap).
         train_limit: at most this many training images (class-stratified, seeded), None = all.
         ckplus_folds: the CK+ cross-validation folds to run (the paper: all 10).
+        table5_layers: the cut layers of Table 5's grid to run (the paper: all six; every kernel code
+            runs at each).
+        table5_train_limit: training images for each Table 5 grid point (None: as `train_limit`); the
+            one-convolution patch blocks have 2-9M parameters and dominate a CPU demo.
         seeds: training seeds to run.
         steps_per_execution: batches per compiled call (keeps a GPU busy at batch size 8).
         validation: "published" (class-grouped, unshuffled, batch 8: what the authors' validation did)
@@ -90,6 +94,8 @@ class Profile:
     stage2_max_epochs: int | None = None
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
+    table5_layers: tuple = (17, 23, 29, 35, 41, 47)
+    table5_train_limit: int | None = None
     seeds: tuple = (0,)
     steps_per_execution: int = 1
     validation: str = "published"
@@ -162,6 +168,7 @@ PROFILES = {
         stage2_max_epochs=2,
         train_limit=280,
         ckplus_folds=(0, 1),
+        table5_train_limit=140,
         steps_per_execution=8,
     ),
     "ci": Profile(
@@ -178,6 +185,7 @@ PROFILES = {
         stage2_max_epochs=1,
         train_limit=56,
         ckplus_folds=(0,),
+        table5_layers=(29,),
         steps_per_execution=4,
     ),
 }

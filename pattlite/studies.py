@@ -256,18 +256,24 @@ def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, TABLE4_VARIANTS, seeds)
 
 
-def table5_experiments(profile, seeds=None, layers=TABLE5_LAYERS, kernels=TABLE5_KERNELS):
+def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS):
     """Experiments of Table 5: the published head with the one-convolution patch block of each kernel
-    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on RAF-DB."""
+    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on RAF-DB.
+    `layers` defaults to the profile's `table5_layers`; the profile's `table5_train_limit` caps the
+    training images of each grid point."""
     from pattlite.model import KERNEL_CODES
 
+    profile = _profile(profile)
+    layers = profile.table5_layers if layers is None else layers
+    limit = {} if profile.table5_train_limit is None else {"train_limit": profile.table5_train_limit}
     out = []
     for layer in layers:
         if layer not in TABLE5_LAYERS:
             raise ValueError(f"cut layer {layer!r}: Table 5 has layers {TABLE5_LAYERS}")
         for kernel in kernels:
             config.check_name("kernel code", kernel, tuple(KERNEL_CODES))
-            out += _plan(profile, (TABLE5_DATASET,), ("published",), seeds, cut_layer=layer, kernel=kernel)
+            out += _plan(profile, (TABLE5_DATASET,), ("published",), seeds, cut_layer=layer, kernel=kernel,
+                         **limit)
     return out
 
 
@@ -982,10 +988,16 @@ DEVIATIONS = """
   seeded order and record the seeds.
 """.strip()
 
-SYNTHETIC_NOTE = ("Every benchmark of this run is a procedurally drawn synthetic stand-in with a randomly "
-                  "initialised (BatchNorm-calibrated) backbone, sized for a CPU. The tables show the pipeline "
-                  "and the batch-composition mechanism; no number is comparable with the paper, and every "
-                  "verdict says so. Run the `paper` profile on the real datasets for a replication.")
+SYNTHETIC_NOTE = ("Every benchmark of this run is a procedurally drawn synthetic stand-in, sized for a CPU "
+                  "({weights}). The tables show the pipeline and the batch-composition mechanism; no number is "
+                  "comparable with the paper, and every verdict says so. Run the `paper` profile on the real "
+                  "datasets for a replication.")
+
+
+def _weights_phrase(profile) -> str:
+    if profile.weights is None:
+        return "randomly initialised backbone with BatchNorm calibrated on training images"
+    return f"backbone weights: {profile.weights}"
 
 
 def _figure_block(ctx, figure: int):
@@ -1020,7 +1032,7 @@ def report_sections(ctx) -> list:
     sections = []
     intro = [context_summary(ctx)]
     if ctx.synthetic:
-        intro.append(SYNTHETIC_NOTE)
+        intro.append(SYNTHETIC_NOTE.format(weights=_weights_phrase(ctx.profile)))
     intro.append("Each table gives the paper's number (`paper`), ours (`ours`, measured under the authors' "
                  "evaluation protocol: class-grouped test batches of 32), the difference (`diff` = ours - "
                  f"paper) and a verdict (within {report.ACCURACY_TOLERANCE:g} accuracy point: reproduced; "
@@ -1078,7 +1090,8 @@ def report_sections(ctx) -> list:
 
 def _profile_summary(profile) -> dict:
     keep = ("name", "synthetic", "weights", "stage1", "finetune", "stage1_epochs", "stage2_epochs",
-            "stage2_max_epochs", "train_limit", "ckplus_folds", "seeds", "validation")
+            "stage2_max_epochs", "train_limit", "ckplus_folds", "table5_layers", "table5_train_limit", "seeds",
+            "validation")
     d = profile.to_dict()
     return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keep if k in d}
 

@@ -22,7 +22,8 @@ from pattlite import config, paper, report, studies  # noqa: E402
 from pattlite.experiments import collect_results, result_path  # noqa: E402
 from pattlite.profiles import get_profile  # noqa: E402
 
-CI2 = get_profile("ci", ckplus_folds=(0, 1))   # two CK+ folds, so the fold mean is tested
+CI2 = get_profile("ci", ckplus_folds=(0, 1),     # two CK+ folds, so the fold mean is tested,
+                  table5_layers=(17, 23, 29, 35, 41, 47))  # and Table 5's whole grid
 INDEPENDENT_DROP = 0.25                        # independent accuracy = published - 0.25 (published model)
 GRID_ACCURACY = 0.5                            # every Table 5 grid point
 
@@ -108,6 +109,14 @@ def test_plans_cover_each_table_and_share_experiments():
     every = studies.all_experiments(CI2)
     assert len(every) == len({e.key() for e in every})
     assert len(studies.table4_experiments(CI2, seeds=[0, 1])) == 2 * len(t4)
+
+
+def test_profile_sizes_table5_grid():
+    ci = studies.table5_experiments("ci")
+    assert {e.model_options["cut_layer"] for e in ci} == {29} and len(ci) == len(studies.TABLE5_KERNELS)
+    demo = studies.table5_experiments("demo")
+    assert len(demo) == 30 and {e.train_limit for e in demo} == {get_profile("demo").table5_train_limit}
+    assert all(e.train_limit is None for e in studies.table5_experiments("paper", seeds=[0]))
 
 
 def test_plans_reject_bad_names():
