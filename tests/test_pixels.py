@@ -227,3 +227,24 @@ def test_bad_arguments():
         load_pixels(without_name, 8, progress=False)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['row'\]"):
         load_pixels(manifest.drop(columns=["row"]), 8, progress=False)
+
+
+def test_cache_is_built_on_disk_not_in_memory(tmp_path):
+    """A full FERPlus at 120 px is 1.5 GB: the cache must be written row by row into a memory map, so
+    building it never holds a second copy of the array. Traced peak memory stays far below its size."""
+    import tracemalloc
+
+    n, side = 1200, 48
+    source = np.random.default_rng(0).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", source)
+    del source
+    manifest = make_manifest([tmp_path / "images.npy"] * n, rows=list(range(n)), dataset="memory")
+    output_bytes = n * 120 * 120 * 3  # 52 MB
+    tracemalloc.start()
+    try:
+        array = load_pixels(manifest, 120, progress=False, cache_dir=tmp_path / "cache")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert array.shape == (n, 120, 120, 3) and isinstance(array, np.memmap)
+    assert peak < output_bytes / 4, f"peak {peak / 1e6:.1f} MB while building a {output_bytes / 1e6:.1f} MB cache"
