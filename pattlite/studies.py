@@ -1060,6 +1060,10 @@ def report_sections(ctx) -> list:
     for n in range(4, 12):
         df = table(n, results, ctx.synthetic)
         sections.append((f"Table {n}", [f"**{df.attrs['caption']}**", df]))
+    if ctx.synthetic:  # every table carries the banner, not only the report's head
+        for title, blocks in sections:
+            if title.startswith("Table "):
+                blocks.insert(0, f"> **{report.SYNTHETIC_BANNER}**")
     figures = []
     for figure in FIGURES:
         figures += _figure_block(ctx, figure)

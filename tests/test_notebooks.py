@@ -82,6 +82,7 @@ def test_report_holds_every_table_and_figure_with_banner(ci_run):
         assert "not produced yet" not in md
     assert html.count("data:image/png;base64,") >= 9
     assert report.SYNTHETIC_BANNER in md and report.SYNTHETIC_BANNER in html
+    assert md.count(report.SYNTHETIC_BANNER) >= 11, "every table of the report carries the banner"
     assert "not comparable" in md
     assert not re.search(r"\|\s*(not )?reproduced\s*\|", md), "a synthetic run got a verdict"
     for section in ("The batch-composition audit", "Deviations and interpretation", "Provenance"):
