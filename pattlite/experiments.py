@@ -302,6 +302,19 @@ def result_path(exp: Experiment, results_dir=None) -> Path:
     return base / "experiments" / f"{exp.key()}.json"
 
 
+def weights_path(exp: Experiment, results_dir=None) -> Path:
+    """`<results dir>/experiments/<key>.weights.h5`: the trained weights of the model an experiment
+    evaluated (the head alone when it was evaluated on cached features, else the full model)."""
+    return result_path(exp, results_dir).with_name(f"{exp.key()}.weights.h5")
+
+
+def _save_weights_atomic(model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"  # Keras wants the .weights.h5 ending
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
 def _write_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
@@ -430,6 +443,8 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         "cached": False,
     }
     result = _jsonable(result)
+    # Weights first: a result file on disk always has its weights beside it (Grad-CAM reloads them).
+    _save_weights_atomic(model, weights_path(exp, results_dir))
     _write_atomic(path, result)
     return result
 

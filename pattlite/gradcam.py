@@ -203,12 +203,10 @@ def plot_predictions(images, maps, y_true, y_pred, classes, columns: int = 6, ti
 
 
 def weights_path(exp, results_dir=None):
-    """`<results dir>/experiments/<key>.weights.h5`: the trained weights of the model an experiment
-    evaluated (the head alone when stage 1 ran on cached features, else the full model)."""
-    from pattlite.experiments import result_path
+    """Where an experiment's trained weights are (`pattlite.experiments.weights_path`)."""
+    from pattlite.experiments import weights_path as _weights_path
 
-    path = result_path(exp, results_dir)
-    return path.with_name(f"{exp.key()}.weights.h5")
+    return _weights_path(exp, results_dir)
 
 
 def _evaluated_on_features(exp) -> bool:
@@ -221,17 +219,15 @@ def _evaluated_on_features(exp) -> bool:
 def trained_model(exp, results_dir=None, root=None, progress: bool = False):
     """The full trained model of an experiment (images in, probabilities out), and its data.
 
-    Loads the weights saved next to the result file (`weights_path`); when there are none, trains the
-    experiment's model again with its recipe and seed (the engine is deterministic on CPU for a seed) and
-    saves them there, so later calls load. A head trained on cached features is put on the backbone with
+    Loads the weights that `pattlite.experiments.run_experiment` saved next to the result file
+    (`weights_path`); when there are none, runs the experiment again with its recipe and seed, which
+    saves them. A head trained on cached features is put on the backbone with
     `pattlite.model.copy_head_weights`.
 
     Returns:
         (model, data): a `keras.Model` from `build_model` and the dict of
         `pattlite.experiments.load_experiment_data` (manifest, classes, pixels, y, index).
     """
-    import os
-
     from pattlite import experiments
     from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
 
@@ -252,14 +248,7 @@ def trained_model(exp, results_dir=None, root=None, progress: bool = False):
         else:
             full.load_weights(str(path))
         return full, data
-    # pattlite.experiments keeps no weights: rebuild the trained model with the engine's own routine
-    # (the same recipe and seed as the result file's run).
-    model, _, _ = experiments._build_and_train(exp, exp.train_config(), data, weights, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
-    if on_features:
-        copy_head_weights(model, full)
-        return full, data
-    return model, data
+    # A result file from before weights were saved: run the experiment again (same recipe and seed),
+    # which writes the weights beside its result.
+    experiments.run_experiment(exp, results_dir=results_dir, force=True, root=root, progress=progress)
+    return trained_model(exp, results_dir=results_dir, root=root, progress=progress)

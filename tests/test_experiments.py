@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 
 from pattlite import experiments as X
@@ -83,6 +84,19 @@ def test_run_load_and_repeat(tmp_path):
     assert json.loads(path.read_text())["key"] == exp.key()
     assert "git_commit" in first["provenance"]
 
+    # The evaluated model's weights are saved beside the result: the full model rebuilt from them
+    # (head on the backbone) predicts what the result file recorded.
+    assert X.weights_path(exp, tmp_path).is_file()
+    from pattlite.evaluate import evaluate
+    from pattlite.gradcam import trained_model
+
+    model, data = trained_model(exp, results_dir=tmp_path)
+    rows = data["index"]["test"]
+    rebuilt = evaluate(model, np.asarray(data["pixels"][rows]), data["y"][rows], data["classes"], "independent")
+    recorded = np.asarray(first["predictions"]["all"]["independent"])
+    # float16 features vs the float32 path may flip a borderline image, not more
+    assert np.mean(rebuilt["predictions"] == recorded) >= 0.95
+
     loaded = X.run_experiment(exp, results_dir=tmp_path, progress=False)
     assert loaded["cached"] is True and loaded["metrics"] == first["metrics"]
 
@@ -112,7 +126,8 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         X.run_experiments(exps, results_dir=tmp_path, log=lambda line: None)
     files = sorted(p.name for p in (tmp_path / "experiments").iterdir())
-    assert files == [f"{exps[0].key()}.json"]  # nothing partial from the interrupted one
+    # the finished experiment's result and weights; nothing partial from the interrupted one
+    assert files == [f"{exps[0].key()}.json", f"{exps[0].key()}.weights.h5"]
     first_result = json.loads((tmp_path / "experiments" / files[0]).read_text())
 
     monkeypatch.setattr(X, "_build_and_train", lambda exp, *a: (calls.append(exp.fold), real(exp, *a))[1])
