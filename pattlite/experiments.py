@@ -302,6 +302,12 @@ def result_path(exp: Experiment, results_dir=None) -> Path:
     return base / "experiments" / f"{exp.key()}.json"
 
 
+def logs_path(exp: Experiment, results_dir=None) -> Path:
+    """`<results dir>/logs/<key>/`: the experiment's per-epoch CSV logs (stage1.csv, stage2.csv) and,
+    when asked for, TensorBoard logs."""
+    return result_path(exp, results_dir).parent.parent / "logs" / exp.key()
+
+
 def weights_path(exp: Experiment, results_dir=None) -> Path:
     """`<results dir>/experiments/<key>.weights.h5`: the trained weights of the model an experiment
     evaluated (the head alone when it was evaluated on cached features, else the full model)."""
@@ -323,7 +329,8 @@ def _write_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool):
+def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool, log_dir=None,
+                     tensorboard: bool = False):
     """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
     from pattlite.features import backbone_features
     from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
@@ -337,7 +344,7 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
                             weights=weights, **model_kwargs)
         inputs = data["pixels"]
         result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
-                       y[index["val"]], cfg, dataset=exp.dataset)
+                       y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
@@ -350,14 +357,16 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
         result = train(head, _take(features, index["train"]), y[index["train"]],
                        _take(features, index["val"]), y[index["val"]],
-                       dataclasses.replace(cfg, stage2=False), dataset=exp.dataset)
+                       dataclasses.replace(cfg, stage2=False), dataset=exp.dataset, log_dir=log_dir,
+                       tensorboard=tensorboard)
         full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
                            weights=weights, **model_kwargs)
         copy_head_weights(head, full)
         pixels = data["pixels"]
         graph, history2, report, initial, seconds = train_stage2(
             full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
-            y[index["val"]], result.epochs["stage1"], cfg, dataset=exp.dataset)
+            y[index["val"]], result.epochs["stage1"], cfg, dataset=exp.dataset, log_dir=log_dir,
+            tensorboard=tensorboard)
         result.model = graph
         result.history["stage2"] = {k: [float(v) for v in vs] for k, vs in history2.history.items()}
         result.epochs.update(stage2=len(history2.epoch), stage2_initial_epoch=initial)
@@ -367,12 +376,12 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         result.wall_time_s["total"] += seconds
         return full, pixels, result
     result = train(head, _take(features, index["train"]), y[index["train"]], _take(features, index["val"]),
-                   y[index["val"]], cfg, dataset=exp.dataset)
+                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
     return result.stage1_model, features, result
 
 
 def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, tensorboard: bool = False) -> dict:
     """Trains and evaluates one experiment, or loads its result file.
 
     Args:
@@ -381,6 +390,7 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         force: retrain even when a result file exists.
         root: dataset root for real data (default: `$PATTLITE_<NAME>_ROOT`, else data/<name>/).
         progress: progress bars and per-epoch lines.
+        tensorboard: also write TensorBoard logs (per-epoch CSV logs are always written, see `logs_path`).
 
     Returns:
         The result dict (also the file's content): key, config, dataset, classes, synthetic, stage1 (+
@@ -401,7 +411,8 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     data = load_experiment_data(exp, root=root, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
-    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress)
+    log_dir = logs_path(exp, results_dir)
+    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
     groups = {"all": test_rows}

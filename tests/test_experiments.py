@@ -87,6 +87,8 @@ def test_run_load_and_repeat(tmp_path):
     # The evaluated model's weights are saved beside the result: the full model rebuilt from them
     # (head on the backbone) predicts what the result file recorded.
     assert X.weights_path(exp, tmp_path).is_file()
+    stage1_log = X.logs_path(exp, tmp_path) / "stage1.csv"
+    assert len(stage1_log.read_text().splitlines()) == first["epochs"]["stage1"] + 1  # header + an epoch a line
     from pattlite.evaluate import evaluate
     from pattlite.gradcam import trained_model
 
