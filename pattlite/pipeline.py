@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import config
@@ -74,6 +75,14 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
     # TensorFlow's INFO lines (the oneDNN notice) would clutter every notebook; oneDNN itself stays on.
     # The kernels inherit this environment variable.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if not PROFILES[profile].synthetic:
+        from .studies import warn_if_no_accelerator
+
+        with warnings.catch_warnings():  # printed once here, as a log line; each notebook warns too
+            warnings.simplefilter("ignore")
+            message = warn_if_no_accelerator(profile)
+        if message:
+            log(f"WARNING: {message}")
     params = {"profile": profile, **(parameters or {})}
     timings = []
     total_start = time.time()

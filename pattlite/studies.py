@@ -175,7 +175,7 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
         if root is not None:
             os.environ[config.dataset_root_env_var(name)] = str(root)
     results = _optional_path(results_dir) or config.results_dir(prof.name)
-    return NotebookContext(
+    ctx = NotebookContext(
         profile=prof,
         datasets=tuple(chosen),
         results_dir=results,
@@ -184,6 +184,9 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
         reports_dir=_optional_path(reports_dir) or config.reports_dir(prof.name),
         run_experiments=parse_bool(run_experiments, "run_experiments"),
     )
+    if ctx.run_experiments:
+        warn_if_no_accelerator(prof)  # the paper profile on a CPU: says how long it would take
+    return ctx
 
 
 def benchmark_manifests(profile, datasets=BENCHMARKS) -> dict:

@@ -7,6 +7,7 @@ lower, and so on.
 
 import json
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -333,6 +334,15 @@ def test_run_without_training_names_missing_results(tmp_path):
 
 
 # ------------------------------------------------------------------------- compute estimate
+
+
+def test_notebook_context_warns_for_the_paper_profile_on_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(studies, "accelerator_names", lambda: [])
+    with pytest.warns(RuntimeWarning, match="CPU only"):
+        studies.notebook_context("paper", results_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # assembling tables from existing results trains nothing: no warning
+        studies.notebook_context("paper", results_dir=tmp_path, run_experiments="False")
 
 
 def test_cpu_warning_for_real_data_only(monkeypatch):
