@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+from envvars import environment
 
 from pattlite import audit, cli
 
@@ -17,13 +18,8 @@ PROTOCOLS = ("published", "shuffled", "independent")
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     base = tmp_path_factory.mktemp("audit")
-    saved = os.environ.get("PATTLITE_DATA_DIR")
-    os.environ["PATTLITE_DATA_DIR"] = str(base / "data")
-    yield base
-    if saved is None:
-        os.environ.pop("PATTLITE_DATA_DIR", None)
-    else:
-        os.environ["PATTLITE_DATA_DIR"] = saved
+    with environment(PATTLITE_DATA_DIR=base / "data"):
+        yield base
 
 
 def run_cli(capsys, args):

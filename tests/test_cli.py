@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+from envvars import environment
 
 from pattlite import cli
 
@@ -22,15 +23,8 @@ TRAIN = ["train", "--dataset", "synthetic", "--profile", "ci", "--seed", "3"]
 def folders(tmp_path_factory):
     """Temporary data (synthetic images, caches) and results folders, shared by this module's tests."""
     base = tmp_path_factory.mktemp("cli")
-    saved = {k: os.environ.get(k) for k in ("PATTLITE_DATA_DIR", "PATTLITE_RESULTS_DIR")}
-    os.environ["PATTLITE_DATA_DIR"] = str(base / "data")
-    os.environ["PATTLITE_RESULTS_DIR"] = str(base / "results-from-env")
-    yield base
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environment(PATTLITE_DATA_DIR=base / "data", PATTLITE_RESULTS_DIR=base / "results-from-env"):
+        yield base
 
 
 def run_cli(capsys, args):

@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from envvars import environment
 
 from pattlite import experiments as X
 from pattlite.profiles import PROFILES, get_profile
@@ -18,18 +19,9 @@ FAST = dict(stage1_epochs=2, stage2_max_epochs=1)
 @pytest.fixture(scope="module", autouse=True)
 def isolated_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
-    names = ("PATTLITE_DATA_DIR", "PATTLITE_CACHE_DIR", "PATTLITE_RESULTS_DIR", "PATTLITE_RAFDB_ROOT")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ["PATTLITE_DATA_DIR"] = str(root / "data")
-    os.environ["PATTLITE_CACHE_DIR"] = str(root / "cache")
-    os.environ["PATTLITE_RESULTS_DIR"] = str(root / "results")
-    os.environ["PATTLITE_RAFDB_ROOT"] = str(root / "no_rafdb_here")
-    yield root
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environment(PATTLITE_DATA_DIR=root / "data", PATTLITE_CACHE_DIR=root / "cache",
+                     PATTLITE_RESULTS_DIR=root / "results", PATTLITE_RAFDB_ROOT=root / "no_rafdb_here"):
+        yield root
 
 
 def test_profiles():

@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from envvars import environment
 
 from pattlite import features as F
 
@@ -14,21 +15,14 @@ from pattlite import features as F
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
-    saved = {k: os.environ.get(k) for k in ("PATTLITE_DATA_DIR", "PATTLITE_CACHE_DIR")}
-    os.environ["PATTLITE_DATA_DIR"] = str(root / "data")
-    os.environ["PATTLITE_CACHE_DIR"] = str(root / "cache")
     from pattlite.data import load_manifest, load_pixels
 
-    manifest = load_manifest("synthetic", num_classes=7, image_size=32, n_train=14, n_val=7, n_test=7,
-                             seed=3, progress=False)
-    pixels = load_pixels(manifest, 32, progress=False)
-    weights = F.random_backbone_weights(0, np.asarray(pixels[:8]))
-    yield {"root": root, "manifest": manifest, "pixels": pixels, "weights": weights}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environment(PATTLITE_DATA_DIR=root / "data", PATTLITE_CACHE_DIR=root / "cache"):
+        manifest = load_manifest("synthetic", num_classes=7, image_size=32, n_train=14, n_val=7, n_test=7,
+                                 seed=3, progress=False)
+        pixels = load_pixels(manifest, 32, progress=False)
+        weights = F.random_backbone_weights(0, np.asarray(pixels[:8]))
+        yield {"root": root, "manifest": manifest, "pixels": pixels, "weights": weights}
 
 
 @pytest.fixture
