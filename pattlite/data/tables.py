@@ -102,9 +102,8 @@ def table2(manifests=None, subsets_dir=None) -> pd.DataFrame:
                 rows.append((dataset, subset, name, paper, ours, source))
             total_ours = None if counts is None else int(sum(counts[subset].get(n, 0) for n in config.CLASSES))
             rows.append((dataset, subset, "total", sum(p for p in published if p is not None), total_ours, source))
-    df = pd.DataFrame(rows, columns=["dataset", "subset", "class", "paper", "ours", "source"])
     out = _frame([r[:5] for r in rows], ["subset", "class"])
-    out["source"] = df["source"]
+    out["source"] = [r[5] for r in rows]
     return out
 
 
