@@ -1,4 +1,5 @@
-"""Keep TensorFlow's start-up noise out of terminals and notebooks, without turning anything off.
+"""Keep TensorFlow's start-up noise out of terminals and notebooks, without turning anything off or
+losing any other output.
 
 TensorFlow 2.21 prints its oneDNN notice and CUDA probing lines from C++ before its logging is
 initialised, so TF_CPP_MIN_LOG_LEVEL does not stop them, and Jupyter kernels copy them into notebook
@@ -6,41 +7,79 @@ outputs. `quiet_backend_logs()` filters those lines out of the process's stderr 
 it also works for output written by C++ and by child processes) and silences the Python-side
 "tf.function retracing" warnings (evaluating test subsets of different sizes traces once per shape,
 which is expected). oneDNN stays on: disabling it halves CPU speed.
+
+Design (why nothing written to stderr can be lost): the filter is a small child process, not a thread.
+It holds the original stderr and reads a pipe that becomes this process's file descriptor 2; it exits
+only at end-of-file, i.e. once every writer (this process and any child that inherited fd 2) has closed
+the pipe. At normal exit an `atexit` handler flushes `sys.stderr`, puts the original stderr back on fd 2
+(which closes this process's end of the pipe) and waits for the filter to forward the rest. Even when
+this process dies without running `atexit` (SIGKILL, `os._exit`), the kernel closes the pipe and the
+filter still forwards everything that was written. The filter ignores SIGINT, so a Ctrl-C in a terminal
+(sent to the whole process group) cannot kill it before it has forwarded the resulting traceback.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
+import subprocess
 import sys
-import threading
 
 NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IWE]\d{4} [\d:. ]+\d+ (port|cudart_stub|cuda_platform|cuda_executor|cuda_dnn|cuda_fft|cuda_blas"
     r"|computation_placer|gpu_device|cpu_feature_guard)\.cc:\d+\].*"
     r"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption.*"
+    # jupyter_client interrupts (SIGINT) every kernel before asking it to shut down
+    # (KernelManager._async_shutdown_kernel); a kernel that is inside a message handler at that moment
+    # logs this line. It follows every notebook papermill finishes, so it says nothing about the run.
+    r"|\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.?"
     r"|To enable the following instructions: .* in other operations, rebuild TensorFlow.*)$"
 )
 
-_installed = False
+# The filter process: reads fd 0 (the pipe), writes what is not noise to fd 2 (the original stderr).
+# Lines end at "\n" or "\r" (progress bars redraw with "\r"), so output is forwarded as it comes; an
+# unterminated tail is forwarded at end-of-file.
+_FILTER_SOURCE = r"""
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+noise = re.compile(sys.argv[1].encode())
+line_end = re.compile(rb"(?<=[\r\n])")
+pending = b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    *lines, pending = line_end.split(pending + chunk)
+    kept = b"".join(line for line in lines if not noise.match(line.rstrip(b"\r\n")))
+    while kept:
+        kept = kept[os.write(2, kept):]
+if pending and not noise.match(pending):
+    os.write(2, pending)
+"""
+
+EXIT_WAIT_S = 10.0  # at exit, how long to wait for the filter when a child process still holds the pipe
+_state: dict = {}
 
 
-def _pump(read_fd: int, write_fd: int) -> None:
-    with os.fdopen(read_fd, "rb", buffering=0) as source:
-        pending = b""
-        while True:
-            chunk = source.read(65536)
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            kept = [line for line in lines if not NOISE.match(line.decode("utf-8", "replace"))]
-            if kept:
-                os.write(write_fd, b"\n".join(kept) + b"\n")
-        if pending:
-            os.write(write_fd, pending)
+def _restore_stderr() -> None:
+    """atexit: hand fd 2 back to the original stderr and let the filter forward what is left."""
+    process, original = _state.pop("process", None), _state.pop("original", None)
+    if process is None:
+        return
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os.dup2(original, 2)  # closes this process's write end of the pipe; later writes go straight out
+    os.close(original)
+    try:
+        process.wait(timeout=EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        pass  # a child of ours still holds the pipe; the filter keeps forwarding until it closes it
 
 
 def quiet_backend_logs() -> None:
@@ -48,19 +87,24 @@ def quiet_backend_logs() -> None:
 
     Call it before TensorFlow is imported (the notebooks' first cell, the CLI's entry point).
     """
-    global _installed
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if _installed:
+    if _state.get("installed"):
         return
-    _installed = True
+    _state["installed"] = True
+    if not sys.executable:  # an embedded interpreter without a Python to start: nothing to filter with
+        return
     try:
-        sys.stderr.flush()
-        original = os.dup(2)
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-    except OSError:  # no usable file descriptor 2 (some embedded interpreters): nothing to filter
+        for stream in (sys.stderr, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-S", "-E", "-c", _FILTER_SOURCE, NOISE.pattern],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+    except (OSError, ValueError):  # no usable file descriptor 2, or no way to start a process
         return
-    threading.Thread(target=_pump, args=(read_fd, original), name="pattlite-stderr-filter",
-                     daemon=True).start()
+    original = os.dup(2)
+    os.dup2(process.stdin.fileno(), 2)
+    process.stdin.close()  # fd 2 is now this process's only write end of the pipe
+    _state.update(process=process, original=original)
+    atexit.register(_restore_stderr)

@@ -1,5 +1,8 @@
 """Pixel cache: decoding of image files / CSV / .npy sources, resizing, grayscale to RGB, the on-disk
-memory-mapped cache (served without touching the sources, keyed by size), unreadable images."""
+memory-mapped cache (served without decoding the sources again, keyed by size and by the sources'
+fingerprint), unreadable images, repaired and edited sources read again."""
+
+import os
 
 import warnings
 from pathlib import Path
@@ -62,8 +65,6 @@ def test_second_call_is_served_from_cache_and_keyed_by_size(image_files, tmp_pat
     manifest = make_manifest([folder / "gray.png", folder / "rgb.png"])
     cache = tmp_path / "cache"
     first = np.array(load_pixels(manifest, 12, progress=False, cache_dir=cache))
-    for name in ("gray.png", "rgb.png"):
-        (folder / name).unlink()  # the sources are gone: only the cache can answer
 
     def refuse(*args):
         raise AssertionError("source decoded again")
@@ -215,6 +216,46 @@ def test_skip_unreadable_returns_kept_rows_and_warns(with_corrupt, tmp_path):
         warnings.simplefilter("error")
         out, kept = load_pixels(clean, 8, progress=False, cache_dir=tmp_path / "cache", skip_unreadable=True)
     assert len(out) == len(kept) == 1
+
+
+def bump_mtime(path, seconds=5):
+    """An edit seconds later (file systems stamp modification times in ticks of a few milliseconds)."""
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + seconds * 10**9))
+
+
+def test_repaired_images_are_read_again(with_corrupt, tmp_path):
+    folder, manifest, gray, rgb = with_corrupt
+    cache = tmp_path / "cache"
+    with pytest.raises(UnreadableImagesError, match="3 of 5"):
+        load_pixels(manifest, 8, progress=False, cache_dir=cache)
+    good = (folder / "rgb.png").read_bytes()
+    for name in ("garbage.png", "truncated.png", "missing.png"):  # repaired, or put in place
+        (folder / name).write_bytes(good)
+    out = load_pixels(manifest, 8, progress=False, cache_dir=cache)
+    assert out.shape == (5, 8, 8, 3) and all((out[i] == resized(rgb, 8)).all() for i in (1, 2, 3, 4))
+    assert len(cache_info(cache)) == 2  # the old cache stays (its key no longer matches anything)
+
+
+def test_csv_fixed_row_and_edited_pixels_are_read_again(tmp_path):
+    images = np.random.default_rng(5).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    csv_path = tmp_path / "fer2013.csv"
+    write_fer_csv(csv_path, images)
+    good = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(good[:2] + ["1,1 2 3,Training"] + good[3:]) + "\n")
+    manifest = make_manifest([csv_path] * 3, rows=[0, 1, 2])
+    with pytest.raises(UnreadableImagesError, match="holds 3 values"):
+        load_pixels(manifest, 48, progress=False, cache_dir=tmp_path)
+    csv_path.write_text("\n".join(good) + "\n")  # the bad row fixed
+    assert (load_pixels(manifest, 48, progress=False, cache_dir=tmp_path)[1] == images[1][:, :, None]).all()
+    # Pixels changed in place, same file size: swap two rows' pixels.
+    swapped = good[:]
+    swapped[1], swapped[2] = good[1][:2] + good[2][2:], good[2][:2] + good[1][2:]
+    csv_path.write_text("\n".join(swapped) + "\n")
+    assert csv_path.stat().st_size == len("\n".join(good) + "\n")
+    bump_mtime(csv_path)
+    edited = load_pixels(manifest, 48, progress=False, cache_dir=tmp_path)
+    assert (edited[0] == images[1][:, :, None]).all() and (edited[1] == images[0][:, :, None]).all()
 
 
 def test_bad_arguments():

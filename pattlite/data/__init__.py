@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
+from pattlite.data.errors import DataWarning, DatasetFormatError, DatasetNotFoundError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -35,7 +35,11 @@ def load_manifest(dataset: str, root=None, **options) -> pd.DataFrame:
             `fold`/`fold_seed`/`frames_per_sequence` (CK+).
 
     Returns:
-        A pandas DataFrame (see docs/architecture.md, "Manifests").
+        A pandas DataFrame (see docs/architecture.md, "Manifests"). For a real dataset,
+        `df.attrs["data"]` is its `pattlite.data.fingerprint.dataset_identity` (root, fingerprint of the
+        files read, file count, bytes). Data problems worth knowing (duplicate rows, subset-list entries
+        that match no test image, ...) are issued as `DataWarning`s naming file and line, and kept in
+        `df.attrs["warnings"]`.
 
     Raises:
         ValueError: unknown dataset name or option.
@@ -55,7 +59,13 @@ def load_manifest(dataset: str, root=None, **options) -> pd.DataFrame:
         from pattlite.data.rafdb import read_rafdb as reader
     else:
         from pattlite.data.ckplus import read_ckplus as reader
-    return reader(config.dataset_root(dataset, root), **options)
+    from pattlite.data.fingerprint import dataset_identity
+
+    # Before reading: a file edited while the reader runs then gives a fingerprint that matches nothing.
+    identity = dataset_identity(dataset, root, **options)
+    df = reader(config.dataset_root(dataset, root), **options)
+    df.attrs["data"] = identity
+    return df
 
 
 def load_pixels(manifest, size, progress=True, **options):
@@ -111,6 +121,14 @@ def finish_manifest(records: pd.DataFrame, dataset: str, source: str, extra_colu
     df.attrs.update(dataset=dataset, classes=tuple(classes), synthetic=False, source=source)
     df.attrs.setdefault("warnings", [])
     return df
+
+
+def data_warning(df: pd.DataFrame, message: str, stacklevel: int = 3) -> None:
+    """Issue a `DataWarning` (printed by the CLI, shown by notebooks) and keep it in `df.attrs["warnings"]`."""
+    import warnings
+
+    df.attrs.setdefault("warnings", []).append(message)
+    warnings.warn(message, DataWarning, stacklevel=stacklevel)
 
 
 def stratified_holdout(labels, fraction: float, seed: int) -> np.ndarray:
@@ -170,4 +188,5 @@ __all__ = [
     "table3",
     "DatasetNotFoundError",
     "DatasetFormatError",
+    "DataWarning",
 ]

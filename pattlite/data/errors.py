@@ -50,6 +50,11 @@ class DatasetNotFoundError(FileNotFoundError):
         super().__init__(message)
 
 
+class DataWarning(UserWarning):
+    """A data problem the user should know about that does not stop the reading (a duplicate row, a
+    subset-list entry that matches no test image, ...); the message names the file and line."""
+
+
 class DatasetFormatError(ValueError):
     """A file of a dataset has malformed content.
 

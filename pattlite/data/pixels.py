@@ -2,9 +2,10 @@
 
 `load_pixels(manifest, size)` returns a read-only `numpy.memmap` of shape `(N, size, size, 3)`, RGB,
 row `i` holding manifest row `i`. The first call decodes every image and writes
-`<cache dir>/pixels/<dataset>_<size>px_<hash>.npy` (hash of the dataset name, size, resize filter and
-each row's `path`, `row` and `image_id`); later calls only map that file, so a second run starts in
-seconds. The array is written row by row into a memory-mapped temporary file that is renamed when
+`<cache dir>/pixels/<dataset>_<size>px_<hash>.npy` (hash of the dataset name, size, resize filter,
+each row's `path`, `row` and `image_id`, and the fingerprint of the files they are read from: name, size
+and modification time, `pattlite.data.fingerprint`); later calls only map that file, so a second run
+starts in seconds, and a repaired or edited image or CSV is decoded again. The array is written row by row into a memory-mapped temporary file that is renamed when
 complete, so building a full FERPlus at 120x120 (1.5 GB) holds one image in memory, not the array, and an
 interrupted build never leaves a truncated cache.
 
@@ -40,24 +41,28 @@ from PIL import Image, UnidentifiedImageError
 from pattlite import config
 from pattlite.data.errors import DatasetFormatError
 
-CACHE_VERSION = 1  # bump when decoding or resizing changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are not reused
 RESIZE_FILTER = "bilinear"
 _PIL_FILTER = Image.Resampling.BILINEAR
 CSV_SUFFIXES = (".csv",)
 NPY_SUFFIXES = (".npy",)
 
 
+# What to do about unreadable images, for callers of load_pixels (which offers skip_unreadable).
+SKIP_HINT = ("Fix or replace them (edited files are read again), or pass skip_unreadable=True to "
+             "load_pixels to drop them.")
+
+
 class UnreadableImagesError(DatasetFormatError):
     """Some images of a manifest cannot be decoded; `unreadable` lists (position, path, row, reason)."""
 
-    def __init__(self, unreadable, total: int):
-        self.unreadable = list(unreadable)
+    def __init__(self, unreadable, total: int, hint: str = SKIP_HINT):
+        self.unreadable, self.total = list(unreadable), total
         first = "; ".join(f"{path}" + (f" (row {row})" if row >= 0 else "") + f": {reason}"
                           for _, path, row, reason in self.unreadable[:10])
         more = f" (and {len(self.unreadable) - 10} more)" if len(self.unreadable) > 10 else ""
         super().__init__(self.unreadable[0][1], None,
-                         f"{len(self.unreadable)} of {total} images cannot be read: {first}{more}. "
-                         f"Fix or remove them, or pass skip_unreadable=True to drop them.")
+                         f"{len(self.unreadable)} of {total} images cannot be read: {first}{more}. {hint}")
 
 
 def pixels_cache_dir(cache_dir=None) -> Path:
@@ -66,11 +71,15 @@ def pixels_cache_dir(cache_dir=None) -> Path:
 
 
 def cache_key(manifest: pd.DataFrame, size: int) -> str:
-    """File stem of a manifest's cache: `<dataset>_<size>px_<hash of dataset, size and rows>`."""
+    """File stem of a manifest's cache: `<dataset>_<size>px_<hash of dataset, size, rows and the
+    fingerprint of their files>`."""
+    from pattlite.data.fingerprint import fingerprint_files
+
     dataset = _dataset_name(manifest)
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": CACHE_VERSION, "dataset": dataset, "size": int(size),
-                              "filter": RESIZE_FILTER, "rows": len(manifest)}).encode())
+                              "filter": RESIZE_FILTER, "rows": len(manifest),
+                              "files": fingerprint_files(manifest["path"].astype(str).unique())}).encode())
     # One pass over the three identifying columns; a change to any row changes the key.
     for path, row, image_id in zip(manifest["path"].astype(str), manifest["row"].astype("int64"),
                                    manifest["image_id"].astype(str)):
