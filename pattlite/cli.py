@@ -6,7 +6,10 @@
 
 Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
 (accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
-values (the message lists the valid ones), 1 a missing file (dataset, weights).
+values (the message names the flag and lists the valid ones; checked before TensorFlow is imported),
+a malformed data file or a damaged result file (the message names the file), 1 a missing file
+(dataset, weights). Data warnings (duplicate rows, subset-list entries matching no test image, ...) are
+printed as `pattlite <command>: warning: ...` lines on stderr.
 
 Results: `--results DIR` (or `$PATTLITE_RESULTS_DIR`) is the results base folder; each experiment is
 written to `DIR/<profile>/experiments/<key>.json` and later calls with the same settings load it.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from pattlite import config
@@ -51,6 +55,104 @@ def _int_list(text: str, what: str) -> tuple:
     return values
 
 
+def _choice(flag: str, kind: str, value: str, valid) -> str:
+    try:
+        return config.check_name(kind, value, tuple(valid))
+    except ValueError as error:
+        raise CommandError(f"{flag}: {error}") from None
+
+
+def _seed(flag: str, value) -> int:
+    try:
+        return config.check_seed(value, flag)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def _at_least(flag: str, value, minimum: int, unit: str = ""):
+    """None stays None (the default applies); otherwise an int >= minimum, or a CommandError naming the flag."""
+    if value is not None and value < minimum:
+        raise CommandError(f"{flag} {value}: expected an integer >= {minimum}{unit}")
+    return value
+
+
+def _weights_file(flag: str, value):
+    """--weights: a file that must exist (checked now, not after the data are read)."""
+    from pattlite.profiles import resolve_weights
+
+    weights = _weights_argument(value)
+    try:
+        resolve_weights(weights)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{flag}: {error}") from None
+    return weights
+
+
+def check_arguments(args) -> None:
+    """Every name and value of a command line, before anything slow (TensorFlow) is imported.
+
+    Raises:
+        CommandError: a bad name or value; the message names the flag and what is valid.
+        FileNotFoundError: a --weights file does not exist.
+    """
+    from pattlite.profiles import PROFILES
+
+    if args.command == "train":
+        _choice("--dataset", "dataset", args.dataset, TRAIN_DATASETS)
+        _choice("--profile", "profile", args.profile, PROFILES)
+        _choice("--variant", "variant", args.variant, config.VARIANTS)
+        _seed("--seed", args.seed)
+        if args.dataset == "synthetic" and not PROFILES[args.profile].synthetic:
+            raise CommandError(f"--dataset synthetic needs a synthetic profile (ci or demo), not "
+                               f"--profile {args.profile}")
+        if args.fold is not None:
+            if args.dataset != "ckplus":
+                raise CommandError(f"--fold {args.fold}: only ckplus is cross-validated, not {args.dataset}")
+            if not 0 <= args.fold <= 9:
+                raise CommandError(f"--fold {args.fold}: expected a CK+ test fold 0..9")
+        if args.weights is not None:
+            _weights_file("--weights", args.weights)
+    elif args.command == "bench":
+        sizes = _int_list(args.batch_sizes, "--batch-sizes")
+        if min(sizes) < 1:
+            raise CommandError(f"--batch-sizes {args.batch_sizes!r}: expected positive integers, e.g. 1,32")
+        _at_least("--steps", args.steps, 1)
+        _at_least("--image-size", args.image_size, 1, " (pixels)")
+        _at_least("--train-batch-size", args.train_batch_size, 1)
+        _weights_file("--weights", args.weights)
+    elif args.command == "audit":
+        from pattlite import audit
+
+        _choice("--dataset", "dataset", args.dataset, audit.AUDIT_DATASETS)
+        if args.profile is not None:
+            _choice("--profile", "profile", args.profile, PROFILES)
+        for seed in _int_list(args.seeds, "--seeds"):
+            _seed("--seeds", seed)
+        _at_least("--epochs", args.epochs, 1)
+        _at_least("--train-limit", args.train_limit, 1, " (training images)")
+        _at_least("--image-size", args.image_size, 16, " (pixels)")
+        if args.dataset != "synthetic" and args.weights is None:
+            raise CommandError(f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
+                               "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
+        if args.weights is not None:
+            _weights_file("--weights", args.weights)
+
+
+def _print_warning(command: str):
+    """warnings.showwarning for the console: a data warning as one `pattlite <command>: warning: ...`
+    line (its message names the file and line; the code location would say nothing), others as usual."""
+    usual = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from pattlite.data.errors import DataWarning  # here: importing pattlite.data costs 0.4 s
+
+        if issubclass(category, DataWarning):
+            print(f"pattlite {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            usual(message, category, filename, lineno, file, line)
+    return show
+
+
 def _results_base(args) -> Path | None:
     return None if args.results is None else Path(args.results).expanduser()
 
@@ -64,34 +166,22 @@ def _json_line(payload: dict) -> None:
 
 
 def _train_experiment(args):
-    """The experiment `pattlite train` runs, and the benchmark slot it uses."""
-    config.check_name("dataset", args.dataset, TRAIN_DATASETS)
-    from pattlite.profiles import PROFILES, get_profile, resolve_weights
+    """The experiment `pattlite train` runs (arguments already checked by `check_arguments`)."""
+    from pattlite.experiments import make_experiment  # imports Keras
+    from pattlite.profiles import get_profile
 
-    config.check_name("profile", args.profile, tuple(PROFILES))
-    from pattlite.experiments import make_experiment  # imports Keras: after the cheap checks
-    from pattlite.model import VARIANTS
-
-    config.check_name("variant", args.variant, tuple(VARIANTS))
-    base = PROFILES[args.profile]
-    if args.dataset == "synthetic":
-        if not base.synthetic:
-            raise CommandError(f"--dataset synthetic needs a synthetic profile (ci or demo), not "
-                               f"{args.profile!r}")
-        benchmark = "fer2013"  # the stand-in in the FER2013 slot: 7 classes, like config.DATASET_CLASSES
-    else:
-        benchmark = args.dataset
+    # synthetic: the stand-in in the FER2013 slot (7 classes, like config.DATASET_CLASSES)
+    benchmark = "fer2013" if args.dataset == "synthetic" else args.dataset
     overrides = {}
     if args.weights is not None:
-        weights = _weights_argument(args.weights)
-        resolve_weights(weights)  # a missing file fails now, not after the data are read
-        overrides["weights"] = weights
+        overrides["weights"] = _weights_argument(args.weights)
     profile = get_profile(args.profile, allow_random_weights=args.weights is not None, **overrides)
-    return make_experiment(profile, benchmark, args.variant, seed=args.seed, fold=args.fold), profile
+    return make_experiment(profile, benchmark, args.variant, seed=args.seed, fold=args.fold,
+                           root=args.root), profile
 
 
 def cmd_train(args) -> int:
-    from pattlite.experiments import result_path, run_experiment
+    from pattlite.experiments import run_experiment
 
     exp, profile = _train_experiment(args)
     results_dir = None if args.results is None else _results_base(args) / profile.name
@@ -102,10 +192,10 @@ def cmd_train(args) -> int:
           f"weights {exp.weights or 'random init, BatchNorm calibrated'}", flush=True)
     if args.root is not None and source == "synthetic":
         print(f"note: --root {args.root} is ignored: profile {profile.name!r} uses synthetic data", flush=True)
-    result = run_experiment(exp, results_dir=results_dir, force=args.force, root=args.root, progress=True)
-    path = result_path(exp, results_dir)
+    result = run_experiment(exp, results_dir=results_dir, force=args.force, progress=True)
+    path = result["result_path"]
     metrics = result["metrics"]["all"]
-    print(("loaded from " if result["cached"] else "trained and evaluated; wrote ") + str(path))
+    print(("loaded from " if result["cached"] else "trained and evaluated; wrote ") + path)
     print(f"epochs: stage 1 {result['epochs']['stage1']}, stage 2 {result['epochs']['stage2']}; "
           f"test images {metrics[PROTOCOLS[0]]['n']}")
     for protocol in PROTOCOLS:
@@ -131,7 +221,7 @@ def cmd_train(args) -> int:
         "mean_class_accuracy": {p: metrics[p]["mean_class_accuracy"] for p in metrics},
         "epochs": result["epochs"],
         "cached": bool(result["cached"]),
-        "result_path": str(path),
+        "result_path": path,
     })
     return 0
 
@@ -145,7 +235,7 @@ def cmd_bench(args) -> int:
     from pattlite.profiles import resolve_weights
 
     weights = resolve_weights(_weights_argument(args.weights))
-    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")  # checked by check_arguments
     print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
           f"{args.steps} timed steps after 1 warm-up step per row; weights "
           f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
@@ -267,7 +357,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning(args.command)
+            check_arguments(args)
+            return args.handler(args)
     except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)
         print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
         return 1

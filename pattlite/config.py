@@ -25,6 +25,11 @@ DATASET_CLASSES = {
     "synthetic": CLASSES[:7],  # 8 with num_classes=8; see pattlite.data.synthetic
 }
 
+# Model variant names (pattlite.model.VARIANTS describes each; kept here so that names can be checked
+# without importing Keras).
+VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "attention_only",
+            "patch_attention")
+
 # Backbone layers the paper says were unfrozen for fine-tuning (Section IV-B).
 PAPER_FINETUNE_LAYERS = {"ckplus": 40, "rafdb": 59, "fer2013": 46, "ferplus": 49}
 
@@ -70,6 +75,18 @@ def dataset_root(name: str, root: str | os.PathLike | None = None) -> Path:
     if root is not None and str(root) != "":
         return Path(root).expanduser()
     return _dir_from_env(dataset_root_env_var(name), data_dir() / name)
+
+
+MAX_SEED = 2**32 - 1  # numpy and Keras seeds are unsigned 32-bit integers
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """The seed as an int, or a ValueError: seeds are integers in 0..2**32 - 1."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} {seed!r}: expected an integer in 0..{MAX_SEED} (2**32 - 1)")
+    return int(seed)
 
 
 def check_name(kind: str, value: str, valid) -> str:

@@ -1,11 +1,18 @@
 """Experiments: configs, hashing, result files and run-or-load.
 
 An experiment is everything that determines one trained-and-evaluated model: the benchmark and its
-data source, the CK+ fold, the variant and its options, the training recipe, the evaluation protocols,
-the seed, sizes, epoch limits, the weights, the stage-1 mode, the training-set limit and the profile.
-`Experiment.key()` hashes all of it; `run_experiment` writes `<results dir>/experiments/<key>.json`
-once, atomically (temporary file + `os.replace`), and later calls load it, so an interrupted list of
-experiments resumes at the first unfinished one.
+data source, the data it is read from (the dataset root and the fingerprint of its files,
+`pattlite.data.fingerprint`), the CK+ fold, the variant and its options, the training recipe, the
+evaluation protocols, the seed, sizes, epoch limits, the weights, the stage-1 mode, the training-set
+limit and the profile. `Experiment.key()` hashes all of it, so another root, or an edited, repaired or
+replaced file, gives another key and the experiment is trained again. `run_experiment` writes
+`<results dir>/experiments/<key>.json` once, atomically (temporary file `.tmp-*` + `os.replace`), and
+later calls load it, so an interrupted list of experiments resumes at the first unfinished one.
+
+A damaged result file (empty, truncated, not a result) is an error naming the file and what is wrong
+with it; `force=True` (`pattlite train --force`) retrains and replaces it. It is never silently
+retrained: on the paper profile that could cost hours, and a file damaged after an atomic write means
+something outside this code touched the results folder. Temporary files are never read as results.
 
 Example:
 
@@ -23,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +45,8 @@ from pattlite.train import TrainConfig, enable_determinism, train, train_stage2
 SUBSETS = ("occlusion", "pose30", "pose45")
 MODEL_OPTIONS = ("cut_layer", "kernel", "attention", "augment")
 SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
+RESULT_NAME = re.compile(r"^[0-9a-f]{16}\.json$")  # <key>.json; never the .tmp-* files of an unfinished write
+RESULT_FIELDS = ("key", "config", "metrics", "epochs", "trainable_params", "wall_time_s")
 CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
                "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
                "features too")
@@ -51,6 +61,9 @@ class Experiment:
         dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
         source: {"dataset": reader name, "options": reader options} (synthetic stand-in or real data).
         synthetic: True when the data are synthetic.
+        data: {"root", "fingerprint"} of a real dataset (`pattlite.data.fingerprint.dataset_identity`;
+            fingerprint None when the root does not exist yet); both None for synthetic data, which
+            `source` (the generator options) identifies.
         fold: CK+ test fold (None for other benchmarks).
         variant: `pattlite.model` variant; model_options: its options (cut_layer, kernel, attention, augment).
         seed: training seed.
@@ -68,6 +81,7 @@ class Experiment:
     dataset: str
     source: dict
     synthetic: bool
+    data: dict
     fold: int | None
     variant: str
     model_options: dict
@@ -103,16 +117,35 @@ class Experiment:
         return f"{self.dataset}{fold} {self.variant}{options} seed {self.seed}"
 
 
+def data_identity(source: dict, root=None) -> dict:
+    """{"root", "fingerprint"} of an experiment's data source (see `Experiment.data`)."""
+    if source["dataset"] == "synthetic":
+        return {"root": None, "fingerprint": None}
+    from pattlite.data.fingerprint import dataset_identity
+
+    identity = dataset_identity(source["dataset"], root, **source["options"])
+    return {"root": identity["root"], "fingerprint": identity["fingerprint"]}
+
+
+def bind_root(exp: Experiment, root) -> Experiment:
+    """The experiment on the dataset at `root` (its current files); unchanged for synthetic data or root None."""
+    if root is None or exp.source["dataset"] == "synthetic":
+        return exp
+    return dataclasses.replace(exp, data=data_identity(exp.source, root))
+
+
 def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: int | None = None,
-                    **overrides) -> Experiment:
+                    root=None, **overrides) -> Experiment:
     """An `Experiment` with every field filled from a profile.
 
     Args:
         profile: a profile name or `Profile`.
         dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
         variant: a `pattlite.model` variant.
-        seed: training seed.
+        seed: training seed, 0..2**32 - 1.
         fold: CK+ test fold (default: the profile's first fold); not allowed for other benchmarks.
+        root: the real dataset's folder (default `$PATTLITE_<NAME>_ROOT`, else data/<name>/); its
+            files' fingerprint is taken now (`Experiment.data`). Ignored for synthetic data.
         **overrides: `Experiment` fields (e.g. stage1="exact"), model options (cut_layer, kernel,
             attention, augment) or `TrainConfig` fields (e.g. stage2=False, validation="independent").
 
@@ -125,6 +158,7 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         profile = get_profile(profile)
     config.check_name("benchmark", dataset, BENCHMARKS)
     config.check_name("variant", variant, tuple(VARIANTS))
+    seed = config.check_seed(seed)
     if dataset == "ckplus":
         fold = profile.ckplus_folds[0] if fold is None else fold
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < 10:
@@ -152,8 +186,10 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         "steps_per_execution": profile.steps_per_execution, "deterministic": profile.deterministic,
         **train_overrides,
     }
+    source = profile.source(dataset)
     fields = dict(
-        profile=profile.name, dataset=dataset, source=profile.source(dataset), synthetic=profile.synthetic,
+        profile=profile.name, dataset=dataset, source=source, synthetic=profile.synthetic,
+        data=exp_overrides.pop("data") if "data" in exp_overrides else data_identity(source, root),
         fold=fold, variant=variant, model_options=dict(sorted(model_options.items())), seed=int(seed),
         image_size=profile.image_size(dataset), resize_to=profile.resize_to,
         weights=None if profile.weights is None else str(profile.weights),
@@ -202,14 +238,29 @@ def limit_training_rows(y_train, limit: int | None, seed: int = SUBSET_SEED) -> 
     return np.sort(np.concatenate(chosen))
 
 
+class DataChangedError(ValueError):
+    """The dataset's files changed after the experiment was made (its key names the old files)."""
+
+
+class DamagedResultError(ValueError):
+    """A result file that cannot be read as a result; the message names it and says what to do."""
+
+
 def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> dict:
     """Manifest, pixels and split indices of an experiment.
 
     Real data never falls back to synthetic: a missing dataset raises the reader's
     `DatasetNotFoundError`, which says which dataset, where it looked and how to get it.
+    `root` (optional) re-binds the experiment to another dataset folder (`bind_root`).
+
+    Raises:
+        DataChangedError: the files under the experiment's root changed since it was made.
     """
     from pattlite.data import load_manifest, load_pixels
+    from pattlite.data.pixels import UnreadableImagesError
 
+    exp = bind_root(exp, root)
+    root = exp.data["root"]
     options = dict(exp.source["options"])
     reader = exp.source["dataset"]
     if reader == "synthetic":
@@ -220,6 +271,12 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
         if exp.dataset == "ckplus":
             options["fold"] = exp.fold
         manifest = load_manifest(reader, root=root, **options)
+        now = manifest.attrs["data"]["fingerprint"]
+        if now != exp.data["fingerprint"]:
+            raise DataChangedError(
+                f"{exp.dataset}: the files under {root} changed after this experiment was made "
+                f"(fingerprint {exp.data['fingerprint']}, now {now}); make the experiment again "
+                "(rerun the command or the notebook cell) so that its key names the current files")
     classes = tuple(manifest.attrs["classes"])
     if len(classes) != len(config.DATASET_CLASSES[exp.dataset]):
         raise ValueError(f"{exp.dataset}: source {exp.source} gives {len(classes)} classes, expected "
@@ -231,7 +288,12 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
             raise ValueError(f"{exp.dataset} ({exp.source['dataset']}): the {s} split is empty")
     y_all = manifest["y"].to_numpy().astype(np.int64)
     index["train"] = index["train"][limit_training_rows(y_all[index["train"]], exp.train_limit)]
-    pixels = load_pixels(manifest, exp.image_size, progress=progress)
+    try:
+        pixels = load_pixels(manifest, exp.image_size, progress=progress)
+    except UnreadableImagesError as error:  # experiments never drop images: no skip_unreadable here
+        raise UnreadableImagesError(error.unreadable, error.total, hint=(
+            "Fix or replace these files and run again (edited files are read again); an experiment "
+            "never skips images.")) from None
     return {"manifest": manifest, "classes": classes, "pixels": pixels, "y": y_all, "index": index}
 
 
@@ -321,6 +383,43 @@ def _save_weights_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def read_result(path, key: str | None = None) -> dict:
+    """A result file's content, checked; `DamagedResultError` naming the file when it is not a result.
+
+    Args:
+        path: the `<key>.json` file.
+        key: the key it must hold (default: its file name's).
+    """
+    path = Path(path)
+    key = path.stem if key is None else key
+    fix = (f"Delete it, or retrain with `pattlite train ... --force` (force=True in Python), which "
+           "replaces it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DamagedResultError(f"result file {path} is not UTF-8 text ({error}). {fix}") from None
+    if not text.strip():
+        raise DamagedResultError(f"result file {path} is empty. {fix}")
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DamagedResultError(f"result file {path} is not valid JSON (truncated or edited?): {error}. "
+                                 f"{fix}") from None
+    if not isinstance(result, dict):
+        raise DamagedResultError(f"result file {path} holds a JSON {type(result).__name__}, not a result "
+                                 f"object. {fix}")
+    missing = [name for name in RESULT_FIELDS if name not in result]
+    if missing:
+        raise DamagedResultError(f"result file {path} lacks {', '.join(map(repr, missing))}; a result "
+                                 f"has {', '.join(RESULT_FIELDS)}. {fix}")
+    if result["key"] != key:
+        raise DamagedResultError(f"result file {path} holds the result of key {result['key']!r}, not "
+                                 f"{key!r}. {fix}")
+    if not isinstance(result["metrics"], dict) or "all" not in result["metrics"]:
+        raise DamagedResultError(f"result file {path}: 'metrics' lacks the test split ('all'). {fix}")
+    return result
+
+
 def _write_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
@@ -387,8 +486,9 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     Args:
         exp: an `Experiment` (see `make_experiment`).
         results_dir: folder holding `experiments/<key>.json` (default `config.results_dir(exp.profile)`).
-        force: retrain even when a result file exists.
-        root: dataset root for real data (default: `$PATTLITE_<NAME>_ROOT`, else data/<name>/).
+        force: retrain even when a result file exists (also replaces a damaged one).
+        root: re-binds the experiment to this dataset folder (`bind_root`; the key then names that
+            folder's files); default: the root the experiment was made with.
         progress: progress bars and per-epoch lines.
         tensorboard: also write TensorBoard logs (per-epoch CSV logs are always written, see `logs_path`).
 
@@ -396,19 +496,23 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         The result dict (also the file's content): key, config, dataset, classes, synthetic, stage1 (+
         note when cached), weights, metrics[subset][protocol] (subset "all" = the test split, plus each
         challenging subset present), predictions (image ids, labels, per-protocol predicted labels per
-        subset), history, epochs, trainable_params, finetune, wall_time_s, provenance, cached.
+        subset), history, epochs, trainable_params, finetune, wall_time_s, provenance, data (root,
+        fingerprint, files and bytes of the dataset read; None for synthetic data), cached, and
+        result_path (where the file is; not stored in it).
 
     Raises:
         DatasetNotFoundError: a real dataset is missing (never replaced by synthetic data).
+        DamagedResultError: the result file exists but is not a readable result (without `force`).
+        DataChangedError: the dataset's files changed since the experiment was made.
     """
+    exp = bind_root(exp, root)
     path = result_path(exp, results_dir)
     if path.is_file() and not force:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-        result["cached"] = True
+        result = read_result(path, exp.key())
+        result.update(cached=True, result_path=str(path))
         return result
     start = time.time()
-    data = load_experiment_data(exp, root=root, progress=progress)
+    data = load_experiment_data(exp, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
     log_dir = logs_path(exp, results_dir)
@@ -438,6 +542,7 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         "source_dataset": manifest.attrs.get("dataset"),
         "classes": list(classes),
         "synthetic": bool(manifest.attrs.get("synthetic", exp.synthetic)),
+        "data": manifest.attrs.get("data"),
         "stage1": exp.stage1,
         "notes": [CACHED_NOTE] if exp.stage1 == "cached" else [],
         "weights": {"spec": exp.weights, "used": str(weights),
@@ -457,6 +562,7 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     # Weights first: a result file on disk always has its weights beside it (Grad-CAM reloads them).
     _save_weights_atomic(model, weights_path(exp, results_dir))
     _write_atomic(path, result)
+    result["result_path"] = str(path)
     return result
 
 
@@ -483,16 +589,20 @@ def run_experiments(experiments, results_dir=None, force: bool = False, root=Non
 def collect_results(results_dir) -> pd.DataFrame:
     """All result files of a folder as one table: a row per experiment x subset x protocol.
 
+    Reads the `<key>.json` files only (never the `.tmp-*` files of an unfinished write); a damaged one
+    raises `DamagedResultError` naming it.
+
     Columns: key, the experiment's fields (model options as `opt_<name>`, training settings as
-    `train_<name>`, source as `source_dataset`), subset ("all" = test split), protocol, n, accuracy,
+    `train_<name>`, source as `source_dataset`, data as `data_root` and `data_fingerprint`), subset
+    ("all" = test split), protocol, n, accuracy,
     mean_class_accuracy, `acc_<class>` per class, epochs_stage1, epochs_stage2, trainable_params_stage1/2,
     wall_time_s.
     """
     folder = Path(results_dir) / "experiments"
     rows = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
+    paths = sorted(p for p in folder.iterdir() if RESULT_NAME.match(p.name)) if folder.is_dir() else []
+    for path in paths:
+        result = read_result(path)
         cfg = result["config"]
         base = {"key": result["key"]}
         for name, value in cfg.items():
@@ -502,6 +612,8 @@ def collect_results(results_dir) -> pd.DataFrame:
                 base.update({f"train_{k}": v for k, v in value.items()})
             elif name == "source":
                 base["source_dataset"] = value["dataset"]
+            elif name == "data":
+                base.update(data_root=value["root"], data_fingerprint=value["fingerprint"])
             elif name == "protocols":
                 continue
             else:

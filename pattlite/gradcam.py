@@ -231,7 +231,8 @@ def trained_model(exp, results_dir=None, root=None, progress: bool = False):
     from pattlite import experiments
     from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
 
-    data = experiments.load_experiment_data(exp, root=root, progress=progress)
+    exp = experiments.bind_root(exp, root)  # the weights are filed under the key of the data used
+    data = experiments.load_experiment_data(exp, progress=progress)
     weights = experiments.experiment_weights(exp, data, progress=progress)
     num_classes = len(data["classes"])
     options = dict(exp.model_options, resize_to=exp.resize_to)
@@ -250,5 +251,5 @@ def trained_model(exp, results_dir=None, root=None, progress: bool = False):
         return full, data
     # A result file from before weights were saved: run the experiment again (same recipe and seed),
     # which writes the weights beside its result.
-    experiments.run_experiment(exp, results_dir=results_dir, force=True, root=root, progress=progress)
-    return trained_model(exp, results_dir=results_dir, root=root, progress=progress)
+    experiments.run_experiment(exp, results_dir=results_dir, force=True, progress=progress)
+    return trained_model(exp, results_dir=results_dir, progress=progress)
