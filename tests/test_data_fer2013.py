@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pattlite import config
-from pattlite.data import DatasetFormatError, DatasetNotFoundError, load_manifest
+from pattlite.data import DatasetFormatError, DatasetNotFoundError, DataWarning, load_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FER_CSV = FIXTURES / "fer2013" / "fer2013.csv"
@@ -34,6 +35,19 @@ def test_csv_splits_classes_and_rows():
     assert df.attrs["dataset"] == "fer2013" and df.attrs["synthetic"] is False
     assert df.attrs["classes"] == config.DATASET_CLASSES["fer2013"]
     assert Path(df["path"].iloc[0]) == FER_CSV.resolve()
+
+
+def test_duplicate_rows_are_kept_and_named_in_a_warning(tmp_path):
+    lines = FER_CSV.read_text().splitlines()
+    lines.insert(10, lines[3])  # data row 2 (line 3) again as line 11
+    (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(DataWarning, match=r"fer2013.csv: 1 data row\(s\) repeat an earlier row exactly .*"
+                                         r"line 11 repeats line 4; all rows are kept"):
+        df = load_manifest("fer2013", tmp_path)
+    assert len(df) == len(lines) - 1 and any("line 11 repeats line 4" in w for w in df.attrs["warnings"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # the sample itself has no repeated row
+        load_manifest("fer2013", FER_CSV.parent)
 
 
 def test_root_from_environment_variable(monkeypatch):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pattlite.data import DatasetFormatError, DatasetNotFoundError, load_manifest
+from pattlite.data import DatasetFormatError, DatasetNotFoundError, DataWarning, load_manifest
 from pattlite.data.ferplus import majority_labels
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,19 +45,45 @@ def test_csv_pair_joins_by_row_position_pixels_agree_with_pngs():
     assert list(df["label"]) == _first_max_labels(votes)
 
 
-def test_join_ignores_names_even_when_they_are_swapped_or_duplicated(tmp_path):
+def test_join_ignores_names_even_when_they_are_swapped(tmp_path):
     shutil.copy(CSV_DIR / "fer2013.csv", tmp_path / "fer2013.csv")
     new = pd.read_csv(CSV_DIR / "fer2013new.csv", dtype=str, keep_default_na=False)
     names = new["Image name"].copy()
     new.loc[3, "Image name"], new.loc[4, "Image name"] = names[4], names[3]
-    new.loc[7, "Image name"] = names[8]  # a name occurring twice, as 4 names do in the full file
     new.to_csv(tmp_path / "fer2013new.csv", index=False)
     df = load_manifest("ferplus", tmp_path).set_index("row")
     votes = new[FILE_ORDER].astype(int).to_numpy()
-    for row in (3, 4, 7, 8):
+    for row in (3, 4):
         assert df.loc[row, "image_id"] == new.loc[row, "Image name"]
         assert df.loc[row, "label"] == FILE_ORDER[int(np.argmax(votes[row]))]
-    assert (df["image_id"] == names[8]).sum() == 2
+
+
+def test_a_name_on_two_rows_keeps_the_later_row_as_the_generator(tmp_path):
+    """4 names occur twice in the full fer2013new.csv; Microsoft's generator writes one PNG per name,
+    the later row overwriting the earlier one's file, so the later row is the image of that name."""
+    shutil.copy(CSV_DIR / "fer2013.csv", tmp_path / "fer2013.csv")
+    new = pd.read_csv(CSV_DIR / "fer2013new.csv", dtype=str, keep_default_na=False)
+    clean = load_manifest("ferplus", CSV_DIR, layout="csv")
+    # Two train rows and two test rows get the name of a later row of their split.
+    pairs = []
+    for split in ("Training", "PrivateTest"):
+        rows = [r for r in new.index[new["Usage"] == split] if new.loc[r, "Image name"]][:4]
+        pairs += [(rows[0], rows[1]), (rows[2], rows[3])]
+    for earlier, later in pairs:
+        new.loc[earlier, "Image name"] = new.loc[later, "Image name"]
+    new.to_csv(tmp_path / "fer2013new.csv", index=False)
+    with pytest.warns(DataWarning, match=r"fer2013new.csv: 4 image name\(s\) on two data rows") as record:
+        df = load_manifest("ferplus", tmp_path)
+    earlier, later = pairs[0]
+    message = str(record[0].message)
+    assert f"{new.loc[later, 'Image name']} (lines {earlier + 2} and {later + 2})" in message
+    assert "later row of each is kept" in message
+    assert len(df) == len(clean) - 4 and df["image_id"].is_unique
+    counts, before = df["split"].value_counts(), clean["split"].value_counts()
+    assert (counts["train"], counts["val"], counts["test"]) == (before["train"] - 2, before["val"], before["test"] - 2)
+    kept_rows = set(df["row"])
+    for earlier, later in pairs:
+        assert later in kept_rows and earlier not in kept_rows
 
 
 def test_fer2013_csv_found_by_option(tmp_path):
@@ -102,14 +128,31 @@ def test_png_folders_with_label_csv():
     assert set(df["label"]) == set(FILE_ORDER)
 
 
-def test_png_folder_missing_image_is_listed(tmp_path):
+def test_png_folder_missing_image_is_named_with_its_label_line(tmp_path):
     shutil.copytree(FOLDERS, tmp_path / "ferplus")
-    gone = sorted((tmp_path / "ferplus" / "data" / "FER2013Valid").glob("*.png"))[:2]
-    for path in gone:
-        path.unlink()
+    folder = tmp_path / "ferplus" / "data" / "FER2013Valid"
+    names = list(pd.read_csv(folder / "label.csv", header=None)[0])
+    gone = [names[3], names[7]]
+    for name in gone:
+        (folder / name).unlink()
     with pytest.raises(DatasetNotFoundError) as info:
         load_manifest("ferplus", tmp_path / "ferplus")
-    assert "2 image file(s)" in str(info.value) and gone[0].name in str(info.value)
+    message = str(info.value)
+    assert f"not found at {folder / gone[0]}" in message
+    assert f"line 4 of {folder / 'label.csv'}" in message  # header-less: the 4th name is on line 4
+    assert f"{gone[1]} ({folder / 'label.csv'}, line 8)" in message and "2 image file(s)" in message
+
+
+def test_label_csv_duplicate_name_warns_with_lines(tmp_path):
+    shutil.copytree(FOLDERS, tmp_path / "ferplus")
+    label_csv = tmp_path / "ferplus" / "data" / "FER2013Test" / "label.csv"
+    lines = label_csv.read_bytes().split(b"\r\n")
+    lines.insert(5, lines[1])  # the name of line 2 again, as line 6
+    label_csv.write_bytes(b"\r\n".join(lines))
+    with pytest.warns(DataWarning, match=r"FER2013Test.label.csv: 1 image name\(s\) listed twice, "
+                                         r"fer\d+\.png \(lines 2 and 6\); the first line of each is kept"):
+        df = load_manifest("ferplus", tmp_path / "ferplus")
+    assert len(df) == 167 and df["image_id"].is_unique
 
 
 def test_label_csv_with_wrong_field_count(tmp_path):

@@ -103,7 +103,12 @@ def test_missing_images_are_listed(aligned_root):
         path.unlink()
     with pytest.raises(DatasetNotFoundError) as info:
         load_manifest("rafdb", aligned_root)
-    assert "3 image file(s)" in str(info.value) and gone[0].name in str(info.value)
+    message = str(info.value)
+    label_file = aligned_root / "basic" / "EmoLabel" / "list_patition_label.txt"
+    listed = label_file.read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(listed) if text.startswith(gone[0].name.replace("_aligned", "")))
+    assert "3 image file(s)" in message and f"not found at {gone[0].resolve()}" in message
+    assert f"line {line} of {label_file}" in message
 
 
 def test_missing_label_file_and_root(tmp_path):

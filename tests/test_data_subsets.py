@@ -79,6 +79,31 @@ def test_contradictory_entries_and_label_file_are_reported(tmp_path):
         read_subset_list("rafdb", "pose45", tmp_path)
 
 
+def test_unmatched_and_empty_lists_warn_naming_file_and_line(tmp_path):
+    import shutil
+
+    from pattlite.data import DataWarning, load_manifest
+
+    folders = Path(__file__).parent / "fixtures" / "ferplus"
+    lists = tmp_path / "lists"
+    shutil.copytree(LISTS, lists)
+    pose30 = lists / "FERplus_dir" / "pose_30_ferplus_list.txt"
+    pose30.write_text("")  # an empty list
+    with pytest.warns(DataWarning) as record:
+        df = load_manifest("ferplus", folders, subsets_dir=lists)
+    messages = [str(w.message) for w in record]
+    assert f"{pose30}: no entries; the pose30 subset is empty" in messages
+    # The fixture holds 56 of FERPlus' test images; most occlusion-list entries match none of them.
+    occlusion = lists / "FERplus_dir" / "jianfei_occlusion_list.txt"
+    unmatched = [m for m in messages if m.startswith(f"{occlusion}: ")]
+    assert len(unmatched) == 1 and "match no test image read here: fer" in unmatched[0]
+    first_key = unmatched[0].split("read here: ")[1].split(" ")[0]
+    line = next(n for n, text in enumerate(occlusion.read_text().splitlines(), 1) if first_key in text)
+    assert f"{first_key} (line {line})" in unmatched[0]
+    assert df["occlusion"].sum() > 0 and df["pose30"].sum() == 0
+    assert set(messages) <= set(df.attrs["warnings"])
+
+
 def test_missing_list_file_is_named(tmp_path):
     (tmp_path / "FERplus_dir").mkdir()
     with pytest.raises(DatasetNotFoundError, match="jianfei_occlusion_list.txt"):

@@ -23,13 +23,12 @@ Option `fold` (default 0) picks the test fold; fold `(fold + 1) % num_folds` is 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pattlite.data import IMAGE_SUFFIXES, finish_manifest, reject_unknown_options
+from pattlite.data import IMAGE_SUFFIXES, data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
 DATASET = "ckplus"
@@ -194,7 +193,6 @@ def read_ckplus(root, **options) -> pd.DataFrame:
     source += f"; {num_folds} subject-independent folds (seed {fold_seed}), test fold {fold}, val fold {val_fold}"
     df = finish_manifest(records, DATASET, source, extra_columns=("subject", "fold"))
     for note in notes:
-        warnings.warn(note, stacklevel=2)
-    df.attrs["warnings"] = notes
+        data_warning(df, note)
     df.attrs["fold"] = {"test": fold, "val": val_fold, "num_folds": num_folds, "seed": fold_seed}
     return df

@@ -85,16 +85,30 @@ def require_dir(dataset: str, path: Path, expected: str) -> Path:
     return path
 
 
-def require_files_exist(dataset: str, paths, listed_in: Path, expected: str) -> None:
-    """Raise `DatasetNotFoundError` naming the first few missing files and their count."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
+def require_files_exist(dataset: str, paths, listed_in: Path, expected: str, lines=None) -> None:
+    """Raise `DatasetNotFoundError` naming the first missing image, the file and line that list it,
+    and how many are missing.
+
+    Args:
+        paths: the image files listed.
+        listed_in: the file that lists them (label file).
+        lines: the 1-based line of `listed_in` naming each path (same order), when known.
+    """
+    paths = [str(p) for p in paths]
+    lines = [None] * len(paths) if lines is None else list(lines)
+    missing = [(path, line) for path, line in zip(paths, lines) if not Path(path).is_file()]
     if missing:
-        first = ", ".join(missing[:5])
+        def where(path, line):
+            return f"{Path(path).name} ({listed_in}, line {line})" if line is not None else path
+
+        path, line = missing[0]
+        others = ", ".join(where(p, n) for p, n in missing[1:5])
         raise DatasetNotFoundError(
-            dataset,
-            Path(missing[0]).parent,
-            expected,
-            detail=f"{len(missing)} image file(s) listed in {listed_in} are missing, e.g. {first}.",
+            dataset, Path(path), "the image file that "
+            + (f"line {line} of {listed_in}" if line is not None else str(listed_in)) + " names",
+            detail=(f"{len(missing)} image file(s) listed in {listed_in} are missing"
+                    + (f"; also {others}" if others else "") + ". The folder itself exists; "
+                    f"expected layout: {expected}."),
         )
 
 

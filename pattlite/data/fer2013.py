@@ -3,7 +3,8 @@
 Layouts (root = the dataset folder, default `data/fer2013/`):
 
 1. `fer2013.csv` (columns `emotion,pixels,Usage`; 35,887 rows). `Usage` Training -> train,
-   PublicTest -> val, PrivateTest -> test. `emotion` 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
+   PublicTest -> val, PrivateTest -> test. Rows that repeat an earlier row exactly are kept (the
+   published split sizes count them; the full file has 1,231) and named in a warning. `emotion` 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
    5 Surprise, 6 Neutral, mapped to the canonical names. `path` = the CSV file, `row` = the data row
    index (0-based, header excluded), `image_id` = `row<N>`. Rows keep the CSV's order.
 2. Image folders `train/<class>/*.jpg`, `test/<class>/*.jpg` and optionally `validation/<class>/`
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pattlite.data import finish_manifest, reject_unknown_options, scan_class_folders, stratified_holdout
+from pattlite.data import (
+    data_warning, finish_manifest, reject_unknown_options, scan_class_folders, stratified_holdout)
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, read_csv_table, require_file
 
 DATASET = "fer2013"
@@ -79,7 +81,25 @@ def read_fer2013_csv(csv_path: Path) -> pd.DataFrame:
         "row": range(len(table)),
         "image_id": [f"row{i}" for i in range(len(table))],
     })
-    return finish_manifest(records, DATASET, f"fer2013.csv ({csv_path})")
+    df = finish_manifest(records, DATASET, f"fer2013.csv ({csv_path})")
+    repeats = duplicate_rows(table, ("emotion", "pixels", "Usage"))
+    if repeats:
+        listed = ", ".join(f"line {line} repeats line {first}" for line, first in repeats[:5])
+        data_warning(df, f"{csv_path}: {len(repeats)} data row(s) repeat an earlier row exactly (emotion, "
+                         f"pixels and Usage), {listed}{' ...' if len(repeats) > 5 else ''}; all rows are "
+                         "kept (the published split sizes count them)")
+    return df
+
+
+def duplicate_rows(table: pd.DataFrame, columns) -> list[tuple[int, int]]:
+    """(line, line of its first occurrence) of each row that repeats an earlier one in `columns`
+    (1-based file lines, header on line 1)."""
+    frame = table[list(columns)].apply(lambda column: column.str.strip())
+    repeated = frame.duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return []
+    first = frame.reset_index(drop=True).reset_index().groupby(list(columns), sort=False)["index"].transform("min")
+    return [(int(i) + 2, int(first.iloc[i]) + 2) for i in repeated.nonzero()[0]]
 
 
 def _folder_split_dir(root: Path, names) -> Path | None:

@@ -12,7 +12,12 @@ Layouts (root = the dataset folder, default `data/ferplus/`):
    row index (it drifts by up to +85 and 4 names occur twice); the `Usage` columns of both files are
    checked to agree row by row. Rows with an empty image name (173 in the full file, images FERPlus
    dropped) are excluded. `path` = fer2013.csv, `row` = the row index, `image_id` = the image name.
-   Usage Training / PublicTest / PrivateTest -> train / val / test (28,558 / 3,579 / 3,573).
+   Usage Training / PublicTest / PrivateTest -> train / val / test. An image name on several rows
+   keeps the LAST row, as Microsoft's `generate_training_data.py` does: it writes one PNG per name,
+   row by row, so a later row overwrites the earlier one's file. The full file names 4 images twice
+   (data rows 5274/6968, 5348/11817, 8423/15835, 33200/34334, counting from 0; each pair has different
+   pixels, and the same label by the rule below), so both layouts give 35,710 images, 28,558 / 3,579 /
+   3,573 (the paper's Table 3). A warning names the lines.
 
 The folder layout is used when both are present; option `layout` ("auto", "folders", "csv") forces one.
 The two vote sources are not identical: on the 167 real sample images in tests/fixtures, 20 images have
@@ -39,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import finish_manifest, reject_unknown_options
+from pattlite.data import data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import (
     DatasetFormatError, DatasetNotFoundError, read_csv_table, require_file, require_files_exist)
 from pattlite.data.fer2013 import USAGE_TO_SPLIT, read_fer2013_csv_table
@@ -97,9 +102,19 @@ def _folders_root(root: Path) -> Path | None:
     return None
 
 
+def _first_lines(duplicated, first_of, names, line_offset):
+    """'name (lines a and b)' for each duplicated row, as `data_warning` text."""
+    return [f"{names.iloc[i]} (lines {first_of[names.iloc[i]] + line_offset} and {i + line_offset})"
+            for i in np.flatnonzero(duplicated)]
+
+
 def read_ferplus_folders(base: Path):
-    """(records, votes) of the generated PNG layout."""
-    frames, votes = [], []
+    """(records, votes, source, messages) of the generated PNG layout.
+
+    A name listed twice in one label.csv is one image file: the first line is kept (a warning names
+    both lines). A listed image that does not exist is an error naming it, the label.csv and the line.
+    """
+    frames, votes, messages = [], [], []
     for split, folder in SPLIT_FOLDERS.items():
         label_csv = require_file(DATASET, base / folder / "label.csv", EXPECTED_LAYOUT)
         table = read_csv_table(label_csv, header=None)
@@ -112,11 +127,22 @@ def read_ferplus_folders(base: Path):
             index = int(bad_name.to_numpy().nonzero()[0][0])
             raise DatasetFormatError(label_csv, index + 1, f"image name {names.iloc[index]!r}; expected ferNNNNNNN.png")
         table.columns = ["name", "box"] + list(VOTE_COLUMNS)
-        votes.append(_votes(table, VOTE_COLUMNS, label_csv, line_offset=1))
+        split_votes = _votes(table, VOTE_COLUMNS, label_csv, line_offset=1)
+        repeated = names.duplicated(keep="first").to_numpy()
+        if repeated.any():
+            first_of = {name: i for i, name in reversed(list(enumerate(names)))}
+            listed = _first_lines(repeated, first_of, names, line_offset=1)
+            messages.append(f"{label_csv}: {int(repeated.sum())} image name(s) listed twice, "
+                            f"{', '.join(listed[:5])}{' ...' if len(listed) > 5 else ''}; the first line "
+                            "of each is kept (one image file per name)")
+        keep = ~repeated
+        names, split_votes = names[keep], split_votes[keep]
+        lines = np.flatnonzero(keep) + 1  # header-less: data row i is line i + 1
         paths = [str((base / folder / name).resolve()) for name in names]
-        require_files_exist(DATASET, paths, label_csv, EXPECTED_LAYOUT)
-        frames.append(pd.DataFrame({"split": split, "path": paths, "row": -1, "image_id": names}))
-    return pd.concat(frames, ignore_index=True), np.concatenate(votes), f"PNG folders ({base})"
+        require_files_exist(DATASET, paths, label_csv, EXPECTED_LAYOUT, lines=lines)
+        votes.append(split_votes)
+        frames.append(pd.DataFrame({"split": split, "path": paths, "row": -1, "image_id": list(names)}))
+    return pd.concat(frames, ignore_index=True), np.concatenate(votes), f"PNG folders ({base})", messages
 
 
 def _find_fer2013_csv(root: Path, explicit) -> Path:
@@ -133,7 +159,12 @@ def _find_fer2013_csv(root: Path, explicit) -> Path:
 
 
 def read_ferplus_csv(root: Path, fer2013_csv=None):
-    """(records, votes) of fer2013new.csv joined with fer2013.csv by row position."""
+    """(records, votes, source, unnamed rows, messages) of fer2013new.csv joined with fer2013.csv by
+    row position.
+
+    An image name on several rows keeps the LAST of them (a warning names the lines): Microsoft's
+    generator writes one PNG per name, row by row, so a later row overwrites the file of an earlier one.
+    """
     new_csv = require_file(DATASET, root / "fer2013new.csv", EXPECTED_LAYOUT)
     old_csv = _find_fer2013_csv(root, fer2013_csv)
     new = read_csv_table(new_csv)
@@ -164,14 +195,25 @@ def read_ferplus_csv(root: Path, fer2013_csv=None):
     votes = _votes(new, VOTE_COLUMNS, new_csv, line_offset=2)
     names = new["Image name"].str.strip()
     named = (names != "").to_numpy()
+    overwritten = (names.duplicated(keep="last").to_numpy() & named)
+    messages = []
+    if overwritten.any():
+        last_of = {name: i for i, name in enumerate(names)}
+        pairs = [f"{names.iloc[i]} (lines {i + 2} and {last_of[names.iloc[i]] + 2})"
+                 for i in np.flatnonzero(overwritten)]
+        messages.append(f"{new_csv}: {len(pairs)} image name(s) on two data rows, "
+                        f"{', '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}; the later row of each "
+                        "is kept, as in Microsoft's generator, which writes one PNG per name (the later "
+                        "row overwrites the earlier one's file)")
+    keep = named & ~overwritten
     records = pd.DataFrame({
         "split": usage_new.map(USAGE_TO_SPLIT),
         "path": str(old_csv.resolve()),
         "row": np.arange(len(new)),
         "image_id": names,
-    })[named]
+    })[keep]
     source = f"fer2013new.csv + fer2013.csv joined by row position ({new_csv}, {old_csv})"
-    return records, votes[named], source, int((~named).sum())
+    return records, votes[keep], source, int((~named).sum()), messages
 
 
 def read_ferplus(root, **options) -> pd.DataFrame:
@@ -192,11 +234,11 @@ def read_ferplus(root, **options) -> pd.DataFrame:
     base = _folders_root(root) if layout in ("auto", "folders") else None
     unnamed = 0
     if base is not None:
-        records, votes, source = read_ferplus_folders(base)
+        records, votes, source, messages = read_ferplus_folders(base)
     elif layout == "folders":
         raise DatasetNotFoundError(DATASET, root / "data", EXPECTED_LAYOUT)
     else:
-        records, votes, source, unnamed = read_ferplus_csv(root, options.get("fer2013_csv"))
+        records, votes, source, unnamed, messages = read_ferplus_csv(root, options.get("fer2013_csv"))
     labels, is_tie, no_emotion = majority_labels(votes, tie_order)
     records = records.assign(label=labels)
     df = finish_manifest(records, DATASET, source)
@@ -206,4 +248,6 @@ def read_ferplus(root, **options) -> pd.DataFrame:
         "no_emotion_votes": int(no_emotion.sum()),
         "unnamed_rows_excluded": unnamed,
     }
+    for message in messages:
+        data_warning(df, message)
     return mark_subsets(df, DATASET, root, options.get("subsets_dir"))

@@ -20,13 +20,12 @@ Subset columns come from the RAN lists (`RAF_DB_dir/`), option `subsets_dir`; se
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import finish_manifest, reject_unknown_options, stratified_holdout
+from pattlite.data import data_warning, finish_manifest, reject_unknown_options, stratified_holdout
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, require_files_exist
 from pattlite.data.fer2013 import read_class_folder_splits
 from pattlite.data.subsets import RAFDB_MINUS_ONE_ORDER, mark_subsets
@@ -54,7 +53,8 @@ def _basic_dir(root: Path) -> Path | None:
 
 
 def read_label_file(path: Path):
-    """(table, duplicates): image_id, stem, split, label of each line, and one message per repeated name.
+    """(table, duplicates): image_id, stem, split, label and line number of each line, and one message
+    per repeated name.
 
     Malformed lines raise DatasetFormatError naming the file and line; a repeated name is kept once.
     """
@@ -75,10 +75,10 @@ def read_label_file(path: Path):
                               f"{first_number}); first entry kept")
             continue
         seen[stem] = (number, label)
-        rows.append((f"{stem}.jpg", stem, match.group(2), label))
+        rows.append((f"{stem}.jpg", stem, match.group(2), label, number))
     if not rows:
         raise DatasetFormatError(path, None, "no label lines; expected '<train|test>_NNNN.jpg <label 1-7>'")
-    return pd.DataFrame(rows, columns=["image_id", "stem", "split", "label"]), duplicates
+    return pd.DataFrame(rows, columns=["image_id", "stem", "split", "label", "line"]), duplicates
 
 
 def read_rafdb(root, **options) -> pd.DataFrame:
@@ -99,8 +99,6 @@ def read_rafdb(root, **options) -> pd.DataFrame:
     basic = _basic_dir(root)
     if basic is not None:
         table, duplicates = read_label_file(basic / LABEL_FILE)
-        for message in duplicates:
-            warnings.warn(message, stacklevel=2)
         images = options.get("images")
         if images is None:
             images = "aligned" if (basic / "Image" / "aligned").is_dir() else "original"
@@ -110,7 +108,8 @@ def read_rafdb(root, **options) -> pd.DataFrame:
             raise DatasetNotFoundError(DATASET, image_dir, EXPECTED_LAYOUT)
         suffix = "_aligned.jpg" if images == "aligned" else ".jpg"
         table["path"] = [str((image_dir / f"{stem}{suffix}").resolve()) for stem in table["stem"]]
-        require_files_exist(DATASET, table["path"], basic / LABEL_FILE, EXPECTED_LAYOUT)
+        require_files_exist(DATASET, table["path"], basic / LABEL_FILE, EXPECTED_LAYOUT, lines=table["line"])
+        table = table.drop(columns=["line"])
         # Keep the label file's order within each split: train first, then test.
         table = pd.concat([table[table["split"] == "train"], table[table["split"] == "test"]], ignore_index=True)
         train = (table["split"] == "train").to_numpy()
@@ -125,5 +124,6 @@ def read_rafdb(root, **options) -> pd.DataFrame:
     else:
         raise DatasetNotFoundError(DATASET, root / "basic" / LABEL_FILE, EXPECTED_LAYOUT)
     df = finish_manifest(records, DATASET, source)
-    df.attrs["warnings"] = list(duplicates)
+    for message in duplicates:
+        data_warning(df, message)
     return mark_subsets(df, DATASET, root, options.get("subsets_dir"))

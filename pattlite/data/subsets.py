@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,12 +66,14 @@ _RAFDB_NAME = re.compile(r"^(test_\d+)(_aligned)?(\.jpg|\.png)?$", re.IGNORECASE
 
 @dataclass
 class SubsetList:
-    """One RAN list, read: `entries` maps image key -> canonical label, in file order."""
+    """One RAN list, read: `entries` maps image key -> canonical label, in file order; `lines` maps
+    image key -> the 1-based line it was read from."""
 
     dataset: str
     subset: str
     path: Path
     entries: dict = field(default_factory=dict)
+    lines: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
 
@@ -161,6 +162,7 @@ def read_subset_list(dataset: str, subset: str, subsets_dir) -> SubsetList:
             continue
         first_line[key] = number
         result.entries[key] = label
+        result.lines[key] = number
     if label_name is not None:
         _check_label_file(base / label_name, ordered, result)
     return result
@@ -217,26 +219,31 @@ def subset_label_counts(dataset: str, subsets_dir) -> pd.DataFrame:
 
 def mark_subsets(df: pd.DataFrame, dataset: str, dataset_root, subsets_dir=None) -> pd.DataFrame:
     """Add the boolean columns occlusion/pose30/pose45 (True on listed test images) and attrs["subsets"]."""
+    from pattlite.data import data_warning
+
     for subset in SUBSETS:
         df[subset] = False
     folder = resolve_subsets_dir(dataset_root, subsets_dir)
     if folder is None:
         df.attrs["subsets"] = None
-        df.attrs.setdefault("warnings", []).append(
-            f"{dataset}: RAN challenging-condition lists not found (option subsets_dir, ${SUBSETS_ENV_VAR}, "
-            f"or {Path(dataset_root) / DEFAULT_SUBFOLDER}); occlusion/pose30/pose45 are all False"
-        )
+        data_warning(df, f"{dataset}: RAN challenging-condition lists not found (option subsets_dir, "
+                         f"${SUBSETS_ENV_VAR}, or {Path(dataset_root) / DEFAULT_SUBFOLDER}); "
+                         "occlusion/pose30/pose45 are all False", stacklevel=4)
         return df
     lists = read_subset_lists(dataset, folder)
     test_rows = df.index[df["split"] == "test"]
     keys = df.loc[test_rows, "image_id"].map(lambda image_id: subset_key(dataset, image_id))
     key_to_row = dict(zip(keys, test_rows))
     info = {"dir": str(folder), "listed": {}, "matched": {}, "label_disagreements": {}}
-    messages = df.attrs.setdefault("warnings", [])
+
+    def warn(message):
+        data_warning(df, message, stacklevel=5)
+
     for subset, sl in lists.items():
         for message in sl.warnings:
-            warnings.warn(message, stacklevel=3)
-            messages.append(message)
+            warn(message)
+        if not sl.entries:
+            warn(f"{sl.path}: no entries; the {subset} subset is empty")
         matched = [key_to_row[k] for k in sl.entries if k in key_to_row]
         unmatched = [k for k in sl.entries if k not in key_to_row]
         df.loc[matched, subset] = True
@@ -245,14 +252,13 @@ def mark_subsets(df: pd.DataFrame, dataset: str, dataset_root, subsets_dir=None)
         info["matched"][subset] = len(matched)
         info["label_disagreements"][subset] = len(disagree)
         if unmatched:
-            messages.append(
-                f"{sl.path}: {len(unmatched)} of {len(sl.entries)} listed images are not in the test split "
-                f"read here, e.g. {unmatched[:5]}"
-            )
+            listed = ", ".join(f"{k} (line {sl.lines[k]})" for k in unmatched[:5])
+            warn(f"{sl.path}: {len(unmatched)} of {len(sl.entries)} listed images match no test image "
+                 f"read here: {listed}{' ...' if len(unmatched) > 5 else ''}; they are left out of the "
+                 f"{subset} subset")
         if disagree:
-            messages.append(
-                f"{sl.path}: {len(disagree)} listed images carry a label different from the manifest's, "
-                f"e.g. {disagree[:5]}"
-            )
+            listed = ", ".join(f"{k} (line {sl.lines[k]})" for k in disagree[:5])
+            warn(f"{sl.path}: {len(disagree)} listed images carry a label different from the manifest's: "
+                 f"{listed}{' ...' if len(disagree) > 5 else ''}; the manifest's label is used")
     df.attrs["subsets"] = info
     return df
