@@ -132,3 +132,134 @@ def test_bench_prints_a_table_and_json(capsys):
     assert training["stage2_as_coded"]["trainable_params"] == training["stage1_frozen"]["trainable_params"]
     assert training["stage2_paper_59"]["trainable_params"] > training["stage1_frozen"]["trainable_params"]
     assert "| training stage1_frozen |" in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors always reach the user; names and values are checked before TensorFlow is imported.
+
+BAD_ARGUMENTS = [
+    (["train", "--dataset", "imagenet", "--variant", "published", "--profile", "ci"], "--dataset: unknown dataset"),
+    (["train", "--dataset", "synthetic", "--variant", "mobilevit", "--profile", "ci"], "--variant: unknown variant"),
+    (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "fast"], "--profile: unknown profile"),
+    (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "ci", "--seed", "-1"],
+     "--seed -1: expected an integer in 0..4294967295"),
+    (["train", "--dataset", "rafdb", "--variant", "published", "--profile", "paper", "--fold", "2"],
+     "--fold 2: only ckplus"),
+    (["train", "--dataset", "ckplus", "--variant", "published", "--profile", "paper", "--fold", "10"],
+     "--fold 10: expected a CK+ test fold 0..9"),
+    (["bench", "--batch-sizes", "1,0"], "--batch-sizes '1,0': expected positive integers"),
+    (["bench", "--steps", "0"], "--steps 0: expected an integer >= 1"),
+    (["audit", "--dataset", "synthetic", "--epochs", "0"], "--epochs 0: expected an integer >= 1"),
+    (["audit", "--dataset", "synthetic", "--train-limit", "0"], "--train-limit 0: expected an integer >= 1"),
+    (["audit", "--dataset", "synthetic", "--seeds", "0,4294967296"], "--seeds 4294967296: expected an integer"),
+    (["audit", "--dataset", "synthetic", "--profile", "quick"], "--profile: unknown profile 'quick'"),
+    (["audit", "--dataset", "imagenet"], "--dataset: unknown dataset 'imagenet'"),
+]
+
+CHECK_WITHOUT_TENSORFLOW = """
+import contextlib, io, json, sys
+from pattlite import cli
+out = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli.main(args)
+    out.append([status, err.getvalue()])
+heavy = sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules)
+print(json.dumps({"results": out, "heavy": heavy}))
+"""
+
+
+def test_bad_values_name_their_flag_before_tensorflow_is_imported():
+    done = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TENSORFLOW,
+                           json.dumps([args for args, _ in BAD_ARGUMENTS])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = last_json(done.stdout)
+    assert report["heavy"] == [], "TensorFlow / Keras imported before the arguments were checked"
+    for (args, expected), (status, err) in zip(BAD_ARGUMENTS, report["results"]):
+        assert status == 2, (args, err)
+        assert err.startswith(f"pattlite {args[0]}: error: ") and expected in err, (args, err)
+
+
+def _run_stderr_to(kind, argv, tmp_path, index):
+    """Runs `python -m pattlite.cli ARGV` with stderr to a pipe, a file or a terminal; returns stderr."""
+    command = [sys.executable, "-m", "pattlite.cli", *argv]
+    if kind == "pipe":
+        return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300).stderr
+    if kind == "file":
+        path = tmp_path / f"stderr-{index}.txt"
+        with open(path, "wb") as f:
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=f, timeout=300)
+        return path.read_bytes()
+    import pty
+
+    main, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=secondary)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: every writer of the terminal has closed it
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=300)
+    finally:
+        os.close(main)
+    return b"".join(chunks)
+
+
+def test_an_error_is_printed_every_time_whatever_stderr_is(tmp_path):
+    """The stderr filter once lost the last lines before exit on some runs (issue 9): 20 runs of a
+    failing command, stderr a pipe, a file or a terminal, print the error 20 times."""
+    kinds = ("pipe", "file", "terminal")
+    for i in range(20):
+        err = _run_stderr_to(kinds[i % 3], ["bench", "--batch-sizes", "x"], tmp_path, i)
+        assert b"pattlite bench: error: --batch-sizes 'x'" in err, (i, kinds[i % 3], err)
+
+
+def test_damaged_result_file_is_named_with_the_fix(folders, capsys, tmp_path):
+    """Truncated, empty and `{}` result files: an error naming the file and --force (after TensorFlow is
+    imported, in a fresh process too); --force then retrains and replaces the file."""
+    results = folders / "results"
+    status, out, _ = run_cli(capsys, TRAIN + ["--variant", "published", "--results", results])
+    original = Path(last_json(out)["result_path"])  # trained by the first test, or now
+    damaged = tmp_path / "results" / "ci" / "experiments" / original.name
+    damaged.parent.mkdir(parents=True)
+    text = original.read_text()
+    for content, problem in ((text[: len(text) // 2], "is not valid JSON"), ("", "is empty"),
+                             ("{}", "lacks 'key'")):
+        damaged.write_text(content)
+        status, out, err = run_cli(capsys, TRAIN + ["--variant", "published", "--results", tmp_path / "results"])
+        assert status == 2 and out.strip().splitlines()[-1].startswith("pattlite train:")
+        assert f"result file {damaged} {problem}" in err and "--force" in err, err
+    for i, kind in enumerate(("pipe", "terminal")):  # the same error from a fresh process, after the import
+        err = _run_stderr_to(kind, TRAIN + ["--variant", "published", "--results", str(tmp_path / "results")],
+                             tmp_path, 100 + i)
+        assert f"result file {damaged} lacks 'key'".encode() in err, (kind, err[-2000:])
+    status, out, _ = run_cli(capsys, TRAIN + ["--variant", "published", "--results", tmp_path / "results",
+                                              "--force"])
+    assert status == 0 and last_json(out)["cached"] is False
+    assert json.loads(damaged.read_text())["key"] == damaged.stem
+
+
+def test_data_warnings_are_printed_and_hints_name_what_exists(folders, capsys, tmp_path):
+    """A FER2013 sample with a repeated row and an unreadable one: the warning reaches the console as one
+    line naming the file and line, and the error suggests nothing the command line does not offer."""
+    lines = (Path(__file__).parent / "fixtures" / "fer2013" / "fer2013.csv").read_text().splitlines()
+    lines.insert(10, lines[3])  # data row 2 again, as line 11
+    emotion, _, usage = lines[5].split(",")
+    lines[5] = ",".join([emotion, " ".join(["x"] * 2304), usage])  # 48x48 values, none a number
+    (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    status, out, err = run_cli(capsys, ["train", "--dataset", "fer2013", "--root", tmp_path, "--variant",
+                                        "published", "--profile", "paper", "--weights", "none",
+                                        "--results", tmp_path / "results"])
+    assert status == 2
+    assert (f"pattlite train: warning: {tmp_path / 'fer2013.csv'}: 1 data row(s) repeat an earlier row "
+            "exactly") in err and "line 11 repeats line 4" in err
+    assert "1 of 169 images cannot be read" in err and "line 6: 'pixels' holds non-integer values" in err
+    assert "skip_unreadable" not in err and "never skips images" in err

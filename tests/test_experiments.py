@@ -94,15 +94,34 @@ def test_run_load_and_repeat(tmp_path):
     loaded = X.run_experiment(exp, results_dir=tmp_path, progress=False)
     assert loaded["cached"] is True and loaded["metrics"] == first["metrics"]
 
-    # Same seed, retrained: same numbers on CPU.
+    table = X.collect_results(tmp_path)
+    assert len(table) == sum(len(m) for m in first["metrics"].values())
+    assert set(table["protocol"]) == {"published", "shuffled", "independent"}
+
+    # Leftover temporary files of an unfinished write are never read as results (a complete one
+    # would double this key's rows, a partial one would crash).
+    text = path.read_text()
+    (path.parent / f".tmp-4242-{path.name}").write_text(text)
+    (path.parent / f".tmp-4243-{path.name}").write_text(text[:100])
+    assert len(X.collect_results(tmp_path)) == len(table)
+    assert X.run_experiment(exp, results_dir=tmp_path, progress=False)["cached"] is True
+
+    # A damaged result file: an error naming the file, what is wrong and the fix; force=True replaces it.
+    for content, problem in ((text[: len(text) // 3], "is not valid JSON"), ("", "is empty"),
+                             ("{}", "lacks 'key', 'config', 'metrics'"), ("[1, 2]", "holds a JSON list")):
+        path.write_text(content)
+        for read in (lambda: X.run_experiment(exp, results_dir=tmp_path, progress=False),
+                     lambda: X.collect_results(tmp_path)):
+            with pytest.raises(X.DamagedResultError, match="--force") as caught:
+                read()
+            assert f"result file {path} {problem}" in str(caught.value)
+
+    # Same seed, retrained (replacing the damaged file): same numbers on CPU.
     again = X.run_experiment(exp, results_dir=tmp_path, force=True, progress=False)
     assert again["cached"] is False
     assert again["metrics"] == first["metrics"]
     assert again["history"] == first["history"]
-
-    table = X.collect_results(tmp_path)
-    assert len(table) == sum(len(m) for m in first["metrics"].values())
-    assert set(table["protocol"]) == {"published", "shuffled", "independent"}
+    assert json.loads(path.read_text())["key"] == exp.key()
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
@@ -140,3 +159,47 @@ def test_paper_profile_missing_dataset_is_named(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="rafdb"):
         X.run_experiment(exp, results_dir=tmp_path, progress=False)
     assert not (tmp_path / "experiments").exists()
+
+
+def test_key_follows_the_dataset_root_and_its_files(tmp_path):
+    """The same experiment on another root, or after a file changed in place, is another experiment."""
+    from pathlib import Path
+
+    sample = (Path(__file__).parent / "fixtures" / "fer2013" / "fer2013.csv").read_bytes()
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root in (first, second):
+        root.mkdir()
+        (root / "fer2013.csv").write_bytes(sample)
+    exp = X.make_experiment("paper", "fer2013", "published", root=first)
+    assert exp.data["root"] == str(first.resolve()) and exp.data["fingerprint"]
+    assert X.make_experiment("paper", "fer2013", "published", root=first).key() == exp.key()
+    assert X.make_experiment("paper", "fer2013", "published", root=second).key() != exp.key()
+    # Pixels edited in place (every digit 1 of the first image becomes 2): same name, same size, a
+    # later modification time.
+    csv_path = first / "fer2013.csv"
+    lines = sample.decode().split("\n")
+    emotion, pixels, usage = lines[1].split(",")
+    lines[1] = ",".join([emotion, pixels.replace("1", "2"), usage])
+    csv_path.write_bytes("\n".join(lines).encode())
+    stat = csv_path.stat()
+    os.utime(csv_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
+    assert csv_path.stat().st_size == len(sample)
+    edited = X.make_experiment("paper", "fer2013", "published", root=first)
+    assert edited.key() != exp.key() and edited.data["root"] == exp.data["root"]
+    # The experiment made before the edit refuses to train on the edited files (its key names the old ones).
+    with pytest.raises(X.DataChangedError, match="changed after this experiment was made"):
+        X.run_experiment(exp, results_dir=tmp_path / "results", progress=False)
+    # run_experiment(root=...) re-binds the experiment to that folder's current files.
+    assert X.bind_root(exp, second).key() == X.make_experiment("paper", "fer2013", "published", root=second).key()
+    # A root that does not exist yet: no fingerprint (reading it raises DatasetNotFoundError).
+    assert X.make_experiment("paper", "fer2013", "published", root=tmp_path / "nowhere").data["fingerprint"] is None
+    # Synthetic data are identified by their generator options: no root, no fingerprint.
+    assert X.make_experiment("ci", "fer2013", "published").data == {"root": None, "fingerprint": None}
+
+
+def test_seed_range_is_checked_when_the_experiment_is_made():
+    with pytest.raises(ValueError, match=r"seed -1: expected an integer in 0..4294967295"):
+        X.make_experiment("ci", "rafdb", "published", seed=-1)
+    with pytest.raises(ValueError, match="seed 4294967296"):
+        X.make_experiment("ci", "rafdb", "published", seed=2**32)
+    assert X.make_experiment("ci", "rafdb", "published", seed=2**32 - 1).seed == 2**32 - 1
