@@ -263,3 +263,10 @@ def test_data_warnings_are_printed_and_hints_name_what_exists(folders, capsys, t
             "exactly") in err and "line 11 repeats line 4" in err
     assert "1 of 169 images cannot be read" in err and "line 6: 'pixels' holds non-integer values" in err
     assert "skip_unreadable" not in err and "never skips images" in err
+
+
+def test_variant_names_checked_without_keras_are_the_models():
+    from pattlite import config
+    from pattlite.model import VARIANTS
+
+    assert config.VARIANTS == tuple(VARIANTS)

@@ -1,4 +1,5 @@
-"""`pattlite.console.quiet_backend_logs` drops TensorFlow's start-up lines from stderr, keeps the rest."""
+"""`pattlite.console.quiet_backend_logs` drops TensorFlow's start-up lines from stderr, keeps the rest, and
+loses nothing written just before the process ends, however it ends."""
 
 import subprocess
 import sys
@@ -14,13 +15,33 @@ SCRIPT = textwrap.dedent("""
     os.write(2, noise.encode() + b"a real warning stays\\n")
     import logging
     logging.getLogger("tensorflow").warning("5 out of the last 12 calls triggered tf.function retracing")
-    import time; time.sleep(0.3)  # let the filter thread forward before exit
+    os.write(2, b"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\\n")
+    os.write(2, b"progress 1/2\\rprogress 2/2\\r")
+    print("last words", file=__import__("sys").stderr)  # right before exit: must not be lost
 """)
+
+ENDINGS = {
+    "exception": "raise SystemExit('ended by SystemExit')",
+    "os._exit": "import sys; sys.stderr.flush(); os._exit(3)",  # no atexit handlers run
+    "SIGKILL": "import signal, sys; sys.stderr.flush(); os.kill(os.getpid(), signal.SIGKILL)",
+}
 
 
 def test_start_up_noise_is_filtered_and_other_lines_pass():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=60)
+    out.stderr = out.stderr.decode()  # not text=True: that would turn "\r" into "\n"
     assert out.returncode == 0, out.stderr
     assert "a real warning stays" in out.stderr
     assert "oneDNN" not in out.stderr and "cuInit" not in out.stderr and "absl" not in out.stderr
-    assert "retracing" not in out.stderr
+    assert "retracing" not in out.stderr and "KeyboardInterrupt" not in out.stderr
+    assert "progress 1/2\rprogress 2/2\r" in out.stderr  # carriage-return lines pass as they come
+    assert out.stderr.rstrip().endswith("last words")
+
+
+def test_output_written_right_before_any_kind_of_exit_arrives():
+    for name, ending in ENDINGS.items():
+        script = ("import os\nfrom pattlite.console import quiet_backend_logs\nquiet_backend_logs()\n"
+                  f"print('written by {name}', file=__import__('sys').stderr)\n{ending}\n")
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+            assert out.returncode != 0 and f"written by {name}" in out.stderr, (name, out.stderr)
