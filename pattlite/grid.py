@@ -123,13 +123,13 @@ def notebook_context(profile: str, parameters: dict | None = None):
     from pattlite import studies
 
     known = notebook_parameters()
+    known.pop("profile")   # --profile, not a -p parameter
     params = dict(parameters or {})
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"unknown notebook parameter(s) {unknown}; the notebooks take "
-                         f"{', '.join(sorted(set(known) - {'profile'}))}")
-    params.pop("profile", None)
-    values = {name: params.get(name, default) for name, default in known.items() if name != "profile"}
+                         f"{', '.join(sorted(known))} (and --profile)")
+    values = {name: params.get(name, default) for name, default in known.items()}
     roots = {name: values.pop(f"{name}_root", None) for name in studies.BENCHMARKS}
     gradcam = (values.pop("gradcam_dataset"), values.pop("gradcam_variant"))
     for name in [n for n in values if n.startswith("gradcam_")]:
@@ -187,8 +187,9 @@ class Progress:
         if not self.seconds:
             return "time left: estimated after the first experiment"
         mean = sum(self.seconds) / len(self.seconds)
-        waves = math.ceil(left / max(parallel, 1))
-        return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {max(parallel, 1)} at once)"
+        parallel = max(parallel, 1)
+        waves = math.ceil(left / parallel)
+        return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {parallel} at once)"
 
     def line(self, parallel: int = 1) -> None:
         left = self.total - self.done - self.failed - self.running
@@ -242,6 +243,9 @@ def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None =
         f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}")
     if executor == "ray":
         ray = import_ray()  # before anything else: a missing Ray is a clear message, not a traceback
+    if not pending:
+        trained, failed = [], {}
+    elif executor == "ray":
         trained, failed = _run_ray(ray, pending, grid_plan.results_dir, address, gpus_per_trial,
                                    cpus_per_trial, max_retries, log, compute or compute_on_worker)
     else:
@@ -321,7 +325,8 @@ def compute_on_worker(exp) -> dict:
     with tempfile.TemporaryDirectory(prefix="pattlite-grid-") as tmp:
         log_dir = Path(tmp) / "logs"
         result, weights = compute_experiment(exp, progress=False, log_dir=log_dir)
-        logs = {str(p.relative_to(log_dir)): p.read_bytes() for p in sorted(log_dir.rglob("*")) if p.is_file()}
+        logs = {str(p.relative_to(log_dir)): p.read_bytes()
+                for p in sorted(log_dir.rglob("*")) if p.is_file()}
     return {"result": result, "weights": weights, "logs": logs, "host": socket.gethostname(),
             "seconds": time.time() - start}
 
