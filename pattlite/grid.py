@@ -243,6 +243,8 @@ def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None =
         f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}")
     if executor == "ray":
         ray = import_ray()  # before anything else: a missing Ray is a clear message, not a traceback
+    elif address is not None or gpus_per_trial is not None:
+        log("[grid] note: --address and --gpus-per-trial apply to --executor ray only; ignored")
     if not pending:
         trained, failed = [], {}
     elif executor == "ray":
