@@ -2,6 +2,7 @@
 # Regenerate everything: installs what it needs (scripts/bootstrap.sh), then runs the notebooks in
 # order with papermill. Default profile: demo (synthetic data, CPU-sized).
 #   ./run_all.sh [--profile demo|paper|ci] [--only LIST] [-p NAME=VALUE ...]
+#                [--executor local|ray [--address ADDR] [--gpus-per-trial G] [--cpus-per-trial C]]
 set -euo pipefail
 cd "$(dirname "$0")"
 python="$(scripts/bootstrap.sh | tail -n 1)"

@@ -3,13 +3,15 @@
     pattlite train --dataset synthetic --variant published --profile ci --seed 3
     pattlite bench [--batch-sizes 1,32] [--steps 8] [--image-size 120]
     pattlite audit --dataset ferplus --root data/ferplus --weights mobilenet_1_0_224_imagenet_no_top.weights.h5
+    pattlite grid plan --profile ci;  pattlite grid run --profile paper --executor ray  (pattlite.grid)
 
 Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
 (accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
 values (the message names the flag and lists the valid ones; checked before TensorFlow is imported),
 a malformed data file or a damaged result file (the message names the file), 1 a missing file
-(dataset, weights). Data warnings (duplicate rows, subset-list entries matching no test image, ...) are
-printed as `pattlite <command>: warning: ...` lines on stderr.
+(dataset, weights) or, for `grid run`, an experiment that failed. Data warnings (duplicate rows,
+subset-list entries matching no test image, ...) are printed as `pattlite <command>: warning: ...`
+lines on stderr.
 
 Results: `--results DIR` (or `$PATTLITE_RESULTS_DIR`) is the results base folder; each experiment is
 written to `DIR/<profile>/experiments/<key>.json` and later calls with the same settings load it.
@@ -290,12 +292,12 @@ def cmd_audit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pattlite import audit, bench
+    from pattlite import audit, bench, grid
 
     parser = argparse.ArgumentParser(
-        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit.",
+        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid.",
         epilog="The last stdout line of every subcommand is one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid}")
 
     train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
                            description="Train and evaluate one experiment under the published, shuffled "
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--results", default=None, help="results base folder")
     audit_parser.add_argument("--force", action="store_true", help="retrain even when result files exist")
     audit_parser.set_defaults(handler=cmd_audit)
+    grid.add_parser(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -376,10 +377,10 @@ def weights_path(exp: Experiment, results_dir=None) -> Path:
     return result_path(exp, results_dir).with_name(f"{exp.key()}.weights.h5")
 
 
-def _save_weights_atomic(model, path: Path) -> None:
+def _write_bytes_atomic(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"  # Keras wants the .weights.h5 ending
-    model.save_weights(str(tmp))
+    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+    tmp.write_bytes(payload)
     os.replace(tmp, path)
 
 
@@ -418,6 +419,14 @@ def read_result(path, key: str | None = None) -> dict:
     if not isinstance(result["metrics"], dict) or "all" not in result["metrics"]:
         raise DamagedResultError(f"result file {path}: 'metrics' lacks the test split ('all'). {fix}")
     return result
+
+
+def _weights_bytes(model) -> bytes:
+    """The model's weights as the bytes of a .weights.h5 file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.weights.h5"  # Keras wants the .weights.h5 ending
+        model.save_weights(str(path))
+        return path.read_bytes()
 
 
 def _write_atomic(path: Path, payload: dict) -> None:
@@ -511,11 +520,28 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         result = read_result(path, exp.key())
         result.update(cached=True, result_path=str(path))
         return result
+    result, weights = compute_experiment(exp, root=root, progress=progress,
+                                         log_dir=logs_path(exp, results_dir), tensorboard=tensorboard)
+    result["result_path"] = str(store_experiment(exp, result, weights, results_dir))
+    return result
+
+
+def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_dir=None,
+                       tensorboard: bool = False) -> tuple[dict, bytes]:
+    """Trains and evaluates one experiment; writes nothing into a results folder.
+
+    The half of `run_experiment` that a remote worker runs (`pattlite.grid`): per-epoch logs go to
+    `log_dir` (None: none), everything else comes back.
+
+    Returns:
+        (result, weights): the result dict of `run_experiment`, and the trained weights as the bytes of
+        a .weights.h5 file; `store_experiment` writes both.
+    """
+    exp = bind_root(exp, root)
     start = time.time()
     data = load_experiment_data(exp, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
-    log_dir = logs_path(exp, results_dir)
     model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
@@ -558,12 +584,17 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         "provenance": _provenance(),
         "cached": False,
     }
-    result = _jsonable(result)
+    return _jsonable(result), _weights_bytes(model)
+
+
+def store_experiment(exp: Experiment, result: dict, weights: bytes, results_dir=None) -> Path:
+    """Writes what `compute_experiment` returned into the results folder, each file atomically; returns
+    the result file's path."""
     # Weights first: a result file on disk always has its weights beside it (Grad-CAM reloads them).
-    _save_weights_atomic(model, weights_path(exp, results_dir))
+    _write_bytes_atomic(weights_path(exp, results_dir), weights)
+    path = result_path(exp, results_dir)
     _write_atomic(path, result)
-    result["result_path"] = str(path)
-    return result
+    return path
 
 
 def run_experiments(experiments, results_dir=None, force: bool = False, root=None, progress: bool = False,

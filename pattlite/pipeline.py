@@ -4,6 +4,8 @@ Each notebook gets the profile (and any extra parameters) through its `parameter
 the notebooks folder as working directory and the kernel of the Python that runs this module, and is
 written executed to results/<profile>/notebooks/. The first failure stops the run, naming the notebook
 and the failing cell. Finished experiments are read back from result files, so a rerun resumes.
+With `--executor local|ray` the experiment grid (`pattlite.grid`) runs first, and the notebooks then
+only assemble tables and figures.
 """
 
 from __future__ import annotations
@@ -102,10 +104,25 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
         log(f"[{i}/{len(names)}] {name} done in {elapsed:.1f} s")
     log(f"all {len(names)} notebooks done in {time.time() - total_start:.1f} s; "
         f"executed notebooks in {output_dir}")
+    if "08_report" in names:
+        reports = Path(params.get("reports_dir") or config.reports_dir(profile))
+        log(f"report: {reports / 'replication_report.md'} (and .html)")
     return timings
 
 
+def parse_parameters(items) -> dict:
+    """`-p NAME=VALUE` items as {NAME: VALUE} (strings; the notebooks parse them)."""
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--parameter expects NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key] = value
+    return params
+
+
 def main(argv=None) -> int:
+    from . import grid
     from .console import quiet_backend_logs
 
     quiet_backend_logs()  # the kernels inherit the filtered stderr
@@ -115,14 +132,24 @@ def main(argv=None) -> int:
                         help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="extra notebook parameter (repeatable), e.g. -p rafdb_root=/data/raf")
+    parser.add_argument("--executor", choices=grid.EXECUTORS, default=None,
+                        help="run the experiment grid first (pattlite grid run) with this executor; "
+                             "default: the notebooks train what they miss, one after another")
+    grid.add_run_options(parser)
     args = parser.parse_args(argv)
-    params = {}
-    for item in args.parameter:
-        if "=" not in item:
-            parser.error(f"--parameter expects NAME=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key] = value
     try:
+        params = parse_parameters(args.parameter)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        if args.executor is not None:
+            report = grid.run_grid(grid.plan(args.profile, params), args.executor, address=args.address,
+                                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                   max_retries=args.max_retries)
+            if report.failed:
+                print(f"ERROR: {len(report.failed)} experiment(s) of the grid failed (listed above); "
+                      "the notebooks did not run", file=sys.stderr)
+                return 1
         run_notebooks(args.profile, args.only, params)
     except (NotebookFailed, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)

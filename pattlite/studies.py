@@ -308,6 +308,42 @@ STUDIES = {
 }
 
 
+def study_experiments(ctx, study: str) -> list:
+    """The experiments a notebook's study trains or loads, for the notebook's context: the one plan
+    the notebooks, the report and `pattlite grid` share.
+
+    Args:
+        ctx: a `NotebookContext` (its profile, seeds and datasets decide the plan).
+        study: a name of `STUDIES` (table4, table5, table6, main, audit).
+    """
+    config.check_name("study", study, tuple(STUDIES))
+    profile = ctx.profile
+    if study == "table5":
+        return table5_experiments(profile) if TABLE5_DATASET in ctx.datasets else []
+    if study == "table6":
+        return table6_experiments(profile, datasets=in_the_wild(ctx))
+    return STUDIES[study](profile, datasets=ctx.datasets)
+
+
+def gradcam_experiment(ctx, dataset: str = "rafdb", variant: str = "published"):
+    """The experiment whose trained model the Grad-CAM figures show: (dataset, variant), the context's
+    first seed, CK+'s first fold."""
+    from pattlite.experiments import make_experiment
+
+    config.check_name("benchmark", dataset, BENCHMARKS)
+    fold = _folds(ctx.profile, dataset)[0]
+    return make_experiment(ctx.profile, dataset, variant, seed=ctx.seeds[0], fold=fold)
+
+
+def notebook_plan(ctx, gradcam_dataset: str | None = None, gradcam_variant: str = "published") -> dict:
+    """{study: experiments} of every study of the notebooks, for their context (`study_experiments`);
+    with `gradcam_dataset`, also {"gradcam": [the experiment of the Grad-CAM figures]}."""
+    plan = {study: study_experiments(ctx, study) for study in STUDIES}
+    if gradcam_dataset is not None:
+        plan["gradcam"] = [gradcam_experiment(ctx, gradcam_dataset, gradcam_variant)]
+    return plan
+
+
 def all_experiments(profile, seeds=None) -> list:
     """Every experiment of every study, each once (studies share experiments)."""
     seen, out = set(), []
@@ -916,12 +952,9 @@ def gradcam_samples(ctx, dataset: str = "rafdb", variant: str = "published", n_t
     """
     from pattlite import gradcam
     from pattlite.evaluate import predict
-    from pattlite.experiments import make_experiment
 
-    config.check_name("benchmark", dataset, BENCHMARKS)
     n_true, n_false = int(n_true), int(n_false)
-    fold = _folds(ctx.profile, dataset)[0]
-    exp = make_experiment(ctx.profile, dataset, variant, seed=ctx.seeds[0], fold=fold)
+    exp = gradcam_experiment(ctx, dataset, variant)
     model, data = gradcam.trained_model(exp, ctx.results_dir)
     test = data["index"]["test"]
     images = np.asarray(data["pixels"][np.sort(test)])
@@ -1050,12 +1083,7 @@ def report_sections(ctx) -> list:
     for n, df in data_tables(manifests, ctx.synthetic).items():
         sections.append((f"Table {n}", [f"**{df.attrs['caption']}**", df]))
 
-    plan = {"table4": table4_experiments(ctx.profile, datasets=ctx.datasets),
-            "table5": table5_experiments(ctx.profile) if TABLE5_DATASET in ctx.datasets else [],
-            "table6": table6_experiments(ctx.profile, datasets=in_the_wild(ctx)),
-            "main": main_experiments(ctx.profile, datasets=ctx.datasets),
-            "audit": audit_experiments(ctx.profile, datasets=ctx.datasets)}
-    every = list({e.key(): e for exps in plan.values() for e in exps}.values())
+    every = list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
     offline = dataclasses.replace(ctx, run_experiments=False)
     results = run(offline, every, require_all=False)
     missing = len(every) - (results["key"].nunique() if not results.empty else 0)

@@ -5,6 +5,7 @@ temporary folder and change the seed, then checks on what it wrote: every table 
 in the report, the synthetic banner, the parameters taking effect.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -15,16 +16,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nbformat  # noqa: E402
 import pytest  # noqa: E402
 
-from pattlite import config, pipeline, report  # noqa: E402
+from pattlite import config, grid, pipeline, report  # noqa: E402
 
 SEED = 7  # not the ci profile's default (0): the parameter must reach every experiment
+
+
+def run_parameters(out) -> dict:
+    return {"results_dir": str(out / "results"), "figures_dir": str(out / "figures"),
+            "reports_dir": str(out / "reports"), "seeds": str(SEED)}
 
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ci_run")
-    params = {"results_dir": str(out / "results"), "figures_dir": str(out / "figures"),
-              "reports_dir": str(out / "reports"), "seeds": str(SEED)}
+    params = run_parameters(out)
     start = time.time()
     timings = pipeline.run_notebooks("ci", parameters=params, output_dir=out / "notebooks", log=print)
     print(f"ci notebooks: {time.time() - start:.1f} s;", ", ".join(f"{n} {s:.1f} s" for n, s in timings))
@@ -92,3 +97,35 @@ def test_report_holds_every_table_and_figure_with_banner(ci_run):
     # Nothing was written to the default folders' report for this run's seed.
     default_report = config.reports_dir("ci") / "replication_report.md"
     assert not default_report.exists() or f"seeds: {SEED}" not in default_report.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_grid_plan_is_what_the_notebooks_trained_and_loaded(ci_run):
+    """The notebooks ran into an empty results folder: its result files are exactly the experiments they
+    needed, and `pattlite grid plan` with the same parameters lists exactly those, all done."""
+    out, _ = ci_run
+    grid_plan = grid.plan("ci", run_parameters(out))
+    written = {p.stem for p in (out / "results" / "experiments").glob("*.json")}
+    planned = [p.experiment.key() for p in grid_plan.experiments]
+    assert len(planned) == len(set(planned)) and set(planned) == written
+    assert all(p.done for p in grid_plan.experiments)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="ray is not installed (pip install -e .[ray]); run_all.sh --executor ray is untested")
+def test_run_all_with_the_ray_executor_runs_the_grid_then_the_notebooks(ci_run, capsys):
+    """./run_all.sh --executor ray: the grid first (here every experiment is already done, so no task
+    runs), then the notebooks (here only the report), ending with the report's path."""
+    out, _ = ci_run
+    params = dict(run_parameters(out), reports_dir=str(out / "reports-ray"))
+    argv = ["--profile", "ci", "--executor", "ray", "--only", "08", "--cpus-per-trial", "1"]
+    argv += [a for name, value in params.items() for a in ("-p", f"{name}={value}")]
+    assert pipeline.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    grid_lines = [i for i, line in enumerate(lines) if line.startswith("[grid]")]
+    notebook_lines = [i for i, line in enumerate(lines) if "08_report" in line]
+    assert grid_lines and notebook_lines and max(grid_lines) < min(notebook_lines)
+    assert any("0 trained" in lines[i] and "0 failed" in lines[i] for i in grid_lines)
+    assert lines[-1].startswith("report: ") and str(out / "reports-ray") in lines[-1]
+    assert (out / "reports-ray" / "replication_report.md").is_file()

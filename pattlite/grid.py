@@ -1,0 +1,491 @@
+"""The experiment grid: every experiment the notebooks of a run need, planned once, run in parallel.
+
+The notebooks train what they miss one experiment after another. The grid runs the same experiments
+before them, spread over every GPU (or CPU share) of a machine or a cluster; the notebooks then find
+every result file and only assemble tables and figures.
+
+- `plan(profile, parameters)` lists the experiments of `pattlite.studies.notebook_plan` for the
+  notebooks' parameters (the `-p NAME=VALUE` of ./run_all.sh): the one plan the notebooks use.
+- `run_grid(grid_plan, executor)` runs the unfinished ones: `"local"` one after another in this process
+  (`pattlite.experiments.run_experiment`), `"ray"` as Ray tasks that each reserve a GPU/CPU share. A Ray
+  worker trains in a temporary folder and returns the result record, the trained weights and the
+  per-epoch logs; the driver writes them into the results folder atomically
+  (`pattlite.experiments.store_experiment`), so no shared filesystem is needed and no half result is
+  ever written. A task whose worker dies (killed, out of memory) is retried `max_retries` times; an
+  error raised by the experiment itself is not retried. Either way the failure is reported with its
+  error and the other experiments go on.
+
+    pattlite grid plan --profile ci
+    pattlite grid run --profile paper --executor ray --gpus-per-trial 1
+
+See docs/grid.md for Kaggle's two T4s, a multi-GPU machine and a Ray cluster (Slurm included).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import os
+import pickle
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pattlite import config
+
+EXECUTORS = ("local", "ray")
+DEFAULT_MAX_RETRIES = 2           # retries of a task whose worker died (not of an experiment's own error)
+PROGRESS_EVERY_S = 60.0           # a progress line at least this often while tasks run
+RAY_INSTALL_HINT = "pip install -e .[ray]"
+# Environment variables a Ray worker gets from the driver: dataset roots, weights, cache, backend.
+FORWARDED_ENV_PREFIXES = ("PATTLITE_", "KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+
+
+class RayNotInstalled(ValueError):
+    """--executor ray without the `ray` package: a usage error here (the message says how to install it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedExperiment:
+    """One experiment of the grid: which studies use it, and whether its result file exists."""
+
+    experiment: object   # pattlite.experiments.Experiment
+    studies: tuple
+    done: bool
+
+    def row(self) -> dict:
+        exp = self.experiment
+        return {"key": exp.key(), "studies": ",".join(self.studies), "dataset": exp.dataset,
+                "variant": exp.variant,
+                "options": " ".join(f"{k}={v}" for k, v in sorted(exp.model_options.items())),
+                "seed": exp.seed, "fold": exp.fold, "done": self.done}
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPlan:
+    profile: str
+    results_dir: Path
+    experiments: tuple   # of PlannedExperiment, in the notebooks' order
+
+    @property
+    def pending(self) -> list:
+        return [p.experiment for p in self.experiments if not p.done]
+
+
+@dataclasses.dataclass
+class GridReport:
+    """What `run_grid` did: keys trained now, keys that were already done, {key: error} of failures."""
+
+    executor: str
+    trained: list
+    already_done: list
+    failed: dict
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"executor": self.executor, "trained": len(self.trained),
+                "already_done": len(self.already_done), "failed": len(self.failed),
+                "failures": self.failed, "seconds": round(self.seconds, 1)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: the notebooks' parameters -> their experiments
+
+
+def notebook_parameters() -> dict:
+    """{name: default} of the notebooks' `parameters` cells (all notebooks together)."""
+    import nbformat
+
+    from pattlite.pipeline import NOTEBOOKS, NOTEBOOKS_DIR
+
+    params = {}
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+        for cell in nb.cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                for node in ast.parse(cell.source).body:
+                    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                        params[node.targets[0].id] = ast.literal_eval(node.value)
+    return params
+
+
+def notebook_context(profile: str, parameters: dict | None = None):
+    """The `NotebookContext` the notebooks build from these parameters (their set-up cell), and the
+    Grad-CAM notebook's (dataset, variant).
+
+    Raises:
+        ValueError: a parameter no notebook takes (the message lists the valid ones), or a bad value.
+    """
+    from pattlite import studies
+
+    known = notebook_parameters()
+    known.pop("profile")   # --profile, not a -p parameter
+    params = dict(parameters or {})
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}; the notebooks take "
+                         f"{', '.join(sorted(known))} (and --profile)")
+    values = {name: params.get(name, default) for name, default in known.items()}
+    roots = {name: values.pop(f"{name}_root", None) for name in studies.BENCHMARKS}
+    gradcam = (values.pop("gradcam_dataset"), values.pop("gradcam_variant"))
+    for name in [n for n in values if n.startswith("gradcam_")]:
+        values.pop(name)   # figure sizes: they decide no experiment
+    values["run_experiments"] = False   # planning trains nothing (and prints no CPU warning)
+    return studies.notebook_context(profile, dataset_roots=roots, **values), gradcam
+
+
+def plan(profile: str, parameters: dict | None = None) -> GridPlan:
+    """Every experiment the notebooks of a run with these parameters train or load, each once, in the
+    notebooks' order, with the studies that use it and whether its result file exists."""
+    from pattlite import studies
+    from pattlite.experiments import result_path
+
+    ctx, (gradcam_dataset, gradcam_variant) = notebook_context(profile, parameters)
+    by_key, users = {}, {}
+    for study, exps in studies.notebook_plan(ctx, gradcam_dataset, gradcam_variant).items():
+        for exp in exps:
+            by_key.setdefault(exp.key(), exp)
+            users.setdefault(exp.key(), []).append(study)
+    planned = tuple(PlannedExperiment(exp, tuple(dict.fromkeys(users[key])),
+                                      result_path(exp, ctx.results_dir).is_file())
+                    for key, exp in by_key.items())
+    return GridPlan(ctx.profile.name, Path(ctx.results_dir), planned)
+
+
+def format_plan(grid_plan: GridPlan) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame([p.row() for p in grid_plan.experiments])
+    if df.empty:
+        return "(no experiments)"
+    df["fold"] = df["fold"].map(lambda f: "" if f is None or f != f else str(int(f)))
+    df["done"] = df["done"].map({True: "done", False: "to run"})
+    return df.to_string(index=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """done / running / failed / left, and the time left from the mean time of this run's trainings."""
+
+    def __init__(self, total: int, log=print):
+        self.total, self.log = total, log
+        self.done = self.failed = self.running = 0
+        self.seconds: list[float] = []
+        self.start = self.last_line = time.time()
+
+    def eta(self, parallel: int) -> str:
+        left = self.total - self.done - self.failed
+        if left == 0:
+            return "0 s left"
+        if not self.seconds:
+            return "time left: estimated after the first experiment"
+        mean = sum(self.seconds) / len(self.seconds)
+        parallel = max(parallel, 1)
+        waves = math.ceil(left / parallel)
+        return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {parallel} at once)"
+
+    def line(self, parallel: int = 1) -> None:
+        left = self.total - self.done - self.failed - self.running
+        self.log(f"[grid] {self.done}/{self.total} done, {self.running} running, {self.failed} failed, "
+                 f"{left} left; {self.eta(parallel)}")
+        self.last_line = time.time()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return "\n".join(lines[-n:]) if lines else "(no message)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executors
+
+
+def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None = None,
+             gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0,
+             max_retries: int = DEFAULT_MAX_RETRIES, log=print, compute=None) -> GridReport:
+    """Runs the unfinished experiments of a plan.
+
+    Args:
+        grid_plan: from `plan`.
+        executor: "local" (one after another in this process) or "ray".
+        address: Ray cluster to join ("auto", "HOST:6379", "ray://HOST:10001"); default: a Ray
+            runtime already started in this process, else a new local one using this machine.
+        gpus_per_trial: GPUs each Ray task reserves (fractions share a GPU); default 1 when the cluster
+            has GPUs, else 0.
+        cpus_per_trial: CPUs each Ray task reserves (also its TensorFlow thread count).
+        max_retries: Ray retries of a task whose worker died; an experiment's own error is not retried.
+        log: where progress lines go.
+        compute: the function a Ray task runs (default `compute_on_worker`); it takes an Experiment.
+
+    Returns:
+        A `GridReport`; failures are in it, not raised.
+    """
+    config.check_name("executor", executor, EXECUTORS)
+    start = time.time()
+    already = [p.experiment.key() for p in grid_plan.experiments if p.done]
+    pending = grid_plan.pending
+    log(f"[grid] profile {grid_plan.profile}: {len(grid_plan.experiments)} experiments, {len(already)} "
+        f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}")
+    if executor == "ray":
+        ray = import_ray()  # before anything else: a missing Ray is a clear message, not a traceback
+    elif address is not None or gpus_per_trial is not None:
+        log("[grid] note: --address and --gpus-per-trial apply to --executor ray only; ignored")
+    if not pending:
+        trained, failed = [], {}
+    elif executor == "ray":
+        trained, failed = _run_ray(ray, pending, grid_plan.results_dir, address, gpus_per_trial,
+                                   cpus_per_trial, max_retries, log, compute or compute_on_worker)
+    else:
+        trained, failed = _run_local(pending, grid_plan.results_dir, log)
+    report = GridReport(executor, trained, already, failed, time.time() - start)
+    log(f"[grid] finished in {_duration(report.seconds)}: {len(trained)} trained, {len(already)} already "
+        f"done, {len(failed)} failed")
+    for key, error in failed.items():
+        log(f"[grid] FAILED {key}: {error}")
+    return report
+
+
+def _run_local(pending, results_dir, log):
+    from pattlite.experiments import run_experiment
+
+    progress = Progress(len(pending), log)
+    trained, failed = [], {}
+    for exp in pending:
+        progress.running = 1
+        progress.line()
+        t0 = time.time()
+        try:
+            run_experiment(exp, results_dir=results_dir, progress=False)
+        except Exception as error:  # reported; the other experiments go on
+            failed[exp.key()] = f"{exp.label()}: {type(error).__name__}: {_first_lines(error)}"
+            progress.failed += 1
+            log(f"[grid] failed: {failed[exp.key()]}")
+        else:
+            trained.append(exp.key())
+            progress.done += 1
+            progress.seconds.append(time.time() - t0)
+            log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
+        progress.running = 0
+    if pending:
+        progress.line()
+    return trained, failed
+
+
+def import_ray():
+    """The `ray` module, or `RayNotInstalled` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise RayNotInstalled(f"--executor ray needs Ray, which is not installed in this environment "
+                              f"({sys.executable}); install the extra: {RAY_INSTALL_HINT}  (or "
+                              "pip install 'ray>=2.40,<3'), or use --executor local") from None
+    return ray
+
+
+def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
+    """Environment variables of a Ray task: the driver's pattlite/Keras settings, and thread counts that
+    match the task's CPU share so that trials sharing a machine do not oversubscribe its cores."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    threads = str(max(1, int(cpus_per_trial)))
+    env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if 0 < gpus_per_trial < 1:
+        # Several trials on one GPU: each takes GPU memory as it needs it, not all of it up front.
+        env.update(TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    return env
+
+
+def _ray_task(compute, experiment_pickle: bytes) -> dict:
+    """What a Ray task runs. The experiment travels pickled, and is unpickled only here: unpickling
+    imports TensorFlow, whose start-up lines must meet the stderr filter first."""
+    from pattlite.console import quiet_backend_logs
+
+    quiet_backend_logs()
+    return compute(pickle.loads(experiment_pickle))
+
+
+def compute_on_worker(exp) -> dict:
+    """A Ray task's work: train and evaluate in a temporary folder; return what the driver stores."""
+    from pattlite.experiments import compute_experiment
+
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="pattlite-grid-") as tmp:
+        log_dir = Path(tmp) / "logs"
+        result, weights = compute_experiment(exp, progress=False, log_dir=log_dir)
+        logs = {str(p.relative_to(log_dir)): p.read_bytes()
+                for p in sorted(log_dir.rglob("*")) if p.is_file()}
+    return {"result": result, "weights": weights, "logs": logs, "host": socket.gethostname(),
+            "seconds": time.time() - start}
+
+
+def store_returned(exp, returned: dict, results_dir) -> Path:
+    """Writes a Ray task's return into the results folder: logs, then weights and result (atomically)."""
+    from pattlite.experiments import logs_path, store_experiment
+
+    log_dir = logs_path(exp, results_dir)
+    for name, payload in returned["logs"].items():
+        path = log_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    return store_experiment(exp, returned["result"], returned["weights"], results_dir)
+
+
+def _trial_slots(ray, cpus: float, gpus: float) -> int:
+    """How many trials the cluster runs at once with this share (for the progress line)."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) // cpus) if cpus > 0 else 10**6
+    if gpus > 0:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    return max(slots, 0)
+
+
+def _check_feasible(ray, cpus: float, gpus: float) -> None:
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no node"
+        raise ValueError(f"no node of the Ray cluster has {cpus:g} CPU and {gpus:g} GPU for one trial "
+                         f"(nodes: {have}); lower --cpus-per-trial / --gpus-per-trial")
+
+
+def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial, max_retries, log, compute):
+    if cpus_per_trial is None or cpus_per_trial <= 0:
+        raise ValueError(f"--cpus-per-trial {cpus_per_trial!r}: expected a positive number")
+    if gpus_per_trial is not None and gpus_per_trial < 0:
+        raise ValueError(f"--gpus-per-trial {gpus_per_trial!r}: expected 0 or more")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"--max-retries {max_retries!r}: expected an integer >= 0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 logging_level="WARNING", configure_logging=True)
+    elif address is not None:
+        log(f"[grid] note: Ray is already initialised in this process; --address {address} is not used")
+    try:
+        resources = ray.cluster_resources()
+        if gpus_per_trial is None:
+            gpus_per_trial = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+        _check_feasible(ray, cpus_per_trial, gpus_per_trial)
+        log(f"[grid] Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; each "
+            f"trial reserves {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU; "
+            f"{_trial_slots(ray, cpus_per_trial, gpus_per_trial)} at once; worker deaths retried up to "
+            f"{max_retries} times")
+        task = ray.remote(_ray_task).options(
+            num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
+            retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)})
+        in_flight = {task.remote(compute, pickle.dumps(exp)): exp for exp in pending}
+        progress = Progress(len(pending), log)
+        trained, failed = [], {}
+        progress.last_line = 0.0   # a line at once
+        while in_flight:
+            # Ray tells which tasks are running only through its state API (the dashboard); here
+            # "running" is the tasks in flight that the cluster has trial slots for.
+            slots = _trial_slots(ray, cpus_per_trial, gpus_per_trial)
+            progress.running = min(len(in_flight), slots)
+            if time.time() - progress.last_line >= PROGRESS_EVERY_S:
+                progress.line(slots)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=10.0)
+            for ref in ready:
+                exp = in_flight.pop(ref)
+                try:
+                    returned = ray.get(ref)
+                except ray.exceptions.RayTaskError as error:   # the experiment raised: not retried
+                    failed[exp.key()] = f"{exp.label()}: {_first_lines(error)}"
+                except ray.exceptions.RayError as error:       # the worker died, retries used up
+                    failed[exp.key()] = (f"{exp.label()}: {type(error).__name__} after {max_retries} "
+                                         f"retries: {_first_lines(error, 3)}")
+                else:
+                    store_returned(exp, returned, results_dir)
+                    trained.append(exp.key())
+                    progress.done += 1
+                    progress.seconds.append(returned["seconds"])
+                    log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']})")
+                    continue
+                progress.failed += 1
+                log(f"[grid] failed: {failed[exp.key()]}")
+            if ready:
+                progress.running = min(len(in_flight), _trial_slots(ray, cpus_per_trial, gpus_per_trial))
+                progress.line(slots)
+        return trained, failed
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: `pattlite grid plan|run` and ./run_all.sh --executor
+
+
+def add_run_options(parser) -> None:
+    """The options of `pattlite grid run` that ./run_all.sh takes too."""
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join, e.g. auto or HEAD_IP:6379 (default: start a Ray runtime "
+                             "on this machine)")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs each Ray trial reserves (0.5: two trials share a GPU); default 1 when the "
+                             "cluster has GPUs, else 0")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="CPUs each Ray trial reserves, also its TensorFlow thread count (default 1)")
+    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
+                        help=f"retries of a Ray trial whose worker died (default {DEFAULT_MAX_RETRIES}); an "
+                             "experiment's own error is reported, not retried")
+
+
+def add_parser(subparsers) -> None:
+    """`pattlite grid plan|run` (see the module docstring)."""
+    grid_parser = subparsers.add_parser(
+        "grid", help="plan or run every experiment the notebooks need (locally or on Ray)",
+        description="The experiment grid: the experiments of the notebooks for a profile and notebook "
+                    "parameters, run one after another or as Ray tasks over every GPU of a machine or cluster.")
+    actions = grid_parser.add_subparsers(dest="grid_command", required=True, metavar="{plan,run}")
+    for name, help_text in (("plan", "list every experiment of the notebooks and whether it is done"),
+                            ("run", "run the experiments that are not done yet")):
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--profile", required=True, help="paper, demo or ci")
+        p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                       help="notebook parameter as for ./run_all.sh (repeatable), e.g. -p seeds=0,1 "
+                            "-p datasets=rafdb")
+        if name == "run":
+            p.add_argument("--executor", choices=EXECUTORS, default="local",
+                           help="local (default: one after another here) or ray")
+            add_run_options(p)
+        p.set_defaults(handler=cmd_grid)
+
+
+def cmd_grid(args) -> int:
+    from pattlite.pipeline import parse_parameters
+    from pattlite.profiles import PROFILES
+
+    config.check_name("profile", args.profile, tuple(PROFILES))
+    params = parse_parameters(args.parameter)
+    if args.grid_command == "run" and args.executor == "ray":
+        import_ray()   # says how to install Ray before the plan is made
+    grid_plan = plan(args.profile, params)
+    if args.grid_command == "plan":
+        print(format_plan(grid_plan))
+        done = sum(p.done for p in grid_plan.experiments)
+        print(f"{len(grid_plan.experiments)} experiments: {done} done, {len(grid_plan.experiments) - done} to "
+              f"run; results folder {grid_plan.results_dir}")
+        print(json.dumps({"profile": grid_plan.profile, "results_dir": str(grid_plan.results_dir),
+                          "experiments": [p.row() for p in grid_plan.experiments]}))
+        return 0
+    report = run_grid(grid_plan, args.executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                      cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
+    print(json.dumps(report.summary()))
+    return 1 if report.failed else 0

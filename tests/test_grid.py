@@ -1,0 +1,226 @@
+"""Tests of pattlite.grid: the plan (the notebooks' experiments), the local executor, and the Ray executor
+on a local Ray runtime started here (2 CPUs, no GPU), ci profile, tiny grids of 2-3 experiments.
+
+That `grid plan` agrees with what the notebooks load is checked in tests/test_notebooks.py, on the
+notebooks' own ci run. The Ray tests need the `ray` package (the `dev` extra installs it, so CI runs
+them); without it they skip, saying so.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+from envvars import environment
+
+from pattlite import cli, grid, studies
+from pattlite.experiments import make_experiment, result_path, weights_path
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Temporary data, cache and results folders; Ray workers get them too (PATTLITE_* is forwarded)."""
+    base = tmp_path_factory.mktemp("grid")
+    with environment(PATTLITE_DATA_DIR=base / "data", PATTLITE_CACHE_DIR=base / "cache",
+                     PATTLITE_RESULTS_DIR=base / "results"):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def tiny(folders):
+    """Two ci experiments of the notebooks' plan: different datasets, variants and seeds."""
+    return [make_experiment("ci", "rafdb", "published", seed=3),
+            make_experiment("ci", "fer2013", "baseline", seed=4)]
+
+
+def grid_of(experiments, results_dir) -> grid.GridPlan:
+    planned = tuple(grid.PlannedExperiment(e, ("test",), result_path(e, results_dir).is_file())
+                    for e in experiments)
+    return grid.GridPlan("ci", Path(results_dir), planned)
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(folders):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e .[ray])")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plan
+
+
+def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
+    params = {"seeds": "5", "datasets": "rafdb,ferplus", "results_dir": str(folders / "planned")}
+    grid_plan = grid.plan("ci", params)
+    ctx = studies.notebook_context("ci", seeds="5", datasets="rafdb,ferplus", results_dir=folders / "planned",
+                                   run_experiments=False)
+    expected = {e.key() for exps in studies.notebook_plan(ctx, "rafdb").values() for e in exps}
+    keys = [p.experiment.key() for p in grid_plan.experiments]
+    assert len(keys) == len(set(keys)) == len(expected) and set(keys) == expected
+    assert {p.experiment.seed for p in grid_plan.experiments} == {5}
+    assert {p.experiment.dataset for p in grid_plan.experiments} == {"rafdb", "ferplus"}
+    published = next(p for p in grid_plan.experiments
+                     if p.experiment.dataset == "rafdb" and p.experiment.variant == "published"
+                     and not p.experiment.model_options)
+    assert set(published.studies) == {"table4", "table6", "main", "audit", "gradcam"}
+    assert grid_plan.results_dir == folders / "planned" and not any(p.done for p in grid_plan.experiments)
+    # Without rafdb there is no Table 5 grid and no Grad-CAM model on RAF-DB, as in the notebooks.
+    no_rafdb = grid.plan("ci", {"datasets": "ferplus", "gradcam_dataset": "ferplus"})
+    assert {s for p in no_rafdb.experiments for s in p.studies} == {"table4", "table6", "main", "audit", "gradcam"}
+
+
+def test_plan_rejects_a_parameter_no_notebook_takes():
+    with pytest.raises(ValueError, match="unknown notebook parameter.*'seed'.*seeds"):
+        grid.plan("ci", {"seed": "1"})
+    with pytest.raises(ValueError, match="ckplus, rafdb, fer2013, ferplus"):
+        grid.plan("ci", {"datasets": "affectnet"})
+
+
+def test_grid_plan_command_lists_experiments_and_marks_done(folders, tiny, local_run, capsys):
+    results, _ = local_run   # holds the result of (rafdb, published, seed 3)
+    status = cli.main(["grid", "plan", "--profile", "ci", "-p", "seeds=3", "-p", "datasets=rafdb",
+                       "-p", f"results_dir={results}"])
+    out = capsys.readouterr().out
+    assert status == 0
+    rows = json.loads(out.strip().splitlines()[-1])["experiments"]
+    assert {r["dataset"] for r in rows} == {"rafdb"} and {r["seed"] for r in rows} == {3}
+    assert [r["key"] for r in rows if r["done"]] == [tiny[0].key()]
+    assert all(r["key"] in out for r in rows) and "to run" in out
+    assert f"{len(rows)} experiments: 1 done, {len(rows) - 1} to run" in out
+    assert cli.main(["grid", "plan", "--profile", "nope"]) == 2
+    assert "paper, demo, ci" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local executor
+
+
+@pytest.fixture(scope="module")
+def local_run(folders, tiny):
+    results = folders / "local"
+    report = grid.run_grid(grid_of(tiny, results), "local")
+    return results, report
+
+
+def test_local_executor_runs_the_unfinished_and_reports_failures(folders, tiny, local_run):
+    results, report = local_run
+    assert sorted(report.trained) == sorted(e.key() for e in tiny) and not report.failed
+    for exp in tiny:
+        assert result_path(exp, results).is_file() and weights_path(exp, results).is_file()
+    bad = make_experiment("ci", "ferplus", "published", kernel="NO_SUCH_KERNEL")
+    lines = []
+    again = grid.run_grid(grid_of([*tiny, bad], results), "local", log=lines.append)
+    assert again.trained == [] and sorted(again.already_done) == sorted(e.key() for e in tiny)
+    assert list(again.failed) == [bad.key()] and "NO_SUCH_KERNEL" in again.failed[bad.key()]
+    assert any("FAILED" in line and bad.key() in line for line in lines)
+
+
+def test_ray_executor_without_ray_says_how_to_install(monkeypatch, capsys, folders):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    status = cli.main(["grid", "run", "--profile", "ci", "--executor", "ray"])
+    assert status == 2
+    assert "pip install -e .[ray]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ray executor
+
+
+def _comparable(path):
+    result = json.loads(Path(path).read_text())
+    return result["metrics"], result["predictions"], result["epochs"]
+
+
+@needs_ray
+def test_ray_grid_gives_the_local_executors_result_files(ray_runtime, folders, tiny, local_run):
+    local_results, _ = local_run
+    results = folders / "ray"
+    lines = []
+    report = grid.run_grid(grid_of(tiny, results), "ray", cpus_per_trial=1, log=lines.append)
+    assert sorted(report.trained) == sorted(e.key() for e in tiny) and not report.failed
+    for exp in tiny:
+        assert _comparable(result_path(exp, results)) == _comparable(result_path(exp, local_results))
+        assert weights_path(exp, results).stat().st_size > 0
+        assert (results / "logs" / exp.key() / "stage1.csv").is_file()
+    assert not list((results / "experiments").glob(".tmp-*")), "a temporary file was left behind"
+    assert any("2/2 done, 0 running, 0 failed, 0 left" in line for line in lines)
+    assert any("2 at once" in line for line in lines)
+    # A second run finds everything done and runs no task.
+    again = grid.run_grid(grid_of(tiny, results), "ray", log=lines.append)
+    assert again.trained == [] and len(again.already_done) == 2
+
+
+def _killing_compute(marker_dir: Path, kill_first=(), kill_always=()):
+    """A compute function for the Ray tasks that counts each experiment's attempts in a marker file in
+    `marker_dir` and kills its own worker process (SIGKILL) on the first attempt of the keys in
+    `kill_first` and on every attempt of those in `kill_always`; otherwise it does the real work."""
+
+    def compute(exp):
+        marker = marker_dir / exp.key()
+        attempt = (marker.read_text().count("attempt") if marker.exists() else 0) + 1
+        marker.write_text("attempt\n" * attempt)
+        if exp.key() in kill_always or (exp.key() in kill_first and attempt == 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return grid.compute_on_worker(exp)
+
+    return compute
+
+
+def _attempts(marker_dir: Path, exp) -> int:
+    return (marker_dir / exp.key()).read_text().count("attempt")
+
+
+@needs_ray
+def test_ray_task_whose_worker_kills_itself_on_first_attempt_is_retried(ray_runtime, folders, tiny):
+    """The kill is simulated: the task SIGKILLs its own worker process on its first attempt (a marker
+    file says which attempt it is), as the kernel's OOM killer or a lost node would end it."""
+    markers = folders / "markers-once"
+    markers.mkdir()
+    compute = _killing_compute(markers, kill_first=(tiny[0].key(),))
+    results = folders / "ray-killed"
+    report = grid.run_grid(grid_of(tiny[:1], results), "ray", max_retries=1, compute=compute)
+    assert report.trained == [tiny[0].key()] and not report.failed
+    assert _attempts(markers, tiny[0]) == 2
+    assert result_path(tiny[0], results).is_file() and weights_path(tiny[0], results).is_file()
+
+
+@needs_ray
+def test_ray_failures_are_reported_retries_bounded_and_the_others_finish(ray_runtime, folders, tiny):
+    markers = folders / "markers-failures"
+    markers.mkdir()
+    killed = make_experiment("ci", "ferplus", "no_mixing", seed=9)                   # its worker dies every time
+    broken = make_experiment("ci", "ferplus", "published", kernel="NO_SUCH_KERNEL")  # raises ValueError
+    compute = _killing_compute(markers, kill_first=(broken.key(),), kill_always=(killed.key(),))
+    results = folders / "ray-failures"
+    lines = []
+    report = grid.run_grid(grid_of([killed, broken, tiny[1]], results), "ray", max_retries=2,
+                           compute=compute, log=lines.append)
+    assert report.trained == [tiny[1].key()] and result_path(tiny[1], results).is_file()
+    assert set(report.failed) == {killed.key(), broken.key()}
+    assert "WorkerCrashedError" in report.failed[killed.key()]
+    assert _attempts(markers, killed) == 3            # the first try and max_retries=2 retries, no more
+    assert "NO_SUCH_KERNEL" in report.failed[broken.key()]
+    assert _attempts(markers, broken) == 2            # its worker died once (retried), then its own error: not retried
+    assert _attempts(markers, tiny[1]) == 1
+    assert any("1/3 done, 0 running, 2 failed, 0 left" in line for line in lines)
+    assert any(line.startswith("[grid] FAILED") and killed.key() in line for line in lines)
+    assert not result_path(killed, results).exists() and not result_path(broken, results).exists()
