@@ -385,7 +385,13 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                          shuffle=False)
     x = _in_memory(x)
-    run = (_tensorflow_steps if backend == "tensorflow" else _jax_steps)(model, int(batch_size))
+    # The traced step is kept on the model: a second fit (stage 2 resumes, a benchmark's timed run)
+    # does not trace again.
+    cached = getattr(model, "_pattlite_train_steps", None)
+    if cached is None or cached[0] != int(batch_size):
+        cached = (int(batch_size), (_tensorflow_steps if backend == "tensorflow" else _jax_steps)(model, int(batch_size)))
+        model._pattlite_train_steps = cached
+    run = cached[1]
     n = len(x)
     steps = math.ceil(n / batch_size)
     callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=False, model=model,
