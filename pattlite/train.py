@@ -307,8 +307,10 @@ def _tensorflow_steps(model, batch_size):
     """
     import tensorflow as tf  # edge: the backend's function tracing
 
-    step = tf.function(lambda data: model.train_step(tuple(_widen(a) if i == 0 else a for i, a in enumerate(data))),
-                       reduce_retracing=True, jit_compile=model.jit_compile)
+    def one_step(data):
+        return model.train_step((_widen(data[0]),) + tuple(data[1:]))
+
+    step = tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
 
     def run(arrays):
         n = len(arrays[0])
@@ -361,11 +363,11 @@ def _jax_steps(model, batch_size):
 
 def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callbacks, reshuffle_seed: int,
                  initial_epoch: int = 0):
-    """What `model.fit(OrderedBatches(x, ..., reshuffle_seed=...), epochs, callbacks, shuffle=False)` does, faster.
+    """What `model.fit(OrderedBatches(x, ..., reshuffle_seed), epochs, callbacks, shuffle=False)` does, faster.
 
     The same batches in the same order (the epoch run i uses the permutation drawn from
-    `numpy.random.default_rng([reshuffle_seed, i + 1])`, as `fit` does), the model's own `train_step` (loss, sample weights,
-    gradient clipping, optimizer, metrics), the callbacks called at the same points with the same
+    `numpy.random.default_rng([reshuffle_seed, i + 1])`, as `fit` does), the model's own `train_step`
+    (loss, sample weights, gradient clipping, optimizer, metrics), the callbacks called at the same points with the same
     epoch logs, so EarlyStopping, ReduceLROnPlateau, CSVLogger and validation callbacks work as in
     `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
     into memory once when they fit (`IN_MEMORY_BYTES`; else gathered chunk by chunk from the memory
@@ -385,11 +387,13 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                          shuffle=False)
     x = _in_memory(x)
-    # The traced step is kept on the model: a second fit (stage 2 resumes, a benchmark's timed run)
-    # does not trace again.
+    # The traced step is kept on the model, so a second fit does not trace again; a new compile (new
+    # optimizer, loss and metric objects, which the trace captured) makes a new one.
+    token = (int(batch_size), id(model.optimizer), tuple(id(m) for m in model.metrics))
     cached = getattr(model, "_pattlite_train_steps", None)
-    if cached is None or cached[0] != int(batch_size):
-        cached = (int(batch_size), (_tensorflow_steps if backend == "tensorflow" else _jax_steps)(model, int(batch_size)))
+    if cached is None or cached[0] != token:
+        make = _tensorflow_steps if backend == "tensorflow" else _jax_steps
+        cached = (token, make(model, int(batch_size)))
         model._pattlite_train_steps = cached
     run = cached[1]
     n = len(x)

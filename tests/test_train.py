@@ -146,3 +146,18 @@ def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fast_path_follows_a_new_compile():
+    """The traced step is reused between fits but not across compiles (it captures the optimizer)."""
+    x, y = separable_features(2, seed=6)
+    model = build_head("pattlite", len(CLASSES), FEATURES)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    T.fit_in_order(model, x, y, None, 8, 1, [], reshuffle_seed=0)
+    trained = [w.numpy().copy() for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, trained))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    T.fit_in_order(model, x, y, None, 8, 1, [], reshuffle_seed=0)
+    for a, b in zip(trained, model.trainable_weights):
+        np.testing.assert_array_equal(b.numpy(), a)
