@@ -223,7 +223,8 @@ def _extract(pixels, rows, size, weights, layer_names, resize_to, batch_size, pr
     with tqdm(total=n, desc=f"backbone features ({', '.join(layer_names)})", unit="img",
               disable=not progress) as bar:
         for start in range(0, n, batch_size):
-            batch = np.asarray(pixels[rows[start:start + batch_size]], dtype="float32")
+            # uint8 as it is: the model casts to float32 inside the compiled call.
+            batch = np.asarray(pixels[rows[start:start + batch_size]])
             values = extractor.predict_on_batch(batch)
             if not isinstance(values, (list, tuple)):
                 values = [values]
