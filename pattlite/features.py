@@ -203,19 +203,23 @@ def _store_index(folder: Path, layer: str):
     return shards, index
 
 
-def _extract(pixels, rows, size, weights, layer_names, resize_to, batch_size, progress, folder):
-    """One pass of the images `pixels[rows]` through the backbone, written as a new shard of `folder`.
+def feature_extractor(size: int, weights, layer_names, resize_to: int = 224) -> keras.Model:
+    """The frozen backbone up to the deepest of `layer_names`, with one output per layer."""
+    from pattlite.model import build_backbone
+
+    backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
+                              input_shape=(size, size, 3))
+    return keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
+
+
+def _extract(pixels, rows, extractor, layer_names, batch_size, progress, folder):
+    """One pass of the images `pixels[rows]` through `extractor`, written as a new shard of `folder`.
 
     Every requested layer comes out of the same pass. The shard is written under a temporary name and
     renamed when complete, so an interrupted run leaves no half-written shard.
     """
     from tqdm.auto import tqdm
 
-    from pattlite.model import build_backbone
-
-    backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
-                              input_shape=(size, size, 3))
-    extractor = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
     tmp = folder / f".tmp-shard-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir(parents=True)
     outputs = {}
@@ -310,8 +314,9 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         for i in todo:
             first_of.setdefault(hashes[i], i)
         unique = np.array(sorted(first_of.values()), dtype=np.int64)
-        tmp = _extract(pixels, rows[unique], size, weights, list(missing), resize_to, batch_size, progress,
-                       folder)
+        layers = list(missing)
+        tmp = _extract(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to), layers,
+                       batch_size, progress, folder)
         np.save(tmp / "hashes.npy", hashes[unique])
         os.replace(tmp, folder / f"shard-{time.time_ns():020d}-{os.getpid()}")
         meta = {"key": key, "size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),

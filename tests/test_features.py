@@ -34,10 +34,10 @@ def count_extractions(monkeypatch):
     calls = Calls()
     real = F._extract
 
-    def counting(pixels, rows, size, weights, layer_names, *args):
+    def counting(pixels, rows, extractor, layer_names, *args):
         calls.append(list(layer_names))
         calls_rows.append(len(rows))
-        return real(pixels, rows, size, weights, layer_names, *args)
+        return real(pixels, rows, extractor, layer_names, *args)
 
     calls_rows = []
     calls.rows = calls_rows
