@@ -11,6 +11,12 @@ pixel cache of `pattlite.data.pixels` serves them) and resized to 224 inside the
     paper's RAF-DB setting;
 - inference (`predict_on_batch`) of the `published` and `pattlite` models at each batch size.
 
+`run_cached_benchmark` measures training and prediction of heads on cached features (random float16
+features of the cut's shape, 14x14x512, in a memory-mapped file as the feature cache serves them), on
+the fast path the package uses (`pattlite.train.fit_in_order`, `pattlite.evaluate.predict`) and on
+the plain path (Keras `fit` / `predict` over `OrderedBatches`), in the same run, plus the backbone's
+feature-extraction rate (`pattlite.features.backbone_features`).
+
 Each measurement runs one warm-up step (graph tracing, excluded) and then `steps` timed steps. Every step
 is timed in two parts: producing the batch from the uint8 array (`feed`) and the model call (`compute`);
 `images_per_s` counts both, `feed_share` is feed / (feed + compute).
@@ -199,4 +205,150 @@ def format_table(result: dict) -> str:
         for batch_size, timing in per_batch.items():
             lines.append(f"| inference {variant} | {batch_size} | {timing['images_per_s']:.1f} | "
                          f"{100 * timing['feed_share']:.1f}% |")
+    return "\n".join(lines)
+
+
+BENCH_PARTS = ("images", "cached")
+CACHED_HEADS = ("published", "pattlite")
+CACHED_STAGES = ("stage1", "stage2_as_coded")
+DEFAULT_CACHED_SAMPLES = 1024
+DEFAULT_EXTRACT_IMAGES = 512
+FEATURE_SHAPE = (14, 14, 512)  # conv_dw_9_relu at 224
+EXTRACT_BATCH = 64  # backbone_features' default
+
+
+def _rate(samples: int, seconds: float) -> dict:
+    return {"samples": int(samples), "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEADS,
+                         extract_images: int = DEFAULT_EXTRACT_IMAGES, image_size: int = DEFAULT_IMAGE_SIZE,
+                         weights=None, train_batch_size: int = 8, seed: int = 0, log=print) -> dict:
+    """Training and prediction rates of heads on cached features, fast path vs plain path, and the
+    feature-extraction rate.
+
+    Training: one epoch of `samples` features (class-weighted stage 1; stage 2 as coded on the
+    authors' fine-tuning graph of the head), after an untimed warm-up that traces the step. Prediction:
+    the `published` protocol (class-grouped batches of 32) on `samples` features, after a warm-up.
+    Extraction: the pass of `backbone_features` (batches of 64 written to a float16 shard) over
+    `extract_images` random uint8 images at `image_size`, after the extractor is built and traced.
+
+    Returns:
+        dict with `settings`, `training` (head -> stage -> {"fast", "plain": timings, "speedup"}),
+        `prediction` (head -> {"fast", "plain", "speedup"}), `extraction` (timings with
+        `images_per_s`), `machine` and `seconds`. Timings: samples, seconds, samples_per_s.
+    """
+    import keras
+
+    from pattlite.evaluate import OrderedBatches, predict, protocol_order
+    from pattlite.features import _extract as extract_pass
+    from pattlite.features import feature_extractor
+    from pattlite.model import build_head, finetune_model
+    from pattlite.report import provenance
+    from pattlite.train import TrainConfig, balanced_class_weights, enable_determinism, fit_in_order
+
+    samples = _positive_int("samples", samples)
+    extract_images = _positive_int("extract_images", extract_images)
+    say = log or (lambda *_: None)
+    started = time.perf_counter()
+    recipe = TrainConfig()
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, samples)
+    sample_weight = balanced_class_weights(labels, NUM_CLASSES)[labels].astype("float32")
+    result = {"settings": {"samples": samples, "heads": list(heads), "feature_shape": list(FEATURE_SHAPE),
+                           "train_batch_size": train_batch_size, "extract_images": extract_images,
+                           "image_size": image_size, "weights": None if weights is None else str(weights),
+                           "data": "random float16 features / uint8 images"},
+              "training": {}, "prediction": {}}
+    with tempfile.TemporaryDirectory(prefix="pattlite-bench-") as tmp:
+        path = Path(tmp) / "features.npy"
+        np.save(path, rng.normal(0, 1, (samples,) + FEATURE_SHAPE).astype("float16"))
+        features = np.load(path, mmap_mode="r")
+        warm = slice(0, 4 * train_batch_size)
+        for head_name in heads:
+            result["training"][head_name] = {}
+            enable_determinism(seed)
+            head = build_head(head_name, NUM_CLASSES, FEATURE_SHAPE)
+            graphs = {"stage1": (head, sample_weight, recipe.stage1_learning_rate),
+                      "stage2_as_coded": (finetune_model(head, recipe.spatial_dropout, recipe.finetune_dropout),
+                                          None, recipe.stage2_learning_rate)}
+            for stage, (graph, weights_or_none, learning_rate) in graphs.items():
+                timings = {}
+                for path_name in ("plain", "fast"):
+                    graph.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=recipe.global_clipnorm),
+                                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                    w = None if weights_or_none is None else weights_or_none
+                    if path_name == "fast":
+                        def fit(rows, graph=graph, w=w):
+                            fit_in_order(graph, features[rows], labels[rows], None if w is None else w[rows],
+                                         train_batch_size, 1, [], reshuffle_seed=seed)
+                    else:
+                        def fit(rows, graph=graph, w=w):
+                            batches = OrderedBatches(features[rows], np.arange(len(labels[rows])), train_batch_size,
+                                                     y=labels[rows], sample_weight=None if w is None else w[rows],
+                                                     reshuffle_seed=seed)
+                            graph.fit(batches, epochs=1, verbose=0, shuffle=False)
+                    fit(warm)
+                    start = time.perf_counter()
+                    fit(slice(0, samples))
+                    timings[path_name] = _rate(samples, time.perf_counter() - start)
+                timings["speedup"] = timings["fast"]["samples_per_s"] / timings["plain"]["samples_per_s"]
+                result["training"][head_name][stage] = timings
+                say(f"  cached training {head_name:9s} {stage:15s} batch {train_batch_size}: "
+                    f"fast {timings['fast']['samples_per_s']:7.0f} samples/s, plain "
+                    f"{timings['plain']['samples_per_s']:7.0f} ({timings['speedup']:.2f}x)")
+            order = protocol_order(labels, "published")
+            predict(head, features[:64], labels[:64], "published")
+            head.predict(OrderedBatches(features, order[:64], 32), verbose=0)
+            start = time.perf_counter()
+            predict(head, features, labels, "published")
+            fast = _rate(samples, time.perf_counter() - start)
+            start = time.perf_counter()
+            head.predict(OrderedBatches(features, order, 32), verbose=0)
+            plain = _rate(samples, time.perf_counter() - start)
+            result["prediction"][head_name] = {"fast": fast, "plain": plain,
+                                               "speedup": fast["samples_per_s"] / plain["samples_per_s"]}
+            say(f"  cached prediction {head_name:9s} published protocol, batch 32: fast "
+                f"{fast['samples_per_s']:7.0f} samples/s, plain {plain['samples_per_s']:7.0f} "
+                f"({fast['samples_per_s'] / plain['samples_per_s']:.2f}x)")
+        del features
+
+        images = rng.integers(0, 256, (extract_images, image_size, image_size, 3), dtype=np.uint8)
+        if weights is None:
+            from pattlite.features import random_backbone_weights
+
+            weights = random_backbone_weights(seed, images[:8], cache_dir=Path(tmp) / "w")
+        layers = ["conv_dw_9_relu"]
+        extractor = feature_extractor(image_size, weights, layers)
+        extractor.predict_on_batch(images[:EXTRACT_BATCH])  # warm-up: traces the call
+        folder = Path(tmp) / "extraction"
+        folder.mkdir()
+        start = time.perf_counter()
+        extract_pass(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
+        extraction = _rate(extract_images, time.perf_counter() - start)
+        extraction["images_per_s"] = extraction["samples_per_s"]
+        result["extraction"] = extraction
+        say(f"  feature extraction to conv_dw_9_relu, {image_size} px -> 224, batch {EXTRACT_BATCH}: "
+            f"{extraction['images_per_s']:.0f} images/s")
+    result["machine"] = {k: v for k, v in provenance().items()
+                         if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")}
+    result["machine"]["cpu_count"] = os.cpu_count()
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def format_cached_table(result: dict) -> str:
+    """The cached-feature benchmark as a Markdown table."""
+    batch = result["settings"]["train_batch_size"]
+    lines = ["| measurement | batch | fast samples/s | plain samples/s | speed-up |", "|---|---:|---:|---:|---:|"]
+    for head, stages in result["training"].items():
+        for stage, t in stages.items():
+            lines.append(f"| cached training {head} {stage} | {batch} | {t['fast']['samples_per_s']:.0f} | "
+                         f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |")
+    for head, t in result["prediction"].items():
+        lines.append(f"| cached prediction {head} (published protocol) | 32 | {t['fast']['samples_per_s']:.0f} | "
+                     f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |")
+    if "extraction" in result:
+        lines.append(f"| feature extraction to the cut ({result['settings']['image_size']} px -> 224) | 64 | "
+                     f"{result['extraction']['images_per_s']:.0f} images/s | | |")
     return "\n".join(lines)

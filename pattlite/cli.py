@@ -122,6 +122,12 @@ def check_arguments(args) -> None:
         _at_least("--image-size", args.image_size, 1, " (pixels)")
         _at_least("--train-batch-size", args.train_batch_size, 1)
         _weights_file("--weights", args.weights)
+        from pattlite.bench import BENCH_PARTS
+
+        for part in [p.strip() for p in args.parts.split(",") if p.strip()] or [""]:
+            _choice("--parts", "bench part", part, BENCH_PARTS)
+        _at_least("--cached-samples", args.cached_samples, 8)
+        _at_least("--extract-images", args.extract_images, 1)
     elif args.command == "audit":
         from pattlite import audit
 
@@ -236,18 +242,32 @@ def cmd_bench(args) -> int:
     from pattlite.bench import format_table, run_benchmark
     from pattlite.profiles import resolve_weights
 
+    from pattlite.bench import format_cached_table, run_cached_benchmark
+
     weights = resolve_weights(_weights_argument(args.weights))
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")  # checked by check_arguments
-    print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
-          f"{args.steps} timed steps after 1 warm-up step per row; weights "
-          f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
-    result = run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
-                           weights=weights, train_batch_size=args.train_batch_size)
-    print(format_table(result))
-    print(f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
-          f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
-          f"{result['seconds']:.1f} s in all")
-    _json_line(result)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if "images" in parts:
+        print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
+              f"{args.steps} timed steps after 1 warm-up step per row; weights "
+              f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
+        result = run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
+                               weights=weights, train_batch_size=args.train_batch_size)
+        print(format_table(result))
+        print(f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
+              f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
+              f"{result['seconds']:.1f} s in all")
+        _json_line(result)
+    if "cached" in parts:
+        print(f"pattlite bench: heads on cached features, {args.cached_samples} random float16 features "
+              f"14x14x512 per row, fast path vs plain path in the same run; feature extraction of "
+              f"{args.extract_images} random images", flush=True)
+        result = run_cached_benchmark(samples=args.cached_samples, extract_images=args.extract_images,
+                                      image_size=args.image_size, weights=weights,
+                                      train_batch_size=args.train_batch_size)
+        print(format_cached_table(result))
+        print(f"{result['seconds']:.1f} s in all")
+        _json_line(result)
     return 0
 
 
@@ -329,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--train-batch-size", type=int, default=8, help="training batch (default 8)")
     bench_parser.add_argument("--weights", default="none",
                               help="backbone weights: none (default), imagenet or a .weights.h5 path")
+    bench_parser.add_argument("--parts", default="images,cached",
+                              help="which rows: images (full models on images), cached (heads on cached "
+                                   "features, fast vs plain, and feature extraction); default both")
+    bench_parser.add_argument("--cached-samples", type=int, default=bench.DEFAULT_CACHED_SAMPLES,
+                              help=f"features per cached-head row (default {bench.DEFAULT_CACHED_SAMPLES})")
+    bench_parser.add_argument("--extract-images", type=int, default=bench.DEFAULT_EXTRACT_IMAGES,
+                              help=f"images for the extraction row (default {bench.DEFAULT_EXTRACT_IMAGES})")
     bench_parser.set_defaults(handler=cmd_bench)
 
     audit_parser = sub.add_parser("audit", help="the batch-composition audit on cached backbone features",

@@ -129,8 +129,50 @@ def _check_inputs(model, x, y):
                          f"expects (N,) + {expected}")
 
 
+@contextlib.contextmanager
+def batch_mixing_groups(model, group_size: int):
+    """Within the block, a batch of k * `group_size` rows is mixed as k batches of `group_size`
+    consecutive rows (`BatchMixingAttention.group_size`): big inference batches, the small batches'
+    composition. Only the compiled predict function is reset, as in `batch_mixing_disabled`."""
+    from pattlite.model import BatchMixingAttention
+
+    layers = [layer for layer in model.layers if isinstance(layer, BatchMixingAttention) and layer.mixing]
+    if not layers:
+        yield model
+        return
+    for layer in layers:
+        layer.group_size = int(group_size)
+    model.predict_function = None
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.group_size = None
+        model.predict_function = None
+
+
+# Rows per inference call on cached features: a multiple of every protocol batch size used (8, 32).
+FAST_PREDICT_BATCH = 512
+
+
+def _rows(x, rows):
+    # float16 stays float16: the model casts its input to float32 inside the compiled call, measured
+    # 2.6x faster than widening in NumPy first (the NumPy half-to-float conversion is slow).
+    return np.asarray(x[rows])
+
+
+def _is_head(model) -> bool:
+    return getattr(model, "_pattlite_spec", (None, None))[1] == "head"
+
+
 def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISHED_BATCH_SIZE) -> np.ndarray:
     """Class probabilities (N, C) under a protocol, in the ORIGINAL order of x.
+
+    Every protocol keeps its batch composition: the images taken in the protocol's order, in batches
+    of `batch_size` (the last one smaller). On a head (cached features) the batches are computed
+    `FAST_PREDICT_BATCH` rows at a time: the batch-mixing attention mixes each run of `batch_size`
+    consecutive rows on its own (`batch_mixing_groups`), the rest of the head is per image in
+    inference, so the result is what batches of `batch_size` give (tests/test_evaluate.py checks it).
 
     Args:
         model: a Keras model (full model on images, or a head on features).
@@ -144,15 +186,28 @@ def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISH
     y = np.asarray(y)
     _check_inputs(model, x, y)
     order = protocol_order(y, protocol, seed)
-    batches = OrderedBatches(x, order, batch_size)
-    if protocol == "independent":
-        with batch_mixing_disabled(model):
-            probs_in_order = model.predict(batches, verbose=0)
-    else:
-        probs_in_order = model.predict(batches, verbose=0)
+    mixing_off = batch_mixing_disabled(model) if protocol == "independent" else contextlib.nullcontext()
+    with mixing_off:
+        if _is_head(model) and FAST_PREDICT_BATCH % int(batch_size) == 0:
+            probs_in_order = _predict_grouped(model, x, order, int(batch_size))
+        else:
+            probs_in_order = model.predict(OrderedBatches(x, order, batch_size), verbose=0)
     probs = np.empty_like(probs_in_order)
     probs[order] = probs_in_order
     return probs
+
+
+def _predict_grouped(model, x, order, batch_size):
+    """Predictions in `order`, batches of `batch_size` computed FAST_PREDICT_BATCH rows per call."""
+    full = len(order) // batch_size * batch_size
+    parts = []
+    with batch_mixing_groups(model, batch_size):
+        for start in range(0, full, FAST_PREDICT_BATCH):
+            rows = order[start:min(start + FAST_PREDICT_BATCH, full)]
+            parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, rows))))
+    if full < len(order):  # the last, smaller batch: a batch of its own
+        parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, order[full:]))))
+    return np.concatenate(parts)
 
 
 def metrics_from_predictions(y, predictions, classes) -> dict:

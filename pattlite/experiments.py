@@ -458,7 +458,8 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
     used = np.unique(np.concatenate([index["train"], index["val"], index["test"]]))
     features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
-                                         resize_to=exp.resize_to, progress=progress, rows=used)[cut], used)
+                                         resize_to=exp.resize_to, progress=progress, rows=used,
+                                         pixels=data["pixels"])[cut], used)
     enable_determinism(exp.seed, cfg.deterministic)
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
     if cfg.finetune == "paper" and cfg.stage2:

@@ -7,13 +7,18 @@ features, so cached stage-1 training has NO augmentation; results record `stage1
 authors' stage 2 as coded changes no backbone weight, so it is exact on features too (again without
 augmentation).
 
-Features are stored as float16 `.npy` files (read back memory-mapped) under
-`<cache dir>/features/<key>/<layer name>.npy`, one file per backbone layer, where the key covers: the
-images (each manifest row's path, row and image id, in order), the image size, the resize size, the
-weights (file path + size + modification time, or "imagenet" + Keras version), the package version and
-the feature format. Several layers (Table 5's cuts, the full backbone's `conv_pw_13_relu`) come out of
-one pass over the images. Files are written under a temporary name and renamed, so an interrupted run
-leaves no half-written cache.
+Features are stored as float16 `.npy` files (read back memory-mapped) in one store per configuration,
+`<cache dir>/features/<key>/`, where the key covers the weights (file path + size + modification time,
+or "imagenet" + Keras version), the image size, the resize size, the package version and the feature
+format. Inside a store, images are found by CONTENT: the hash of each image's uint8 pixels at the
+cache size (`image_hashes`). So FER2013 and FERPlus (the same faces labelled twice) share one
+extraction, a row subset reuses a full-set extraction, and a full set after a subset computes only the
+images still missing. Each extraction appends a shard `shard-<time>-<pid>/` holding `hashes.npy` and
+one `<layer name>.npy` per layer computed in that pass (every requested layer comes out of one pass).
+Shards are written under a temporary name and renamed when complete, so an interrupted run leaves no
+half-written shard. Disk grows with the distinct images only (14x14x512 float16 is 200 KB an image:
+the 35,887 FER2013 images are 7.2 GB at one cut); nothing has to fit in memory: `backbone_features`
+returns `FeatureRows`, which read rows from the memory-mapped shards when indexed.
 
 A random backbone (`weights=None` in the demo profiles) is made reproducible by
 `random_backbone_weights`: seeded random init, BatchNorm statistics calibrated on given training
@@ -26,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -61,27 +67,32 @@ def _hash(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def manifest_identity(manifest) -> str:
-    """Hash of the images a manifest lists (path, row, image id, in order); splits do not matter."""
-    digest = hashlib.sha256()
-    for column in ("path", "row", "image_id"):
-        if column not in manifest.columns:
-            raise ValueError(f"manifest lacks the column {column!r}; expected the columns of docs/architecture.md")
-        digest.update("\x1f".join(map(str, manifest[column].tolist())).encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()[:16]
+def image_hashes(pixels, progress: bool = False) -> np.ndarray:
+    """One 16-byte content hash per image: BLAKE2b of its uint8 pixels (and shape) at the cache size.
+
+    The same face stored twice (FER2013 and FERPlus, or a duplicate inside a dataset) gets the same
+    hash, so its features are computed once. Returns an array of dtype `S16`, one entry per image.
+    """
+    from tqdm.auto import tqdm
+
+    out = np.empty(len(pixels), dtype="S16")
+    shape = repr(tuple(pixels.shape[1:])).encode()
+    for start in tqdm(range(0, len(pixels), 1024), desc="image hashes", disable=not progress):
+        block = np.ascontiguousarray(pixels[start:start + 1024], dtype=np.uint8)
+        for i, image in enumerate(block):
+            digest = hashlib.blake2b(shape, digest_size=16)
+            digest.update(image)
+            out[start + i] = digest.digest()
+    return out
 
 
-def feature_key(manifest, size: int, weights, resize_to: int = 224, rows=None) -> str:
-    """The cache key of one (images, rows, size, weights, resize) combination; the layer is the file name."""
-    key = {
-        "images": manifest_identity(manifest), "size": int(size), "resize_to": int(resize_to),
-        "weights": weights_identity(weights), "pattlite": pattlite.__version__,
-        "format": FEATURE_FORMAT_VERSION, "dtype": FEATURE_DTYPE,
-    }
-    if rows is not None:
-        key["rows"] = hashlib.sha1(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
-    return _hash(key)
+def feature_key(size: int, weights, resize_to: int = 224) -> str:
+    """The key of one feature store: weights, image size, resize size, package version, feature format.
+
+    The images are not part of it: inside a store every image is found by its content hash.
+    """
+    return _hash({"size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
+                  "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION, "dtype": FEATURE_DTYPE})
 
 
 def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224, cache_dir=None) -> Path:
@@ -132,27 +143,92 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     return path
 
 
-def _extract(manifest, size, weights, layer_names, resize_to, batch_size, progress, folder, rows=None):
-    """One pass of the images through the backbone, written to temporary .npy files in `folder`.
+class FeatureRows:
+    """Read-only rows of a feature store, addressed 0..N-1 in the order they were asked for.
 
-    Returns {layer name: temporary path}; the caller renames them into place.
+    The rows live in the store's memory-mapped shards; nothing is read until indexed. Indexing with an
+    int, a slice or an integer array returns a NumPy float16 array (rows of one shard are read in
+    ascending order, then put back in the asked order). `np.asarray(rows)` reads them all.
+    """
+
+    def __init__(self, shards, shard_of, row_of):
+        self._shards = shards  # list of (N_s, h, w, c) float16 memory maps
+        self._shard_of = np.asarray(shard_of, dtype=np.int64)
+        self._row_of = np.asarray(row_of, dtype=np.int64)
+        first = shards[0]
+        self.shape = (len(self._row_of),) + tuple(first.shape[1:])
+        self.dtype = first.dtype
+        self.ndim = len(self.shape)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        positions = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        if positions.ndim != 1:
+            raise IndexError("feature rows are indexed by an int, a slice or a 1-D integer array")
+        out = np.empty((len(positions),) + self.shape[1:], dtype=self.dtype)
+        shard_of, row_of = self._shard_of[positions], self._row_of[positions]
+        for s in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == s)
+            rows = row_of[where]
+            sort = np.argsort(rows, kind="stable")
+            ordered = rows[sort]
+            if ordered[-1] - ordered[0] + 1 == len(ordered):  # a contiguous range: one sequential read
+                block = self._shards[s][ordered[0]:ordered[-1] + 1]
+            else:
+                block = self._shards[s][ordered]
+            out[where[sort]] = block
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        values = self[np.arange(len(self))]
+        return values if dtype is None else values.astype(dtype)
+
+
+def _store_index(folder: Path, layer: str):
+    """{content hash: (shard number, row)} over the finished shards of a store that hold `layer`."""
+    shards, index = [], {}
+    for shard in sorted(p for p in folder.glob("shard-*") if p.is_dir()):
+        if not (shard / f"{layer}.npy").is_file():
+            continue
+        hashes = np.load(shard / "hashes.npy")
+        number = len(shards)
+        shards.append(shard)
+        for row, digest in enumerate(hashes.tolist()):
+            index.setdefault(digest, (number, row))
+    return shards, index
+
+
+def feature_extractor(size: int, weights, layer_names, resize_to: int = 224) -> keras.Model:
+    """The frozen backbone up to the deepest of `layer_names`, with one output per layer."""
+    from pattlite.model import build_backbone
+
+    backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
+                              input_shape=(size, size, 3))
+    return keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
+
+
+def _extract(pixels, rows, extractor, layer_names, batch_size, progress, folder):
+    """One pass of the images `pixels[rows]` through `extractor`, written as a new shard of `folder`.
+
+    Every requested layer comes out of the same pass. The shard is written under a temporary name and
+    renamed when complete, so an interrupted run leaves no half-written shard.
     """
     from tqdm.auto import tqdm
 
-    from pattlite.data import load_pixels
-    from pattlite.model import build_backbone
-
-    pixels = load_pixels(manifest, size, progress=progress)
-    rows = np.arange(len(pixels)) if rows is None else np.asarray(rows)
-    backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
-                              input_shape=(size, size, 3))
-    extractor = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
+    tmp = folder / f".tmp-shard-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir(parents=True)
     outputs = {}
     n = len(rows)
     with tqdm(total=n, desc=f"backbone features ({', '.join(layer_names)})", unit="img",
               disable=not progress) as bar:
         for start in range(0, n, batch_size):
-            batch = np.asarray(pixels[rows[start:start + batch_size]], dtype="float32")
+            # uint8 as it is: the model casts to float32 inside the compiled call.
+            batch = np.asarray(pixels[rows[start:start + batch_size]])
             values = extractor.predict_on_batch(batch)
             if not isinstance(values, (list, tuple)):
                 values = [values]
@@ -161,17 +237,14 @@ def _extract(manifest, size, weights, layer_names, resize_to, batch_size, progre
                 if name not in outputs:
                     # Written straight to disk: a real dataset's features do not fit in memory.
                     outputs[name] = np.lib.format.open_memmap(
-                        folder / f".tmp-{os.getpid()}-{name}.npy", mode="w+", dtype=FEATURE_DTYPE,
+                        tmp / f"{name}.npy", mode="w+", dtype=FEATURE_DTYPE,
                         shape=(n,) + tuple(value.shape[1:]))
                 outputs[name][start:start + len(value)] = value.astype(FEATURE_DTYPE)
             bar.update(len(batch))
-    paths = {}
-    for name, array in outputs.items():
+    for array in outputs.values():
         array.flush()
-        paths[name] = Path(array.filename)
-        del array
     outputs.clear()
-    return paths
+    return tmp
 
 
 def _deepest(layer_names) -> str:
@@ -182,28 +255,32 @@ def _deepest(layer_names) -> str:
 
 
 def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to: int = 224,
-                      batch_size: int = 64, progress: bool = True, cache_dir=None, rows=None) -> dict:
-    """Frozen-backbone features of every image of a manifest, from the cache or computed once.
+                      batch_size: int = 64, progress: bool = True, cache_dir=None, rows=None,
+                      pixels=None) -> dict:
+    """Frozen-backbone features of the images of a manifest, from the cache or computed once.
+
+    The store for (weights, size, resize) finds each image by the hash of its uint8 pixels
+    (`image_hashes`), so images already computed for any dataset, split or row subset are read back,
+    and only the missing ones pass through the backbone (all missing layers in one pass), appended to
+    the store as a new shard.
 
     Args:
         manifest: a manifest from `pattlite.data.load_manifest` (all splits; index rows by position).
         size: side of the images fed to the model (the pixel cache's size).
         weights: "imagenet" or the path of a backbone weights file (for a random backbone, the file from
             `random_backbone_weights`; None is refused, it would not be reproducible).
-        cut_layers: Table 5 layer numbers or MobileNet layer names, e.g. (29, "conv_pw_13_relu"); the
-            missing ones are computed in one pass.
+        cut_layers: Table 5 layer numbers or MobileNet layer names, e.g. (29, "conv_pw_13_relu").
         resize_to: side the images are resized to before the backbone.
-        batch_size: images per backbone call (the backbone runs in inference mode, so it does not
-            change the features).
-        progress: show a tqdm progress bar.
+        batch_size: images per backbone call.
+        progress: show tqdm progress bars.
         cache_dir: feature cache folder (default `features_dir()`).
-        rows: manifest positions to compute (sorted ascending), e.g. a training subset plus val and
-            test; None = every row. A training limit then costs only the images it keeps.
+        rows: manifest positions to return (increasing), e.g. a training subset plus val and test;
+            None = every row.
+        pixels: the manifest's pixel array at `size` (default: `pattlite.data.load_pixels`).
 
     Returns:
-        {layer name: read-only float16 memory map (N, h, w, c)}, one row per manifest row (or per entry
-        of `rows`), in that order. No augmentation
-        can be applied to these features.
+        {layer name: `FeatureRows` (N, h, w, c) float16}, one row per manifest row (or per entry of
+        `rows`), in that order. No augmentation can be applied to these features.
     """
     from pattlite.model import cut_layer_name
 
@@ -214,30 +291,45 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1 or (len(rows) > 1 and np.any(np.diff(rows) <= 0)):
             raise ValueError("rows must be a 1-D array of increasing manifest positions")
-    key = feature_key(manifest, size, weights, resize_to, rows=rows)
+    if pixels is None:
+        from pattlite.data import load_pixels
+
+        pixels = load_pixels(manifest, size, progress=progress)
+    rows = np.arange(len(pixels)) if rows is None else rows
+    if len(rows) and (rows[0] < 0 or rows[-1] >= len(pixels)):
+        raise ValueError(f"rows range {rows[0]}..{rows[-1]} outside the manifest's {len(pixels)} images")
+    hashes = image_hashes(pixels[rows] if len(rows) < len(pixels) else pixels, progress=progress)
+    key = feature_key(size, weights, resize_to)
     folder = features_dir(cache_dir) / key
-    missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
+    missing = {}
+    for name in names:
+        _, index = _store_index(folder, name)
+        absent = [i for i, digest in enumerate(hashes.tolist()) if digest not in index]
+        if absent:
+            missing[name] = absent
     if missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        written = _extract(manifest, size, weights, missing, resize_to, batch_size, progress, folder, rows)
-        for name, tmp in written.items():
-            os.replace(tmp, folder / f"{name}.npy")
-        expected = len(manifest) if rows is None else len(rows)
-        meta = {"key": key, "n": expected, "size": int(size), "resize_to": int(resize_to),
-                "weights": weights_identity(weights), "pattlite": pattlite.__version__,
-                "dataset": manifest.attrs.get("dataset"), "layers": sorted(
-                    p.stem for p in folder.glob("*.npy") if not p.name.startswith("."))}
-        tmp = folder / f".tmp-{os.getpid()}-meta.json"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, folder / "meta.json")
+        # One pass for every missing layer, over the images any of them lacks (each image once).
+        todo = sorted(set().union(*missing.values()))
+        first_of = {}
+        for i in todo:
+            first_of.setdefault(hashes[i], i)
+        unique = np.array(sorted(first_of.values()), dtype=np.int64)
+        layers = list(missing)
+        tmp = _extract(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to), layers,
+                       batch_size, progress, folder)
+        np.save(tmp / "hashes.npy", hashes[unique])
+        os.replace(tmp, folder / f"shard-{time.time_ns():020d}-{os.getpid()}")
+        meta = {"key": key, "size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
+                "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION}
+        tmp_meta = folder / f".tmp-{os.getpid()}-meta.json"
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, folder / "meta.json")
     features = {}
     for name in names:
-        array = np.load(folder / f"{name}.npy", mmap_mode="r")
-        expected = len(manifest) if rows is None else len(rows)
-        if len(array) != expected:
-            raise ValueError(f"{folder / (name + '.npy')}: {len(array)} rows, expected {expected}; "
-                             f"delete the folder {folder} to rebuild it")
-        features[name] = array
+        shards, index = _store_index(folder, name)
+        located = np.array([index[digest] for digest in hashes.tolist()], dtype=np.int64).reshape(-1, 2)
+        arrays = [np.load(shard / f"{name}.npy", mmap_mode="r") for shard in shards]
+        features[name] = FeatureRows(arrays, located[:, 0], located[:, 1])
     return features
 
 
@@ -245,19 +337,23 @@ def feature_cache_info(cache_dir=None) -> dict:
     """Disk use of the feature cache.
 
     Returns:
-        {"path": str, "entries": [{"key", "dataset", "n", "size", "layers", "bytes"}], "total_bytes": int}
+        {"path": str, "entries": [{"key", "size", "n", "layers", "shards", "bytes"}], "total_bytes": int}:
+        one entry per store (weights, size, resize); n counts distinct images per layer
         (random-backbone weight files count in total_bytes).
     """
     root = features_dir(cache_dir)
     entries, total = [], 0
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             total += size
             if folder.name == "weights":
                 continue
             meta_path = folder / "meta.json"
             meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            entries.append({"key": folder.name, "dataset": meta.get("dataset"), "n": meta.get("n"),
-                            "size": meta.get("size"), "layers": meta.get("layers", []), "bytes": size})
+            shards = sorted(p for p in folder.glob("shard-*") if p.is_dir())
+            layers = sorted({p.stem for shard in shards for p in shard.glob("*.npy") if p.stem != "hashes"})
+            entries.append({"key": folder.name, "size": meta.get("size"), "shards": len(shards),
+                            "n": {layer: len(_store_index(folder, layer)[1]) for layer in layers},
+                            "layers": layers, "bytes": size})
     return {"path": str(root), "entries": entries, "total_bytes": total}

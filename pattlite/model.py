@@ -146,6 +146,9 @@ class BatchMixingAttention(keras.layers.Layer):
     def __init__(self, mixing=True, **kwargs):
         super().__init__(**kwargs)
         self.mixing = bool(mixing)
+        # Inference speed-up (pattlite.evaluate): with group_size g, a batch of k * g rows is mixed as k
+        # separate batches of g consecutive rows, exactly what k calls at batch size g compute.
+        self.group_size = None
 
     def build(self, input_shape):
         if len(input_shape) != 2:
@@ -154,8 +157,10 @@ class BatchMixingAttention(keras.layers.Layer):
 
     def call(self, inputs):
         if self.mixing:
-            scores = self.scale * ops.matmul(inputs, ops.transpose(inputs))  # (B, B)
-            return ops.matmul(_softmax_last(scores), inputs)
+            x = inputs if self.group_size is None else ops.reshape(inputs, (-1, self.group_size, inputs.shape[-1]))
+            scores = self.scale * ops.matmul(x, ops.swapaxes(x, -1, -2))  # (B, B) or (k, g, g)
+            mixed = ops.matmul(_softmax_last(scores), x)
+            return mixed if self.group_size is None else ops.reshape(mixed, (-1, inputs.shape[-1]))
         # One token per image: its only score is with itself, and a softmax over one score is 1.
         scores = self.scale * ops.sum(inputs * inputs, axis=-1, keepdims=True)  # (B, 1)
         return _softmax_last(scores) * inputs

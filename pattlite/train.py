@@ -52,7 +52,9 @@ class TrainConfig:
         validation_batch_size: 8 (Keras uses the training batch size for validation).
         seed: seeds Python, NumPy and the Keras backend, and the per-epoch shuffle order.
         deterministic: request deterministic backend ops (`enable_determinism`).
-        steps_per_execution: batches per compiled call (`Model.compile`); keeps a GPU busy at batch 8.
+        steps_per_execution: batches per compiled call (`Model.compile`) on the plain path (`fast=False`).
+        fast: train with `fit_in_order` (the default): the same optimizer updates in the same order as
+            Keras `fit` over `OrderedBatches`, without its per-step costs. False: that plain `fit`.
         verbose: print one line per epoch.
         stage1_epochs: 100.
         stage1_learning_rate: 1e-3.
@@ -80,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     steps_per_execution: int = 1
+    fast: bool = True
     verbose: bool = True
     # Stage 1
     stage1_epochs: int = 100
@@ -264,6 +267,162 @@ def _check_data(model, x, y, what: str):
                          f"which expects (N,) + {expected}")
 
 
+# Training inputs up to this size are read into memory once (float16 features of 10,000 images at the
+# default cut are 2.0 GB); larger ones are read from their memory map chunk by chunk.
+IN_MEMORY_BYTES = 4 * 2**30
+# Batches per compiled call on the JAX backend (and per host-side gather on every backend).
+CHUNK_BATCHES = 128
+
+
+def _in_memory(x):
+    """x as an in-memory array when it fits `IN_MEMORY_BYTES` (one sequential read), else as it is."""
+    nbytes = getattr(x, "nbytes", None)
+    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+        return x
+    if nbytes is not None and nbytes <= IN_MEMORY_BYTES:
+        return np.asarray(x)
+    return x
+
+
+def _gather(x, rows):
+    """x[rows] for an in-memory array, a memory map or `FeatureRows`; memory maps are read in row order."""
+    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+        return x[rows]
+    sort = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows),) + tuple(x.shape[1:]), dtype=x.dtype)
+    out[sort] = x[rows[sort]]
+    return out
+
+
+def _widen(x):
+    # float16 features are widened inside the compiled step: CPU kernels for half precision are slow.
+    return keras.ops.cast(x, "float32") if keras.backend.standardize_dtype(x.dtype) == "float16" else x
+
+
+def _tensorflow_steps(model, batch_size):
+    """TensorFlow edge: one traced `model.train_step` call per batch, as Keras' own train function.
+
+    Measured on 2 CPU cores: a `tf.while_loop` over many steps in one call runs the body slower than
+    one call per step, so this loops in Python over a traced step.
+    """
+    import tensorflow as tf  # edge: the backend's function tracing
+
+    def one_step(data):
+        return model.train_step((_widen(data[0]),) + tuple(data[1:]))
+
+    step = tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
+
+    def run(arrays):
+        n = len(arrays[0])
+        for start in range(0, n, batch_size):
+            step(tuple(a[start:start + batch_size] for a in arrays))
+
+    return run
+
+
+def _jax_steps(model, batch_size):
+    """JAX edge: every full batch of a chunk in one compiled call (`jax.lax.fori_loop` over
+    `model.train_step`); the model's variables are read before and written back after each chunk."""
+    import jax  # edge: the backend's compilation and loop
+
+    @jax.jit
+    def run_full(state, arrays):
+        def body(i, state):
+            batch = tuple(jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size) for a in arrays)
+            _, state = model.train_step(state, (_widen(batch[0]),) + batch[1:])
+            return state
+
+        return jax.lax.fori_loop(0, len(arrays[0]) // batch_size, body, state)
+
+    @jax.jit
+    def run_one(state, arrays):
+        _, state = model.train_step(state, (_widen(arrays[0]),) + tuple(arrays[1:]))
+        return state
+
+    groups = lambda: (model.trainable_variables, model.non_trainable_variables,  # noqa: E731
+                      model.optimizer.variables, model.metrics_variables)
+    built = []
+
+    def run(arrays):
+        if not built:
+            # Keras' JAX fit builds optimizer and metric variables from a first batch the same way.
+            model._symbolic_build(data_batch=tuple(a[:batch_size] for a in arrays))
+            built.append(True)
+        state = tuple([v.value for v in vs] for vs in groups())
+        full = len(arrays[0]) // batch_size * batch_size
+        if full:
+            state = run_full(state, tuple(a[:full] for a in arrays))
+        if full < len(arrays[0]):
+            state = run_one(state, tuple(a[full:] for a in arrays))
+        for variables, values in zip(groups(), state):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+
+    return run
+
+
+def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callbacks, reshuffle_seed: int,
+                 initial_epoch: int = 0):
+    """What `model.fit(OrderedBatches(x, ..., reshuffle_seed), epochs, callbacks, shuffle=False)` does, faster.
+
+    The same batches in the same order (the epoch run i uses the permutation drawn from
+    `numpy.random.default_rng([reshuffle_seed, i + 1])`, as `fit` does), the model's own `train_step`
+    (loss, sample weights, gradient clipping, optimizer, metrics), the callbacks called at the same points with the same
+    epoch logs, so EarlyStopping, ReduceLROnPlateau, CSVLogger and validation callbacks work as in
+    `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
+    into memory once when they fit (`IN_MEMORY_BYTES`; else gathered chunk by chunk from the memory
+    map), float16 widened inside the compiled step. The per-batch loop is a backend edge: a traced step
+    per batch on TensorFlow, a compiled loop over `CHUNK_BATCHES` batches on JAX; other backends use
+    the plain `fit`. `tests/test_train.py` checks that both paths give the same weights.
+
+    Returns:
+        The Keras `History` (also `model.history`).
+    """
+    backend = keras.config.backend()
+    y = np.asarray(y)
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype="float32")
+    if backend not in ("tensorflow", "jax"):
+        batches = OrderedBatches(x, np.arange(len(x)), batch_size, y=y, sample_weight=weights,
+                                 reshuffle_seed=reshuffle_seed)
+        return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                         shuffle=False)
+    x = _in_memory(x)
+    # The traced step is kept on the model, so a second fit does not trace again; a new compile (new
+    # optimizer, loss and metric objects, which the trace captured) makes a new one.
+    token = (int(batch_size), id(model.optimizer), tuple(id(m) for m in model.metrics))
+    cached = getattr(model, "_pattlite_train_steps", None)
+    if cached is None or cached[0] != token:
+        make = _tensorflow_steps if backend == "tensorflow" else _jax_steps
+        cached = (token, make(model, int(batch_size)))
+        model._pattlite_train_steps = cached
+    run = cached[1]
+    n = len(x)
+    steps = math.ceil(n / batch_size)
+    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=False, model=model,
+                                                 epochs=epochs, steps=steps, verbose=0)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs = {}
+    chunk = CHUNK_BATCHES * int(batch_size)
+    for run_index, epoch in enumerate(range(initial_epoch, epochs)):
+        # run_index + 1: Keras' fit resets a PyDataset once before the first epoch (calling its
+        # on_epoch_end), so the plain path's first epoch already uses OrderedBatches' epoch-1 order.
+        order = np.random.default_rng([int(reshuffle_seed), run_index + 1]).permutation(n)
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for start in range(0, n, chunk):
+            rows = order[start:start + chunk]
+            arrays = (_gather(x, rows), y[rows]) + (() if weights is None else (weights[rows],))
+            run(arrays)
+        logs = {name: float(keras.ops.convert_to_numpy(value))
+                for name, value in model.get_metrics_result().items()}
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return model.history
+
+
 def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfig, log_dir=None,
                  tensorboard: bool = False):
     """Stage 1 on a model whose backbone is frozen; returns (Keras History, seconds).
@@ -284,8 +443,6 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
         loss="sparse_categorical_crossentropy", metrics=["accuracy"],
         steps_per_execution=cfg.steps_per_execution,
     )
-    batches = OrderedBatches(x_train, np.arange(len(x_train)), cfg.batch_size, y=y_train,
-                             sample_weight=sample_weight, reshuffle_seed=cfg.seed)
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
         keras.callbacks.EarlyStopping(monitor=cfg.stage1_monitor, patience=cfg.stage1_patience,
@@ -299,8 +456,20 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
     if cfg.verbose:
         callbacks.append(EpochLine("stage 1"))
     start = time.time()
-    history = model.fit(batches, epochs=cfg.stage1_epochs, callbacks=callbacks, verbose=0)
+    history = _fit(model, x_train, y_train, sample_weight, cfg, cfg.stage1_epochs, 0, callbacks, cfg.seed)
     return history, time.time() - start
+
+
+def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int):
+    """`fit_in_order` (cfg.fast) or the plain Keras `fit` over `OrderedBatches`: the same updates."""
+    if cfg.fast:
+        return fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed, initial_epoch)
+    batches = OrderedBatches(x, np.arange(len(x)), cfg.batch_size, y=y, sample_weight=sample_weight,
+                             reshuffle_seed=seed)
+    # shuffle=False: the order is OrderedBatches' seeded permutation alone (Keras would otherwise also
+    # shuffle the batch order of a PyDataset with Python's global `random`).
+    return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                     shuffle=False)
 
 
 def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
@@ -340,9 +509,6 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     if cfg.stage2_max_epochs is not None:
         end_epoch = min(end_epoch, initial_epoch + cfg.stage2_max_epochs)
     y_train = np.asarray(y_train, dtype=np.int64)
-    # A different stream from stage 1, still drawn from the seed.
-    batches = OrderedBatches(x_train, np.arange(len(x_train)), cfg.batch_size, y=y_train,
-                             reshuffle_seed=cfg.seed + 1_000_003)
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: inverse_time_decay(
@@ -355,8 +521,9 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     if cfg.verbose:
         callbacks.append(EpochLine("stage 2"))
     start = time.time()
-    history = finetune_graph.fit(batches, epochs=end_epoch, initial_epoch=initial_epoch,
-                                 callbacks=callbacks, verbose=0)
+    # A different stream from stage 1, still drawn from the seed.
+    history = _fit(finetune_graph, x_train, y_train, None, cfg, end_epoch, initial_epoch, callbacks,
+                   cfg.seed + 1_000_003)
     return finetune_graph, history, report, initial_epoch, time.time() - start
 
 

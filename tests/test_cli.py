@@ -109,6 +109,23 @@ def test_missing_weights_file_exits_1_naming_it(folders, capsys, tmp_path):
     assert str(missing) in err and "does not exist" in err
 
 
+@pytest.mark.slow
+def test_bench_cached_part_compares_fast_and_plain_paths(capsys):
+    status, out, _ = run_cli(capsys, ["bench", "--parts", "cached", "--cached-samples", "24",
+                                      "--extract-images", "8", "--image-size", "32"])
+    assert status == 0
+    payload = last_json(out)
+    assert set(payload["training"]) == {"published", "pattlite"}
+    for stages in payload["training"].values():
+        assert set(stages) == {"stage1", "stage2_as_coded"}
+        for timing in stages.values():
+            assert timing["fast"]["samples"] == timing["plain"]["samples"] == 24
+            assert timing["speedup"] == timing["fast"]["samples_per_s"] / timing["plain"]["samples_per_s"]
+    assert payload["prediction"]["published"]["fast"]["samples_per_s"] > 0
+    assert payload["extraction"]["images_per_s"] > 0
+    assert "| cached training published stage1 | 8 |" in out
+
+
 def test_bad_batch_sizes_exit_2(capsys):
     status, _, err = run_cli(capsys, ["bench", "--batch-sizes", "1,x"])
     assert status == 2 and "comma-separated integers" in err
@@ -116,8 +133,8 @@ def test_bad_batch_sizes_exit_2(capsys):
 
 @pytest.mark.slow
 def test_bench_prints_a_table_and_json(capsys):
-    status, out, _ = run_cli(capsys, ["bench", "--steps", "1", "--batch-sizes", "2", "--image-size", "32",
-                                      "--train-batch-size", "2"])
+    status, out, _ = run_cli(capsys, ["bench", "--parts", "images", "--steps", "1", "--batch-sizes", "2",
+                                      "--image-size", "32", "--train-batch-size", "2"])
     assert status == 0
     payload = last_json(out)
     assert set(payload["training"]) == {"stage1_frozen", "stage2_as_coded", "stage2_paper_59"}

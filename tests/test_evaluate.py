@@ -106,3 +106,24 @@ def test_bad_input_is_named():
         E.evaluate(model, x[:, :7], y, CLASSES, "published")
     with pytest.raises(ValueError, match="class names"):
         E.evaluate(model, x, y, CLASSES[:5], "published")
+
+
+@pytest.mark.parametrize("batch_size", [8, 32])
+def test_head_predictions_in_big_calls_keep_the_batches(batch_size):
+    """A head is predicted 512 rows per call; each protocol's batches of 8 or 32 (and the last,
+    smaller one) are still mixed only within themselves."""
+    x, y = grouped_data(n_per_class=80)  # 560 images: more than one 512-row call, a partial last batch
+    model = head("published", scale=30.0)
+    for protocol in ("published", "shuffled"):
+        order = E.protocol_order(y, protocol, seed=2)
+        reference = np.concatenate([model.predict_on_batch(x[order[i:i + batch_size]])
+                                    for i in range(0, len(order), batch_size)])
+        probs = E.predict(model, x.astype("float16"), y, protocol, seed=2, batch_size=batch_size)
+        np.testing.assert_allclose(probs[order], reference, atol=2e-3)  # float16 inputs
+        np.testing.assert_allclose(E.predict(model, x, y, protocol, seed=2, batch_size=batch_size)[order],
+                                   reference, atol=1e-5)
+    # Mixing across a whole 512-row call would change the predictions: the grouping is what keeps them.
+    order = E.protocol_order(y, "published")
+    assert not np.allclose(model.predict_on_batch(x[order[:512]])[:batch_size],
+                           reference_first := model.predict_on_batch(x[order[:batch_size]]), atol=1e-4)
+    assert reference_first.shape == (batch_size, len(CLASSES))

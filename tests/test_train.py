@@ -101,3 +101,63 @@ def test_full_model_two_stages_as_coded_and_paper(tmp_path):
                                                              verbose=False, finetune="paper"), dataset="rafdb")
     assert paper.finetune["backbone_trainable_params"] > 0
     assert paper.trainable_params["stage2"] > paper.trainable_params["stage1"]
+
+
+@pytest.mark.parametrize("variant", ["published", "pattlite"])
+def test_fast_path_gives_the_plain_paths_updates(variant):
+    """fit_in_order (the default) and Keras fit over OrderedBatches (fast=False): same weights, same
+    predictions, same epoch logs, for a few dozen steps of both stages with class weights, a partial
+    last batch, dropout and the stage-1/2 callbacks."""
+    x, y = separable_features(5, seed=3)  # 35 images: 5 batches of 8 per epoch, the last one of 3
+    xv, yv = separable_features(2, seed=4)
+    outcomes = []
+    for fast in (False, True):
+        T.enable_determinism(0)
+        model = build_head(variant, len(CLASSES), FEATURES)
+        cfg = T.TrainConfig(seed=0, stage1_epochs=4, stage2_epochs=7, fast=fast, verbose=False)
+        result = T.train(model, x, y, xv, yv, cfg)
+        outcomes.append((result, [w.copy() for w in result.model.get_weights()],
+                         result.model.predict(xv.astype("float32"), batch_size=8, verbose=0)))
+    (plain, plain_weights, plain_probs), (fast, fast_weights, fast_probs) = outcomes
+    assert fast.epochs == plain.epochs and fast.epochs["stage2"] >= 2
+    for a, b in zip(plain_weights, fast_weights):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_probs, plain_probs, rtol=1e-5, atol=1e-6)
+    for stage in ("stage1", "stage2"):
+        assert fast.history[stage].keys() == plain.history[stage].keys()
+        for name, values in plain.history[stage].items():
+            np.testing.assert_allclose(fast.history[stage][name], values, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
+    """Inputs over the in-memory budget are gathered from their memory map: same result."""
+    x, y = separable_features(4, seed=5)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    weights = []
+    for in_memory in (True, False):
+        monkeypatch.setattr(T, "IN_MEMORY_BYTES", x.nbytes if in_memory else x.nbytes - 1)
+        monkeypatch.setattr(T, "CHUNK_BATCHES", 2)
+        T.enable_determinism(0)
+        model = build_head("published", len(CLASSES), FEATURES)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        assert isinstance(T._in_memory(np.load(path, mmap_mode="r")), np.memmap) != in_memory
+        T.fit_in_order(model, np.load(path, mmap_mode="r"), y, None, 8, 2, [], reshuffle_seed=1)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fast_path_follows_a_new_compile():
+    """The traced step is reused between fits but not across compiles (it captures the optimizer)."""
+    x, y = separable_features(2, seed=6)
+    model = build_head("pattlite", len(CLASSES), FEATURES)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    T.fit_in_order(model, x, y, None, 8, 1, [], reshuffle_seed=0)
+    trained = [w.numpy().copy() for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, trained))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    T.fit_in_order(model, x, y, None, 8, 1, [], reshuffle_seed=0)
+    for a, b in zip(trained, model.trainable_weights):
+        np.testing.assert_array_equal(b.numpy(), a)
