@@ -165,7 +165,8 @@ def summarize(experiments, results, dataset: str, seconds: float, results_dir=No
         for protocol in PROTOCOLS:
             per_seed[exp.variant][protocol].append(float(result["metrics"]["all"][protocol]["accuracy"]))
         epochs_run[exp.variant].append(int(result["epochs"]["stage1"]))
-        paths.append(str(result_path(exp, results_dir)))
+        # run_experiment reports where it wrote or found the file (a re-bound root changes the key)
+        paths.append(result.get("result_path") or str(result_path(exp, results_dir)))
     heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()}
              for head, by_protocol in per_seed.items()}
     first, first_result = experiments[0], results[0]
