@@ -241,7 +241,7 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
     import keras
 
     from pattlite.evaluate import OrderedBatches, predict, protocol_order
-    from pattlite.features import _extract as extract_pass
+    from pattlite.features import extract_shard
     from pattlite.features import feature_extractor
     from pattlite.model import build_head, finetune_model
     from pattlite.report import provenance
@@ -324,7 +324,7 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
         folder = Path(tmp) / "extraction"
         folder.mkdir()
         start = time.perf_counter()
-        extract_pass(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
+        extract_shard(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
         extraction = _rate(extract_images, time.perf_counter() - start)
         extraction["images_per_s"] = extraction["samples_per_s"]
         result["extraction"] = extraction

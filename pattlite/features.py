@@ -212,7 +212,7 @@ def feature_extractor(size: int, weights, layer_names, resize_to: int = 224) -> 
     return keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in layer_names])
 
 
-def _extract(pixels, rows, extractor, layer_names, batch_size, progress, folder):
+def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, folder):
     """One pass of the images `pixels[rows]` through `extractor`, written as a new shard of `folder`.
 
     Every requested layer comes out of the same pass. The shard is written under a temporary name and
@@ -315,7 +315,7 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
             first_of.setdefault(hashes[i], i)
         unique = np.array(sorted(first_of.values()), dtype=np.int64)
         layers = list(missing)
-        tmp = _extract(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to), layers,
+        tmp = extract_shard(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to), layers,
                        batch_size, progress, folder)
         np.save(tmp / "hashes.npy", hashes[unique])
         os.replace(tmp, folder / f"shard-{time.time_ns():020d}-{os.getpid()}")

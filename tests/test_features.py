@@ -32,7 +32,7 @@ def count_extractions(monkeypatch):
         pass
 
     calls = Calls()
-    real = F._extract
+    real = F.extract_shard
 
     def counting(pixels, rows, extractor, layer_names, *args):
         calls.append(list(layer_names))
@@ -42,7 +42,7 @@ def count_extractions(monkeypatch):
     calls_rows = []
     calls.rows = calls_rows
 
-    monkeypatch.setattr(F, "_extract", counting)
+    monkeypatch.setattr(F, "extract_shard", counting)
     return calls
 
 
