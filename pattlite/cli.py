@@ -266,7 +266,8 @@ def cmd_bench(args) -> int:
                                       image_size=args.image_size, weights=weights,
                                       train_batch_size=args.train_batch_size)
         print(format_cached_table(result))
-        print(f"{result['seconds']:.1f} s in all")
+        print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
+              f"extraction on tensorflow); {result['seconds']:.1f} s in all")
         _json_line(result)
     return 0
 

@@ -79,12 +79,12 @@ class OrderedBatches(keras.utils.PyDataset):
 
 
 @contextlib.contextmanager
-def batch_mixing_disabled(model):
-    """Within the block, every `BatchMixingAttention` of `model` computes what batch size 1 computes.
+def _mixing_layers_set(model, **attributes):
+    """Within the block, `attributes` are set on the model's mixing `BatchMixingAttention` layers.
 
-    Unlike `pattlite.model.set_batch_mixing`, only the compiled predict function is reset (it bakes the
-    flag in when traced), so this is safe inside `fit` (validation callbacks); nothing is reset for
-    models without batch mixing.
+    The compiled predict function bakes them in when traced, so one is kept per setting and swapped
+    in and out: a validation callback that switches protocols every epoch then compiles each once.
+    Nothing changes for models without batch mixing.
     """
     from pattlite.model import BatchMixingAttention
 
@@ -92,15 +92,34 @@ def batch_mixing_disabled(model):
     if not layers:
         yield model
         return
+    functions = model.__dict__.setdefault("_pattlite_predict_functions", {})
+    state = lambda: tuple((layer.mixing, layer.group_size) for layer in layers)  # noqa: E731
+    saved = [{name: getattr(layer, name) for name in attributes} for layer in layers]
+    outer = state()
+    functions[outer] = model.predict_function
     for layer in layers:
-        layer.mixing = False
-    model.predict_function = None
+        for name, value in attributes.items():
+            setattr(layer, name, value)
+    inner = state()
+    model.predict_function = functions.get(inner)
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.mixing = True
-        model.predict_function = None
+        functions[inner] = model.predict_function
+        for layer, values in zip(layers, saved):
+            for name, value in values.items():
+                setattr(layer, name, value)
+        model.predict_function = functions.get(outer)
+
+
+def batch_mixing_disabled(model):
+    """Within the block (a context manager), every `BatchMixingAttention` of `model` computes what
+    batch size 1 computes.
+
+    Unlike `pattlite.model.set_batch_mixing`, only the compiled predict function is swapped (it bakes
+    the flag in when traced), so this is safe inside `fit` (validation callbacks).
+    """
+    return _mixing_layers_set(model, mixing=False)
 
 
 def protocol_order(y, protocol: str, seed: int = 0) -> np.ndarray:
@@ -129,26 +148,11 @@ def _check_inputs(model, x, y):
                          f"expects (N,) + {expected}")
 
 
-@contextlib.contextmanager
 def batch_mixing_groups(model, group_size: int):
-    """Within the block, a batch of k * `group_size` rows is mixed as k batches of `group_size`
-    consecutive rows (`BatchMixingAttention.group_size`): big inference batches, the small batches'
-    composition. Only the compiled predict function is reset, as in `batch_mixing_disabled`."""
-    from pattlite.model import BatchMixingAttention
-
-    layers = [layer for layer in model.layers if isinstance(layer, BatchMixingAttention) and layer.mixing]
-    if not layers:
-        yield model
-        return
-    for layer in layers:
-        layer.group_size = int(group_size)
-    model.predict_function = None
-    try:
-        yield model
-    finally:
-        for layer in layers:
-            layer.group_size = None
-        model.predict_function = None
+    """Within the block (a context manager), a batch of k * `group_size` rows is mixed as k batches of
+    `group_size` consecutive rows (`BatchMixingAttention.group_size`): big inference batches, the small
+    batches' composition."""
+    return _mixing_layers_set(model, group_size=int(group_size))
 
 
 # Rows per inference call on cached features: a multiple of every protocol batch size used (8, 32).

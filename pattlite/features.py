@@ -247,6 +247,55 @@ def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, fo
     return tmp
 
 
+def extract_shard_in_tensorflow(pixels, rows, size, weights, layer_names, resize_to, batch_size, progress,
+                                folder, warm_up: bool = False) -> tuple[Path, float]:
+    """`extract_shard` run by a TensorFlow child process, for callers on another Keras backend.
+    Returns the shard's temporary folder and the seconds of the pass itself (after an untimed first
+    batch when `warm_up`), without the child's start-up.
+
+    The backbone runs far faster on TensorFlow's CPU kernels than through XLA (measured with the JAX
+    backend on 2 cores: 11 images/s against 110 at batch 64), while heads train faster on JAX. The
+    backend is fixed when Keras is imported, so the extraction runs in `python -m pattlite.features`
+    with KERAS_BACKEND=tensorflow; its progress bar and errors go to this process's stderr.
+    """
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / f".tmp-job-{os.getpid()}-{time.time_ns()}"
+    job.mkdir()
+    try:
+        np.save(job / "pixels.npy", np.ascontiguousarray(pixels[rows]))
+        spec = {"size": int(size), "weights": None if weights is None else str(weights),
+                "layers": list(layer_names), "resize_to": int(resize_to), "batch_size": int(batch_size),
+                "progress": bool(progress), "folder": str(folder), "pixels": str(job / "pixels.npy"),
+                "warm_up": bool(warm_up), "out": str(job / "out.json")}
+        (job / "spec.json").write_text(json.dumps(spec))
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        done = subprocess.run([sys.executable, "-m", "pattlite.features", str(job / "spec.json")], env=env)
+        if done.returncode != 0 or not (job / "out.json").is_file():
+            raise RuntimeError(f"feature extraction in the TensorFlow child process failed (exit status "
+                               f"{done.returncode}); its error is printed above")
+        out = json.loads((job / "out.json").read_text())
+        return Path(out["shard"]), out["seconds"]
+    finally:
+        for path in job.glob("*"):
+            path.unlink()
+        job.rmdir()
+
+
+def _extract_from_spec(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    pixels = np.load(spec["pixels"], mmap_mode="r")
+    extractor = feature_extractor(spec["size"], spec["weights"], spec["layers"], spec["resize_to"])
+    if spec["warm_up"]:
+        extractor.predict_on_batch(np.asarray(pixels[:spec["batch_size"]]))
+    start = time.perf_counter()
+    tmp = extract_shard(pixels, np.arange(len(pixels)), extractor, spec["layers"], spec["batch_size"],
+                        spec["progress"], Path(spec["folder"]))
+    Path(spec["out"]).write_text(json.dumps({"shard": str(tmp), "seconds": time.perf_counter() - start}))
+
+
 def _deepest(layer_names) -> str:
     from pattlite.model import _mobilenet_layer_names
 
@@ -315,8 +364,12 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
             first_of.setdefault(hashes[i], i)
         unique = np.array(sorted(first_of.values()), dtype=np.int64)
         layers = list(missing)
-        tmp = extract_shard(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to), layers,
-                       batch_size, progress, folder)
+        if keras.config.backend() == "tensorflow":
+            tmp = extract_shard(pixels, rows[unique], feature_extractor(size, weights, layers, resize_to),
+                                layers, batch_size, progress, folder)
+        else:
+            tmp, _ = extract_shard_in_tensorflow(pixels, rows[unique], size, weights, layers, resize_to,
+                                                 batch_size, progress, folder)
         np.save(tmp / "hashes.npy", hashes[unique])
         os.replace(tmp, folder / f"shard-{time.time_ns():020d}-{os.getpid()}")
         meta = {"key": key, "size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
@@ -357,3 +410,9 @@ def feature_cache_info(cache_dir=None) -> dict:
                             "n": {layer: len(_store_index(folder, layer)[1]) for layer in layers},
                             "layers": layers, "bytes": size})
     return {"path": str(root), "entries": entries, "total_bytes": total}
+
+
+if __name__ == "__main__":  # the TensorFlow child process of `extract_shard_in_tensorflow`
+    import sys
+
+    _extract_from_spec(sys.argv[1])

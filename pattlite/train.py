@@ -321,18 +321,22 @@ def _tensorflow_steps(model, batch_size):
 
 
 def _jax_steps(model, batch_size):
-    """JAX edge: every full batch of a chunk in one compiled call (`jax.lax.fori_loop` over
-    `model.train_step`); the model's variables are read before and written back after each chunk."""
+    """JAX edge: the full batches of a chunk in one compiled call (`jax.lax.fori_loop` over
+    `model.train_step`); the model's variables are read before and written back after each chunk.
+
+    Every chunk is passed as `CHUNK_BATCHES` batches (a shorter one padded with rows that are never
+    read) with its number of batches as an argument, so the loop compiles once per model and shape.
+    """
     import jax  # edge: the backend's compilation and loop
 
     @jax.jit
-    def run_full(state, arrays):
+    def run_full(state, arrays, steps):
         def body(i, state):
             batch = tuple(jax.lax.dynamic_slice_in_dim(a, i * batch_size, batch_size) for a in arrays)
             _, state = model.train_step(state, (_widen(batch[0]),) + batch[1:])
             return state
 
-        return jax.lax.fori_loop(0, len(arrays[0]) // batch_size, body, state)
+        return jax.lax.fori_loop(0, steps, body, state)
 
     @jax.jit
     def run_one(state, arrays):
@@ -342,6 +346,7 @@ def _jax_steps(model, batch_size):
     groups = lambda: (model.trainable_variables, model.non_trainable_variables,  # noqa: E731
                       model.optimizer.variables, model.metrics_variables)
     built = []
+    chunk = CHUNK_BATCHES * batch_size
 
     def run(arrays):
         if not built:
@@ -349,10 +354,13 @@ def _jax_steps(model, batch_size):
             model._symbolic_build(data_batch=tuple(a[:batch_size] for a in arrays))
             built.append(True)
         state = tuple([v.value for v in vs] for vs in groups())
-        full = len(arrays[0]) // batch_size * batch_size
+        n = len(arrays[0])
+        full = n // batch_size * batch_size
         if full:
-            state = run_full(state, tuple(a[:full] for a in arrays))
-        if full < len(arrays[0]):
+            padded = tuple(np.concatenate([a[:full], np.zeros((chunk - full,) + a.shape[1:], a.dtype)])
+                           if full < chunk else a[:full] for a in arrays)
+            state = run_full(state, padded, full // batch_size)
+        if full < n:
             state = run_one(state, tuple(a[full:] for a in arrays))
         for variables, values in zip(groups(), state):
             for variable, value in zip(variables, values):

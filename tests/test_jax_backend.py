@@ -45,3 +45,21 @@ def test_model_evaluate_and_train_run_on_the_jax_backend():
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "JAX-OK" in out.stdout, out.stderr[-3000:]
+
+
+# Tests that pin down backend-specific code paths (the compiled training loop, the predict-function
+# swap of the batch-mixing settings, the patch layer's sliced form), run again on JAX.
+ON_BOTH_BACKENDS = [
+    "tests/test_train.py::test_fast_path_gives_the_plain_paths_updates[published]",
+    "tests/test_evaluate.py::test_head_predictions_in_big_calls_keep_the_batches",
+    "tests/test_model.py::test_patch_separable_conv_equals_separable_conv",
+    "tests/test_features.py::test_cached_head_predicts_like_full_model",  # extraction in a TensorFlow child
+]
+
+
+def test_backend_specific_paths_pass_their_tests_on_jax():
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ON_BOTH_BACKENDS],
+                         env=env, capture_output=True, text=True, timeout=900,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -276,3 +276,37 @@ def test_calibrate_batchnorm_normalises_backbone_activations():
     assert np.abs(channel_mean).max() < 1e-2
     assert 0.5 < np.median(channel_var) < 1.01
     assert np.median(channel_var) > 10 * np.median(before.var(axis=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [((3, 14, 14, 16), 4, "same"), ((2, 4, 4, 8), 2, "valid"),
+                                                  ((2, 15, 13, 8), 4, "same"), ((2, 15, 13, 8), 4, "valid")])
+def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
+    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way;
+    tests/test_jax_backend.py runs this test there too)."""
+    from pattlite.model import PatchSeparableConv2D
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype("float32")
+    ours = PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu")
+    theirs = keras.layers.SeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu")
+    ours.build(shape)
+    theirs.build(shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in theirs.get_weights()]
+    ours.set_weights(weights)
+    theirs.set_weights(weights)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)),
+                               rtol=1e-5, atol=1e-4)
+    probe = keras.layers.Input(shape[1:])
+    for layer in (ours, theirs):  # gradients: training each one step with SGD moves the weights alike
+        model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(probe)))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.train_on_batch(x, np.ones((shape[0], 5), "float32"))
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_separable_conv_needs_non_overlapping_patches():
+    from pattlite.model import PatchSeparableConv2D
+
+    with pytest.raises(ValueError, match="strides .* must equal kernel_size"):
+        PatchSeparableConv2D(4, 4, strides=2)
