@@ -579,8 +579,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _accelerators(backend: str) -> list[str]:
-    """Names of the GPUs/TPUs the active Keras backend sees (empty on CPU)."""
+def accelerators(backend: str | None = None) -> list[str]:
+    """Names of the GPUs/TPUs a Keras backend sees (default: the active one; empty on CPU)."""
+    if backend is None:
+        import keras
+
+        backend = keras.config.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # the backend is already imported by keras; this adds no cost
 
@@ -613,7 +617,7 @@ def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     backend = keras.config.backend()
-    gpus = _accelerators(backend)
+    gpus = accelerators(backend)
     return {
         "git_commit": commit or "unknown",
         "git_dirty": None if status is None else bool(status),

@@ -337,7 +337,7 @@ def test_run_without_training_names_missing_results(tmp_path):
 
 
 def test_notebook_context_warns_for_the_paper_profile_on_cpu(monkeypatch, tmp_path):
-    monkeypatch.setattr(studies, "accelerator_names", lambda: [])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: [])
     with pytest.warns(RuntimeWarning, match="CPU only"):
         studies.notebook_context("paper", results_dir=tmp_path)
     with warnings.catch_warnings():
@@ -346,13 +346,13 @@ def test_notebook_context_warns_for_the_paper_profile_on_cpu(monkeypatch, tmp_pa
 
 
 def test_cpu_warning_for_real_data_only(monkeypatch):
-    monkeypatch.setattr(studies, "accelerator_names", lambda: [])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: [])
     assert studies.warn_if_no_accelerator("ci") is None
     paper_profile = get_profile("paper")
     with pytest.warns(RuntimeWarning, match="CPU only"):
         message = studies.warn_if_no_accelerator(paper_profile)
     assert "images/s" in message
-    monkeypatch.setattr(studies, "accelerator_names", lambda: ["NVIDIA H100"])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: ["NVIDIA H100"])
     assert studies.warn_if_no_accelerator(paper_profile) is None
 
 
