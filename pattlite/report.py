@@ -8,6 +8,9 @@ No training here. The notebooks and the CLI build result frames from result file
 - `plot_confusion_matrix`, `plot_accuracy_vs_params`: the paper's Figs. 2-5, 8 and 9-10.
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
 - `provenance`: code version, package versions, backend and device, stored in every result file.
+
+About 550 lines, over the project's ~500: these five parts share the banner, the tolerances and the
+file conventions, and each is short.
 """
 
 from __future__ import annotations
