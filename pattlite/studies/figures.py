@@ -13,7 +13,6 @@ demo/ci data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ def load_results_files(results: pd.DataFrame, results_dir, **keys) -> list[dict]
     mask = pd.Series(True, index=rows.index)
     for name, wanted in keys.items():
         mask &= rows[name] == wanted
-    out = []
-    for key in dict.fromkeys(rows.loc[mask, "key"]):
-        with open(Path(results_dir) / "experiments" / f"{key}.json", encoding="utf-8") as f:
-            out.append(json.load(f))
-    return out
+    from pattlite.experiments import read_result
+
+    return [read_result(Path(results_dir) / "experiments" / f"{key}.json")
+            for key in dict.fromkeys(rows.loc[mask, "key"])]
 
 
 def summed_confusion(result_files, protocol: str, subset: str = WHOLE_TEST):

@@ -119,10 +119,10 @@ def _profile_summary(profile) -> dict:
 
 
 def _result_devices(ctx, keys):
+    from pattlite.experiments import read_result
+
     for key in keys:
-        path = Path(ctx.results_dir) / "experiments" / f"{key}.json"
-        with open(path, encoding="utf-8") as f:
-            prov = json.load(f).get("provenance", {})
+        prov = read_result(Path(ctx.results_dir) / "experiments" / f"{key}.json").get("provenance", {})
         yield f"{prov.get('device', '?')} (commit {str(prov.get('git_commit', '?'))[:10]})"
 
 
