@@ -174,7 +174,8 @@ def plan_frame(ctx, experiments) -> pd.DataFrame:
              "options": " ".join(f"{k}={v}" for k, v in sorted(e.model_options.items())),
              "fold": e.fold, "seed": e.seed, "done": result_path(e, ctx.results_dir).is_file()}
             for e in experiments]
-    return pd.DataFrame(rows, columns=["dataset", "variant", "options", "fold", "seed", "done"])
+    frame = pd.DataFrame(rows, columns=["dataset", "variant", "options", "fold", "seed", "done"])
+    return frame.astype({"fold": "Int64"})  # folds are integers or missing (one fixed split)
 
 
 def run(ctx, experiments, require_all: bool = True) -> pd.DataFrame:
