@@ -215,23 +215,30 @@ def _predict_grouped(model, x, order, batch_size):
 
 
 def metrics_from_predictions(y, predictions, classes) -> dict:
-    """Accuracy, per-class accuracy, mean class accuracy and confusion matrix (rows = true class)."""
+    """Accuracy, per-class accuracy, mean class accuracy and confusion matrix (rows = true class), by
+    scikit-learn: per-class accuracy is each class's recall, the mean class accuracy their mean over the
+    classes present in `y` (balanced accuracy)."""
+    from sklearn import metrics
+
     y = np.asarray(y, dtype=np.int64)
     predictions = np.asarray(predictions, dtype=np.int64)
     n = len(classes)
     if y.size and (y.min() < 0 or y.max() >= n):
         raise ValueError(f"labels range {y.min()}..{y.max()} does not fit the {n} classes {tuple(classes)}")
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (y, predictions), 1)
+    labels = np.arange(n)
+    if y.size:
+        confusion = metrics.confusion_matrix(y, predictions, labels=labels)
+        recall = metrics.recall_score(y, predictions, labels=labels, average=None, zero_division=np.nan)
+    else:  # an empty test subset: scikit-learn refuses empty arrays
+        confusion, recall = np.zeros((n, n), dtype=np.int64), np.full(n, np.nan)
     support = confusion.sum(axis=1)
-    per_class = {c: (float(confusion[i, i] / support[i]) if support[i] else None)
-                 for i, c in enumerate(classes)}
-    present = [v for v in per_class.values() if v is not None]
+    per_class = {c: (float(recall[i]) if support[i] else None) for i, c in enumerate(classes)}
+    present = recall[support > 0]
     return {
         "n": int(len(y)),
-        "accuracy": float(np.mean(predictions == y)) if len(y) else float("nan"),
+        "accuracy": float(metrics.accuracy_score(y, predictions)) if len(y) else float("nan"),
         "per_class_accuracy": per_class,
-        "mean_class_accuracy": float(np.mean(present)) if present else float("nan"),
+        "mean_class_accuracy": float(np.mean(present)) if present.size else float("nan"),
         "support": {c: int(s) for c, s in zip(classes, support)},
         "confusion_matrix": confusion.tolist(),
     }

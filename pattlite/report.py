@@ -8,13 +8,15 @@ No training here. The notebooks and the CLI build result frames from result file
 - `plot_confusion_matrix`, `plot_accuracy_vs_params`: the paper's Figs. 2-5, 8 and 9-10.
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
 - `provenance`: code version, package versions, backend and device, stored in every result file.
+
+About 550 lines, over the project's ~500: these five parts share the banner, the tolerances and the
+file conventions, and each is short.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
 import importlib.metadata
 import math
 import os
@@ -158,16 +160,6 @@ def _check_file_stem(name: str) -> str:
     return name
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                   "—": "---", "–": "--", "×": r"$\times$", "✓": r"$\checkmark$", ">": r"$>$", "<": r"$<$"}
-
-
-def latex_escape(text) -> str:
-    """Escape a cell or caption for LaTeX (also maps the paper's ×, ✓ and dashes)."""
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-
-
 def _cell(value, float_format: str) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -176,19 +168,17 @@ def _cell(value, float_format: str) -> str:
     return str(value)
 
 
+# LaTeX special characters of a caption (pandas escapes the cells and headers, not the caption).
+_LATEX_CAPTION_ESCAPES = str.maketrans({c: "\\" + c for c in "&%$#_{}"})
+
+
 def _latex_table(df: pd.DataFrame, caption: str, synthetic: bool, float_format: str) -> str:
-    # Written by hand: DataFrame.to_latex needs jinja2 at run time and its booktabs layout varies by version.
-    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-                    else "l" for c in df.columns)
-    lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(caption)}}}"]
+    # pandas' LaTeX writer (jinja2): booktabs rules, cells escaped; UTF-8 text (the paper's dashes, x and
+    # check marks) needs a Unicode-aware LaTeX (any since 2018).
     if synthetic:
-        lines.append(rf"\textbf{{{latex_escape(SYNTHETIC_BANNER)}}}\\[4pt]")
-    lines += [rf"\begin{{tabular}}{{{align}}}", r"\hline",
-              " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\hline"]
-    for row in df.itertuples(index=False):
-        lines.append(" & ".join(latex_escape(_cell(v, float_format)) for v in row) + r" \\")
-    lines += [r"\hline", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+        caption = f"{caption} ({SYNTHETIC_BANNER})"
+    return df.to_latex(index=False, na_rep="-", float_format=float_format, escape=True, position="ht",
+                       caption=caption.translate(_LATEX_CAPTION_ESCAPES))
 
 
 def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
@@ -300,6 +290,7 @@ def plot_confusion_matrix(cm, classes, title: str, normalize: bool = True, ax=No
         The Axes.
     """
     import matplotlib.pyplot as plt
+    import seaborn
 
     counts = np.asarray(cm, dtype=float)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
@@ -309,16 +300,13 @@ def plot_confusion_matrix(cm, classes, title: str, normalize: bool = True, ax=No
         size = 1.0 + 0.75 * len(classes)
         _, ax = plt.subplots(figsize=(size + 1.0, size))
     vmax = 100.0 if normalize else max(float(np.nanmax(shown)) if shown.size else 1.0, 1.0)
-    image = ax.imshow(np.nan_to_num(shown, nan=0.0), cmap="Blues", vmin=0.0, vmax=vmax)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    for i in range(shown.shape[0]):
-        for j in range(shown.shape[1]):
-            value = shown[i, j]
-            label = "-" if np.isnan(value) else (f"{value:.2f}" if normalize else f"{int(value)}")
-            ax.text(j, i, label, ha="center", va="center", fontsize=8,
-                    color="white" if not np.isnan(value) and value > 0.6 * vmax else "black")
-    ax.set_xticks(range(len(classes)), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), labels=list(classes))
+    labels = [["-" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v)}") for v in row] for row in shown]
+    seaborn.heatmap(np.nan_to_num(shown, nan=0.0), annot=np.array(labels, dtype=object), fmt="", cmap="Blues",
+                    vmin=0.0, vmax=vmax, square=True, ax=ax, annot_kws={"fontsize": 8},
+                    cbar_kws={"fraction": 0.046, "pad": 0.04},
+                    xticklabels=list(classes), yticklabels=list(classes))
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(title)
@@ -391,86 +379,6 @@ _IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                ".svg": "image/svg+xml"}
 
 
-def _inline_html(text: str) -> str:
-    # Escape first, then add the few inline forms the report uses: code, bold, italic, links.
-    out = html.escape(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-    out = re.sub(r"(?<![*\w])\*([^*]+)\*(?!\w)", r"<em>\1</em>", out)
-    out = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', out)
-    return out
-
-
-def markdown_to_html(text: str) -> str:
-    """A small Markdown subset to HTML: headings, paragraphs, -/* and 1. lists, > quotes, ``` code,
-    and inline code, bold, italic and links. Enough for report prose; tables come from DataFrames."""
-    blocks, para, list_kind, in_code, code = [], [], None, False, []
-
-    def flush_para():
-        if para:
-            blocks.append(f"<p>{_inline_html(' '.join(para))}</p>")
-            para.clear()
-
-    def close_list():
-        nonlocal list_kind
-        if list_kind:
-            blocks.append(f"</{list_kind}>")
-            list_kind = None
-
-    for line in text.splitlines():
-        if in_code:
-            if line.strip().startswith("```"):
-                blocks.append(f"<pre><code>{html.escape(chr(10).join(code))}</code></pre>")
-                in_code, code = False, []
-            else:
-                code.append(line)
-            continue
-        stripped = line.strip()
-        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
-        bullet = re.match(r"^[-*]\s+(.*)$", stripped)
-        numbered = re.match(r"^\d+[.)]\s+(.*)$", stripped)
-        if stripped.startswith("```"):
-            flush_para(); close_list(); in_code = True
-        elif not stripped:
-            flush_para(); close_list()
-        elif heading:
-            flush_para(); close_list()
-            level = len(heading.group(1))
-            blocks.append(f"<h{level}>{_inline_html(heading.group(2))}</h{level}>")
-        elif bullet or numbered:
-            flush_para()
-            kind = "ul" if bullet else "ol"
-            if list_kind != kind:
-                close_list()
-                blocks.append(f"<{kind}>")
-                list_kind = kind
-            blocks.append(f"<li>{_inline_html((bullet or numbered).group(1))}</li>")
-        elif stripped.startswith(">"):
-            flush_para(); close_list()
-            blocks.append(f"<blockquote>{_inline_html(stripped.lstrip('>').strip())}</blockquote>")
-        else:
-            close_list()
-            para.append(stripped)
-    if in_code:
-        raise ValueError("markdown text has an unclosed ``` code block")
-    flush_para(); close_list()
-    return "\n".join(blocks)
-
-
-_HTML_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
-th { background: #f0f0f0; }
-td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; margin: 1em 0; }
-code { background: #f4f4f4; padding: 0 3px; }
-.banner { background: #ffe0e0; color: #a00000; font-weight: bold; padding: 0.6em 1em; border: 2px solid #a00000; }
-.provenance { color: #666; font-size: 0.85em; }
-"""
-
-
 def _check_block(block, where: str):
     if isinstance(block, (str, pd.DataFrame)):
         return block
@@ -487,7 +395,8 @@ def _check_block(block, where: str):
 
 def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite replication report",
                   synthetic: bool = False, provenance_info: dict | None = None) -> tuple[Path, Path]:
-    """Write the report as Markdown and as one standalone HTML file (images embedded as base64).
+    """Write the report as Markdown and as one standalone HTML file (nbconvert's HTML export of the same
+    Markdown, images embedded as base64).
 
     Args:
         markdown_path, html_path: output files (folders are created).
@@ -501,6 +410,9 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
     Returns:
         (markdown_path, html_path).
     """
+    import nbformat  # the report alone needs nbconvert (slow to import)
+    from nbconvert import HTMLExporter
+
     markdown_path, html_path = Path(markdown_path), Path(html_path)
     checked = []
     for i, section in enumerate(sections):
@@ -511,40 +423,43 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
             raise TypeError(f"section {name!r}: blocks must be a list of blocks, got one {type(blocks).__name__}")
         checked.append((name, [_check_block(b, f"section {name!r} block {j}") for j, b in enumerate(blocks)]))
 
-    md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
-    if synthetic:
-        md += [f"> **{SYNTHETIC_BANNER}**", ""]
-        body.append(f'<p class="banner">{html.escape(SYNTHETIC_BANNER)}</p>')
+    # One Markdown text per section; images are links in the .md file and cell attachments in the
+    # notebook that nbconvert renders to HTML (so the HTML file embeds them).
+    head = [f"# {title}"] + ([f"> **{SYNTHETIC_BANNER}**"] if synthetic else [])
+    md_parts, cells = ["\n\n".join(head)], [nbformat.v4.new_markdown_cell("\n\n".join(head))]
     for name, blocks in checked:
-        md += [f"## {name}", ""]
-        body.append(f"<h2>{html.escape(name)}</h2>")
+        md, cell_md, attachments = [f"## {name}"], [f"## {name}"], {}
         for block in blocks:
             if isinstance(block, str):
-                md += [block.strip(), ""]
-                body.append(markdown_to_html(block))
+                md.append(block.strip())
+                cell_md.append(block.strip())
             elif isinstance(block, pd.DataFrame):
-                md += [_markdown_table(block, "%.2f"), ""]
-                body.append(block.to_html(index=False, na_rep="-", border=0,
-                                          float_format=lambda v: f"{v:.2f}"))
+                md.append(_markdown_table(block, "%.2f"))
+                cell_md.append(md[-1])
             else:
                 rel = os.path.relpath(block.resolve(), markdown_path.resolve().parent)
-                md += [f"![{block.stem}]({Path(rel).as_posix()})", ""]
-                data = base64.b64encode(block.read_bytes()).decode("ascii")
-                body.append(f'<img alt="{html.escape(block.stem)}" '
-                            f'src="data:{_IMAGE_MIME[block.suffix.lower()]};base64,{data}">')
+                md.append(f"![{block.stem}]({Path(rel).as_posix()})")
+                attachments[block.name] = {_IMAGE_MIME[block.suffix.lower()]:
+                                           base64.b64encode(block.read_bytes()).decode("ascii")}
+                cell_md.append(f"![{block.stem}](attachment:{block.name})")
+        md_parts.append("\n\n".join(md))
+        cell = nbformat.v4.new_markdown_cell("\n\n".join(cell_md))
+        if attachments:
+            cell.attachments = attachments
+        cells.append(cell)
     if provenance_info:
-        items = [(k, v) for k, v in provenance_info.items()]
-        md += ["---", "", "Provenance:", ""] + [f"- {k}: {v}" for k, v in items] + [""]
-        body.append('<div class="provenance"><p>Provenance:</p><ul>'
-                    + "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in items)
-                    + "</ul></div>")
+        text = "---\n\nProvenance:\n\n" + "\n".join(f"- {k}: {v}" for k, v in provenance_info.items())
+        md_parts.append(text)
+        cells.append(nbformat.v4.new_markdown_cell(text))
 
+    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True,
+                            exclude_anchor_links=True)
+    page, _ = exporter.from_notebook_node(nbformat.v4.new_notebook(cells=cells),
+                                          resources={"metadata": {"name": title}})
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text("\n".join(md), encoding="utf-8")
-    html_path.write_text("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                         f"<title>{html.escape(title)}</title>\n<style>{_HTML_STYLE}</style>\n</head>\n"
-                         "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n", encoding="utf-8")
+    markdown_path.write_text("\n\n".join(md_parts) + "\n", encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
     return markdown_path, html_path
 
 
@@ -579,8 +494,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _accelerators(backend: str) -> list[str]:
-    """Names of the GPUs/TPUs the active Keras backend sees (empty on CPU)."""
+def accelerators(backend: str | None = None) -> list[str]:
+    """Names of the GPUs/TPUs a Keras backend sees (default: the active one; empty on CPU)."""
+    if backend is None:
+        import keras
+
+        backend = keras.config.backend()
     if backend == "tensorflow":
         import tensorflow as tf  # the backend is already imported by keras; this adds no cost
 
@@ -613,7 +532,7 @@ def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     backend = keras.config.backend()
-    gpus = _accelerators(backend)
+    gpus = accelerators(backend)
     return {
         "git_commit": commit or "unknown",
         "git_dirty": None if status is None else bool(status),

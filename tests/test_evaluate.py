@@ -86,6 +86,17 @@ def test_metrics_confusion_and_per_class():
     assert m["mean_class_accuracy"] == pytest.approx(2 / 3)
 
 
+def test_metrics_of_an_empty_subset_and_of_a_class_only_predicted():
+    empty = E.metrics_from_predictions([], [], CLASSES[:3])
+    assert empty["n"] == 0 and empty["confusion_matrix"] == [[0] * 3] * 3
+    assert np.isnan(empty["accuracy"]) and np.isnan(empty["mean_class_accuracy"])
+    assert set(empty["per_class_accuracy"].values()) == {None}
+    # class 2 is predicted but absent from y: no accuracy of its own, and not in the class mean
+    m = E.metrics_from_predictions([0, 0, 1], [2, 0, 1], CLASSES[:3])
+    assert m["per_class_accuracy"] == {"anger": 0.5, "disgust": 1.0, "fear": None}
+    assert m["mean_class_accuracy"] == pytest.approx(0.75) and m["confusion_matrix"][0] == [1, 0, 1]
+
+
 def test_evaluate_predictions_match_probabilities_and_labels():
     x, y = grouped_data(n_per_class=2)
     r = E.evaluate(head("pattlite"), x, y, CLASSES, "shuffled", seed=5)

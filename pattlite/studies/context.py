@@ -1,0 +1,170 @@
+"""A notebook's papermill parameters -> one `NotebookContext` (profile, datasets, folders).
+
+Every notebook starts with the same `parameters` cell; `notebook_context` turns its values (strings
+when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pattlite import config, report
+
+BENCHMARKS = config.REAL_DATASETS                 # ckplus, rafdb, fer2013, ferplus (the paper's column order)
+IN_THE_WILD = ("rafdb", "fer2013", "ferplus")
+
+
+@dataclasses.dataclass(frozen=True)
+class NotebookContext:
+    """What every notebook needs, resolved from its `parameters` cell.
+
+    Attributes:
+        profile: the `pattlite.profiles.Profile` (with the notebook's overrides).
+        datasets: the benchmarks to run (a subset of ckplus, rafdb, fer2013, ferplus).
+        results_dir: experiment results (`<results_dir>/experiments/<key>.json`).
+        tables_dir, figures_dir, reports_dir: where tables, figures and the report are written.
+        run_experiments: train what is missing (False: only assemble from existing result files).
+    """
+
+    profile: object
+    datasets: tuple
+    results_dir: Path
+    tables_dir: Path
+    figures_dir: Path
+    reports_dir: Path
+    run_experiments: bool
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.profile.synthetic)
+
+    @property
+    def seeds(self) -> tuple:
+        return tuple(self.profile.seeds)
+
+
+def as_profile(profile):
+    """A `Profile` from a profile name, or the `Profile` given."""
+    from pattlite.profiles import get_profile
+
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
+def parse_bool(value, name: str = "value") -> bool:
+    """A papermill/CLI parameter as a bool: True/False, 1/0, "true"/"false", "yes"/"no"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"parameter {name}={value!r}: expected true or false")
+
+
+def parse_list(value, name: str = "value", item=str) -> tuple | None:
+    """A papermill/CLI parameter as a tuple: None, a list, or a comma-separated string ("0,1")."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        return tuple(item(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter {name}={value!r}: expected a comma-separated list of "
+                         f"{item.__name__} values") from None
+
+
+def _optional_path(value):
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return Path(value).expanduser()
+
+
+def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, figures_dir=None,
+                     reports_dir=None, seeds=None, datasets=None, weights=None, dataset_roots=None,
+                     run_experiments=True, **profile_overrides) -> NotebookContext:
+    """Resolve a notebook's parameters (strings from `./run_all.sh -p NAME=VALUE` are accepted).
+
+    Args:
+        profile: "paper", "demo" or "ci".
+        results_dir: default `config.results_dir(profile)`; tables go to `<results_dir>/tables`.
+        tables_dir, figures_dir, reports_dir: defaults `<results_dir>/tables`, `config.figures_dir(profile)`,
+            `config.reports_dir(profile)`.
+        seeds: e.g. "0,1" or [0, 1]; default the profile's.
+        datasets: benchmarks to run, e.g. "rafdb,ferplus"; default all four.
+        weights: backbone weights (a `.weights.h5` path or "imagenet"); default the profile's.
+        dataset_roots: {benchmark: folder} for the real datasets; a None value keeps the default
+            (`$PATTLITE_<NAME>_ROOT`, else `data/<name>/`). Set as those environment variables, which
+            every reader consults.
+        run_experiments: train missing experiments (False: assemble from existing result files only).
+        **profile_overrides: other `Profile` fields (e.g. stage1_epochs=5); None values are ignored.
+    """
+    from pattlite.profiles import get_profile
+    from pattlite.studies.compute import warn_if_no_accelerator
+
+    overrides = {k: v for k, v in profile_overrides.items() if v is not None}
+    parsed_seeds = parse_list(seeds, "seeds", int)
+    if parsed_seeds is not None:
+        overrides["seeds"] = parsed_seeds
+    if weights is not None and str(weights).strip().lower() not in ("", "none"):
+        overrides["weights"] = str(weights)
+    prof = get_profile(profile, **overrides)
+    chosen = parse_list(datasets, "datasets") or BENCHMARKS
+    for name in chosen:
+        config.check_name("benchmark", name, BENCHMARKS)
+    for name, root in (dataset_roots or {}).items():
+        config.check_name("benchmark", name, BENCHMARKS)
+        root = _optional_path(root)
+        if root is not None:
+            os.environ[config.dataset_root_env_var(name)] = str(root)
+    results = _optional_path(results_dir) or config.results_dir(prof.name)
+    ctx = NotebookContext(
+        profile=prof,
+        datasets=tuple(chosen),
+        results_dir=results,
+        tables_dir=_optional_path(tables_dir) or results / "tables",
+        figures_dir=_optional_path(figures_dir) or config.figures_dir(prof.name),
+        reports_dir=_optional_path(reports_dir) or config.reports_dir(prof.name),
+        run_experiments=parse_bool(run_experiments, "run_experiments"),
+    )
+    if ctx.run_experiments:
+        warn_if_no_accelerator(prof)  # the paper profile on a CPU: says how long it would take
+    return ctx
+
+
+def in_the_wild(ctx) -> tuple:
+    """The context's datasets among RAF-DB, FER2013 and FERPlus."""
+    return tuple(d for d in IN_THE_WILD if d in ctx.datasets)
+
+
+def context_summary(ctx) -> str:
+    """A few Markdown lines saying what a notebook runs on (profile, data, folders, seeds)."""
+    p = ctx.profile
+    lines = [f"- profile **{p.name}**: {p.description}",
+             f"- benchmarks: {', '.join(ctx.datasets)}; seeds: {', '.join(map(str, ctx.seeds))}"
+             + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
+             f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
+             f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
+             f"- results: `{ctx.results_dir}`; tables: `{ctx.tables_dir}`; figures: `{ctx.figures_dir}`"]
+    if ctx.synthetic:
+        lines.insert(0, f"> **{report.SYNTHETIC_BANNER}**: every benchmark is a synthetic stand-in.\n")
+    return "\n".join(lines)
+
+
+def benchmark_manifests(profile, datasets=BENCHMARKS) -> dict:
+    """{benchmark: manifest} of a profile: the real datasets, or their synthetic stand-ins."""
+    from pattlite import data
+
+    profile = as_profile(profile)
+    out = {}
+    for name in datasets:
+        source = profile.source(name)
+        manifest = data.load_manifest(source["dataset"], **source["options"])
+        if source["dataset"] == "synthetic":
+            # The stand-in's subset flags are its own ground truth (there are no RAN lists to read).
+            manifest.attrs["subsets"] = "synthetic flags"
+        out[name] = manifest
+    return out
