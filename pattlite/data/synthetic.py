@@ -41,12 +41,11 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pattlite import config
+from pattlite.data import SPLITS
 from pattlite.data.errors import DatasetFormatError
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
-SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject", "fold",
-                    "occlusion", "pose30", "pose45")
+MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject", "fold") + config.SUBSETS
 SOURCE = "procedurally generated (synthetic)"
 
 # Expression parameters, 0 = the identity's resting face.
@@ -488,7 +487,7 @@ def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 4
         raise DatasetFormatError(images_path, None, f"array shape {shape} does not match {manifest_path} "
                             f"(expected {expected}). Delete the folder {folder} to regenerate it.")
     manifest["path"] = str(images_path.resolve())
-    for column in ("occlusion", "pose30", "pose45"):
+    for column in config.SUBSETS:
         if manifest[column].dtype != bool:
             raise DatasetFormatError(manifest_path, None, f"column {column!r} must hold True/False, found "
                                 f"{sorted(set(manifest[column].astype(str)))[:5]}. Delete the folder "
