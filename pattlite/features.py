@@ -248,9 +248,9 @@ def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, fo
 
 
 def _deepest(layer_names) -> str:
-    from pattlite.model import _mobilenet_layer_names
+    from pattlite.model import mobilenet_layer_names
 
-    order = _mobilenet_layer_names()
+    order = mobilenet_layer_names()
     return max(layer_names, key=order.index)
 
 
