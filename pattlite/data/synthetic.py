@@ -28,7 +28,6 @@ key: the options); later calls read them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ from PIL import Image, ImageDraw
 from pattlite import config
 from pattlite.data import SPLITS
 from pattlite.data.errors import DatasetFormatError
+from pattlite.files import json_digest
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
 MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject", "fold") + config.SUBSETS
@@ -422,8 +422,7 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
 
 def synthetic_key(**options) -> str:
     """Folder name for one set of generator options: readable sizes plus a hash of everything."""
-    payload = json.dumps({"version": GENERATOR_VERSION, **options}, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    digest = json_digest({"version": GENERATOR_VERSION, **options}, length=10)
     return (f"synthetic_c{options['num_classes']}_{options['image_size']}px_"
             f"{options['n_train']}-{options['n_val']}-{options['n_test']}_seed{options['seed']}_{digest}")
 
