@@ -47,9 +47,8 @@ from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
 from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_files
 from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
 
-# Model options an experiment may override (pattlite.model.COMMON_OPTIONS and Variant.options; resize_to
-# is the profile's).
-MODEL_OPTIONS = ("cut_layer", "kernel", "attention", "augment")
+# Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
+MODEL_OPTIONS = tuple(dict.fromkeys(o for v in VARIANTS.values() for o in v.options)) + ("augment",)
 SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
 CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
                "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
