@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from pattlite import config
+from pattlite.config import PROTOCOLS
+from pattlite.profiles import get_profile, resolve_weights
 
 AUDIT_HEADS = ("published", "no_mixing", "pattlite")
-PROTOCOLS = ("published", "shuffled", "independent")
 AUDIT_DATASETS = config.REAL_DATASETS + ("synthetic",)
 # `--dataset synthetic` trains on the synthetic stand-in in the FER2013 slot of a synthetic profile
 # (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
@@ -89,8 +90,6 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
             weights for real data.
         FileNotFoundError: the weights file does not exist.
     """
-    from pattlite.profiles import get_profile, resolve_weights
-
     config.check_name("dataset", dataset, AUDIT_DATASETS)
     synthetic = dataset == "synthetic"
     name = profile or (SYNTHETIC_PROFILE if synthetic else REAL_PROFILE)
@@ -116,7 +115,7 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
     return get_profile(name, **overrides), (SYNTHETIC_SLOT if synthetic else dataset)
 
 
-def audit_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None,
+def cached_head_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None,
                       stage1_epochs=None, profile=None) -> list:
     """The audit's experiments: each head x seed, stage 1 on cached features, no stage 2.
 
@@ -130,7 +129,7 @@ def audit_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), 
     Returns:
         A list of `pattlite.experiments.Experiment`, heads in `AUDIT_HEADS` order, seeds inner.
     """
-    from pattlite.experiments import make_experiment
+    from pattlite.experiments import make_experiment  # imports Keras: not before the CLI checked its flags
 
     prof, benchmark = audit_profile(dataset, weights, train_limit, seeds, profile)
     overrides = {"stage2": False}
@@ -146,8 +145,8 @@ def audit_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), 
             for head in AUDIT_HEADS for seed in prof.seeds]
 
 
-def summarize(experiments, results, dataset: str, seconds: float, results_dir=None) -> dict:
-    """The audit's summary from its experiments and their result dicts (same order).
+def summarize(experiments, results, dataset: str, seconds: float) -> dict:
+    """The audit's summary from its experiments and their `ExperimentResult`s (same order).
 
     Returns:
         dict with dataset, benchmark_slot, source_dataset, synthetic, seeds, heads (head -> protocol ->
@@ -156,40 +155,38 @@ def summarize(experiments, results, dataset: str, seconds: float, results_dir=No
         epochs per seed]), train_images, test_images, image_size, stage1_epochs, train_limit, weights,
         note, result_paths, cached (how many results were loaded, not trained) and seconds.
     """
-    from pattlite.experiments import result_path
-
     per_seed = {head: {p: [] for p in PROTOCOLS} for head in AUDIT_HEADS}
     epochs_run = {head: [] for head in AUDIT_HEADS}
     paths = []
     for exp, result in zip(experiments, results):
         for protocol in PROTOCOLS:
-            per_seed[exp.variant][protocol].append(float(result["metrics"]["all"][protocol]["accuracy"]))
-        epochs_run[exp.variant].append(int(result["epochs"]["stage1"]))
+            per_seed[exp.variant][protocol].append(float(result.test_metrics[protocol]["accuracy"]))
+        epochs_run[exp.variant].append(int(result.epochs["stage1"]))
         # run_experiment reports where it wrote or found the file (a re-bound root changes the key)
-        paths.append(result.get("result_path") or str(result_path(exp, results_dir)))
+        paths.append(result.path)
     heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()}
              for head, by_protocol in per_seed.items()}
     first, first_result = experiments[0], results[0]
     return {
         "dataset": dataset,
         "benchmark_slot": first.dataset,
-        "source_dataset": first_result.get("source_dataset"),
-        "synthetic": bool(first_result.get("synthetic")),
+        "source_dataset": first_result.source_dataset,
+        "synthetic": bool(first_result.synthetic),
         "seeds": sorted({exp.seed for exp in experiments}),
         "heads": heads,
         "per_seed": per_seed,
         "batch_gain": heads["published"]["published"] - heads["published"]["independent"],
         "epochs_run": epochs_run,
-        "train_images": int(first_result["split_sizes"]["train"]),
-        "test_images": int(first_result["split_sizes"]["test"]),
+        "train_images": int(first_result.split_sizes["train"]),
+        "test_images": int(first_result.split_sizes["test"]),
         "image_size": first.image_size,
         "stage1_epochs": first.train["stage1_epochs"],
         "train_limit": first.train_limit,
-        "weights": first_result["weights"],
+        "weights": first_result.weights,
         "augmentation": False,
         "note": NOTE,
         "result_paths": paths,
-        "cached": sum(bool(r.get("cached")) for r in results),
+        "cached": sum(bool(r.cached) for r in results),
         "seconds": float(seconds),
     }
 
@@ -207,7 +204,7 @@ def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,
         train_limit: training images, class-stratified and seeded (default 10,000 on real data).
         seeds: training seeds; the summary averages over them.
         results_dir: the folder holding `experiments/` (default `config.results_dir(<profile>)`).
-        image_size, stage1_epochs, profile: see `audit_experiments`.
+        image_size, stage1_epochs, profile: see `cached_head_experiments`.
         force: retrain even when result files exist.
         progress: progress bars and per-epoch lines.
         log: called with progress lines (None: silent).
@@ -219,16 +216,16 @@ def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,
         ValueError: bad names or values (the message lists the valid ones).
         FileNotFoundError: missing weights file or dataset (`DatasetNotFoundError` says where to get it).
     """
-    from pattlite.experiments import run_experiments
+    from pattlite.experiments import run_experiments  # imports Keras
 
     say = log or (lambda *_: None)
     start = time.time()
-    experiments = audit_experiments(dataset, weights, train_limit, seeds, image_size, stage1_epochs, profile)
+    experiments = cached_head_experiments(dataset, weights, train_limit, seeds, image_size, stage1_epochs, profile)
     say(f"audit of {dataset}: heads {', '.join(AUDIT_HEADS)} x seeds "
         f"{', '.join(str(s) for s in sorted({e.seed for e in experiments}))}; {NOTE}")
     results = run_experiments(experiments, results_dir=results_dir, force=force, root=root,
                               progress=progress, log=say)
-    return summarize(experiments, results, dataset, time.time() - start, results_dir)
+    return summarize(experiments, results, dataset, time.time() - start)
 
 
 def format_table(summary: dict) -> str:

@@ -80,10 +80,6 @@ def _timed_steps(batches, indices, call, steps: int) -> dict:
     }
 
 
-def _count(weights) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in weights))
-
-
 def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
                   image_size: int = DEFAULT_IMAGE_SIZE, weights=None, train_batch_size: int = 8,
                   resize_to: int = 224, seed: int = 0, log=print) -> dict:
@@ -168,7 +164,7 @@ def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
                 def call(x, y, _w, graph=graph):
                     return graph.train_on_batch(x, y)
             timing = _timed_steps(train_batches, train_indices, call, steps)
-            timing["trainable_params"] = _count(graph.trainable_weights)
+            timing["trainable_params"] = model_lib.count_params(graph.trainable_weights)
             result["training"][stage] = timing
             say(f"  training {stage:16s} batch {train_batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
                 f"feed {100 * timing['feed_share']:.1f}% ({timing['trainable_params']:,} trainable params)")

@@ -25,11 +25,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import config
+from pattlite import audit, bench, config, grid
+from pattlite.config import PROTOCOLS
 from pattlite.console import quiet_backend_logs
+from pattlite.profiles import PROFILES, get_profile, resolve_weights
 
 TRAIN_DATASETS = config.REAL_DATASETS + ("synthetic",)
-PROTOCOLS = ("published", "shuffled", "independent")
 
 
 class CommandError(ValueError):
@@ -80,8 +81,6 @@ def _at_least(flag: str, value, minimum: int, unit: str = ""):
 
 def _weights_file(flag: str, value):
     """--weights: a file that must exist (checked now, not after the data are read)."""
-    from pattlite.profiles import resolve_weights
-
     weights = _weights_argument(value)
     try:
         resolve_weights(weights)
@@ -97,8 +96,6 @@ def check_arguments(args) -> None:
         CommandError: a bad name or value; the message names the flag and what is valid.
         FileNotFoundError: a --weights file does not exist.
     """
-    from pattlite.profiles import PROFILES
-
     if args.command == "train":
         _choice("--dataset", "dataset", args.dataset, TRAIN_DATASETS)
         _choice("--profile", "profile", args.profile, PROFILES)
@@ -122,15 +119,11 @@ def check_arguments(args) -> None:
         _at_least("--image-size", args.image_size, 1, " (pixels)")
         _at_least("--train-batch-size", args.train_batch_size, 1)
         _weights_file("--weights", args.weights)
-        from pattlite.bench import BENCH_PARTS
-
         for part in [p.strip() for p in args.parts.split(",") if p.strip()] or [""]:
-            _choice("--parts", "bench part", part, BENCH_PARTS)
+            _choice("--parts", "bench part", part, bench.BENCH_PARTS)
         _at_least("--cached-samples", args.cached_samples, 8)
         _at_least("--extract-images", args.extract_images, 1)
     elif args.command == "audit":
-        from pattlite import audit
-
         _choice("--dataset", "dataset", args.dataset, audit.AUDIT_DATASETS)
         if args.profile is not None:
             _choice("--profile", "profile", args.profile, PROFILES)
@@ -176,7 +169,6 @@ def _json_line(payload: dict) -> None:
 def _train_experiment(args):
     """The experiment `pattlite train` runs (arguments already checked by `check_arguments`)."""
     from pattlite.experiments import make_experiment  # imports Keras
-    from pattlite.profiles import get_profile
 
     # synthetic: the stand-in in the FER2013 slot (7 classes, like config.DATASET_CLASSES)
     benchmark = "fer2013" if args.dataset == "synthetic" else args.dataset
@@ -189,7 +181,7 @@ def _train_experiment(args):
 
 
 def cmd_train(args) -> int:
-    from pattlite.experiments import run_experiment
+    from pattlite.experiments import run_experiment  # imports Keras
 
     exp, profile = _train_experiment(args)
     results_dir = None if args.results is None else _results_base(args) / profile.name
@@ -201,34 +193,34 @@ def cmd_train(args) -> int:
     if args.root is not None and source == "synthetic":
         print(f"note: --root {args.root} is ignored: profile {profile.name!r} uses synthetic data", flush=True)
     result = run_experiment(exp, results_dir=results_dir, force=args.force, progress=True)
-    path = result["result_path"]
-    metrics = result["metrics"]["all"]
-    print(("loaded from " if result["cached"] else "trained and evaluated; wrote ") + path)
-    print(f"epochs: stage 1 {result['epochs']['stage1']}, stage 2 {result['epochs']['stage2']}; "
+    path = result.path
+    metrics = result.test_metrics
+    print(("loaded from " if result.cached else "trained and evaluated; wrote ") + path)
+    print(f"epochs: stage 1 {result.epochs['stage1']}, stage 2 {result.epochs['stage2']}; "
           f"test images {metrics[PROTOCOLS[0]]['n']}")
     for protocol in PROTOCOLS:
         if protocol in metrics:
             print(f"  {protocol:12s} accuracy {100 * metrics[protocol]['accuracy']:6.2f}%  "
                   f"mean class accuracy {100 * metrics[protocol]['mean_class_accuracy']:6.2f}%")
-    for note in result.get("notes", []):
+    for note in result.notes:
         print(f"note: {note}")
-    if result.get("synthetic"):
+    if result.synthetic:
         print("note: synthetic data: these numbers say nothing about the paper's benchmarks")
     _json_line({
         "dataset": args.dataset,
         "benchmark_slot": exp.dataset,
-        "source_dataset": result.get("source_dataset"),
-        "synthetic": bool(result.get("synthetic")),
+        "source_dataset": result.source_dataset,
+        "synthetic": bool(result.synthetic),
         "variant": exp.variant,
         "profile": profile.name,
         "seed": exp.seed,
         "fold": exp.fold,
         "stage1": exp.stage1,
-        "key": result["key"],
+        "key": result.key,
         "accuracy": {p: metrics[p]["accuracy"] for p in metrics},
         "mean_class_accuracy": {p: metrics[p]["mean_class_accuracy"] for p in metrics},
-        "epochs": result["epochs"],
-        "cached": bool(result["cached"]),
+        "epochs": result.epochs,
+        "cached": bool(result.cached),
         "result_path": path,
     })
     return 0
@@ -239,11 +231,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from pattlite.bench import format_table, run_benchmark
-    from pattlite.profiles import resolve_weights
-
-    from pattlite.bench import format_cached_table, run_cached_benchmark
-
     weights = resolve_weights(_weights_argument(args.weights))
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")  # checked by check_arguments
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -251,9 +238,9 @@ def cmd_bench(args) -> int:
         print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
               f"{args.steps} timed steps after 1 warm-up step per row; weights "
               f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
-        result = run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
+        result = bench.run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
                                weights=weights, train_batch_size=args.train_batch_size)
-        print(format_table(result))
+        print(bench.format_table(result))
         print(f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
               f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
               f"{result['seconds']:.1f} s in all")
@@ -262,10 +249,10 @@ def cmd_bench(args) -> int:
         print(f"pattlite bench: heads on cached features, {args.cached_samples} random float16 features "
               f"14x14x512 per row, fast path vs plain path in the same run; feature extraction of "
               f"{args.extract_images} random images", flush=True)
-        result = run_cached_benchmark(samples=args.cached_samples, extract_images=args.extract_images,
+        result = bench.run_cached_benchmark(samples=args.cached_samples, extract_images=args.extract_images,
                                       image_size=args.image_size, weights=weights,
                                       train_batch_size=args.train_batch_size)
-        print(format_cached_table(result))
+        print(bench.format_cached_table(result))
         print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
               f"extraction on tensorflow); {result['seconds']:.1f} s in all")
         _json_line(result)
@@ -277,8 +264,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from pattlite import audit
-
     config.check_name("dataset", args.dataset, audit.AUDIT_DATASETS)
     synthetic = args.dataset == "synthetic"
     profile = args.profile or (audit.SYNTHETIC_PROFILE if synthetic else audit.REAL_PROFILE)
@@ -313,8 +298,6 @@ def cmd_audit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pattlite import audit, bench, grid
-
     parser = argparse.ArgumentParser(
         prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid.",
         epilog="The last stdout line of every subcommand is one JSON object.")

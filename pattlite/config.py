@@ -33,6 +33,33 @@ VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "att
 # Backbone layers the paper says were unfrozen for fine-tuning (Section IV-B).
 PAPER_FINETUNE_LAYERS = {"ckplus": 40, "rafdb": 59, "fer2013": 46, "ferplus": 49}
 
+# The challenging-condition test subsets of RAF-DB and FERPlus (the RAN lists; Table 11): the manifest
+# columns that flag them and the `subset` of a result (besides "all", the whole test split).
+SUBSETS = ("occlusion", "pose30", "pose45")
+
+# Evaluation protocols (pattlite.evaluate describes each), and the two that validation can use
+# (pattlite.train.ValidationCallback).
+PROTOCOLS = ("published", "shuffled", "independent")
+VALIDATION_PROTOCOLS = ("published", "independent")
+
+# Stage 1 on the full model with augmentation, or the head on cached frozen-backbone features
+# (pattlite.profiles); stage-2 fine-tuning as the authors' code does it or as the paper says
+# (pattlite.model.set_finetune_trainable).
+STAGE1_MODES = ("exact", "cached")
+FINETUNE_MODES = ("as_coded", "paper")
+
+# Table 5's cut layers: the paper's layer number N read as backbone.layers[-N] of Keras'
+# include_top=False MobileNet, and the layer it names (pattlite.model.cut_layer_name recomputes these
+# from Keras; the tests check the two agree).
+TABLE5_CUT_LAYERS = {
+    17: "conv_dw_11_relu",
+    23: "conv_dw_10_relu",
+    29: "conv_dw_9_relu",
+    35: "conv_dw_8_relu",
+    41: "conv_dw_7_relu",
+    47: "conv_dw_6_relu",
+}
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

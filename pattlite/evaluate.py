@@ -23,8 +23,7 @@ import keras
 import numpy as np
 
 from pattlite import config
-
-PROTOCOLS = ("published", "shuffled", "independent")
+from pattlite.config import PROTOCOLS
 PUBLISHED_BATCH_SIZE = 32
 
 

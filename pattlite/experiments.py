@@ -27,10 +27,6 @@ collect_results(pattlite.config.results_dir("demo"))
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -39,15 +35,21 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.evaluate import PROTOCOLS, evaluate
+from pattlite.config import PROTOCOLS, SUBSETS
+from pattlite.data import load_manifest, load_pixels
+from pattlite.data.fingerprint import dataset_identity
+from pattlite.data.pixels import UnreadableImagesError
+from pattlite.evaluate import evaluate
+from pattlite.features import backbone_features, random_backbone_weights
+from pattlite.files import json_digest, write_atomic
+from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
-from pattlite.train import TrainConfig, enable_determinism, train, train_stage2
+from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
+from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
 
-SUBSETS = ("occlusion", "pose30", "pose45")
-MODEL_OPTIONS = ("cut_layer", "kernel", "attention", "augment")
+# Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
+MODEL_OPTIONS = tuple(dict.fromkeys(o for v in VARIANTS.values() for o in v.options)) + ("augment",)
 SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
-RESULT_NAME = re.compile(r"^[0-9a-f]{16}\.json$")  # <key>.json; never the .tmp-* files of an unfinished write
-RESULT_FIELDS = ("key", "config", "metrics", "epochs", "trainable_params", "wall_time_s")
 CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
                "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
                "features too")
@@ -105,11 +107,16 @@ class Experiment:
 
     def key(self) -> str:
         """Short hash of the canonical JSON of every field."""
-        payload = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return json_digest(self.to_dict())
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(seed=self.seed, finetune=self.finetune, verbose=False, **self.train)
+
+    def evaluated_on_features(self) -> bool:
+        """Whether the evaluated model (and the saved weights) is the head on cached features: a cached
+        stage 1, except when the paper's fine-tuning, which changes backbone weights, ran stage 2 on the
+        full model."""
+        return self.stage1 == "cached" and not (self.finetune == "paper" and self.train_config().stage2)
 
     def label(self) -> str:
         """Short human-readable description for progress lines."""
@@ -122,8 +129,6 @@ def data_identity(source: dict, root=None) -> dict:
     """{"root", "fingerprint"} of an experiment's data source (see `Experiment.data`)."""
     if source["dataset"] == "synthetic":
         return {"root": None, "fingerprint": None}
-    from pattlite.data.fingerprint import dataset_identity
-
     identity = dataset_identity(source["dataset"], root, **source["options"])
     return {"root": identity["root"], "fingerprint": identity["fingerprint"]}
 
@@ -153,8 +158,6 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
     Raises:
         ValueError: unknown profile, dataset, variant or override (the message lists the valid names).
     """
-    from pattlite.model import VARIANTS
-
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
     config.check_name("benchmark", dataset, BENCHMARKS)
@@ -243,10 +246,6 @@ class DataChangedError(ValueError):
     """The dataset's files changed after the experiment was made (its key names the old files)."""
 
 
-class DamagedResultError(ValueError):
-    """A result file that cannot be read as a result; the message names it and says what to do."""
-
-
 def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> dict:
     """Manifest, pixels and split indices of an experiment.
 
@@ -257,9 +256,6 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
     Raises:
         DataChangedError: the files under the experiment's root changed since it was made.
     """
-    from pattlite.data import load_manifest, load_pixels
-    from pattlite.data.pixels import UnreadableImagesError
-
     exp = bind_root(exp, root)
     root = exp.data["root"]
     options = dict(exp.source["options"])
@@ -324,8 +320,6 @@ def _take(array, positions):
 
 def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
     """The backbone weights an experiment uses: resolved file/"imagenet", or a calibrated random backbone."""
-    from pattlite.features import random_backbone_weights
-
     if exp.weights is not None:
         return resolve_weights(exp.weights)
     train_rows = data["index"]["train"]
@@ -338,22 +332,6 @@ def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
 # Running
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _provenance() -> dict:
     from pattlite.report import provenance
 
@@ -361,8 +339,7 @@ def _provenance() -> dict:
 
 
 def result_path(exp: Experiment, results_dir=None) -> Path:
-    base = Path(results_dir) if results_dir is not None else config.results_dir(exp.profile)
-    return base / "experiments" / f"{exp.key()}.json"
+    return result_file(results_dir if results_dir is not None else config.results_dir(exp.profile), exp.key())
 
 
 def logs_path(exp: Experiment, results_dir=None) -> Path:
@@ -377,50 +354,6 @@ def weights_path(exp: Experiment, results_dir=None) -> Path:
     return result_path(exp, results_dir).with_name(f"{exp.key()}.weights.h5")
 
 
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
-def read_result(path, key: str | None = None) -> dict:
-    """A result file's content, checked; `DamagedResultError` naming the file when it is not a result.
-
-    Args:
-        path: the `<key>.json` file.
-        key: the key it must hold (default: its file name's).
-    """
-    path = Path(path)
-    key = path.stem if key is None else key
-    fix = (f"Delete it, or retrain with `pattlite train ... --force` (force=True in Python), which "
-           "replaces it")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DamagedResultError(f"result file {path} is not UTF-8 text ({error}). {fix}") from None
-    if not text.strip():
-        raise DamagedResultError(f"result file {path} is empty. {fix}")
-    try:
-        result = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DamagedResultError(f"result file {path} is not valid JSON (truncated or edited?): {error}. "
-                                 f"{fix}") from None
-    if not isinstance(result, dict):
-        raise DamagedResultError(f"result file {path} holds a JSON {type(result).__name__}, not a result "
-                                 f"object. {fix}")
-    missing = [name for name in RESULT_FIELDS if name not in result]
-    if missing:
-        raise DamagedResultError(f"result file {path} lacks {', '.join(map(repr, missing))}; a result "
-                                 f"has {', '.join(RESULT_FIELDS)}. {fix}")
-    if result["key"] != key:
-        raise DamagedResultError(f"result file {path} holds the result of key {result['key']!r}, not "
-                                 f"{key!r}. {fix}")
-    if not isinstance(result["metrics"], dict) or "all" not in result["metrics"]:
-        raise DamagedResultError(f"result file {path}: 'metrics' lacks the test split ('all'). {fix}")
-    return result
-
-
 def _weights_bytes(model) -> bytes:
     """The model's weights as the bytes of a .weights.h5 file."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -429,20 +362,9 @@ def _weights_bytes(model) -> bytes:
         return path.read_bytes()
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool, log_dir=None,
                      tensorboard: bool = False):
     """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
-    from pattlite.features import backbone_features
-    from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
-
     index, y = data["index"], data["y"]
     num_classes = len(data["classes"])
     model_kwargs = dict(exp.model_options, resize_to=exp.resize_to)
@@ -462,7 +384,7 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
                                          pixels=data["pixels"])[cut], used)
     enable_determinism(exp.seed, cfg.deterministic)
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
-    if cfg.finetune == "paper" and cfg.stage2:
+    if not exp.evaluated_on_features():
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
         result = train(head, _take(features, index["train"]), y[index["train"]],
                        _take(features, index["val"]), y[index["val"]],
@@ -472,17 +394,8 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
                            weights=weights, **model_kwargs)
         copy_head_weights(head, full)
         pixels = data["pixels"]
-        graph, history2, report, initial, seconds = train_stage2(
-            full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
-            y[index["val"]], result.epochs["stage1"], cfg, dataset=exp.dataset, log_dir=log_dir,
-            tensorboard=tensorboard)
-        result.model = graph
-        result.history["stage2"] = {k: [float(v) for v in vs] for k, vs in history2.history.items()}
-        result.epochs.update(stage2=len(history2.epoch), stage2_initial_epoch=initial)
-        result.trainable_params["stage2"] = int(sum(np.prod(w.shape) for w in graph.trainable_weights))
-        result.finetune = report
-        result.wall_time_s["stage2"] = seconds
-        result.wall_time_s["total"] += seconds
+        add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
+                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
         return full, pixels, result
     result = train(head, _take(features, index["train"]), y[index["train"]], _take(features, index["val"]),
                    y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
@@ -490,7 +403,7 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
 
 
 def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
-                   progress: bool = True, tensorboard: bool = False) -> dict:
+                   progress: bool = True, tensorboard: bool = False) -> ExperimentResult:
     """Trains and evaluates one experiment, or loads its result file.
 
     Args:
@@ -503,12 +416,8 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
         tensorboard: also write TensorBoard logs (per-epoch CSV logs are always written, see `logs_path`).
 
     Returns:
-        The result dict (also the file's content): key, config, dataset, classes, synthetic, stage1 (+
-        note when cached), weights, metrics[subset][protocol] (subset "all" = the test split, plus each
-        challenging subset present), predictions (image ids, labels, per-protocol predicted labels per
-        subset), history, epochs, trainable_params, finetune, wall_time_s, provenance, data (root,
-        fingerprint, files and bytes of the dataset read; None for synthetic data), cached, and
-        result_path (where the file is; not stored in it).
+        The `pattlite.results.ExperimentResult` (the file's content, with `cached`: loaded rather than
+        trained now, and `path`: where the file is).
 
     Raises:
         DatasetNotFoundError: a real dataset is missing (never replaced by synthetic data).
@@ -518,25 +427,23 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     exp = bind_root(exp, root)
     path = result_path(exp, results_dir)
     if path.is_file() and not force:
-        result = read_result(path, exp.key())
-        result.update(cached=True, result_path=str(path))
-        return result
+        return ExperimentResult.read(path, exp.key())
     result, weights = compute_experiment(exp, root=root, progress=progress,
                                          log_dir=logs_path(exp, results_dir), tensorboard=tensorboard)
-    result["result_path"] = str(store_experiment(exp, result, weights, results_dir))
+    store_experiment(exp, result, weights, results_dir)
     return result
 
 
 def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_dir=None,
-                       tensorboard: bool = False) -> tuple[dict, bytes]:
+                       tensorboard: bool = False) -> tuple[ExperimentResult, bytes]:
     """Trains and evaluates one experiment; writes nothing into a results folder.
 
     The half of `run_experiment` that a remote worker runs (`pattlite.grid`): per-epoch logs go to
     `log_dir` (None: none), everything else comes back.
 
     Returns:
-        (result, weights): the result dict of `run_experiment`, and the trained weights as the bytes of
-        a .weights.h5 file; `store_experiment` writes both.
+        (result, weights): the `ExperimentResult` of `run_experiment` (not written yet), and the trained
+        weights as the bytes of a .weights.h5 file; `store_experiment` writes both.
     """
     exp = bind_root(exp, root)
     start = time.time()
@@ -546,7 +453,7 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
-    groups = {"all": test_rows}
+    groups = {WHOLE_TEST: test_rows}
     for subset in SUBSETS:
         if subset in manifest.columns:
             rows = test_rows[manifest[subset].to_numpy()[test_rows].astype(bool)]
@@ -562,44 +469,40 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
             predictions[subset][protocol] = scores.pop("predictions").tolist()
             scores.pop("probabilities")
             metrics[subset][protocol] = scores
-    result = {
-        "key": exp.key(),
-        "config": exp.to_dict(),
-        "dataset": exp.dataset,
-        "source_dataset": manifest.attrs.get("dataset"),
-        "classes": list(classes),
-        "synthetic": bool(manifest.attrs.get("synthetic", exp.synthetic)),
-        "data": manifest.attrs.get("data"),
-        "stage1": exp.stage1,
-        "notes": [CACHED_NOTE] if exp.stage1 == "cached" else [],
-        "weights": {"spec": exp.weights, "used": str(weights),
-                    "random_init": exp.weights is None},
-        "split_sizes": {s: int(len(r)) for s, r in data["index"].items()},
-        "metrics": metrics,
-        "predictions": predictions,
-        "history": trained.history,
-        "epochs": trained.epochs,
-        "trainable_params": trained.trainable_params,
-        "finetune": trained.finetune,
-        "wall_time_s": {**trained.wall_time_s, "experiment": time.time() - start},
-        "provenance": _provenance(),
-        "cached": False,
-    }
-    return _jsonable(result), _weights_bytes(model)
+    fields = dict(
+        key=exp.key(),
+        config=exp.to_dict(),
+        dataset=exp.dataset,
+        source_dataset=manifest.attrs.get("dataset"),
+        classes=list(classes),
+        synthetic=bool(manifest.attrs.get("synthetic", exp.synthetic)),
+        data=manifest.attrs.get("data"),
+        stage1=exp.stage1,
+        notes=[CACHED_NOTE] if exp.stage1 == "cached" else [],
+        weights={"spec": exp.weights, "used": str(weights), "random_init": exp.weights is None},
+        split_sizes={s: int(len(r)) for s, r in data["index"].items()},
+        metrics=metrics,
+        predictions=predictions,
+        history=trained.history,
+        epochs=trained.epochs,
+        trainable_params=trained.trainable_params,
+        finetune=trained.finetune,
+        wall_time_s={**trained.wall_time_s, "experiment": time.time() - start},
+        provenance=_provenance(),
+    )
+    return ExperimentResult(**jsonable(fields)), _weights_bytes(model)
 
 
-def store_experiment(exp: Experiment, result: dict, weights: bytes, results_dir=None) -> Path:
+def store_experiment(exp: Experiment, result: ExperimentResult, weights: bytes, results_dir=None) -> Path:
     """Writes what `compute_experiment` returned into the results folder, each file atomically; returns
-    the result file's path."""
+    the result file's path (also set as `result.path`)."""
     # Weights first: a result file on disk always has its weights beside it (Grad-CAM reloads them).
-    _write_bytes_atomic(weights_path(exp, results_dir), weights)
-    path = result_path(exp, results_dir)
-    _write_atomic(path, result)
-    return path
+    write_atomic(weights_path(exp, results_dir), weights)
+    return result.write(result_path(exp, results_dir))
 
 
 def run_experiments(experiments, results_dir=None, force: bool = False, root=None, progress: bool = False,
-                    log=print) -> list[dict]:
+                    log=print) -> list[ExperimentResult]:
     """Runs (or loads) experiments in order, one progress line each: "[3/65] rafdb published seed 0 ... 12.3 s".
 
     An interruption leaves the finished experiments' files in place; rerunning loads them and resumes at
@@ -610,8 +513,8 @@ def run_experiments(experiments, results_dir=None, force: bool = False, root=Non
     for i, exp in enumerate(experiments, 1):
         start = time.time()
         result = run_experiment(exp, results_dir=results_dir, force=force, root=root, progress=progress)
-        status = " (cached)" if result.get("cached") else ""
-        accuracy = result["metrics"]["all"]
+        status = " (cached)" if result.cached else ""
+        accuracy = result.test_metrics
         summary = ", ".join(f"{p} {accuracy[p]['accuracy']:.3f}" for p in accuracy)
         log(f"[{i}/{len(experiments)}] {exp.label()} ... {time.time() - start:.1f} s{status}; {summary}")
         results.append(result)
@@ -619,47 +522,10 @@ def run_experiments(experiments, results_dir=None, force: bool = False, root=Non
 
 
 def collect_results(results_dir) -> pd.DataFrame:
-    """All result files of a folder as one table: a row per experiment x subset x protocol.
+    """All result files of a folder as one table: a row per experiment x subset x protocol (the columns
+    of `ExperimentResult.rows`).
 
     Reads the `<key>.json` files only (never the `.tmp-*` files of an unfinished write); a damaged one
     raises `DamagedResultError` naming it.
-
-    Columns: key, the experiment's fields (model options as `opt_<name>`, training settings as
-    `train_<name>`, source as `source_dataset`, data as `data_root` and `data_fingerprint`), subset
-    ("all" = test split), protocol, n, accuracy,
-    mean_class_accuracy, `acc_<class>` per class, epochs_stage1, epochs_stage2, trainable_params_stage1/2,
-    wall_time_s.
     """
-    folder = Path(results_dir) / "experiments"
-    rows = []
-    paths = sorted(p for p in folder.iterdir() if RESULT_NAME.match(p.name)) if folder.is_dir() else []
-    for path in paths:
-        result = read_result(path)
-        cfg = result["config"]
-        base = {"key": result["key"]}
-        for name, value in cfg.items():
-            if name == "model_options":
-                base.update({f"opt_{k}": v for k, v in value.items()})
-            elif name == "train":
-                base.update({f"train_{k}": v for k, v in value.items()})
-            elif name == "source":
-                base["source_dataset"] = value["dataset"]
-            elif name == "data":
-                base.update(data_root=value["root"], data_fingerprint=value["fingerprint"])
-            elif name == "protocols":
-                continue
-            else:
-                base[name] = value
-        base.update(
-            epochs_stage1=result["epochs"]["stage1"], epochs_stage2=result["epochs"]["stage2"],
-            trainable_params_stage1=result["trainable_params"]["stage1"],
-            trainable_params_stage2=result["trainable_params"]["stage2"],
-            wall_time_s=result["wall_time_s"]["total"],
-        )
-        for subset, by_protocol in result["metrics"].items():
-            for protocol, m in by_protocol.items():
-                row = dict(base, subset=subset, protocol=protocol, n=m["n"], accuracy=m["accuracy"],
-                           mean_class_accuracy=m["mean_class_accuracy"])
-                row.update({f"acc_{c}": v for c, v in m["per_class_accuracy"].items()})
-                rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for path in result_files(results_dir) for row in ExperimentResult.read(path).rows()])

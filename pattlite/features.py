@@ -39,6 +39,7 @@ import numpy as np
 
 import pattlite
 from pattlite import config
+from pattlite.files import json_digest, temporary_path, write_json_atomic
 
 FEATURE_FORMAT_VERSION = 1
 FEATURE_DTYPE = "float16"
@@ -61,10 +62,6 @@ def weights_identity(weights) -> dict:
         raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist")
     stat = path.stat()
     return {"weights": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _hash(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def image_hashes(pixels, progress: bool = False) -> np.ndarray:
@@ -91,7 +88,7 @@ def feature_key(size: int, weights, resize_to: int = 224) -> str:
 
     The images are not part of it: inside a store every image is found by its content hash.
     """
-    return _hash({"size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
+    return json_digest({"size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
                   "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION, "dtype": FEATURE_DTYPE})
 
 
@@ -119,7 +116,7 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     images = np.ascontiguousarray(calibration_images)
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise ValueError(f"calibration_images of shape {images.shape}: expected (N>0, height, width, 3)")
-    key = _hash({"seed": int(seed), "images": hashlib.sha256(images.tobytes()).hexdigest(),
+    key = json_digest({"seed": int(seed), "images": hashlib.sha256(images.tobytes()).hexdigest(),
                  "shape": images.shape, "dtype": str(images.dtype), "resize_to": int(resize_to),
                  "pattlite": pattlite.__version__, "keras": keras.__version__})
     folder = features_dir(cache_dir) / "weights"
@@ -137,7 +134,7 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     net = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(resize_to, resize_to, 3))
     for layer in net.layers[1:]:
         layer.set_weights(backbone.get_layer(layer.name).get_weights())
-    tmp = folder / f".tmp-{os.getpid()}-{path.name}"
+    tmp = temporary_path(path)
     net.save_weights(str(tmp))
     os.replace(tmp, path)
     return path
@@ -299,9 +296,9 @@ def _extract_from_spec(spec_path: str) -> None:
 
 
 def _deepest(layer_names) -> str:
-    from pattlite.model import _mobilenet_layer_names
+    from pattlite.model import mobilenet_layer_names
 
-    order = _mobilenet_layer_names()
+    order = mobilenet_layer_names()
     return max(layer_names, key=order.index)
 
 
@@ -376,9 +373,7 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         os.replace(tmp, folder / f"shard-{time.time_ns():020d}-{os.getpid()}")
         meta = {"key": key, "size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
                 "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION}
-        tmp_meta = folder / f".tmp-{os.getpid()}-meta.json"
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp_meta, folder / "meta.json")
+        write_json_atomic(folder / "meta.json", meta)
     features = {}
     for name in names:
         shards, index = _store_index(folder, name)
@@ -386,32 +381,6 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         arrays = [np.load(shard / f"{name}.npy", mmap_mode="r") for shard in shards]
         features[name] = FeatureRows(arrays, located[:, 0], located[:, 1])
     return features
-
-
-def feature_cache_info(cache_dir=None) -> dict:
-    """Disk use of the feature cache.
-
-    Returns:
-        {"path": str, "entries": [{"key", "size", "n", "layers", "shards", "bytes"}], "total_bytes": int}:
-        one entry per store (weights, size, resize); n counts distinct images per layer
-        (random-backbone weight files count in total_bytes).
-    """
-    root = features_dir(cache_dir)
-    entries, total = [], 0
-    if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            total += size
-            if folder.name == "weights":
-                continue
-            meta_path = folder / "meta.json"
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-            shards = sorted(p for p in folder.glob("shard-*") if p.is_dir())
-            layers = sorted({p.stem for shard in shards for p in shard.glob("*.npy") if p.stem != "hashes"})
-            entries.append({"key": folder.name, "size": meta.get("size"), "shards": len(shards),
-                            "n": {layer: len(_store_index(folder, layer)[1]) for layer in layers},
-                            "layers": layers, "bytes": size})
-    return {"path": str(root), "entries": entries, "total_bytes": total}
 
 
 if __name__ == "__main__":  # the TensorFlow child process of `extract_shard_in_tensorflow`

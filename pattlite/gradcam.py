@@ -202,54 +202,43 @@ def plot_predictions(images, maps, y_true, y_pred, classes, columns: int = 6, ti
 # The trained model of an experiment
 
 
-def weights_path(exp, results_dir=None):
-    """Where an experiment's trained weights are (`pattlite.experiments.weights_path`)."""
-    from pattlite.experiments import weights_path as _weights_path
-
-    return _weights_path(exp, results_dir)
-
-
-def _evaluated_on_features(exp) -> bool:
-    # Mirrors pattlite.experiments: a cached stage 1 evaluates the head on features, except when the
-    # paper's fine-tuning (which changes backbone weights) ran on the full model.
-    stage2 = exp.train.get("stage2", True)
-    return exp.stage1 == "cached" and not (exp.finetune == "paper" and stage2)
-
-
 def trained_model(exp, results_dir=None, root=None, progress: bool = False):
     """The full trained model of an experiment (images in, probabilities out), and its data.
 
     Loads the weights that `pattlite.experiments.run_experiment` saved next to the result file
-    (`weights_path`); when there are none, runs the experiment again with its recipe and seed, which
-    saves them. A head trained on cached features is put on the backbone with
+    (`pattlite.experiments.weights_path`); an experiment not run yet is run first (its recipe and
+    seed), which saves them. A head trained on cached features is put on the backbone with
     `pattlite.model.copy_head_weights`.
 
     Returns:
         (model, data): a `keras.Model` from `build_model` and the dict of
         `pattlite.experiments.load_experiment_data` (manifest, classes, pixels, y, index).
+
+    Raises:
+        FileNotFoundError: the experiment has a result file but no weights beside it.
     """
     from pattlite import experiments
     from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
 
     exp = experiments.bind_root(exp, root)  # the weights are filed under the key of the data used
+    path = experiments.weights_path(exp, results_dir)
+    if not path.is_file():
+        result = experiments.result_path(exp, results_dir)
+        if result.is_file():
+            raise FileNotFoundError(f"result file {result} has no trained weights beside it ({path.name}); "
+                                    "retrain it with `pattlite train ... --force` (force=True in Python)")
+        experiments.run_experiment(exp, results_dir=results_dir, progress=progress)
     data = experiments.load_experiment_data(exp, progress=progress)
     weights = experiments.experiment_weights(exp, data, progress=progress)
     num_classes = len(data["classes"])
     options = dict(exp.model_options, resize_to=exp.resize_to)
     full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
                        weights=weights, **options)
-    on_features = _evaluated_on_features(exp)
-    path = weights_path(exp, results_dir)
-    if path.is_file():
-        if on_features:
-            cut = variant_cut_layer(exp.variant, **exp.model_options)
-            head = build_head(exp.variant, num_classes, tuple(full.get_layer(cut).output.shape[1:]), **options)
-            head.load_weights(str(path))
-            copy_head_weights(head, full)
-        else:
-            full.load_weights(str(path))
-        return full, data
-    # A result file from before weights were saved: run the experiment again (same recipe and seed),
-    # which writes the weights beside its result.
-    experiments.run_experiment(exp, results_dir=results_dir, force=True, progress=progress)
-    return trained_model(exp, results_dir=results_dir, progress=progress)
+    if exp.evaluated_on_features():
+        cut = variant_cut_layer(exp.variant, **exp.model_options)
+        head = build_head(exp.variant, num_classes, tuple(full.get_layer(cut).output.shape[1:]), **options)
+        head.load_weights(str(path))
+        copy_head_weights(head, full)
+    else:
+        full.load_weights(str(path))
+    return full, data

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from pattlite import config
+from pattlite.files import write_atomic
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2           # retries of a task whose worker died (not of an experiment's own error)
@@ -339,11 +340,7 @@ def store_returned(exp, returned: dict, results_dir) -> Path:
 
     log_dir = logs_path(exp, results_dir)
     for name, payload in returned["logs"].items():
-        path = log_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+        write_atomic(log_dir / name, payload)
     return store_experiment(exp, returned["result"], returned["weights"], results_dir)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import warnings
@@ -25,10 +26,10 @@ from keras import ops
 from pattlite import config
 
 __all__ = [
-    "VARIANTS", "KERNEL_CODES", "CUT_LAYERS", "DEFAULT_CUT_LAYER", "FULL_BACKBONE_LAYER",
+    "Variant", "VARIANTS", "COMMON_OPTIONS", "KERNEL_CODES", "DEFAULT_CUT_LAYER", "FULL_BACKBONE_LAYER",
     "AUTHORS_FINETUNE_REQUEST", "WeightsError", "WeightsNotFoundError",
     "BatchMixingAttention", "TokenSelfAttention", "PatchSeparableConv2D",
-    "list_variants", "cut_layer_name", "variant_cut_layer", "build_model", "build_backbone", "build_head",
+    "mobilenet_layer_names", "cut_layer_name", "count_params", "variant_cut_layer", "build_model", "build_backbone", "build_head",
     "copy_head_weights", "backbone_layers", "head_layers", "finetune_model", "set_finetune_trainable",
     "calibrate_batchnorm", "set_batch_mixing",
 ]
@@ -37,30 +38,69 @@ __all__ = [
 # Registry and constants
 # --------------------------------------------------------------------------------------------------
 
-VARIANTS = {
-    "published": "the authors' code: 3-layer patch extraction, GAP, Dense(32), BN, attention across "
-                 "the batch (each image's 32-vector mixed with every image in its batch), softmax",
-    "no_mixing": "as 'published', but the attention sees one token per image: exactly the identity, "
-                 "same parameters (the batch-composition audit's control)",
-    "pattlite": "corrected PAtt-Lite: self-attention of each image over its own 2x2 = 4 patch tokens, "
-                "then the token mean; a prediction never depends on other images",
-    "baseline": "Table 4 row 1: full MobileNetV1 (to conv_pw_13_relu), GAP, plain classifier",
-    "patch_only": "Table 4 row 2: truncated MobileNetV1 + patch extraction, plain classifier",
-    "attention_only": "Table 4 row 3: full MobileNetV1, GAP, attention classifier (option attention)",
-    "patch_attention": "Table 6: gACNN/pACNN-style patch attention (2x2 regions weighted by a sigmoid "
-                       "attention net each) instead of patch extraction, attention classifier",
-}
+DEFAULT_CUT_LAYER = 29
+FULL_BACKBONE_LAYER = "conv_pw_13_relu"
+# Options every variant takes, with their defaults: the side images are resized to before the backbone,
+# and the training-only flip/contrast layers.
+COMMON_OPTIONS = {"resize_to": 224, "augment": True}
 
-# Options each variant accepts (timm-style keywords of build_model / build_head).
-_VARIANT_OPTIONS = {
-    "published": ("resize_to", "augment", "cut_layer", "kernel"),
-    "no_mixing": ("resize_to", "augment", "cut_layer", "kernel"),
-    "pattlite": ("resize_to", "augment", "cut_layer", "kernel"),
-    "baseline": ("resize_to", "augment"),
-    "patch_only": ("resize_to", "augment", "cut_layer", "kernel"),
-    "attention_only": ("resize_to", "augment", "attention"),
-    "patch_attention": ("resize_to", "augment", "cut_layer", "attention"),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One model of the family, everything about it in one place (a `VARIANTS` entry).
+
+    Attributes:
+        description: what the model is.
+        cut_layer: where its backbone ends: the default of option `cut_layer` (a Table 5 layer number
+            N, `backbone.layers[-N]`) when the variant takes it, else the layer's name.
+        patch: the patch-extraction block follows the backbone (the final 3-layer block, or the
+            one-convolution block of option `kernel` when the variant takes it).
+        attention: the classifier's attention: None, "batch" (across the batch, the authors'),
+            "single" (one token per image: the identity) or "tokens" (per image, over its patch
+            tokens); the default of option `attention` when the variant takes it.
+        region_attention: gACNN/pACNN-style patch attention instead of patch extraction.
+        options: the options it takes besides `COMMON_OPTIONS` (cut_layer, kernel, attention).
+    """
+
+    description: str
+    cut_layer: int | str
+    patch: bool
+    attention: str | None
+    region_attention: bool = False
+    options: tuple = ()
+
+
+_TRUNCATED = ("cut_layer", "kernel")
+VARIANTS = {
+    "published": Variant(
+        "the authors' code: 3-layer patch extraction, GAP, Dense(32), BN, attention across the batch "
+        "(each image's 32-vector mixed with every image in its batch), softmax",
+        DEFAULT_CUT_LAYER, patch=True, attention="batch", options=_TRUNCATED),
+    "no_mixing": Variant(
+        "as 'published', but the attention sees one token per image: exactly the identity, same "
+        "parameters (the batch-composition audit's control)",
+        DEFAULT_CUT_LAYER, patch=True, attention="single", options=_TRUNCATED),
+    "pattlite": Variant(
+        "corrected PAtt-Lite: self-attention of each image over its own 2x2 = 4 patch tokens, then the "
+        "token mean; a prediction never depends on other images",
+        DEFAULT_CUT_LAYER, patch=True, attention="tokens", options=_TRUNCATED),
+    "baseline": Variant(
+        "Table 4 row 1: full MobileNetV1 (to conv_pw_13_relu), GAP, plain classifier",
+        FULL_BACKBONE_LAYER, patch=False, attention=None),
+    "patch_only": Variant(
+        "Table 4 row 2: truncated MobileNetV1 + patch extraction, plain classifier",
+        DEFAULT_CUT_LAYER, patch=True, attention=None, options=_TRUNCATED),
+    "attention_only": Variant(
+        "Table 4 row 3: full MobileNetV1, GAP, attention classifier (option attention)",
+        FULL_BACKBONE_LAYER, patch=False, attention="batch", options=("attention",)),
+    "patch_attention": Variant(
+        "Table 6: gACNN/pACNN-style patch attention (2x2 regions weighted by a sigmoid attention net "
+        "each) instead of patch extraction, attention classifier",
+        DEFAULT_CUT_LAYER, patch=False, attention="batch", region_attention=True,
+        options=("cut_layer", "attention")),
 }
+# Values of option `attention`.
+ATTENTION_OPTIONS = ("batch", "tokens")
 
 # Table 5 baseline patch blocks (one convolution + one pointwise convolution). The paper never defines
 # the codes; our reading (docs/model.md): P = 'same' padding (14x14 padded up to a multiple of the
@@ -72,19 +112,6 @@ KERNEL_CODES = {
     "P4": {"kernel_size": 4, "strides": 4, "padding": "same"},    # 14x14 (padded to 16x16) -> 4x4
     "P8": {"kernel_size": 8, "strides": 8, "padding": "same"},    # 14x14 (padded to 16x16) -> 2x2
 }
-
-# Table 5's layer numbers N read as backbone.layers[-N] of Keras' include_top=False MobileNet.
-# cut_layer_name() recomputes these from Keras; the tests check the two agree.
-CUT_LAYERS = {
-    17: "conv_dw_11_relu",
-    23: "conv_dw_10_relu",
-    29: "conv_dw_9_relu",
-    35: "conv_dw_8_relu",
-    41: "conv_dw_7_relu",
-    47: "conv_dw_6_relu",
-}
-DEFAULT_CUT_LAYER = 29
-FULL_BACKBONE_LAYER = "conv_pw_13_relu"
 
 # The number of layers the authors' notebook asks to unfreeze (their RAF-DB setting).
 AUTHORS_FINETUNE_REQUEST = 59
@@ -109,11 +136,6 @@ class WeightsError(ValueError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """The backbone weights file does not exist."""
-
-
-def list_variants() -> list[str]:
-    """Names of the model variants `build_model` accepts."""
-    return list(VARIANTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +289,7 @@ def _patch_taps(size: int, kernel: int, padding: str) -> list[tuple[int, int, in
 
 
 @functools.lru_cache(maxsize=1)
-def _mobilenet_layer_names() -> tuple[str, ...]:
+def mobilenet_layer_names() -> tuple[str, ...]:
     """Layer names of Keras' MobileNet (alpha 1.0, include_top=False), input layer first."""
     reference = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(224, 224, 3))
     return tuple(layer.name for layer in reference.layers)
@@ -283,7 +305,7 @@ def cut_layer_name(n) -> str:
     Returns:
         The Keras layer name, e.g. "conv_dw_9_relu" for 29.
     """
-    names = _mobilenet_layer_names()
+    names = mobilenet_layer_names()
     if isinstance(n, str):
         if n not in names[1:]:
             raise ValueError(f"cut_layer {n!r} is not a MobileNet layer; valid names: {', '.join(names[1:])}")
@@ -291,7 +313,7 @@ def cut_layer_name(n) -> str:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(names) - 1:
         raise ValueError(
             f"cut_layer {n!r}: expected an int N in 1..{len(names) - 1} (backbone.layers[-N]) or a "
-            f"MobileNet layer name; Table 5 uses {sorted(CUT_LAYERS)}"
+            f"MobileNet layer name; Table 5 uses {sorted(config.TABLE5_CUT_LAYERS)}"
         )
     return names[-n]
 
@@ -419,7 +441,8 @@ class _Spec:
 
 def _resolve(variant, num_classes, options) -> _Spec:
     config.check_name("variant", variant, list(VARIANTS))
-    valid = _VARIANT_OPTIONS[variant]
+    entry = VARIANTS[variant]
+    valid = tuple(COMMON_OPTIONS) + entry.options
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(
@@ -428,29 +451,23 @@ def _resolve(variant, num_classes, options) -> _Spec:
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes {num_classes!r}: expected an int >= 2")
-    resize_to = options.get("resize_to", 224)
+    resize_to = options.get("resize_to", COMMON_OPTIONS["resize_to"])
     if isinstance(resize_to, bool) or not isinstance(resize_to, int) or resize_to < 32:
         raise ValueError(f"resize_to {resize_to!r}: expected an int >= 32 (MobileNet's minimum)")
-    augment = options.get("augment", True)
+    augment = options.get("augment", COMMON_OPTIONS["augment"])
     if not isinstance(augment, bool):
         raise ValueError(f"augment {augment!r}: expected True or False")
     kernel = options.get("kernel")
     if kernel is not None:
         config.check_name("kernel", kernel, list(KERNEL_CODES))
-    attention = options.get("attention", "batch")
-    config.check_name("attention", attention, ["batch", "tokens"])
-
-    full = variant in ("baseline", "attention_only")
-    cut_name = FULL_BACKBONE_LAYER if full else cut_layer_name(options.get("cut_layer", DEFAULT_CUT_LAYER))
-    patch = None
-    if variant in ("published", "no_mixing", "pattlite", "patch_only"):
-        patch = kernel or "final"
-    head_attention = {
-        "published": "batch", "no_mixing": "single", "pattlite": "tokens", "baseline": None,
-        "patch_only": None, "attention_only": attention, "patch_attention": attention,
-    }[variant]
-    return _Spec(variant, num_classes, cut_name, patch, variant == "patch_attention", head_attention,
-                 resize_to, augment)
+    attention = options.get("attention", entry.attention)
+    if "attention" in options:
+        config.check_name("attention", attention, ATTENTION_OPTIONS)
+    # A variant without option cut_layer names its layer; no lookup (it would build a MobileNet).
+    cut_name = (cut_layer_name(options.get("cut_layer", entry.cut_layer)) if "cut_layer" in entry.options
+                else entry.cut_layer)
+    patch = (kernel or "final") if entry.patch else None
+    return _Spec(variant, num_classes, cut_name, patch, entry.region_attention, attention, resize_to, augment)
 
 
 class _Layers:
@@ -554,7 +571,7 @@ def build_model(variant: str, num_classes: int, input_shape=(120, 120, 3), weigh
     frozen, with their Keras names -> the head of `variant`.
 
     Args:
-        variant: one of `list_variants()`; see `VARIANTS`.
+        variant: a name of `VARIANTS` (its `Variant` entry says what it is).
         num_classes: number of output classes (softmax).
         input_shape: shape of the images fed to the model (height, width, 3), pixel values 0..255.
         weights: backbone weights: None (random init), "imagenet" (Keras download) or the path of a
@@ -682,14 +699,9 @@ def finetune_model(model: keras.Model, spatial_dropout: float = 0.2, dropout: fl
     return _attach_spec(keras.Model(inputs, outputs, name=f"{model.name}_finetune"), spec, kind)
 
 
-def _count(weights) -> int:
-    total = 0
-    for weight in weights:
-        size = 1
-        for dim in weight.shape:
-            size *= int(dim)
-        total += size
-    return total
+def count_params(weights) -> int:
+    """The number of values in a list of weights (e.g. `model.trainable_weights`)."""
+    return int(sum(math.prod(int(d) for d in w.shape) for w in weights))
 
 
 def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None = None,
@@ -715,7 +727,7 @@ def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None =
         dict with trainable_backbone_layers (names), backbone_trainable_params,
         backbone_non_trainable_params, trainable_params, non_trainable_params.
     """
-    config.check_name("fine-tuning mode", mode, ["as_coded", "paper"])
+    config.check_name("fine-tuning mode", mode, config.FINETUNE_MODES)
     backbone = backbone_layers(model)
     if not backbone:
         raise ValueError(f"model {model.name!r} has no MobileNet layers to fine-tune")
@@ -744,10 +756,10 @@ def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None =
     backbone_all = [w for layer in backbone for w in layer.weights]
     return {
         "trainable_backbone_layers": [layer.name for layer in backbone if layer.trainable],
-        "backbone_trainable_params": _count(backbone_trainable),
-        "backbone_non_trainable_params": _count(backbone_all) - _count(backbone_trainable),
-        "trainable_params": _count(model.trainable_weights),
-        "non_trainable_params": _count(model.non_trainable_weights),
+        "backbone_trainable_params": count_params(backbone_trainable),
+        "backbone_non_trainable_params": count_params(backbone_all) - count_params(backbone_trainable),
+        "trainable_params": count_params(model.trainable_weights),
+        "non_trainable_params": count_params(model.non_trainable_weights),
     }
 
 

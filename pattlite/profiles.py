@@ -32,9 +32,6 @@ from pathlib import Path
 from pattlite import config
 
 BENCHMARKS = config.REAL_DATASETS  # ("ckplus", "rafdb", "fer2013", "ferplus"), the paper's column order
-STAGE1_MODES = ("exact", "cached")
-FINETUNE_MODES = ("as_coded", "paper")
-VALIDATION_PROTOCOLS = ("published", "independent")
 WEIGHTS_FILE_NAME = "mobilenet_1_0_224_imagenet_no_top.weights.h5"
 WEIGHTS_ENV_VAR = "PATTLITE_WEIGHTS"
 
@@ -94,7 +91,7 @@ class Profile:
     stage2_max_epochs: int | None = None
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
-    table5_layers: tuple = (17, 23, 29, 35, 41, 47)
+    table5_layers: tuple = tuple(config.TABLE5_CUT_LAYERS)
     table5_train_limit: int | None = None
     seeds: tuple = (0,)
     steps_per_execution: int = 1
@@ -214,9 +211,9 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
     if unknown:
         raise ValueError(f"unknown profile field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
     profile = dataclasses.replace(PROFILES[name], **overrides)
-    config.check_name("stage-1 mode", profile.stage1, STAGE1_MODES)
-    config.check_name("fine-tuning mode", profile.finetune, FINETUNE_MODES)
-    config.check_name("validation protocol", profile.validation, VALIDATION_PROTOCOLS)
+    config.check_name("stage-1 mode", profile.stage1, config.STAGE1_MODES)
+    config.check_name("fine-tuning mode", profile.finetune, config.FINETUNE_MODES)
+    config.check_name("validation protocol", profile.validation, config.VALIDATION_PROTOCOLS)
     if profile.weights is None and not profile.synthetic and not allow_random_weights:
         raise ValueError(
             f"profile {name!r} with weights=None would train on a random backbone; pass weights "

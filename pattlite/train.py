@@ -36,9 +36,8 @@ import numpy as np
 
 from pattlite import config
 from pattlite.evaluate import OrderedBatches, predict
-
-FINETUNE_MODES = ("as_coded", "paper")
-VALIDATION_PROTOCOLS = ("published", "independent")
+from pattlite.model import (backbone_layers, count_params, cut_layer_name, finetune_model,
+                            set_finetune_trainable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +112,8 @@ class TrainConfig:
     finetune_dropout: float = 0.2
 
     def __post_init__(self):
-        config.check_name("validation protocol", self.validation, VALIDATION_PROTOCOLS)
-        config.check_name("fine-tuning mode", self.finetune, FINETUNE_MODES)
+        config.check_name("validation protocol", self.validation, config.VALIDATION_PROTOCOLS)
+        config.check_name("fine-tuning mode", self.finetune, config.FINETUNE_MODES)
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight {self.class_weight!r}: expected 'balanced' or None")
         for name in ("batch_size", "validation_batch_size", "stage1_epochs", "stage2_epochs",
@@ -159,8 +158,6 @@ def enable_determinism(seed: int, deterministic: bool = False) -> None:
     on GPU set XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting). On CPU with TensorFlow the
     recipe is repeatable with seeds alone (tests/test_train.py checks it).
     """
-    from pattlite.model import cut_layer_name
-
     # pattlite.model builds a reference MobileNet once, lazily, to learn layer names; that draws from
     # the seeded Python RNG, so it must happen before seeding, or the first model of a process would
     # get different initial weights than the next ones.
@@ -204,7 +201,7 @@ class ValidationCallback(keras.callbacks.Callback):
 
     def __init__(self, x, y, protocol: str, batch_size: int = 8):
         super().__init__()
-        config.check_name("validation protocol", protocol, VALIDATION_PROTOCOLS)
+        config.check_name("validation protocol", protocol, config.VALIDATION_PROTOCOLS)
         self.x, self.y = x, np.asarray(y, dtype=np.int64)
         self.protocol, self.batch_size = protocol, int(batch_size)
 
@@ -234,10 +231,6 @@ class EpochLine(keras.callbacks.Callback):
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         print(f"  {self.stage} epoch {epoch + 1}: " + ", ".join(parts) + f", lr {lr:.2e}, "
               f"{time.time() - self._start:.1f} s", flush=True)
-
-
-def _count_params(weights) -> int:
-    return int(sum(math.prod(int(d) for d in w.shape) for w in weights))
 
 
 def _history_dict(history) -> dict:
@@ -493,8 +486,6 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     seconds). On a head (cached features) there are no backbone layers: only mode "as_coded" is
     possible there, and it is exact, since as coded no backbone weight is unfrozen.
     """
-    from pattlite.model import backbone_layers, finetune_model, set_finetune_trainable
-
     cfg = train_config
     finetune_graph = finetune_model(model, spatial_dropout=cfg.spatial_dropout, dropout=cfg.finetune_dropout)
     report = None
@@ -535,6 +526,26 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     return finetune_graph, history, report, initial_epoch, time.time() - start
 
 
+def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train_config: TrainConfig,
+               dataset: str | None = None, log_dir=None, tensorboard: bool = False) -> TrainResult:
+    """Runs stage 2 (`train_stage2`) on `model` after the stage 1 that `result` records, and records it
+    there: the stage-2 graph as `result.model`, its history, epochs, trainable parameters, fine-tuning
+    report and seconds (added to the total). `train` calls it; so does `pattlite.experiments` when
+    stage 1 ran on a head and the paper's fine-tuning needs the full model.
+    """
+    graph, history, report, initial, seconds = train_stage2(
+        model, x_train, y_train, x_val, y_val, result.epochs["stage1"], train_config, dataset, log_dir,
+        tensorboard)
+    result.model = graph
+    result.history["stage2"] = _history_dict(history)
+    result.epochs.update(stage2=len(history.epoch), stage2_initial_epoch=initial)
+    result.trainable_params["stage2"] = count_params(graph.trainable_weights)
+    result.finetune = report
+    result.wall_time_s["stage2"] = seconds
+    result.wall_time_s["total"] += seconds
+    return result
+
+
 def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | None = None,
           dataset: str | None = None, log_dir=None, tensorboard: bool = False) -> TrainResult:
     """Runs the authors' two-stage recipe on `model` (built by `pattlite.model.build_model` or `build_head`).
@@ -555,7 +566,7 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
     cfg = train_config or TrainConfig()
     enable_determinism(cfg.seed, cfg.deterministic)
     total_start = time.time()
-    stage1_params = _count_params(model.trainable_weights)
+    stage1_params = count_params(model.trainable_weights)
     history1, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard)
     epochs1 = len(history1.epoch)
     result = TrainResult(
@@ -565,13 +576,7 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
         wall_time_s={"stage1": seconds1, "stage2": 0.0, "total": 0.0},
     )
     if cfg.stage2:
-        graph, history2, report, initial, seconds2 = train_stage2(
-            model, x_train, y_train, x_val, y_val, epochs1, cfg, dataset, log_dir, tensorboard)
-        result.model = graph
-        result.history["stage2"] = _history_dict(history2)
-        result.epochs.update(stage2=len(history2.epoch), stage2_initial_epoch=initial)
-        result.trainable_params["stage2"] = _count_params(graph.trainable_weights)
-        result.finetune = report
-        result.wall_time_s["stage2"] = seconds2
+        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard)
     result.wall_time_s["total"] = time.time() - total_start
     return result
+

@@ -11,6 +11,7 @@ import pytest
 from envvars import environment
 
 from pattlite import audit, cli
+from pattlite.results import ExperimentResult
 
 PROTOCOLS = ("published", "shuffled", "independent")
 
@@ -52,8 +53,8 @@ def test_synthetic_audit_reports_three_heads_under_three_protocols(folders, caps
     assert summary["cached"] == 0
     assert len(summary["result_paths"]) == 3
     for path in summary["result_paths"]:
-        saved = json.loads(Path(path).read_text())
-        assert saved["stage1"] == "cached" and saved["epochs"]["stage2"] == 0
+        saved = ExperimentResult.read(path)
+        assert saved.stage1 == "cached" and saved.epochs["stage2"] == 0
         assert Path(path).parent == results / "ci" / "experiments"
     assert "| published |" in out
 
@@ -66,7 +67,7 @@ def test_synthetic_audit_reports_three_heads_under_three_protocols(folders, caps
 
 def test_real_data_plan_uses_cached_features_stage1_and_the_subset(tmp_path):
     weights = fake_weights(tmp_path)
-    exps = audit.audit_experiments("ferplus", weights=str(weights), seeds=(0, 1))
+    exps = audit.cached_head_experiments("ferplus", weights=str(weights), seeds=(0, 1))
     assert [(e.variant, e.seed) for e in exps] == [(h, s) for h in audit.AUDIT_HEADS for s in (0, 1)]
     for exp in exps:
         assert exp.dataset == "ferplus" and exp.source["dataset"] == "ferplus" and not exp.synthetic
@@ -75,19 +76,22 @@ def test_real_data_plan_uses_cached_features_stage1_and_the_subset(tmp_path):
         assert exp.train["stage1_epochs"] == audit.DEFAULT_STAGE1_EPOCHS
         assert exp.weights == str(weights) and exp.image_size == 120
     assert len({e.key() for e in exps}) == len(exps)
-    custom = audit.audit_experiments("fer2013", weights=str(weights), train_limit=500, image_size=48,
+    custom = audit.cached_head_experiments("fer2013", weights=str(weights), train_limit=500, image_size=48,
                                      stage1_epochs=3)
     assert {(e.train_limit, e.image_size, e.train["stage1_epochs"]) for e in custom} == {(500, 48, 3)}
 
 
 def test_summary_averages_seeds(tmp_path):
     weights = fake_weights(tmp_path)
-    exps = audit.audit_experiments("fer2013", weights=str(weights), seeds=(0, 1))
+    exps = audit.cached_head_experiments("fer2013", weights=str(weights), seeds=(0, 1))
 
     def result(accuracy):
-        return {"metrics": {"all": {p: {"accuracy": accuracy + i / 100} for i, p in enumerate(PROTOCOLS)}},
-                "epochs": {"stage1": 7}, "source_dataset": "fer2013", "synthetic": False,
-                "split_sizes": {"train": 10, "test": 5}, "weights": {"spec": str(weights)}}
+        metrics = {"all": {p: {"accuracy": accuracy + i / 100} for i, p in enumerate(PROTOCOLS)}}
+        return ExperimentResult(
+            key="0" * 16, config={}, dataset="fer2013", source_dataset="fer2013", classes=[], synthetic=False,
+            data=None, stage1="cached", notes=[], weights={"spec": str(weights)},
+            split_sizes={"train": 10, "test": 5}, metrics=metrics, predictions={}, history={},
+            epochs={"stage1": 7}, trainable_params={}, finetune=None, wall_time_s={}, provenance={})
 
     summary = audit.summarize(exps, [result(0.2 if e.seed == 0 else 0.4) for e in exps], "fer2013", 1.0)
     assert summary["per_seed"]["pattlite"]["published"] == [0.2, 0.4]

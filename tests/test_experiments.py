@@ -12,6 +12,7 @@ from envvars import environment
 
 from pattlite import experiments as X
 from pattlite.profiles import PROFILES, get_profile
+from pattlite.results import DamagedResultError, ExperimentResult
 
 FAST = dict(stage1_epochs=2, stage2_max_epochs=1)
 
@@ -65,37 +66,39 @@ def test_make_experiment_names_and_keys():
 def test_run_load_and_repeat(tmp_path):
     exp = X.make_experiment("ci", "ferplus", "published", **FAST)
     first = X.run_experiment(exp, results_dir=tmp_path, progress=False)
-    assert first["cached"] is False and first["synthetic"] is True and first["stage1"] == "cached"
-    assert first["notes"] and "augmentation" in first["notes"][0]
-    assert set(first["metrics"]["all"]) == {"published", "shuffled", "independent"}
-    assert len(first["classes"]) == 8
-    subsets = set(first["metrics"]) - {"all"}
+    assert first.cached is False and first.synthetic is True and first.stage1 == "cached"
+    assert first.notes and "augmentation" in first.notes[0]
+    assert set(first.metrics["all"]) == {"published", "shuffled", "independent"}
+    assert len(first.classes) == 8
+    subsets = set(first.metrics) - {"all"}
     assert subsets and subsets <= {"occlusion", "pose30", "pose45"}
-    assert len(first["predictions"]["all"]["image_id"]) == first["metrics"]["all"]["published"]["n"]
+    assert len(first.predictions["all"]["image_id"]) == first.metrics["all"]["published"]["n"]
+    assert first.history["stage2"]["epoch"] == [first.epochs["stage2_initial_epoch"]]
     path = tmp_path / "experiments" / f"{exp.key()}.json"
-    assert json.loads(path.read_text())["key"] == exp.key()
-    assert "git_commit" in first["provenance"]
+    assert json.loads(path.read_text())["key"] == exp.key() and first.path == str(path)
+    assert "git_commit" in first.provenance
 
     # The evaluated model's weights are saved beside the result: the full model rebuilt from them
     # (head on the backbone) predicts what the result file recorded.
     assert X.weights_path(exp, tmp_path).is_file()
     stage1_log = X.logs_path(exp, tmp_path) / "stage1.csv"
-    assert len(stage1_log.read_text().splitlines()) == first["epochs"]["stage1"] + 1  # header + an epoch a line
+    assert len(stage1_log.read_text().splitlines()) == first.epochs["stage1"] + 1  # header + an epoch a line
     from pattlite.evaluate import evaluate
     from pattlite.gradcam import trained_model
 
     model, data = trained_model(exp, results_dir=tmp_path)
     rows = data["index"]["test"]
     rebuilt = evaluate(model, np.asarray(data["pixels"][rows]), data["y"][rows], data["classes"], "independent")
-    recorded = np.asarray(first["predictions"]["all"]["independent"])
+    recorded = np.asarray(first.predictions["all"]["independent"])
     # float16 features vs the float32 path may flip a borderline image, not more
     assert np.mean(rebuilt["predictions"] == recorded) >= 0.95
 
     loaded = X.run_experiment(exp, results_dir=tmp_path, progress=False)
-    assert loaded["cached"] is True and loaded["metrics"] == first["metrics"]
+    assert loaded.cached is True
+    assert json.dumps(loaded.to_dict()) == json.dumps(first.to_dict())  # every field read back as written
 
     table = X.collect_results(tmp_path)
-    assert len(table) == sum(len(m) for m in first["metrics"].values())
+    assert len(table) == sum(len(m) for m in first.metrics.values())
     assert set(table["protocol"]) == {"published", "shuffled", "independent"}
 
     # Leftover temporary files of an unfinished write are never read as results (a complete one
@@ -104,23 +107,23 @@ def test_run_load_and_repeat(tmp_path):
     (path.parent / f".tmp-4242-{path.name}").write_text(text)
     (path.parent / f".tmp-4243-{path.name}").write_text(text[:100])
     assert len(X.collect_results(tmp_path)) == len(table)
-    assert X.run_experiment(exp, results_dir=tmp_path, progress=False)["cached"] is True
+    assert X.run_experiment(exp, results_dir=tmp_path, progress=False).cached is True
 
     # A damaged result file: an error naming the file, what is wrong and the fix; force=True replaces it.
     for content, problem in ((text[: len(text) // 3], "is not valid JSON"), ("", "is empty"),
-                             ("{}", "lacks 'key', 'config', 'metrics'"), ("[1, 2]", "holds a JSON list")):
+                             ("{}", "lacks 'key', 'config', 'dataset'"), ("[1, 2]", "holds a JSON list")):
         path.write_text(content)
         for read in (lambda: X.run_experiment(exp, results_dir=tmp_path, progress=False),
                      lambda: X.collect_results(tmp_path)):
-            with pytest.raises(X.DamagedResultError, match="--force") as caught:
+            with pytest.raises(DamagedResultError, match="--force") as caught:
                 read()
             assert f"result file {path} {problem}" in str(caught.value)
 
     # Same seed, retrained (replacing the damaged file): same numbers on CPU.
     again = X.run_experiment(exp, results_dir=tmp_path, force=True, progress=False)
-    assert again["cached"] is False
-    assert again["metrics"] == first["metrics"]
-    assert again["history"] == first["history"]
+    assert again.cached is False
+    assert again.metrics == first.metrics
+    assert again.history == first.history
     assert json.loads(path.read_text())["key"] == exp.key()
 
 
@@ -141,15 +144,15 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     files = sorted(p.name for p in (tmp_path / "experiments").iterdir())
     # the finished experiment's result and weights; nothing partial from the interrupted one
     assert files == [f"{exps[0].key()}.json", f"{exps[0].key()}.weights.h5"]
-    first_result = json.loads((tmp_path / "experiments" / files[0]).read_text())
+    first_result = ExperimentResult.read(tmp_path / "experiments" / files[0])
 
     monkeypatch.setattr(X, "_build_and_train", lambda exp, *a: (calls.append(exp.fold), real(exp, *a))[1])
     lines = []
     results = X.run_experiments(exps, results_dir=tmp_path, log=lines.append)
     assert calls == [0, 1, 1, 2]  # fold 0 loaded, not retrained
-    assert results[0]["cached"] is True and results[0]["metrics"] == first_result["metrics"]
+    assert results[0].cached is True and results[0].metrics == first_result.metrics
     assert "(cached)" in lines[0] and lines[2].startswith("[3/3] ckplus fold 2 pattlite")
-    assert not set(results[0]["metrics"]) - {"all"}  # CK+ has no challenging subsets
+    assert not set(results[0].metrics) - {"all"}  # CK+ has no challenging subsets
 
 
 def test_paper_profile_missing_dataset_is_named(tmp_path):
@@ -203,3 +206,15 @@ def test_seed_range_is_checked_when_the_experiment_is_made():
     with pytest.raises(ValueError, match="seed 4294967296"):
         X.make_experiment("ci", "rafdb", "published", seed=2**32)
     assert X.make_experiment("ci", "rafdb", "published", seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_paper_finetuning_after_a_cached_stage1_records_stage2_like_train(tmp_path):
+    """Stage 1 on cached features, then the paper's fine-tuning on the full model: the stage-2 record
+    is the one `pattlite.train.train` writes (history with its epoch indices, the unfrozen count)."""
+    exp = X.make_experiment("ci", "rafdb", "published", finetune="paper", stage1_epochs=1, stage2_max_epochs=1)
+    assert not exp.evaluated_on_features()
+    result = X.run_experiment(exp, results_dir=tmp_path, progress=False)
+    assert set(result.history["stage2"]) == set(result.history["stage1"])  # loss, accuracy, val_*, epoch
+    assert result.history["stage2"]["epoch"] == [result.epochs["stage2_initial_epoch"]]
+    assert result.trainable_params["stage2"] > result.trainable_params["stage1"]  # 59 layers unfrozen
+    assert result.finetune["trainable_backbone_layers"]

@@ -67,10 +67,8 @@ def test_cache_reused_and_invalidated(env, count_extractions, tmp_path):
     F.backbone_features(m, 32, other, cut_layers=(29,), progress=False, cache_dir=cache)
     assert len(count_extractions) == 3  # other weights file: recomputed
 
-    info = F.feature_cache_info(cache)
-    assert len(info["entries"]) == 2
-    assert info["entries"][0]["n"]["conv_dw_9_relu"] == len(set(F.image_hashes(env["pixels"]).tolist()))
-    assert info["total_bytes"] >= first["conv_dw_9_relu"].nbytes + first["conv_pw_13_relu"].nbytes
+    stores = [p for p in cache.iterdir() if p.is_dir() and p.name != "weights"]
+    assert len(stores) == 2  # one store per weights file
 
 
 def test_weights_identity_changes_with_file(env, tmp_path):

@@ -19,6 +19,7 @@ from envvars import environment
 
 from pattlite import cli, grid, studies
 from pattlite.experiments import make_experiment, result_path, weights_path
+from pattlite.results import ExperimentResult
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested")
@@ -146,8 +147,8 @@ def test_ray_executor_without_ray_says_how_to_install(monkeypatch, capsys, folde
 
 
 def _comparable(path):
-    result = json.loads(Path(path).read_text())
-    return result["metrics"], result["predictions"], result["epochs"]
+    result = ExperimentResult.read(path)
+    return result.metrics, result.predictions, result.epochs
 
 
 @needs_ray

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from pattlite import config
 from pattlite import model as M
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +49,31 @@ def test_table5_cut_layers_resolve_to_expected_names():
                 35: "conv_dw_8_relu", 41: "conv_dw_7_relu", 47: "conv_dw_6_relu"}
     for n, name in expected.items():
         assert M.cut_layer_name(n) == name
-        assert M.CUT_LAYERS[n] == name
+        assert config.TABLE5_CUT_LAYERS[n] == name
     assert M.cut_layer_name("conv_dw_9_relu") == "conv_dw_9_relu"
     with pytest.raises(ValueError, match="not a MobileNet layer"):
         M.cut_layer_name("conv_dw_99_relu")
     with pytest.raises(ValueError, match="expected an int N"):
         M.cut_layer_name(0)
+
+
+def test_variant_registry_entry_decides_options_and_cut():
+    """A variant's registry entry alone decides the options it takes and where its backbone ends."""
+    assert tuple(M.VARIANTS) == config.VARIANTS
+    for name, entry in M.VARIANTS.items():
+        default_cut = entry.cut_layer if isinstance(entry.cut_layer, str) else M.cut_layer_name(entry.cut_layer)
+        assert M.variant_cut_layer(name) == default_cut
+        for option in ("cut_layer", "kernel", "attention"):
+            value = {"cut_layer": 35, "kernel": "P4", "attention": "tokens"}[option]
+            if option in entry.options:
+                M.variant_cut_layer(name, **{option: value})
+            else:
+                with pytest.raises(ValueError, match=f"unknown option.*{option}.*{name}"):
+                    M.variant_cut_layer(name, **{option: value})
+    assert M.variant_cut_layer("baseline") == M.variant_cut_layer("attention_only") == M.FULL_BACKBONE_LAYER
+    assert M.variant_cut_layer("patch_attention", cut_layer=35) == "conv_dw_8_relu"
+    with pytest.raises(ValueError, match="valid attentions: batch, tokens"):
+        M.variant_cut_layer("attention_only", attention="single")
 
 
 def test_published_parameter_counts():

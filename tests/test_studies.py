@@ -5,7 +5,6 @@ known: the published model's published-protocol accuracy is set to the paper's, 
 lower, and so on.
 """
 
-import json
 import os
 import warnings
 
@@ -22,6 +21,7 @@ import pytest  # noqa: E402
 from pattlite import config, paper, report, studies  # noqa: E402
 from pattlite.experiments import collect_results, result_path  # noqa: E402
 from pattlite.profiles import get_profile  # noqa: E402
+from pattlite.results import ExperimentResult  # noqa: E402
 
 CI2 = get_profile("ci", ckplus_folds=(0, 1),     # two CK+ folds, so the fold mean is tested,
                   table5_layers=(17, 23, 29, 35, 41, 47))  # and Table 5's whole grid
@@ -66,13 +66,13 @@ def write_fake_result(exp, results_dir, published_accuracy):
     subsets = ["all"] + (list(studies.SUBSETS) if exp.dataset in studies.SUBSET_DATASETS else [])
     metrics = {s: {p: _metrics(a - (0.05 if s != "all" else 0.0), classes) for p, a in by_protocol.items()}
                for s in subsets}
-    result = {"key": exp.key(), "config": exp.to_dict(), "dataset": exp.dataset, "classes": classes,
-              "synthetic": exp.synthetic, "stage1": exp.stage1, "metrics": metrics,
-              "epochs": {"stage1": 3, "stage2": 1}, "trainable_params": {"stage1": 10, "stage2": 10},
-              "wall_time_s": {"total": 2.0}, "provenance": {"device": "CPU: test", "git_commit": "abc"}}
-    path = result_path(exp, results_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    result = ExperimentResult(
+        key=exp.key(), config=exp.to_dict(), dataset=exp.dataset, source_dataset="synthetic", classes=classes,
+        synthetic=exp.synthetic, data=None, stage1=exp.stage1, notes=[], weights={}, split_sizes={},
+        metrics=metrics, predictions={}, history={}, epochs={"stage1": 3, "stage2": 1},
+        trainable_params={"stage1": 10, "stage2": 10}, finetune=None, wall_time_s={"total": 2.0},
+        provenance={"device": "CPU: test", "git_commit": "abc"})
+    result.write(result_path(exp, results_dir))
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +358,7 @@ def test_sample_grid_shows_each_class_with_its_count():
 def test_learning_curves_follow_stage_1_then_stage_2():
     history = {"stage1": {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.9], "accuracy": [0.3, 0.4, 0.5]},
                "stage2": {"loss": [0.6, 0.5], "val_loss": [0.8, 0.85]}}
-    fig = studies.learning_curves_figure({"history": history}, title="run")
+    fig = studies.learning_curves_figure(history, title="run")
     loss_ax, acc_ax = fig.axes
     lines = {line.get_label(): line for line in loss_ax.get_lines()}
     assert set(lines) == {"stage1 loss", "stage1 val_loss", "stage2 loss", "stage2 val_loss"}

@@ -20,7 +20,6 @@ from pattlite.data.errors import DataWarning, DatasetFormatError, DatasetNotFoun
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
-SUBSET_COLUMNS = ("occlusion", "pose30", "pose45")
 _BASE_COLUMNS = ("split", "label", "y", "path", "row", "image_id")
 
 
@@ -74,13 +73,6 @@ def load_pixels(manifest, size, progress=True, **options):
     from pattlite.data.pixels import load_pixels as _load_pixels
 
     return _load_pixels(manifest, size, progress=progress, **options)
-
-
-def cache_info(cache_dir=None):
-    """Pixel caches on disk (dataset, size, rows, megabytes, path); see `pattlite.data.pixels`."""
-    from pattlite.data.pixels import cache_info as _cache_info
-
-    return _cache_info(cache_dir)
 
 
 def load_synthetic_manifest(root=None, **options):

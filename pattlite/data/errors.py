@@ -78,13 +78,6 @@ def require_file(dataset: str, path: Path, expected: str) -> Path:
     return path
 
 
-def require_dir(dataset: str, path: Path, expected: str) -> Path:
-    """Return `path` if it is a folder, else raise `DatasetNotFoundError`."""
-    if not path.is_dir():
-        raise DatasetNotFoundError(dataset, path, expected)
-    return path
-
-
 def require_files_exist(dataset: str, paths, listed_in: Path, expected: str, lines=None) -> None:
     """Raise `DatasetNotFoundError` naming the first missing image, the file and line that list it,
     and how many are missing.

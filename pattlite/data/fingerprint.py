@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 
 from pattlite import config
+from pattlite.data.errors import DatasetNotFoundError
+from pattlite.data.subsets import resolve_subsets_dir
 
 
 def file_signatures(paths, relative_to=None) -> list[tuple[str, int, int]]:
@@ -93,9 +95,6 @@ def dataset_files(dataset: str, root, **options) -> list[str]:
         elif not (root / "fer2013.csv").exists():
             extras.append(config.dataset_root("fer2013") / "fer2013.csv")
     if dataset in ("ferplus", "rafdb"):
-        from pattlite.data.errors import DatasetNotFoundError
-        from pattlite.data.subsets import resolve_subsets_dir
-
         try:
             lists = resolve_subsets_dir(root, options.get("subsets_dir"))
         except DatasetNotFoundError:  # the reader raises it, naming the folder

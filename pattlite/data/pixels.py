@@ -40,6 +40,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pattlite import config
 from pattlite.data.errors import DatasetFormatError
+from pattlite.data.fingerprint import fingerprint_files
+from pattlite.files import write_atomic
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are not reused
 RESIZE_FILTER = "bilinear"
@@ -73,8 +75,6 @@ def pixels_cache_dir(cache_dir=None) -> Path:
 def cache_key(manifest: pd.DataFrame, size: int) -> str:
     """File stem of a manifest's cache: `<dataset>_<size>px_<hash of dataset, size, rows and the
     fingerprint of their files>`."""
-    from pattlite.data.fingerprint import fingerprint_files
-
     dataset = _dataset_name(manifest)
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": CACHE_VERSION, "dataset": dataset, "size": int(size),
@@ -218,9 +218,7 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
             final_source = compact_path
         info = {"version": CACHE_VERSION, "dataset": _dataset_name(manifest), "size": size, "rows": n,
                 "filter": RESIZE_FILTER, "unreadable": [list(item) for item in unreadable]}
-        info_temp = info_path.with_name(f".{info_path.name}.{token}.tmp")
-        info_temp.write_text(json.dumps(info, indent=1, default=int))
-        os.replace(info_temp, info_path)
+        write_atomic(info_path, json.dumps(info, indent=1, default=int))
         os.replace(final_source, array_path)  # last: the .npy appearing marks a complete cache
     finally:
         for leftover in (temp_path, compact_path):

@@ -35,9 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
+from pattlite.data import data_warning
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
-SUBSETS = ("occlusion", "pose30", "pose45")
 SUBSETS_ENV_VAR = "PATTLITE_SUBSETS_DIR"
 DEFAULT_SUBFOLDER = "ran_challenge_lists"
 
@@ -203,7 +203,7 @@ def _check_label_file(path: Path, ordered, result: SubsetList) -> None:
 def read_subset_lists(dataset: str, subsets_dir) -> dict:
     """All three lists of a dataset: {subset name: SubsetList}."""
     config.check_name("subset dataset", dataset, tuple(_LIST_FILES))
-    return {subset: read_subset_list(dataset, subset, subsets_dir) for subset in SUBSETS}
+    return {subset: read_subset_list(dataset, subset, subsets_dir) for subset in config.SUBSETS}
 
 
 def subset_label_counts(dataset: str, subsets_dir) -> pd.DataFrame:
@@ -219,9 +219,7 @@ def subset_label_counts(dataset: str, subsets_dir) -> pd.DataFrame:
 
 def mark_subsets(df: pd.DataFrame, dataset: str, dataset_root, subsets_dir=None) -> pd.DataFrame:
     """Add the boolean columns occlusion/pose30/pose45 (True on listed test images) and attrs["subsets"]."""
-    from pattlite.data import data_warning
-
-    for subset in SUBSETS:
+    for subset in config.SUBSETS:
         df[subset] = False
     folder = resolve_subsets_dir(dataset_root, subsets_dir)
     if folder is None:

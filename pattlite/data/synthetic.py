@@ -28,7 +28,6 @@ key: the options); later calls read them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,12 +40,12 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pattlite import config
+from pattlite.data import SPLITS
 from pattlite.data.errors import DatasetFormatError
+from pattlite.files import json_digest
 
 GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
-SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject", "fold",
-                    "occlusion", "pose30", "pose45")
+MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject", "fold") + config.SUBSETS
 SOURCE = "procedurally generated (synthetic)"
 
 # Expression parameters, 0 = the identity's resting face.
@@ -423,8 +422,7 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
 
 def synthetic_key(**options) -> str:
     """Folder name for one set of generator options: readable sizes plus a hash of everything."""
-    payload = json.dumps({"version": GENERATOR_VERSION, **options}, sort_keys=True)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    digest = json_digest({"version": GENERATOR_VERSION, **options}, length=10)
     return (f"synthetic_c{options['num_classes']}_{options['image_size']}px_"
             f"{options['n_train']}-{options['n_val']}-{options['n_test']}_seed{options['seed']}_{digest}")
 
@@ -488,7 +486,7 @@ def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 4
         raise DatasetFormatError(images_path, None, f"array shape {shape} does not match {manifest_path} "
                             f"(expected {expected}). Delete the folder {folder} to regenerate it.")
     manifest["path"] = str(images_path.resolve())
-    for column in ("occlusion", "pose30", "pose45"):
+    for column in config.SUBSETS:
         if manifest[column].dtype != bool:
             raise DatasetFormatError(manifest_path, None, f"column {column!r} must hold True/False, found "
                                 f"{sorted(set(manifest[column].astype(str)))[:5]}. Delete the folder "

@@ -79,18 +79,18 @@ def table2(manifests=None, subsets_dir=None) -> pd.DataFrame:
     Otherwise, when `subsets_dir` is given, it counts the labels embedded in the RAN lists
     (`source` = "lists"); else `ours` is NA.
     """
-    from pattlite.data.subsets import SUBSETS, subset_label_counts
+    from pattlite.data.subsets import subset_label_counts
 
     manifests = _check(manifests)
     rows = []
     for dataset, by_subset in published_tables()["table2"].items():
         df = manifests.get(dataset)
         if df is not None and df.attrs.get("subsets") is not None:
-            counts = {s: df.loc[df[s], "label"].value_counts() for s in SUBSETS}
+            counts = {s: df.loc[df[s], "label"].value_counts() for s in config.SUBSETS}
             source = "manifest"
         elif subsets_dir is not None:
             table = subset_label_counts(dataset, subsets_dir)
-            counts = {s: table.loc[s] for s in SUBSETS}
+            counts = {s: table.loc[s] for s in config.SUBSETS}
             source = "lists"
         else:
             counts, source = None, None

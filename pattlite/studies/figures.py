@@ -13,40 +13,37 @@ demo/ci data.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pattlite import config, paper, report
+from pattlite.results import ExperimentResult, result_file
 from pattlite.studies import prose
 from pattlite.studies.plan import gradcam_experiment
 from pattlite.studies.tables import (OUR_ROWS, WHOLE_TEST, audit_table, model_param_count, ours_accuracy,
                                      params_text, require_columns, standard_rows)
 
-def load_results_files(results: pd.DataFrame, results_dir, **keys) -> list[dict]:
-    """The result files (parsed JSON) of the experiments in `results` that match `keys` (default options)."""
+def load_results_files(results: pd.DataFrame, results_dir, **keys) -> list[ExperimentResult]:
+    """The result files of the experiments in `results` that match `keys` (default options)."""
     require_columns(results, ["key"] + list(keys))
     rows = standard_rows(results)
     mask = pd.Series(True, index=rows.index)
     for name, wanted in keys.items():
         mask &= rows[name] == wanted
-    from pattlite.experiments import read_result
-
-    return [read_result(Path(results_dir) / "experiments" / f"{key}.json")
-            for key in dict.fromkeys(rows.loc[mask, "key"])]
+    return [ExperimentResult.read(result_file(results_dir, key)) for key in dict.fromkeys(rows.loc[mask, "key"])]
 
 
 def summed_confusion(result_files, protocol: str, subset: str = WHOLE_TEST):
-    """Confusion matrix (counts, rows = true class) summed over result files, and the class names."""
+    """Confusion matrix (counts, rows = true class) summed over `ExperimentResult`s, and the class names."""
     total, classes = None, None
     for result in result_files:
-        metrics = result["metrics"].get(subset, {}).get(protocol)
+        metrics = result.metrics.get(subset, {}).get(protocol)
         if metrics is None:
             continue
         cm = np.asarray(metrics["confusion_matrix"], dtype=float)
         total = cm if total is None else total + cm
-        classes = result["classes"]
+        classes = result.classes
     return total, classes
 
 
@@ -248,12 +245,12 @@ def sample_grid_figure(manifest: pd.DataFrame, pixels, per_class: int = 4, seed:
     return fig
 
 
-def learning_curves_figure(result: dict, title: str = ""):
+def learning_curves_figure(history: dict, title: str = ""):
     """Loss and accuracy per epoch of one experiment (training and validation, stage 1 then stage 2),
-    from its result file (`result["history"]`)."""
+    from its result's `history` ({"stage1": {metric: [per epoch]}, "stage2": {...}})."""
     import matplotlib.pyplot as plt
 
-    history = result.get("history") or {}
+    history = history or {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         start = 0

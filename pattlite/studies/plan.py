@@ -12,17 +12,19 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
+from pattlite.audit import AUDIT_HEADS
+from pattlite.model import KERNEL_CODES
 from pattlite.studies.context import BENCHMARKS, IN_THE_WILD, as_profile, in_the_wild
 
-SUBSETS = ("occlusion", "pose30", "pose45")
+SUBSETS = config.SUBSETS
 SUBSET_DATASETS = ("rafdb", "ferplus")            # datasets with RAN challenging-condition lists
 TABLE4_VARIANTS = ("baseline", "patch_only", "attention_only", "published")
-TABLE5_LAYERS = (17, 23, 29, 35, 41, 47)
-TABLE5_KERNELS = ("NP7", "OP3", "OP5", "P4", "P8")
+TABLE5_LAYERS = tuple(config.TABLE5_CUT_LAYERS)
+TABLE5_KERNELS = tuple(KERNEL_CODES)
 TABLE5_DATASET = "rafdb"
 TABLE6_VARIANTS = ("patch_attention", "published")
 MAIN_VARIANTS = ("published", "pattlite")
-AUDIT_VARIANTS = ("published", "no_mixing", "pattlite")
+AUDIT_VARIANTS = AUDIT_HEADS
 
 
 def _seeds(profile, seeds):

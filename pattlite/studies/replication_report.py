@@ -119,10 +119,10 @@ def _profile_summary(profile) -> dict:
 
 
 def _result_devices(ctx, keys):
-    from pattlite.experiments import read_result
+    from pattlite.results import ExperimentResult, result_file
 
     for key in keys:
-        prov = read_result(Path(ctx.results_dir) / "experiments" / f"{key}.json").get("provenance", {})
+        prov = ExperimentResult.read(result_file(ctx.results_dir, key)).provenance or {}
         yield f"{prov.get('device', '?')} (commit {str(prov.get('git_commit', '?'))[:10]})"
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config, paper, report
+from pattlite.config import PROTOCOLS
+from pattlite.experiments import MODEL_OPTIONS
+from pattlite.results import WHOLE_TEST
 from pattlite.studies import prose
 from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.plan import AUDIT_VARIANTS, SUBSETS, TABLE5_DATASET
 
-PROTOCOLS = ("published", "shuffled", "independent")
-WHOLE_TEST = "all"    # the `subset` value of a result row measured on the whole test split
 
 # Our rows in the comparison tables (Tables 7-11) and the accuracy-vs-params figures.
 OUR_ROWS = (
@@ -33,7 +34,7 @@ OUR_ROWS = (
     ("Ours: corrected PAtt-Lite (per-image attention)", "pattlite", "independent"),
 )
 
-MODEL_OPTION_COLUMNS = ("opt_cut_layer", "opt_kernel", "opt_attention", "opt_augment")
+MODEL_OPTION_COLUMNS = tuple(f"opt_{name}" for name in MODEL_OPTIONS)  # as `ExperimentResult.rows` names them
 
 
 def require_columns(results: pd.DataFrame, columns, what="results"):
