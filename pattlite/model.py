@@ -8,6 +8,10 @@ fine-tuning can unfreeze backbone layers one by one:
 
 Keras 3 only (`keras`, `keras.ops`), so the models also run on Keras' JAX backend. The readings of what
 the paper leaves vague are written down in docs/model.md.
+
+Longer than the project's ~500-line guide on purpose: every piece of model code (the variant registry,
+the three custom layers, backbone, heads, fine-tuning and batch-mixing switches) lives here, in one
+place, as in Keras' application builders; split, each part would import the others' internals.
 """
 
 from __future__ import annotations
