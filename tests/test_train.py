@@ -120,14 +120,21 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
                          result.model.predict(xv.astype("float32"), batch_size=8, verbose=0)))
     (plain, plain_weights, plain_probs), (fast, fast_weights, fast_probs) = outcomes
     assert fast.epochs == plain.epochs and fast.epochs["stage2"] >= 2
+    # On JAX, XLA fuses the compiled loop's step differently from Keras' own step, and Adam's normalised
+    # update turns rounding in near-zero gradients into differences of up to 8e-5 after 50 steps
+    # (measured); a batch out of order moves every weight by far more.
+    atol = 1e-6 if keras.config.backend() == "tensorflow" else 2e-4
     for a, b in zip(plain_weights, fast_weights):
-        # XLA (JAX) fuses the loop's step differently from Keras' own step: about 3e-6 apart after 50 steps.
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fast_probs, plain_probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(fast_probs, plain_probs, rtol=1e-5, atol=max(atol, 1e-6))
+    # Epoch logs: the first epoch tightly on every backend; later ones on JAX within the drift that the
+    # rounding above grows into (measured: 1e-4 relative by epoch 2, 8e-4 by epoch 4 of stage 1).
+    later_rtol = 1e-5 if keras.config.backend() == "tensorflow" else 3e-3
     for stage in ("stage1", "stage2"):
         assert fast.history[stage].keys() == plain.history[stage].keys()
         for name, values in plain.history[stage].items():
-            np.testing.assert_allclose(fast.history[stage][name], values, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(fast.history[stage][name][:1], values[:1], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(fast.history[stage][name], values, rtol=later_rtol, atol=1e-6)
 
 
 def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
