@@ -155,8 +155,9 @@ def batch_mixing_groups(model, group_size: int):
 
 
 # Rows per inference call on cached features, by Keras backend: a multiple of every protocol batch size
-# used (8, 32). Measured on 2 CPU cores, published-protocol prediction of 4,096 features: TensorFlow
-# fastest at 512 (4,400-5,100 samples/s), JAX at 64 (5,000-6,100; 2,700-3,000 at 512).
+# used (8, 32). Measured on 2 CPU cores, published-protocol prediction of 4,096 memory-mapped features
+# (`pattlite bench --parts cached`): TensorFlow fastest at 512 (4,350-5,100 samples/s), JAX at 64
+# (4,600-5,150; 2,700-3,000 at 512).
 FAST_PREDICT_ROWS = {"jax": 64}
 FAST_PREDICT_BATCH = 512  # every other backend
 
