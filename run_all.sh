@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate everything: installs what it needs (scripts/bootstrap.sh), then runs the notebooks in
-# order with papermill. Default profile: demo (synthetic data, CPU-sized).
-#   ./run_all.sh [--profile demo|paper|ci] [--only LIST] [-p NAME=VALUE ...]
+# order with papermill. Default profile: demo (synthetic data, CPU-sized); cpu runs the real datasets
+# found under data/ on a CPU (trains every experiment first, printing the time left).
+#   ./run_all.sh [--profile demo|cpu|paper|ci] [--only LIST] [-p NAME=VALUE ...]
 #                [--executor local|ray [--address ADDR] [--gpus-per-trial G] [--cpus-per-trial C]]
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -147,7 +147,7 @@ def plan(profile: str, parameters: dict | None = None) -> GridPlan:
 
     ctx, (gradcam_dataset, gradcam_variant) = notebook_context(profile, parameters)
     by_key, users = {}, {}
-    for study, exps in studies.notebook_plan(ctx, gradcam_dataset, gradcam_variant).items():
+    for study, exps in studies.notebook_plan(ctx, gradcam_dataset, gradcam_variant, gradcam=True).items():
         for exp in exps:
             by_key.setdefault(exp.key(), exp)
             users.setdefault(exp.key(), []).append(study)

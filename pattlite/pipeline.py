@@ -30,6 +30,19 @@ NOTEBOOKS = (
     "08_report",            # the replication report
 )
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
+# tf-keras-vis (Grad-CAM) runs on TensorFlow only, whatever backend a profile trains on.
+TENSORFLOW_ONLY = ("06_gradcam",)
+
+
+def notebook_backend(profile, name: str) -> str | None:
+    """The Keras backend a notebook's kernel runs on: $KERAS_BACKEND when set (the user's choice),
+    else TensorFlow for `TENSORFLOW_ONLY` notebooks, else the profile's `keras_backend` (None: Keras'
+    default)."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    if name in TENSORFLOW_ONLY:
+        return "tensorflow" if profile.keras_backend else None
+    return profile.keras_backend
 
 
 class NotebookFailed(RuntimeError):
@@ -93,12 +106,21 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
         dst = output_dir / f"{name}.ipynb"
         log(f"[{i}/{len(names)}] {name} (profile {profile}) ...")
         start = time.time()
+        backend = notebook_backend(PROFILES[profile], name)
+        previous = os.environ.get("KERAS_BACKEND")
+        if backend:
+            os.environ["KERAS_BACKEND"] = backend  # the kernel inherits it
         try:
             pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(NOTEBOOKS_DIR),
                                 kernel_name="python3", progress_bar=False, log_output=False)
         except pm.PapermillExecutionError as err:
             where = _failing_cell(dst) if dst.exists() else f"cell {err.exec_count}"
             raise NotebookFailed(f"notebook {name} failed at {where}\n  executed copy: {dst}") from None
+        finally:
+            if previous is None:
+                os.environ.pop("KERAS_BACKEND", None)
+            else:
+                os.environ["KERAS_BACKEND"] = previous
         elapsed = time.time() - start
         timings.append((name, elapsed))
         log(f"[{i}/{len(names)}] {name} done in {elapsed:.1f} s")
@@ -127,7 +149,8 @@ def main(argv=None) -> int:
 
     quiet_backend_logs()  # the kernels inherit the filtered stderr
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo", help="demo (default, synthetic data), paper or ci")
+    parser.add_argument("--profile", default="demo",
+                        help="demo (default, synthetic data), cpu (real data on a CPU), paper (GPU) or ci")
     parser.add_argument("--only", default=None,
                         help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
@@ -141,9 +164,17 @@ def main(argv=None) -> int:
         params = parse_parameters(args.parameter)
     except ValueError as err:
         parser.error(str(err))
+    from .profiles import PROFILES
+
+    if args.profile not in PROFILES:
+        parser.error(f"unknown profile {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
+    profile = PROFILES[args.profile]
+    executor = args.executor or ("local" if profile.train_first else None)
+    if executor is not None and profile.keras_backend and not os.environ.get("KERAS_BACKEND"):
+        os.environ["KERAS_BACKEND"] = profile.keras_backend  # the grid trains in this process
     try:
-        if args.executor is not None:
-            report = grid.run_grid(grid.plan(args.profile, params), args.executor, address=args.address,
+        if executor is not None:
+            report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
                                    gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                                    max_retries=args.max_retries)
             if report.failed:

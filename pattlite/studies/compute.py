@@ -64,10 +64,10 @@ def warn_if_no_accelerator(profile, experiments=None) -> str | None:
     """Warn (and return the message) when a non-synthetic profile is about to train on CPU only.
 
     The message gives the time estimate of `paper_compute_estimate`. Returns None when a GPU/TPU is
-    present or the profile is synthetic (demo, ci: sized for a CPU).
+    present or the profile is sized for a CPU (cpu, demo, ci).
     """
     profile = as_profile(profile)
-    if profile.synthetic:
+    if profile.sized_for_cpu:
         return None
     if accelerator_names():
         return None

@@ -28,6 +28,8 @@ class NotebookContext:
         results_dir: experiment results (`<results_dir>/experiments/<key>.json`).
         tables_dir, figures_dir, reports_dir: where tables, figures and the report are written.
         run_experiments: train what is missing (False: only assemble from existing result files).
+        skipped: {benchmark: why it is not run}, for a profile that runs only the datasets found
+            (`Profile.only_present_datasets`); their table columns read "not run (dataset absent)".
     """
 
     profile: object
@@ -37,6 +39,7 @@ class NotebookContext:
     figures_dir: Path
     reports_dir: Path
     run_experiments: bool
+    skipped: dict = dataclasses.field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:
@@ -89,12 +92,13 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
     """Resolve a notebook's parameters (strings from `./run_all.sh -p NAME=VALUE` are accepted).
 
     Args:
-        profile: "paper", "demo" or "ci".
+        profile: "paper", "cpu", "demo" or "ci".
         results_dir: default `config.results_dir(profile)`; tables go to `<results_dir>/tables`.
         tables_dir, figures_dir, reports_dir: defaults `<results_dir>/tables`, `config.figures_dir(profile)`,
             `config.reports_dir(profile)`.
         seeds: e.g. "0,1" or [0, 1]; default the profile's.
-        datasets: benchmarks to run, e.g. "rafdb,ferplus"; default all four.
+        datasets: benchmarks to run, e.g. "rafdb,ferplus"; default all four, or, for a profile with
+            `only_present_datasets`, those whose folder exists (the others are listed in `skipped`).
         weights: backbone weights (a `.weights.h5` path or "imagenet"); default the profile's.
         dataset_roots: {benchmark: folder} for the real datasets; a None value keeps the default
             (`$PATTLITE_<NAME>_ROOT`, else `data/<name>/`). Set as those environment variables, which
@@ -112,14 +116,21 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
     if weights is not None and str(weights).strip().lower() not in ("", "none"):
         overrides["weights"] = str(weights)
     prof = get_profile(profile, **overrides)
-    chosen = parse_list(datasets, "datasets") or BENCHMARKS
-    for name in chosen:
+    asked = parse_list(datasets, "datasets")
+    for name in asked or ():
         config.check_name("benchmark", name, BENCHMARKS)
     for name, root in (dataset_roots or {}).items():
         config.check_name("benchmark", name, BENCHMARKS)
         root = _optional_path(root)
         if root is not None:
             os.environ[config.dataset_root_env_var(name)] = str(root)
+    skipped = {}
+    if asked:
+        chosen = asked  # asked for by name: a missing one is the reader's error, not a skip
+    elif prof.only_present_datasets:
+        chosen, skipped = present_benchmarks(prof)
+    else:
+        chosen = BENCHMARKS
     results = _optional_path(results_dir) or config.results_dir(prof.name)
     ctx = NotebookContext(
         profile=prof,
@@ -129,10 +140,44 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
         figures_dir=_optional_path(figures_dir) or config.figures_dir(prof.name),
         reports_dir=_optional_path(reports_dir) or config.reports_dir(prof.name),
         run_experiments=parse_bool(run_experiments, "run_experiments"),
+        skipped=skipped,
     )
+    if skipped:
+        print(skipped_line(ctx))
     if ctx.run_experiments:
         warn_if_no_accelerator(prof)  # the paper profile on a CPU: says how long it would take
     return ctx
+
+
+def present_benchmarks(profile) -> tuple[tuple, dict]:
+    """(benchmarks whose folder exists, {benchmark: why it is absent}) for a profile's sources.
+
+    A folder that exists counts as present: its reader then checks it, and a malformed copy is an
+    error, never a silent skip. Synthetic stand-ins are always present.
+    """
+    profile = as_profile(profile)
+    present, absent = [], {}
+    for name in BENCHMARKS:
+        source = profile.source(name)
+        if source["dataset"] == "synthetic":
+            present.append(name)
+            continue
+        root = config.dataset_root(source["dataset"])
+        if root.exists():
+            present.append(name)
+        else:
+            absent[name] = (f"no folder {root} (set ${config.dataset_root_env_var(name)}, pass "
+                            f"-p {name}_root=DIR, or see data/README.md)")
+    return tuple(present), absent
+
+
+def skipped_line(ctx) -> str | None:
+    """The line that says which benchmarks a profile skipped and why (None when none was)."""
+    if not ctx.skipped:
+        return None
+    why = "; ".join(f"{name}: {reason}" for name, reason in ctx.skipped.items())
+    return (f"profile {ctx.profile.name!r} runs {', '.join(ctx.datasets) or 'no benchmark'}; not run "
+            f"(dataset absent): {why}")
 
 
 def in_the_wild(ctx) -> tuple:
@@ -144,7 +189,9 @@ def context_summary(ctx) -> str:
     """A few Markdown lines saying what a notebook runs on (profile, data, folders, seeds)."""
     p = ctx.profile
     lines = [f"- profile **{p.name}**: {p.description}",
-             f"- benchmarks: {', '.join(ctx.datasets)}; seeds: {', '.join(map(str, ctx.seeds))}"
+             f"- benchmarks: {', '.join(ctx.datasets)}"
+             + (f" (not run, dataset absent: {', '.join(ctx.skipped)})" if ctx.skipped else "")
+             + f"; seeds: {', '.join(map(str, ctx.seeds))}"
              + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
              f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
              f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",

@@ -75,13 +75,16 @@ def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
 
 def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS):
     """Experiments of Table 5: the published head with the one-convolution patch block of each kernel
-    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on RAF-DB.
-    `layers` defaults to the profile's `table5_layers`; the profile's `table5_train_limit` caps the
-    training images of each grid point."""
+    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on the
+    profile's `table5_dataset` (the paper: RAF-DB). `layers` defaults to the profile's `table5_layers`,
+    `seeds` to its `table5_seeds` (else its seeds); its `table5_train_limit` caps the training images of
+    each grid point."""
     from pattlite.model import KERNEL_CODES
 
     profile = as_profile(profile)
     layers = profile.table5_layers if layers is None else layers
+    if seeds is None and profile.table5_seeds is not None:
+        seeds = profile.table5_seeds
     limit = {} if profile.table5_train_limit is None else {"train_limit": profile.table5_train_limit}
     out = []
     for layer in layers:
@@ -89,7 +92,7 @@ def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS)
             raise ValueError(f"cut layer {layer!r}: Table 5 has layers {TABLE5_LAYERS}")
         for kernel in kernels:
             config.check_name("kernel code", kernel, tuple(KERNEL_CODES))
-            out += _plan(profile, (TABLE5_DATASET,), ("published",), seeds, cut_layer=layer, kernel=kernel,
+            out += _plan(profile, (profile.table5_dataset,), ("published",), seeds, cut_layer=layer, kernel=kernel,
                          **limit)
     return out
 
@@ -131,28 +134,32 @@ def study_experiments(ctx, study: str) -> list:
     config.check_name("study", study, tuple(STUDIES))
     profile = ctx.profile
     if study == "table5":
-        return table5_experiments(profile) if TABLE5_DATASET in ctx.datasets else []
+        return table5_experiments(profile) if profile.table5_dataset in ctx.datasets else []
     if study == "table6":
         return table6_experiments(profile, datasets=in_the_wild(ctx))
     return STUDIES[study](profile, datasets=ctx.datasets)
 
 
-def gradcam_experiment(ctx, dataset: str = "rafdb", variant: str = "published"):
+def gradcam_experiment(ctx, dataset: str | None = None, variant: str = "published"):
     """The experiment whose trained model the Grad-CAM figures show: (dataset, variant), the context's
-    first seed, CK+'s first fold."""
+    first seed, CK+'s first fold. `dataset` defaults to the profile's `gradcam_dataset`."""
     from pattlite.experiments import make_experiment
 
+    dataset = ctx.profile.gradcam_dataset if dataset is None else dataset
     config.check_name("benchmark", dataset, BENCHMARKS)
     fold = _folds(ctx.profile, dataset)[0]
     return make_experiment(ctx.profile, dataset, variant, seed=ctx.seeds[0], fold=fold)
 
 
-def notebook_plan(ctx, gradcam_dataset: str | None = None, gradcam_variant: str = "published") -> dict:
+def notebook_plan(ctx, gradcam_dataset: str | None = None, gradcam_variant: str = "published",
+                  gradcam: bool = False) -> dict:
     """{study: experiments} of every study of the notebooks, for their context (`study_experiments`);
-    with `gradcam_dataset`, also {"gradcam": [the experiment of the Grad-CAM figures]}."""
+    with `gradcam` or a `gradcam_dataset`, also {"gradcam": [the experiment of the Grad-CAM figures]}
+    (default dataset: the profile's `gradcam_dataset`)."""
     plan = {study: study_experiments(ctx, study) for study in STUDIES}
-    if gradcam_dataset is not None:
-        plan["gradcam"] = [gradcam_experiment(ctx, gradcam_dataset, gradcam_variant)]
+    dataset = ctx.profile.gradcam_dataset if gradcam_dataset is None else gradcam_dataset
+    if (gradcam or gradcam_dataset is not None) and dataset in ctx.datasets:
+        plan["gradcam"] = [gradcam_experiment(ctx, dataset, gradcam_variant)]
     return plan
 
 
