@@ -40,6 +40,9 @@ from pattlite import config
 # that would change the paper's conclusions (its Table 8 margins over other methods are 1.05 to 8.15
 # points). A result within it counts as reproducing the number; anything further does not.
 ACCURACY_TOLERANCE = 1.0
+# With several seeds, a published number also counts as reproduced when it lies within this many
+# standard deviations (over seeds) of our mean: the tolerance is max(ACCURACY_TOLERANCE, SPREAD_FACTOR * sd).
+SPREAD_FACTOR = 2.0
 # Image counts (Tables 1-3) are exact properties of the data: any difference means a different dataset.
 COUNT_TOLERANCE = 0.0
 TOLERANCE_BY_QUANTITY = {"accuracy": ACCURACY_TOLERANCE, "count": COUNT_TOLERANCE}
@@ -95,7 +98,7 @@ def _duplicated_keys(df: pd.DataFrame, on: list[str], what: str) -> None:
 
 def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolerance: float | None = None,
             synthetic: bool = False, paper_col: str = "value", ours_col: str = "value",
-            how: str = "left") -> pd.DataFrame:
+            how: str = "left", sd_col: str = "sd") -> pd.DataFrame:
     """Join published numbers with ours and give each a verdict.
 
     Args:
@@ -109,10 +112,12 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         paper_col, ours_col: value columns.
         how: "left" keeps the paper's rows (ours without a published counterpart are left out);
             "outer" also keeps those, with verdict "not comparable".
+        sd_col: when `ours_df` has this column (the standard deviation of ours over seeds), it is kept
+            as `ours_sd`, and each row's tolerance widens to max(tolerance, `SPREAD_FACTOR` * sd).
 
     Returns:
         A DataFrame with the `on` columns, the paper frame's other descriptive columns, then `paper`,
-        `ours`, `diff` (ours - paper), `tolerance` and `verdict`.
+        `ours` (with `ours_sd` when given), `diff` (ours - paper), `tolerance` and `verdict`.
     """
     if how not in ("left", "outer"):
         raise ValueError(f"how must be 'left' or 'outer', got {how!r}")
@@ -123,7 +128,9 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
             raise ValueError(f"{what} lacks column(s) {missing}; it has: {list(frame.columns)}")
         _duplicated_keys(frame, on, what)
     paper_part = paper_df.rename(columns={paper_col: "paper"})
-    ours_part = ours_df[on + [ours_col]].rename(columns={ours_col: "ours"})
+    with_sd = sd_col in ours_df.columns
+    ours_part = ours_df[on + [ours_col] + ([sd_col] if with_sd else [])].rename(
+        columns={ours_col: "ours", sd_col: "ours_sd"})
     merged = paper_part.merge(ours_part, on=on, how=how, sort=False)
     merged["paper"] = pd.to_numeric(merged["paper"], errors="raise").astype(float)
     merged["ours"] = pd.to_numeric(merged["ours"], errors="raise").astype(float)
@@ -138,9 +145,13 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         merged["tolerance"] = merged["quantity"].map(TOLERANCE_BY_QUANTITY).fillna(ACCURACY_TOLERANCE)
     else:
         merged["tolerance"] = ACCURACY_TOLERANCE
+    if with_sd:
+        merged["ours_sd"] = pd.to_numeric(merged["ours_sd"], errors="raise").astype(float)
+        widened = (SPREAD_FACTOR * merged["ours_sd"]).where(merged["ours_sd"].notna(), 0.0)
+        merged["tolerance"] = np.maximum(merged["tolerance"].astype(float), widened)
     merged["verdict"] = [verdict(p, o, t, comparable=not synthetic)
                          for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])]
-    tail = ["paper", "ours", "diff", "tolerance", "verdict"]
+    tail = ["paper", "ours"] + (["ours_sd"] if with_sd else []) + ["diff", "tolerance", "verdict"]
     head = on + [c for c in merged.columns if c not in on and c not in tail]
     out = merged[head + tail].reset_index(drop=True)
     out.attrs = {"synthetic": bool(synthetic)}

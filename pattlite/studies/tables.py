@@ -55,7 +55,8 @@ def standard_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 def ours_accuracy(results: pd.DataFrame, protocol: str, subset: str = WHOLE_TEST,
                   by=("dataset", "variant"), value: str = "accuracy", standard: bool = True) -> pd.DataFrame:
-    """Our accuracy (%) per key from `collect_results` rows: the mean over seeds and CK+ folds.
+    """Our accuracy (%) per key from `collect_results` rows: the mean over seeds and CK+ folds, with its
+    spread.
 
     Args:
         results: the frame of `pattlite.experiments.collect_results` (or `run`).
@@ -66,20 +67,23 @@ def ours_accuracy(results: pd.DataFrame, protocol: str, subset: str = WHOLE_TEST
         standard: keep only variants at their default options (see `standard_rows`).
 
     Returns:
-        Columns `by`, `value` (percent) and `runs` (results averaged).
+        Columns `by`, `value` (percent, the mean), `sd` (percent, the sample standard deviation over the
+        results averaged; NaN for one) and `runs` (results averaged).
     """
     config.check_name("protocol", protocol, PROTOCOLS)
     by = list(by)
     if results.empty:
         return pd.DataFrame({**{c: pd.Series(dtype=object) for c in by},
-                             "value": pd.Series(dtype=float), "runs": pd.Series(dtype=int)})
+                             "value": pd.Series(dtype=float), "sd": pd.Series(dtype=float),
+                             "runs": pd.Series(dtype=int)})
     require_columns(results, by + ["protocol", "subset", value])
     rows = standard_rows(results) if standard else results
     rows = rows[(rows["protocol"] == protocol) & (rows["subset"] == subset)]
+    rows = rows.assign(**{value: 100.0 * pd.to_numeric(rows[value], errors="raise").astype(float)})
     grouped = rows.groupby(by, dropna=False, sort=False)[value]
     out = grouped.mean().rename("value").reset_index()
+    out["sd"] = grouped.std(ddof=1).to_numpy()
     out["runs"] = grouped.count().to_numpy().astype(int)
-    out["value"] = 100.0 * pd.to_numeric(out["value"], errors="raise").astype(float)
     return out
 
 
@@ -90,9 +94,10 @@ def _with_protocols(paper_df, results, on, subset=WHOLE_TEST, synthetic=False, s
     table = table.merge(ours_pub[on + ["runs"]], on=on, how="left")
     table["runs"] = table["runs"].fillna(0).astype(int)
     ours_ind = ours_accuracy(results, "independent", subset, on, standard=standard)
-    ind = report.compare(paper_df, ours_ind, on=on, synthetic=synthetic)[on + ["ours", "diff", "verdict"]]
-    ind = ind.rename(columns={"ours": "ours_independent", "diff": "diff_independent",
-                              "verdict": "verdict_independent"})
+    ind = report.compare(paper_df, ours_ind, on=on, synthetic=synthetic)[on + ["ours", "ours_sd", "diff",
+                                                                               "verdict"]]
+    ind = ind.rename(columns={"ours": "ours_independent", "ours_sd": "ours_independent_sd",
+                              "diff": "diff_independent", "verdict": "verdict_independent"})
     return table.merge(ind, on=on, how="left")
 
 
@@ -193,9 +198,9 @@ def _comparison(n: int, results: pd.DataFrame, keys, synthetic: bool, ours_for) 
     keys = list(keys)
     has_params = pub["params_text"].notna().any()
     methods = pub.rename(columns={"value": "paper", "row": "method_label"})
-    methods = methods.assign(ours=np.nan, diff=np.nan, verdict="")
-    columns = ["method_label"] + keys + (["params_text"] if has_params else []) + ["paper", "ours", "diff",
-                                                                                  "verdict"]
+    methods = methods.assign(ours=np.nan, ours_sd=np.nan, diff=np.nan, verdict="")
+    columns = ["method_label"] + keys + (["params_text"] if has_params else []) + ["paper", "ours", "ours_sd",
+                                                                                  "diff", "verdict"]
     parts = [methods[columns]]
     pattlite_pub = pub[pub["method"] == "PAtt-Lite"]
     for label, variant, protocol in OUR_ROWS:
@@ -302,10 +307,34 @@ def audit_table(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
     wide = wide[[f"{v} / {p}" for v in AUDIT_VARIANTS for p in PROTOCOLS if f"{v} / {p}" in wide.columns]]
     if {"published / published", "published / independent"} <= set(wide.columns):
         wide["batch_gain"] = wide["published / published"] - wide["published / independent"]
+        gains = _batch_gains(results)
+        wide["batch_gain sd"] = gains["sd"].reindex(wide.index)
+    # The spread over seeds of each number, and how many runs it averages.
+    spread = long.pivot_table(index="dataset", columns=["variant", "protocol"], values="sd", aggfunc="mean",
+                              dropna=False)
+    for (v, p), column in spread.items():
+        if f"{v} / {p}" in wide.columns:
+            wide[f"{v} / {p} sd"] = column.reindex(wide.index)
+    runs = long[long["protocol"] == "independent"].pivot_table(index="dataset", columns="variant", values="runs",
+                                                              aggfunc="max")
+    for v in runs.columns:
+        wide[f"{v} runs"] = runs[v].reindex(wide.index).astype("Int64")
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
     wide.insert(0, "paper", published.reindex(wide.index))
     wide = wide.reindex([d for d in BENCHMARKS if d in wide.index]).reset_index()
     return _finish(wide, "audit", synthetic, drop=(), caption=prose.caption("audit"))
+
+
+def _batch_gains(results: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark: mean and sd over runs of the published model's published-minus-independent accuracy."""
+    rows = standard_rows(results)
+    rows = rows[(rows["variant"] == "published") & (rows["subset"] == WHOLE_TEST)]
+    per_run = rows.pivot_table(index=["dataset", "key"], columns="protocol", values="accuracy", aggfunc="mean")
+    if not {"published", "independent"} <= set(per_run.columns):
+        return pd.DataFrame(columns=["mean", "sd"])
+    gain = 100.0 * (per_run["published"] - per_run["independent"])
+    grouped = gain.groupby(level="dataset")
+    return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(ddof=1)})
 
 
 def audit_findings(audit: pd.DataFrame, synthetic: bool = False) -> str:
