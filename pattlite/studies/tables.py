@@ -307,7 +307,7 @@ def audit_table(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
     wide = wide[[f"{v} / {p}" for v in AUDIT_VARIANTS for p in PROTOCOLS if f"{v} / {p}" in wide.columns]]
     if {"published / published", "published / independent"} <= set(wide.columns):
         wide["batch_gain"] = wide["published / published"] - wide["published / independent"]
-        gains = _batch_gains(results)
+        gains = batch_gains(results)
         wide["batch_gain sd"] = gains["sd"].reindex(wide.index)
     # The spread over seeds of each number, and how many runs it averages.
     spread = long.pivot_table(index="dataset", columns=["variant", "protocol"], values="sd", aggfunc="mean",
@@ -325,7 +325,7 @@ def audit_table(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
     return _finish(wide, "audit", synthetic, drop=(), caption=prose.caption("audit"))
 
 
-def _batch_gains(results: pd.DataFrame) -> pd.DataFrame:
+def batch_gains(results: pd.DataFrame) -> pd.DataFrame:
     """Per benchmark: mean and sd over runs of the published model's published-minus-independent accuracy."""
     rows = standard_rows(results)
     rows = rows[(rows["variant"] == "published") & (rows["subset"] == WHOLE_TEST)]

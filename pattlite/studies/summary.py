@@ -1,0 +1,162 @@
+"""The report's one-minute summary: how many of the paper's numbers hold, the accuracy each model really
+has, and what the batch composition adds.
+
+- `headline_table(results, absent)`: per benchmark, the paper's PAtt-Lite accuracy beside ours under the
+  published protocol and with each image predicted alone, the model without batch mixing and the
+  corrected model (mean ± sd over seeds, n), and the batch gain. The README's "Results on real data"
+  table is this frame.
+- `verdict_counts(tables, absent)`: per table, how many published numbers are reproduced, not
+  reproduced, without a result, or not run (dataset absent), and by how much the others miss.
+- `summary_markdown(...)`: the paragraph that opens the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pattlite import paper, report
+from pattlite.results import WHOLE_TEST
+from pattlite.studies.context import BENCHMARKS
+from pattlite.studies.tables import batch_gains, ours_accuracy
+
+DATASET_NAMES = {"ckplus": "CK+", "rafdb": "RAF-DB", "fer2013": "FER2013", "ferplus": "FERPlus"}
+NOT_RUN = "not run (dataset absent)"
+
+# (column, variant, protocol) of the headline table.
+HEADLINE_COLUMNS = (
+    ("published model, published protocol", "published", "published"),
+    ("published model, each image alone", "published", "independent"),
+    ("without batch mixing", "no_mixing", "independent"),
+    ("corrected model (pattlite)", "pattlite", "independent"),
+)
+
+
+def format_spread(mean, sd, runs) -> str:
+    """"72.31 ± 0.42 (n=3)"; the sd is left out for one run, "-" when there is no result."""
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if runs is not None and runs > 1 and sd is not None and np.isfinite(sd):
+        return f"{mean:.2f} ± {sd:.2f} (n={int(runs)})"
+    return f"{mean:.2f} (n={int(runs) if runs else 1})"
+
+
+def headline_numbers(results: pd.DataFrame, datasets=BENCHMARKS) -> pd.DataFrame:
+    """The headline as numbers: one row per benchmark with `paper` (Table 4's PAtt-Lite value), and
+    `<variant>/<protocol>` mean, `sd` and `runs` columns for each of `HEADLINE_COLUMNS`, plus
+    `batch_gain` and `batch_gain_sd` (published minus independent protocol, per run, of the published
+    model)."""
+    published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
+    rows = []
+    gains = batch_gains(results) if not results.empty else pd.DataFrame(columns=["mean", "sd"])
+    for dataset in datasets:
+        row = {"dataset": dataset, "paper": float(published.get(dataset, np.nan))}
+        for _, variant, protocol in HEADLINE_COLUMNS:
+            ours = ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
+            match = ours[(ours["dataset"] == dataset) & (ours["variant"] == variant)]
+            name = f"{variant}/{protocol}"
+            row[name] = float(match["value"].iloc[0]) if len(match) else np.nan
+            row[f"{name} sd"] = float(match["sd"].iloc[0]) if len(match) else np.nan
+            row[f"{name} runs"] = int(match["runs"].iloc[0]) if len(match) else 0
+        row["batch_gain"] = float(gains["mean"].get(dataset, np.nan)) if len(gains) else np.nan
+        row["batch_gain_sd"] = float(gains["sd"].get(dataset, np.nan)) if len(gains) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_table(results: pd.DataFrame, absent: dict | None = None, datasets=BENCHMARKS) -> pd.DataFrame:
+    """The headline for display: one row per benchmark (the paper's names), text cells "mean ± sd (n)";
+    a benchmark in `absent` reads "not run (dataset absent)" in every column of ours."""
+    absent = absent or {}
+    numbers = headline_numbers(results, datasets)
+    out = []
+    for row in numbers.to_dict("records"):
+        line = {"dataset": DATASET_NAMES[row["dataset"]], "paper (PAtt-Lite)": f"{row['paper']:.2f}"}
+        for column, variant, protocol in HEADLINE_COLUMNS:
+            name = f"{variant}/{protocol}"
+            line[column] = NOT_RUN if row["dataset"] in absent else format_spread(
+                row[name], row[f"{name} sd"], row[f"{name} runs"])
+        gain_runs = row["published/published runs"]
+        line["batch gain (points)"] = NOT_RUN if row["dataset"] in absent else (
+            "-" if not np.isfinite(row["batch_gain"]) else
+            f"{row['batch_gain']:+.2f}" + (f" ± {row['batch_gain_sd']:.2f}" if gain_runs > 1 else ""))
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
+    """Per table, the published numbers by verdict under the published protocol (the authors' own
+    evaluation), with the diffs of those not reproduced.
+
+    Args:
+        tables: {name: comparison frame} (`data_tables`, `table(n, ...)`); frames need `paper` and
+            `verdict`, and `dataset` for the absent ones to be counted as not run.
+        absent: {dataset: reason}: numbers of these datasets count as "not run (dataset absent)".
+
+    Returns:
+        Columns `table`, `published numbers`, `reproduced`, `not reproduced`, `no result`, `not run`,
+        `median diff` and `diffs` (list, ours minus paper, of the numbers not reproduced).
+    """
+    absent = absent or {}
+    rows = []
+    for name, frame in tables.items():
+        if not {"paper", "verdict"} <= set(frame.columns):
+            continue
+        checked = frame[frame["paper"].notna() & (frame["verdict"].astype(str) != "")]
+        if checked.empty:
+            continue
+        is_absent = checked["dataset"].isin(list(absent)) if "dataset" in checked else pd.Series(False, checked.index)
+        verdicts = checked["verdict"].where(~is_absent, NOT_RUN)
+        missed = checked[(verdicts == "not reproduced")]
+        rows.append({"table": name, "published numbers": len(checked),
+                     "reproduced": int((verdicts == "reproduced").sum()),
+                     "not reproduced": int((verdicts == "not reproduced").sum()),
+                     "no result": int((verdicts == "no result").sum()),
+                     "not run": int((verdicts == NOT_RUN).sum()),
+                     "median diff": float(missed["diff"].median()) if len(missed) else np.nan,
+                     "diffs": [float(d) for d in missed["diff"]]})
+    return pd.DataFrame(rows, columns=["table", "published numbers", "reproduced", "not reproduced", "no result",
+                                       "not run", "median diff", "diffs"])
+
+
+def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict | None = None,
+                     synthetic: bool = False) -> str:
+    """The opening paragraph: verdict counts, each model's real accuracy, the batch gain; numbers from
+    `verdict_counts` and `headline_numbers`."""
+    absent = absent or {}
+    lines = []
+    if synthetic:
+        lines.append(f"> **{report.SYNTHETIC_BANNER}**: the counts below say nothing about the paper.\n")
+    accuracy = counts[~counts["table"].astype(str).isin(["Table 1", "Table 2", "Table 3"])]
+    if len(counts):
+        total = int(counts["published numbers"].sum())
+        run = total - int(counts["not run"].sum())
+        diffs = [d for ds in accuracy["diffs"] for d in ds]
+        text = (f"- **The paper's numbers:** of {total} published numbers, {run} concern the benchmarks run here: "
+                f"{int(counts['reproduced'].sum())} reproduced, {int(counts['not reproduced'].sum())} not "
+                f"reproduced, {int(counts['no result'].sum())} without a result yet")
+        if absent:
+            names = ", ".join(DATASET_NAMES.get(d, d) for d in absent)
+            text += f"; {int(counts['not run'].sum())} are not run ({names}: dataset absent)"
+        text += "."
+        if diffs:
+            text += (f" The accuracies not reproduced miss by a median of {np.median(diffs):+.2f} points "
+                     f"(from {min(diffs):+.2f} to {max(diffs):+.2f}; ours minus paper, published protocol).")
+        lines.append(text)
+    for row in numbers.to_dict("records"):
+        if row["dataset"] in absent or not np.isfinite(row.get("published/published", np.nan)):
+            continue
+        name = DATASET_NAMES.get(row["dataset"], row["dataset"])
+        parts = [f"- **{name}:** the paper reports {row['paper']:.2f}%. The published model scores "
+                 f"{row['published/published']:.2f}% under the authors' protocol (class-grouped test batches) "
+                 f"and {row['published/independent']:.2f}% with each image predicted alone"]
+        if np.isfinite(row.get("batch_gain", np.nan)):
+            parts.append(f": batch composition adds {row['batch_gain']:+.2f} points")
+            if row["published/published runs"] > 1 and np.isfinite(row.get("batch_gain_sd", np.nan)):
+                parts.append(f" (sd {row['batch_gain_sd']:.2f} over {row['published/published runs']} seeds)")
+        if np.isfinite(row.get("pattlite/independent", np.nan)):
+            parts.append(f". The corrected model scores {row['pattlite/independent']:.2f}%")
+        if np.isfinite(row.get("no_mixing/independent", np.nan)):
+            parts.append(f", the model without batch mixing {row['no_mixing/independent']:.2f}%")
+        lines.append("".join(parts) + ".")
+    return "\n".join(lines)

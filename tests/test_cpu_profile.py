@@ -1,0 +1,91 @@
+"""The `cpu` profile: which benchmarks it runs (those found), which experiments it plans, the line that
+names what it skipped, and the Keras backend each notebook runs on. Uses the small real samples in
+tests/fixtures; nothing is trained."""
+
+import os
+
+import pytest
+
+from pattlite import pipeline, studies
+from pattlite.data.errors import DatasetNotFoundError
+from pattlite.profiles import PROFILES, get_profile
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.fixture
+def only_fer(monkeypatch, tmp_path):
+    """FER2013 and FERPlus present (the fixtures), CK+ and RAF-DB absent (an empty data folder)."""
+    monkeypatch.setenv("PATTLITE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PATTLITE_FER2013_ROOT", os.path.join(FIXTURES, "fer2013"))
+    monkeypatch.setenv("PATTLITE_FERPLUS_ROOT", os.path.join(FIXTURES, "ferplus"))
+    for name in ("CKPLUS", "RAFDB"):
+        monkeypatch.delenv(f"PATTLITE_{name}_ROOT", raising=False)
+    return tmp_path
+
+
+def test_cpu_profile_runs_the_datasets_found_and_names_the_others(only_fer, capsys):
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False)
+    assert ctx.datasets == ("fer2013", "ferplus")
+    assert set(ctx.skipped) == {"ckplus", "rafdb"}
+    line = capsys.readouterr().out
+    assert "not run (dataset absent)" in line and "ckplus" in line and "rafdb" in line
+    assert str(only_fer / "data" / "rafdb") in ctx.skipped["rafdb"]
+
+
+def test_cpu_profile_plan(only_fer):
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False)
+    plan = studies.notebook_plan(ctx, gradcam=True)
+    every = [e for exps in plan.values() for e in exps]
+    assert {e.dataset for e in every} == {"fer2013", "ferplus"}
+    assert all(e.stage1 == "cached" and e.finetune == "as_coded" and e.weights == "imagenet" for e in every)
+    # Table 4: four ablation rows x two datasets x three seeds.
+    assert len(plan["table4"]) == 4 * 2 * 3
+    assert {e.seed for e in plan["table4"]} == {0, 1, 2}
+    # Table 5: FERPlus as RAF-DB's stand-in, three cut layers x five kernels, one seed, 1,000 images.
+    t5 = plan["table5"]
+    assert len(t5) == 3 * 5 and {e.dataset for e in t5} == {"ferplus"}
+    assert {e.model_options["cut_layer"] for e in t5} == {23, 29, 35} and {e.seed for e in t5} == {0}
+    assert {e.train_limit for e in t5} == {1000}
+    assert [e.dataset for e in plan["gradcam"]] == ["ferplus"]
+    # The audit's heads on both datasets, three seeds each; shared experiments have one key.
+    assert len(plan["audit"]) == 3 * 2 * 3
+    # Tables 4 and 5, then what the other studies add: patch_attention, pattlite, no_mixing.
+    assert len({e.key() for e in every}) == 24 + 15 + 3 * (2 * 3)
+
+
+def test_a_dataset_asked_for_by_name_must_be_present(only_fer):
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", datasets="rafdb,ferplus",
+                                   run_experiments=False)
+    assert ctx.datasets == ("rafdb", "ferplus") and ctx.skipped == {}
+    with pytest.raises(DatasetNotFoundError, match="rafdb"):
+        studies.benchmark_manifests(ctx.profile, ["rafdb"])
+
+
+def test_table5_and_gradcam_on_an_absent_dataset_plan_nothing(only_fer):
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False,
+                                   table5_dataset="rafdb", gradcam_dataset="rafdb")
+    assert studies.study_experiments(ctx, "table5") == []
+    assert "gradcam" not in studies.notebook_plan(ctx, gradcam=True)
+
+
+def test_cpu_profile_needs_no_gpu_warning(monkeypatch):
+    monkeypatch.setattr(studies.compute, "accelerator_names", lambda: [])
+    assert studies.warn_if_no_accelerator("cpu") is None
+
+
+def test_notebook_backends(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    cpu = PROFILES["cpu"]
+    assert pipeline.notebook_backend(cpu, "02_ablation") == "jax"
+    assert pipeline.notebook_backend(cpu, "06_gradcam") == "tensorflow"   # tf-keras-vis
+    assert pipeline.notebook_backend(PROFILES["demo"], "02_ablation") is None
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")                    # the user's choice wins
+    assert pipeline.notebook_backend(cpu, "02_ablation") == "tensorflow"
+
+
+def test_profile_rejects_unknown_datasets_and_backends():
+    with pytest.raises(ValueError, match="benchmark"):
+        get_profile("cpu", table5_dataset="affectnet")
+    with pytest.raises(ValueError, match="Keras backend"):
+        get_profile("cpu", keras_backend="torch")
