@@ -4,6 +4,7 @@
     pattlite bench [--batch-sizes 1,32] [--steps 8] [--image-size 120]
     pattlite audit --dataset ferplus --root data/ferplus --weights mobilenet_1_0_224_imagenet_no_top.weights.h5
     pattlite grid plan --profile ci;  pattlite grid run --profile paper --executor ray  (pattlite.grid)
+    pattlite publish --profile cpu   (after ./run_all.sh --profile cpu: docs/results/cpu/ and the README)
 
 Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
 (accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
@@ -294,6 +295,18 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from pattlite.pipeline import parse_parameters
+    from pattlite.studies.publish import publish
+
+    config.check_name("profile", args.profile, tuple(PROFILES))
+    ctx, _ = grid.notebook_context(args.profile, parse_parameters(args.parameter))
+    readme = None if args.no_readme else Path(args.readme or config.PROJECT_ROOT / "README.md")
+    out = publish(ctx, folder=args.to, readme=readme)
+    _json_line({k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()})
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -301,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid.",
         epilog="The last stdout line of every subcommand is one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish}")
 
     train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
                            description="Train and evaluate one experiment under the published, shuffled "
@@ -312,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, "
                                                     "else data/<name>/)")
     train.add_argument("--variant", required=True, help="model variant, e.g. published, pattlite, no_mixing")
-    train.add_argument("--profile", required=True, help="paper, demo or ci")
+    train.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--fold", type=int, default=None, help="CK+ test fold 0..9")
     train.add_argument("--weights", default=None,
@@ -362,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--force", action="store_true", help="retrain even when result files exist")
     audit_parser.set_defaults(handler=cmd_audit)
     grid.add_parser(sub)
+
+    publish_parser = sub.add_parser(
+        "publish", help="publish a finished run: report, tables, figures without faces, run record",
+        description="Copy the report (Markdown, HTML), tables, the figures that show no dataset faces and "
+                    "the run record of a finished ./run_all.sh run into docs/results/<profile>/, and rewrite "
+                    "the README's results block for that profile from the same numbers.")
+    publish_parser.add_argument("--profile", required=True, help="the profile of the run, e.g. cpu")
+    publish_parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                                help="the notebook parameters the run used (repeatable), as for ./run_all.sh")
+    publish_parser.add_argument("--to", default=None, help="folder (default docs/results/<profile>/)")
+    publish_parser.add_argument("--readme", default=None, help="README to update (default the project's)")
+    publish_parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    publish_parser.set_defaults(handler=cmd_publish)
     return parser
 
 

@@ -454,7 +454,7 @@ def add_parser(subparsers) -> None:
     for name, help_text in (("plan", "list every experiment of the notebooks and whether it is done"),
                             ("run", "run the experiments that are not done yet")):
         p = actions.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--profile", required=True, help="paper, demo or ci")
+        p.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
         p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                        help="notebook parameter as for ./run_all.sh (repeatable), e.g. -p seeds=0,1 "
                             "-p datasets=rafdb")

@@ -132,6 +132,26 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
     return timings
 
 
+RUN_RECORD = "run_record.json"
+
+
+def record_run(results_dir, entry: dict) -> Path:
+    """Append one run of `./run_all.sh` (profile, start, end, seconds, the grid's and each notebook's
+    time, machine, versions, commit) to `<results_dir>/run_record.json`. A resumed run appends another
+    entry, so the record's total is the time the whole result set took."""
+    import json
+
+    from .files import write_json_atomic
+    from .report import provenance
+
+    path = Path(results_dir) / RUN_RECORD
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    machine = {"cpu_count": os.cpu_count(), **provenance()}
+    runs.append({**entry, "machine": machine})
+    write_json_atomic(path, {"runs": runs, "total_seconds": round(sum(r["seconds"] for r in runs), 1)})
+    return path
+
+
 def parse_parameters(items) -> dict:
     """`-p NAME=VALUE` items as {NAME: VALUE} (strings; the notebooks parse them)."""
     params = {}
@@ -172,6 +192,8 @@ def main(argv=None) -> int:
     executor = args.executor or ("local" if profile.train_first else None)
     if executor is not None and profile.keras_backend and not os.environ.get("KERAS_BACKEND"):
         os.environ["KERAS_BACKEND"] = profile.keras_backend  # the grid trains in this process
+    started = time.time()
+    grid_seconds, timings = None, []
     try:
         if executor is not None:
             report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
@@ -181,10 +203,18 @@ def main(argv=None) -> int:
                 print(f"ERROR: {len(report.failed)} experiment(s) of the grid failed (listed above); "
                       "the notebooks did not run", file=sys.stderr)
                 return 1
-        run_notebooks(args.profile, args.only, params)
+            grid_seconds = report.seconds
+        timings = run_notebooks(args.profile, args.only, params)
     except (NotebookFailed, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    results_dir = Path(params.get("results_dir") or config.results_dir(args.profile))
+    path = record_run(results_dir, {
+        "profile": args.profile, "argv": list(sys.argv[1:] if argv is None else argv),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1), "grid_seconds": grid_seconds,
+        "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings}})
+    print(f"run recorded in {path} ({time.time() - started:.0f} s)")
     return 0
 
 

@@ -26,8 +26,8 @@ def isolated_dirs(tmp_path_factory):
 
 
 def test_profiles():
-    assert set(PROFILES) == {"paper", "demo", "ci"}
-    with pytest.raises(ValueError, match="paper, demo, ci"):
+    assert set(PROFILES) == {"paper", "cpu", "demo", "ci"}
+    with pytest.raises(ValueError, match="paper, cpu, demo, ci"):
         get_profile("quick")
     with pytest.raises(ValueError, match="allow_random_weights"):
         get_profile("paper", weights=None)

@@ -99,7 +99,7 @@ def test_grid_plan_command_lists_experiments_and_marks_done(folders, tiny, local
     assert all(r["key"] in out for r in rows) and "to run" in out
     assert f"{len(rows)} experiments: 1 done, {len(rows) - 1} to run" in out
     assert cli.main(["grid", "plan", "--profile", "nope"]) == 2
-    assert "paper, demo, ci" in capsys.readouterr().err
+    assert "paper, cpu, demo, ci" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
     benchmark; CK+ over the profile's folds.
 
     Args:
-        profile: a profile name ("paper", "demo", "ci") or a `pattlite.profiles.Profile`.
+        profile: a profile name ("paper", "cpu", "demo", "ci") or a `pattlite.profiles.Profile`.
         seeds: seeds to run (default: the profile's).
         datasets: benchmarks to include (default all four).
 

@@ -147,3 +147,9 @@ def verdict_summary(sections) -> pd.DataFrame:
                             rows.append({"section": title, "column": column, "verdict": verdict_name,
                                          "count": int(count)})
     return pd.DataFrame(rows, columns=["section", "column", "verdict", "count"])
+
+
+def report_results(ctx) -> pd.DataFrame:
+    """The result rows of every experiment the report covers (`notebook_plan`); trains nothing."""
+    every = list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
+    return run(dataclasses.replace(ctx, run_experiments=False), every, require_all=False)
