@@ -4,6 +4,7 @@ tests/fixtures; nothing is trained."""
 
 import os
 
+import pandas as pd
 import pytest
 
 from pattlite import pipeline, studies
@@ -89,3 +90,14 @@ def test_profile_rejects_unknown_datasets_and_backends():
         get_profile("cpu", table5_dataset="affectnet")
     with pytest.raises(ValueError, match="Keras backend"):
         get_profile("cpu", keras_backend="torch")
+
+
+def test_saved_tables_carry_the_profile_note(tmp_path):
+    from pattlite.studies import tables
+
+    note = PROFILES["cpu"].table_note
+    assert "augmentation" in note and "fine-tunes no backbone weight" in note
+    df = tables.table4(pd.DataFrame())
+    paths = tables.save(df, 4, tmp_path, synthetic=False, note=note)
+    first_line = open(paths["csv"], encoding="utf-8").readline()
+    assert first_line.startswith("# Table 4.") and note in first_line

@@ -279,10 +279,13 @@ def table(n: int, results: pd.DataFrame, synthetic: bool = False) -> pd.DataFram
     return TABLES[n](results, synthetic)
 
 
-def save(df: pd.DataFrame, n_or_name, out_dir, synthetic: bool) -> dict:
-    """Write a table with `report.save_table` as `table<N>` (or the name given): CSV, Markdown, LaTeX."""
+def save(df: pd.DataFrame, n_or_name, out_dir, synthetic: bool, note: str | None = None) -> dict:
+    """Write a table with `report.save_table` as `table<N>` (or the name given): CSV, Markdown, LaTeX.
+    `note` (a profile's `table_note`) follows the caption in every file."""
     name = f"table{n_or_name}" if isinstance(n_or_name, int) else str(n_or_name)
     caption = df.attrs.get("caption") or name
+    if note:
+        caption = f"{caption} {note}"
     return report.save_table(df, name, out_dir, caption, synthetic=synthetic)
 
 
