@@ -9,7 +9,7 @@ No training here. The notebooks and the CLI build result frames from result file
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
 - `provenance`: code version, package versions, backend and device, stored in every result file.
 
-About 550 lines, over the project's ~500: these five parts share the banner, the tolerances and the
+About 590 lines, over the project's ~500: these five parts share the banner, the tolerances and the
 file conventions, and each is short.
 """
 
