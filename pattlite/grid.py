@@ -133,8 +133,8 @@ def notebook_context(profile: str, parameters: dict | None = None):
     values = {name: params.get(name, default) for name, default in known.items()}
     roots = {name: values.pop(f"{name}_root", None) for name in studies.BENCHMARKS}
     gradcam = (values.pop("gradcam_dataset"), values.pop("gradcam_variant"))
-    for name in [n for n in values if n.startswith("gradcam_")]:
-        values.pop(name)   # figure sizes: they decide no experiment
+    for name in [n for n in values if n.startswith("gradcam_")] + ["include_faces"]:
+        values.pop(name)   # figure sizes and what the report links: they decide no experiment
     values["run_experiments"] = False   # planning trains nothing (and prints no CPU warning)
     return studies.notebook_context(profile, dataset_roots=roots, **values), gradcam
 

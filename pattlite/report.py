@@ -9,7 +9,7 @@ No training here. The notebooks and the CLI build result frames from result file
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
 - `provenance`: code version, package versions, backend and device, stored in every result file.
 
-About 550 lines, over the project's ~500: these five parts share the banner, the tolerances and the
+About 590 lines, over the project's ~500: these five parts share the banner, the tolerances and the
 file conventions, and each is short.
 """
 
@@ -24,6 +24,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,13 @@ def _latex_table(df: pd.DataFrame, caption: str, synthetic: bool, float_format: 
 
 
 def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
-    text = df.map(lambda v: _cell(v, float_format)) if len(df) else df.astype(str)
+    # A "|" in a cell or header would end the cell: escaped, it shows as "|" on GitHub and in nbconvert's
+    # HTML. Inline HTML such as "<br>" (lines within a cell) passes through to both.
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    text = df.map(lambda v: escape(_cell(v, float_format))) if len(df) else df.astype(str)
+    text.columns = [escape(str(c)) for c in df.columns]
     return text.to_markdown(index=False, disable_numparse=True)
 
 
@@ -404,10 +411,24 @@ def _check_block(block, where: str):
                     f"(pathlib.Path), got {type(block).__name__}")
 
 
+def section_anchors(names) -> list[str]:
+    """An anchor id per section title, as GitHub derives one from a heading ("Table 4" -> "table-4",
+    "Figures 6-7 (Grad-CAM)" -> "figures-6-7-grad-cam"), made unique with "-1", "-2", ... ."""
+    anchors, used = [], Counter()
+    for name in names:
+        slug = re.sub(r"[^\w\- ]", "", name.strip().lower()).replace(" ", "-") or "section"
+        anchors.append(slug if not used[slug] else f"{slug}-{used[slug]}")
+        used[slug] += 1
+    return anchors
+
+
 def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite replication report",
                   synthetic: bool = False, provenance_info: dict | None = None) -> tuple[Path, Path]:
     """Write the report as Markdown and as one standalone HTML file (nbconvert's HTML export of the same
     Markdown, images embedded as base64).
+
+    After the title, a table of contents links each section; an explicit anchor (`<a id="..."></a>`,
+    `section_anchors`) before each `## ` heading makes the links work on GitHub and in the HTML alike.
 
     Args:
         markdown_path, html_path: output files (folders are created).
@@ -436,10 +457,15 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
 
     # One Markdown text per section; images are links in the .md file and cell attachments in the
     # notebook that nbconvert renders to HTML (so the HTML file embeds them).
+    anchors = section_anchors(name for name, _ in checked)
     head = [f"# {title}"] + ([f"> **{SYNTHETIC_BANNER}**"] if synthetic else [])
+    if checked:
+        head.append("**Contents**\n\n" + "\n".join(f"- [{name}](#{anchor})"
+                                                    for (name, _), anchor in zip(checked, anchors)))
     md_parts, cells = ["\n\n".join(head)], [nbformat.v4.new_markdown_cell("\n\n".join(head))]
-    for name, blocks in checked:
-        md, cell_md, attachments = [f"## {name}"], [f"## {name}"], {}
+    for (name, blocks), anchor in zip(checked, anchors):
+        heading = f'<a id="{anchor}"></a>\n\n## {name}'
+        md, cell_md, attachments = [heading], [heading], {}
         for block in blocks:
             if isinstance(block, str):
                 md.append(block.strip())

@@ -239,6 +239,24 @@ def test_render_report_markdown_and_standalone_html(tmp_path):
     assert "abc123" in md and "abc123" in page
 
 
+def test_render_report_contents_link_explicit_anchors(tmp_path):
+    cells = pd.DataFrame({"Methods": ["a | b"], "CK+": ["paper 99.90<br>🟩 99.50 (published protocol)"]})
+    sections = [("Summary", ["text"]), ("Table 4", [cells]), ("Figures 6-7 (Grad-CAM)", ["none"]),
+                ("Table 4", ["a second section of the same title"])]
+    md_path, html_path = report.render_report(tmp_path / "r.md", tmp_path / "r.html", sections, title="T")
+    md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    anchors = ["summary", "table-4", "figures-6-7-grad-cam", "table-4-1"]
+    contents = "\n".join(f"- [{name}](#{anchor})" for (name, _), anchor in zip(sections, anchors))
+    assert md.startswith(f"# T\n\n**Contents**\n\n{contents}\n\n")
+    for (name, _), anchor in zip(sections, anchors):
+        assert f'<a id="{anchor}"></a>\n\n## {name}\n' in md
+        # In the HTML the link and its target both survive nbconvert.
+        assert f'href="#{anchor}"' in page and f'<a id="{anchor}"></a>' in page
+    # A cell's "|" is escaped (else it splits the cell); "<br>" breaks the line in both renderings.
+    assert "| a \\| b " in md and "paper 99.90<br>🟩 99.50" in md
+    assert ">a | b</td>" in page and ">paper 99.90<br/>🟩 99.50 (published protocol)</td>" in page
+
+
 def test_render_report_rejects_bad_blocks(tmp_path):
     out = (tmp_path / "r.md", tmp_path / "r.html")
     with pytest.raises(FileNotFoundError, match="missing.png"):

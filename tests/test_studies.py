@@ -5,6 +5,7 @@ known: the published model's published-protocol accuracy is set to the paper's, 
 lower, and so on.
 """
 
+import dataclasses
 import os
 import warnings
 
@@ -456,3 +457,48 @@ def test_gradcam_sample_choice_and_figures():
     fig = gradcam.plot_predictions(images, np.zeros((2, 8, 8)), [0, 1], [0, 0], ["a", "b"], columns=2)
     colors = [ax.xaxis.label.get_color() for ax in fig.axes[:2]]
     assert colors == ["green", "red"]
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+@pytest.fixture(scope="module")
+def report_ctx(results_dir, tmp_path_factory):
+    """The fake results' context, with every figure file present and FER2013 skipped as absent."""
+    figures = tmp_path_factory.mktemp("figures")
+    for n in studies.FIGURES:
+        (figures / f"figure{n}.png").write_bytes(b"\x89PNG")
+    ctx = studies.notebook_context("ci", results_dir=results_dir, figures_dir=figures, run_experiments=False,
+                                   datasets="ckplus,rafdb,ferplus", ckplus_folds=CI2.ckplus_folds,
+                                   table5_layers=CI2.table5_layers)
+    return dataclasses.replace(ctx, skipped={"fer2013": "no folder data/fer2013"})
+
+
+def _images(blocks):
+    return [b.name for b in blocks if isinstance(b, os.PathLike)]
+
+
+def test_report_sections_show_the_papers_layout_with_figures_beside_their_tables(report_ctx):
+    from pattlite.studies.layout import ABSENT
+    from pattlite.studies.replication_report import FACES_NOTE
+
+    sections = studies.report_sections(report_ctx, include_faces=False)
+    by_title = dict(sections)
+    assert [t for t, _ in sections][:7] == ["Summary", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
+                                            "Table 6"]
+    assert _images(by_title["Table 6"]) == [f"figure{n}.png" for n in (2, 3, 4, 5)]
+    assert _images(by_title["Table 8"]) == [f"figure{n}.png" for n in (8, 9, 10)]
+    every_image = [name for _, blocks in sections for name in _images(blocks)]
+    assert "figure6.png" not in every_image and "figure7.png" not in every_image
+    assert FACES_NOTE in by_title["Figures 6-7 (Grad-CAM)"]
+    table4 = next(b for b in by_title["Table 4"] if isinstance(b, pd.DataFrame))
+    assert table4.shape == (4, 6) and "verdict" not in table4.columns
+    assert list(table4["FER2013"]) == [ABSENT] * 4
+    assert "paper 95.05<br>" in table4.loc[3, "RAF-DB"]
+    assert any(isinstance(b, str) and b.startswith("**Table 4. Ablation") for b in by_title["Table 4"])
+    summary = studies.verdict_summary(sections)
+    t4 = summary[(summary["section"] == "Table 4") & (summary["column"] == "verdict")]
+    assert dict(zip(t4["verdict"], t4["count"])) == {"not comparable": 12, ABSENT: 4}
+
+    with_faces = dict(studies.report_sections(report_ctx))
+    assert _images(with_faces["Figures 6-7 (Grad-CAM)"]) == ["figure6.png", "figure7.png"]

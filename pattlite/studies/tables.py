@@ -163,7 +163,9 @@ def table5(results: pd.DataFrame, synthetic: bool = False, dataset: str = TABLE5
     table = _with_protocols(pub, rows, ["layer", "kernel"], synthetic=synthetic, standard=False)
     caption = None if dataset == TABLE5_DATASET else (
         f"{paper.table_caption(5)} Ours on {dataset}, a stand-in for RAF-DB: the paper's numbers are RAF-DB's.")
-    return _finish(table, 5, synthetic, caption=caption)
+    out = _finish(table, 5, synthetic, caption=caption)
+    out.attrs["ours_dataset"] = dataset  # the `dataset` column holds the paper's (RAF-DB)
+    return out
 
 
 def table6(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
@@ -198,20 +200,21 @@ def _comparison(n: int, results: pd.DataFrame, keys, synthetic: bool, ours_for) 
     keys = list(keys)
     has_params = pub["params_text"].notna().any()
     methods = pub.rename(columns={"value": "paper", "row": "method_label"})
-    methods = methods.assign(ours=np.nan, ours_sd=np.nan, diff=np.nan, verdict="")
+    methods = methods.assign(ours=np.nan, ours_sd=np.nan, diff=np.nan, verdict="", runs=0)
     columns = ["method_label"] + keys + (["params_text"] if has_params else []) + ["paper", "ours", "ours_sd",
-                                                                                  "diff", "verdict"]
+                                                                                  "diff", "verdict", "runs"]
     parts = [methods[columns]]
     pattlite_pub = pub[pub["method"] == "PAtt-Lite"]
     for label, variant, protocol in OUR_ROWS:
         ours = ours_for(variant, protocol)
         compared = report.compare(pattlite_pub, ours, on=keys, synthetic=synthetic)
-        compared = compared.assign(method_label=label)
+        compared = compared.merge(ours[keys + ["runs"]], on=keys, how="left").assign(method_label=label)
         if has_params:
             compared["params_text"] = [params_text(variant, d) for d in compared["dataset"]]
         parts.append(compared[columns])
     table = pd.concat(parts, ignore_index=True).rename(columns={"method_label": "method",
                                                                 "params_text": "params"})
+    table["runs"] = table["runs"].fillna(0).astype(int)  # how many results each mean of ours averages
     return _finish(table, n, synthetic, drop=())
 
 
