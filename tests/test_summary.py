@@ -69,6 +69,7 @@ def test_verdict_counts_and_summary_text():
     assert row["diffs"] == [pytest.approx(diff)]
     text = summary.summary_markdown(counts, summary.headline_numbers(results, ("ferplus",)),
                                     absent={"rafdb": "x", "ckplus": "x"})
+    assert "Accuracies (Tables 4-11)" in text and "Data (Tables 1-3)" not in text
     assert f"{diff:+.2f}" in text
     assert "+14.00 points" in text and "66.00%" in text and "67.00%" in text
     assert "CK+" in text and "dataset absent" in text

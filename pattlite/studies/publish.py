@@ -51,6 +51,7 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print) -> dict:
 
     from pattlite.studies import replication_report, summary
 
+    say = log or (lambda *_: None)
     folder = Path(folder or default_folder(ctx.profile.name))
     record = Path(run_record or Path(ctx.results_dir) / "run_record.json")
     if not record.is_file():
@@ -78,7 +79,7 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print) -> dict:
     readme_path = None
     if readme is not None:
         readme_path = write_readme_block(readme, ctx.profile, headline, md_path, record)
-    log(f"published {ctx.profile.name}: {md_path}, {html_path}, {len(copied)} figures, {len(tables)} table "
+    say(f"published {ctx.profile.name}: {md_path}, {html_path}, {len(copied)} figures, {len(tables)} table "
         f"files" + (f"; README block rewritten in {readme_path}" if readme_path else ""))
     return {"folder": folder, "report": md_path, "html": html_path, "figures": copied, "tables": tables,
             "readme": readme_path}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import report
-from pattlite.studies import prose
+from pattlite.studies import prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption
 from pattlite.studies.layout import paper_layout
@@ -69,9 +69,25 @@ def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(order, na_position="first").reset_index(drop=True)
 
 
-def _table_blocks(n: int, frame: pd.DataFrame, absent: dict) -> list:
+def _table_blocks(n: int, frame: pd.DataFrame, absent: dict, note: str | None = None) -> list:
     shown = paper_layout(n, frame, absent)
-    return [f"**{shown.attrs['caption']}**", shown.attrs["legend"], shown]
+    return [f"**{shown.attrs['caption']}**", shown.attrs["legend"] + (f" *{note}*" if note else ""), shown]
+
+
+def _audit_display(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audit table with each accuracy as "mean ± sd" text (sd columns folded in) for the report."""
+    out = audit[[c for c in audit.columns if not c.endswith((" sd", " runs")) and c != "batch_gain sd"]].copy()
+    for column in out.columns:
+        sd = f"{column} sd" if f"{column} sd" in audit.columns else None
+        if sd is None and column == "batch_gain" and "batch_gain sd" in audit.columns:
+            sd = "batch_gain sd"
+        if sd is not None:
+            out[column] = [("-" if pd.isna(m) else f"{m:.2f}" + ("" if pd.isna(d) else f" ± {d:.2f}"))
+                           for m, d in zip(audit[column], audit[sd])]
+    runs = [c for c in audit.columns if c.endswith(" runs")]
+    if runs:
+        out["runs"] = audit[runs].max(axis=1).astype("Int64")
+    return out
 
 
 def report_sections(ctx, include_faces: bool = True) -> list:
@@ -91,12 +107,16 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     intro = [context_summary(ctx)]
     if ctx.synthetic:
         intro.append(prose.text("synthetic_note", weights=_weights_phrase(ctx.profile)))
-    intro.append(prose.text("reading_the_tables", tolerance=report.ACCURACY_TOLERANCE))
+    intro.append(prose.text("reading_the_tables", tolerance=report.ACCURACY_TOLERANCE,
+                            spread=report.SPREAD_FACTOR))
     sections.append(("Summary", intro))
+    note = ctx.profile.table_note
+    frames = {}  # "Table <n>" -> the long comparison frame, for the summary's verdict counts
 
     manifests = benchmark_manifests(ctx.profile, [d for d in ctx.datasets if d in IN_THE_WILD])
     for n, df in data_tables(manifests, ctx.synthetic).items():
-        sections.append((f"Table {n}", _table_blocks(n, df, absent)))
+        frames[f"Table {n}"] = df
+        sections.append((f"Table {n}", _table_blocks(n, df, absent, note)))
 
     every = list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
     offline = dataclasses.replace(ctx, run_experiments=False)
@@ -108,7 +128,8 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     for n in range(4, 12):
         df = (table5(results, ctx.synthetic, dataset=ctx.profile.table5_dataset) if n == 5
               else table(n, results, ctx.synthetic))
-        blocks = _table_blocks(n, df, absent)
+        frames[f"Table {n}"] = df
+        blocks = _table_blocks(n, df, absent, note)
         for figure in FIGURES_WITH_TABLE.get(n, ()):
             blocks += _figure_block(ctx, figure)
         sections.append((f"Table {n}", blocks))
@@ -119,9 +140,15 @@ def report_sections(ctx, include_faces: bool = True) -> list:
             if title.startswith("Table "):
                 blocks.insert(0, f"> **{report.SYNTHETIC_BANNER}**")
 
+    counts = summary.verdict_counts(frames, absent)
+    numbers = summary.headline_numbers(results)
+    intro[:0] = [summary.summary_markdown(counts, numbers, absent, ctx.synthetic),
+                 "**Accuracy (%) on the test split, mean ± sd over seeds (n).**",
+                 summary.headline_table(results, absent)]
     try:
         audit = audit_table(results, ctx.synthetic)
-        audit_blocks = [f"**{prose.caption('audit')}**", audit, audit_findings(audit, ctx.synthetic)]
+        audit_blocks = [f"**{prose.caption('audit')}**", _audit_display(audit),
+                        audit_findings(audit, ctx.synthetic)]
     except ValueError as err:
         audit_blocks = [f"No audit results yet ({err})."]
     audit_png = Path(ctx.figures_dir) / "audit.png"

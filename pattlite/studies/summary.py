@@ -18,10 +18,11 @@ import pandas as pd
 from pattlite import paper, report
 from pattlite.results import WHOLE_TEST
 from pattlite.studies.context import BENCHMARKS
-from pattlite.studies.tables import batch_gains, ours_accuracy
+from pattlite.studies.tables import OUR_ROWS, batch_gains, ours_accuracy
 
 DATASET_NAMES = {"ckplus": "CK+", "rafdb": "RAF-DB", "fer2013": "FER2013", "ferplus": "FERPlus"}
 NOT_RUN = "not run (dataset absent)"
+DATA_TABLES = ("Table 1", "Table 2", "Table 3")  # counts; the other tables hold accuracies
 
 # (column, variant, protocol) of the headline table.
 HEADLINE_COLUMNS = (
@@ -90,7 +91,8 @@ def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
 
     Args:
         tables: {name: comparison frame} (`data_tables`, `table(n, ...)`); frames need `paper` and
-            `verdict`, and `dataset` for the absent ones to be counted as not run.
+            `verdict`, and `dataset` for the absent ones to be counted as not run. In Tables 7-11 (a
+            `method` column) only our row under the authors' protocol counts: each PAtt-Lite number once.
         absent: {dataset: reason}: numbers of these datasets count as "not run (dataset absent)".
 
     Returns:
@@ -103,6 +105,8 @@ def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
         if not {"paper", "verdict"} <= set(frame.columns):
             continue
         checked = frame[frame["paper"].notna() & (frame["verdict"].astype(str) != "")]
+        if "method" in checked:  # Tables 7-11: PAtt-Lite's number once, against ours under its protocol
+            checked = checked[checked["method"] == OUR_ROWS[0][0]]
         if checked.empty:
             continue
         is_absent = checked["dataset"].isin(list(absent)) if "dataset" in checked else pd.Series(False, checked.index)
@@ -127,21 +131,25 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
     lines = []
     if synthetic:
         lines.append(f"> **{report.SYNTHETIC_BANNER}**: the counts below say nothing about the paper.\n")
-    accuracy = counts[~counts["table"].astype(str).isin(["Table 1", "Table 2", "Table 3"])]
-    if len(counts):
-        total = int(counts["published numbers"].sum())
-        run = total - int(counts["not run"].sum())
-        diffs = [d for ds in accuracy["diffs"] for d in ds]
-        text = (f"- **The paper's numbers:** of {total} published numbers, {run} concern the benchmarks run here: "
-                f"{int(counts['reproduced'].sum())} reproduced, {int(counts['not reproduced'].sum())} not "
-                f"reproduced, {int(counts['no result'].sum())} without a result yet")
-        if absent:
-            names = ", ".join(DATASET_NAMES.get(d, d) for d in absent)
-            text += f"; {int(counts['not run'].sum())} are not run ({names}: dataset absent)"
+    is_data = counts["table"].astype(str).isin(list(DATA_TABLES))
+    names = ", ".join(DATASET_NAMES.get(d, d) for d in absent)
+    for label, part, unit in (("Data (Tables 1-3)", counts[is_data], "counts"),
+                              ("Accuracies (Tables 4-11)", counts[~is_data], "accuracies")):
+        if part.empty:
+            continue
+        total, not_run = int(part["published numbers"].sum()), int(part["not run"].sum())
+        text = (f"- **{label}:** of {total} published {unit}, {total - not_run} concern the benchmarks run "
+                f"here: {int(part['reproduced'].sum())} reproduced, {int(part['not reproduced'].sum())} not "
+                f"reproduced, {int(part['no result'].sum())} without a result")
+        if not_run:
+            text += f"; {not_run} are not run ({names}: dataset absent)"
         text += "."
-        if diffs:
-            text += (f" The accuracies not reproduced miss by a median of {np.median(diffs):+.2f} points "
-                     f"(from {min(diffs):+.2f} to {max(diffs):+.2f}; ours minus paper, published protocol).")
+        diffs = [d for ds in part["diffs"] for d in ds]
+        if diffs and unit == "accuracies":
+            text += (f" Those not reproduced miss by a median of {np.median(diffs):+.2f} points (from "
+                     f"{min(diffs):+.2f} to {max(diffs):+.2f}; ours minus paper, the authors' protocol).")
+        elif diffs:
+            text += f" The counts that differ are off by {min(diffs):+.0f} to {max(diffs):+.0f} images."
         lines.append(text)
     for row in numbers.to_dict("records"):
         if row["dataset"] in absent or not np.isfinite(row.get("published/published", np.nan)):
