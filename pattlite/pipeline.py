@@ -189,7 +189,11 @@ def main(argv=None) -> int:
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}; valid profiles: {', '.join(PROFILES)}")
     profile = PROFILES[args.profile]
-    executor = args.executor or ("local" if profile.train_first else None)
+    # -p run_experiments=false assembles tables and figures from the result files there are: no grid.
+    # (Parsed here, not with studies.parse_bool: importing the studies would import Keras before the
+    # profile's backend is set below.)
+    training = str(params.get("run_experiments", True)).strip().lower() not in ("false", "0", "no")
+    executor = args.executor or ("local" if profile.train_first and training else None)
     if executor is not None and profile.keras_backend and not os.environ.get("KERAS_BACKEND"):
         os.environ["KERAS_BACKEND"] = profile.keras_backend  # the grid trains in this process
     started = time.time()
