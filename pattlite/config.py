@@ -15,6 +15,7 @@ CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surpr
 
 DATASETS = ("fer2013", "ferplus", "rafdb", "ckplus", "synthetic")
 REAL_DATASETS = ("ckplus", "rafdb", "fer2013", "ferplus")  # the paper's column order
+DATASET_NAMES = {"ckplus": "CK+", "rafdb": "RAF-DB", "fer2013": "FER2013", "ferplus": "FERPlus"}  # as printed
 
 # Class list (and so integer label order) per dataset. CK+'s 7-class protocol has contempt, not neutral.
 DATASET_CLASSES = {

@@ -25,10 +25,10 @@ from collections import Counter
 import pandas as pd
 
 from pattlite import paper, report
+from pattlite.config import DATASET_NAMES
 
 MARKS = {"reproduced": "🟩", "not reproduced": "🟥", "not comparable": "⬜", "no result": "⬛"}
 ABSENT = "not run (dataset absent)"
-DATASET_NAMES = {"ckplus": "CK+", "rafdb": "RAF-DB", "fer2013": "FER2013", "ferplus": "FERPlus"}
 PROTOCOL_LINES = (("ours", "ours_sd", "verdict", "published protocol"),
                   ("ours_independent", "ours_independent_sd", "verdict_independent", "independent"))
 

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from pattlite import paper, report
+from pattlite.config import DATASET_NAMES
 from pattlite.results import WHOLE_TEST
 from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.tables import OUR_ROWS, batch_gains, ours_accuracy
 
-DATASET_NAMES = {"ckplus": "CK+", "rafdb": "RAF-DB", "fer2013": "FER2013", "ferplus": "FERPlus"}
 NOT_RUN = "not run (dataset absent)"
 DATA_TABLES = ("Table 1", "Table 2", "Table 3")  # counts; the other tables hold accuracies
 

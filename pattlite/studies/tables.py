@@ -162,7 +162,8 @@ def table5(results: pd.DataFrame, synthetic: bool = False, dataset: str = TABLE5
         rows["kernel"] = rows["opt_kernel"].astype(str)
     table = _with_protocols(pub, rows, ["layer", "kernel"], synthetic=synthetic, standard=False)
     caption = None if dataset == TABLE5_DATASET else (
-        f"{paper.table_caption(5)} Ours on {dataset}, a stand-in for RAF-DB: the paper's numbers are RAF-DB's.")
+        f"{paper.table_caption(5)} Ours on {config.DATASET_NAMES.get(dataset, dataset)}, a stand-in for RAF-DB: the "
+        "paper's numbers are RAF-DB's.")
     out = _finish(table, 5, synthetic, caption=caption)
     out.attrs["ours_dataset"] = dataset  # the `dataset` column holds the paper's (RAF-DB)
     return out
