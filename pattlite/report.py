@@ -42,7 +42,9 @@ from pattlite import config
 # points). A result within it counts as reproducing the number; anything further does not.
 ACCURACY_TOLERANCE = 1.0
 # With several seeds, a published number also counts as reproduced when it lies within this many
-# standard deviations (over seeds) of our mean: the tolerance is max(ACCURACY_TOLERANCE, SPREAD_FACTOR * sd).
+# standard errors of our mean (sd over seeds / sqrt(runs)): the tolerance is
+# max(ACCURACY_TOLERANCE, SPREAD_FACTOR * sd / sqrt(runs)). The standard error, not the sd, so that
+# unstable seeds (a large sd) do not make any number "reproduced".
 SPREAD_FACTOR = 2.0
 # Image counts (Tables 1-3) are exact properties of the data: any difference means a different dataset.
 COUNT_TOLERANCE = 0.0
@@ -99,7 +101,7 @@ def _duplicated_keys(df: pd.DataFrame, on: list[str], what: str) -> None:
 
 def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolerance: float | None = None,
             synthetic: bool = False, paper_col: str = "value", ours_col: str = "value",
-            how: str = "left", sd_col: str = "sd") -> pd.DataFrame:
+            how: str = "left", sd_col: str = "sd", runs_col: str = "runs") -> pd.DataFrame:
     """Join published numbers with ours and give each a verdict.
 
     Args:
@@ -114,7 +116,8 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         how: "left" keeps the paper's rows (ours without a published counterpart are left out);
             "outer" also keeps those, with verdict "not comparable".
         sd_col: when `ours_df` has this column (the standard deviation of ours over seeds), it is kept
-            as `ours_sd`, and each row's tolerance widens to max(tolerance, `SPREAD_FACTOR` * sd).
+            as `ours_sd`, and each row's tolerance widens to max(tolerance, `SPREAD_FACTOR` * sd /
+            sqrt(runs)), runs from `runs_col` (1 when `ours_df` has no such column).
 
     Returns:
         A DataFrame with the `on` columns, the paper frame's other descriptive columns, then `paper`,
@@ -130,8 +133,9 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         _duplicated_keys(frame, on, what)
     paper_part = paper_df.rename(columns={paper_col: "paper"})
     with_sd = sd_col in ours_df.columns
-    ours_part = ours_df[on + [ours_col] + ([sd_col] if with_sd else [])].rename(
-        columns={ours_col: "ours", sd_col: "ours_sd"})
+    with_runs = with_sd and runs_col in ours_df.columns
+    ours_part = ours_df[on + [ours_col] + ([sd_col] if with_sd else []) + ([runs_col] if with_runs else [])]
+    ours_part = ours_part.rename(columns={ours_col: "ours", sd_col: "ours_sd", runs_col: "_runs"})
     merged = paper_part.merge(ours_part, on=on, how=how, sort=False)
     merged["paper"] = pd.to_numeric(merged["paper"], errors="raise").astype(float)
     merged["ours"] = pd.to_numeric(merged["ours"], errors="raise").astype(float)
@@ -148,7 +152,8 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         merged["tolerance"] = ACCURACY_TOLERANCE
     if with_sd:
         merged["ours_sd"] = pd.to_numeric(merged["ours_sd"], errors="raise").astype(float)
-        widened = (SPREAD_FACTOR * merged["ours_sd"]).where(merged["ours_sd"].notna(), 0.0)
+        runs = merged.pop("_runs").astype(float).clip(lower=1.0) if with_runs else 1.0
+        widened = (SPREAD_FACTOR * merged["ours_sd"] / np.sqrt(runs)).where(merged["ours_sd"].notna(), 0.0)
         merged["tolerance"] = np.maximum(merged["tolerance"].astype(float), widened)
     merged["verdict"] = [verdict(p, o, t, comparable=not synthetic)
                          for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])]

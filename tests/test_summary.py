@@ -76,11 +76,13 @@ def test_verdict_counts_and_summary_text():
 
 
 def test_spread_widens_the_tolerance():
-    paper_df = pd.DataFrame({"k": ["a", "b"], "value": [90.0, 90.0]})
-    ours = pd.DataFrame({"k": ["a", "b"], "value": [91.5, 91.5], "sd": [1.0, 0.5]})
+    paper_df = pd.DataFrame({"k": ["a", "b", "c"], "value": [90.0, 90.0, 90.0]})
+    # Tolerance max(1, 2 sd / sqrt(runs)): 2 x 2 / sqrt(4) = 2; max(1, 2 x 0.5 / 1) = 1; 2 x 3 / sqrt(9) = 2.
+    ours = pd.DataFrame({"k": ["a", "b", "c"], "value": [91.5, 91.5, 87.0], "sd": [2.0, 0.5, 3.0],
+                         "runs": [4, 1, 9]})
     out = report.compare(paper_df, ours, on=["k"])
-    assert list(out["verdict"]) == ["reproduced", "not reproduced"]   # 1.5 <= 2 x 1.0; 1.5 > max(1, 2 x 0.5)
-    assert list(out["tolerance"]) == [2.0, 1.0]
-    assert list(out["ours_sd"]) == [1.0, 0.5]
+    assert list(out["tolerance"]) == [2.0, 1.0, 2.0]
+    assert list(out["verdict"]) == ["reproduced", "not reproduced", "not reproduced"]
+    assert list(out["ours_sd"]) == [2.0, 0.5, 3.0] and "runs" not in out.columns
     one_run = pd.DataFrame({"k": ["a"], "value": [91.5], "sd": [np.nan]})
     assert report.compare(paper_df, one_run, on=["k"])["verdict"].iloc[0] == "not reproduced"

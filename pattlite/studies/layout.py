@@ -286,4 +286,4 @@ def legend(runs: int | None, two_protocols: bool, count: bool) -> str:
             if two_protocols else
             "Other methods: the paper's numbers; our rows: ours with the paper's PAtt-Lite number in brackets")
     return (f"{what}; {spread}. {marks}; reproduced: within {report.ACCURACY_TOLERANCE:g} point of the paper, "
-            f"or {report.SPREAD_FACTOR:g} sd of ours when that is wider.")
+            f"or {report.SPREAD_FACTOR:g} standard errors of our mean (sd/√n) when that is wider.")
