@@ -43,16 +43,16 @@ def test_cpu_profile_plan(only_fer):
     # Table 4: four ablation rows x two datasets x three seeds.
     assert len(plan["table4"]) == 4 * 2 * 3
     assert {e.seed for e in plan["table4"]} == {0, 1, 2}
-    # Table 5: FERPlus as RAF-DB's stand-in, three cut layers x five kernels, one seed, 1,000 images.
+    # Table 5: FERPlus as RAF-DB's stand-in, the published cut x five kernels, one seed, 1,000 images.
     t5 = plan["table5"]
-    assert len(t5) == 3 * 5 and {e.dataset for e in t5} == {"ferplus"}
-    assert {e.model_options["cut_layer"] for e in t5} == {23, 29, 35} and {e.seed for e in t5} == {0}
+    assert len(t5) == 5 and {e.dataset for e in t5} == {"ferplus"}
+    assert {e.model_options["cut_layer"] for e in t5} == {29} and {e.seed for e in t5} == {0}
     assert {e.train_limit for e in t5} == {1000}
     assert [e.dataset for e in plan["gradcam"]] == ["ferplus"]
     # The audit's heads on both datasets, three seeds each; shared experiments have one key.
     assert len(plan["audit"]) == 3 * 2 * 3
     # Tables 4 and 5, then what the other studies add: patch_attention, pattlite, no_mixing.
-    assert len({e.key() for e in every}) == 24 + 15 + 3 * (2 * 3)
+    assert len({e.key() for e in every}) == 24 + 5 + 3 * (2 * 3)
 
 
 def test_a_dataset_asked_for_by_name_must_be_present(only_fer):
