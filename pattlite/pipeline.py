@@ -147,6 +147,7 @@ def record_run(results_dir, entry: dict) -> Path:
     path = Path(results_dir) / RUN_RECORD
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []
     machine = {"cpu_count": os.cpu_count(), **provenance()}
+    machine.pop("keras_backend")  # this process's, not the training's: the entry says which ran where
     runs.append({**entry, "machine": machine})
     write_json_atomic(path, {"runs": runs, "total_seconds": round(sum(r["seconds"] for r in runs), 1)})
     return path
@@ -217,7 +218,9 @@ def main(argv=None) -> int:
         "profile": args.profile, "argv": list(sys.argv[1:] if argv is None else argv),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1), "grid_seconds": grid_seconds,
-        "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings}})
+        "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings},
+        "keras_backends": {"grid": os.environ.get("KERAS_BACKEND", "tensorflow") if grid_seconds is not None else None,
+                           **{name: notebook_backend(profile, name) or "default" for name, _ in timings}}})
     print(f"run recorded in {path} ({time.time() - started:.0f} s)")
     return 0
 

@@ -185,6 +185,14 @@ def in_the_wild(ctx) -> tuple:
     return tuple(d for d in IN_THE_WILD if d in ctx.datasets)
 
 
+def _shown(path) -> str:
+    """A folder as the report shows it: relative to the project when inside it."""
+    try:
+        return Path(path).resolve().relative_to(config.PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def context_summary(ctx) -> str:
     """A few Markdown lines saying what a notebook runs on (profile, data, folders, seeds)."""
     p = ctx.profile
@@ -195,7 +203,8 @@ def context_summary(ctx) -> str:
              + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
              f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
              f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
-             f"- results: `{ctx.results_dir}`; tables: `{ctx.tables_dir}`; figures: `{ctx.figures_dir}`"]
+             f"- results: `{_shown(ctx.results_dir)}`; tables: `{_shown(ctx.tables_dir)}`; figures: "
+             f"`{_shown(ctx.figures_dir)}`"]
     if ctx.synthetic:
         lines.insert(0, f"> **{report.SYNTHETIC_BANNER}**: every benchmark is a synthetic stand-in.\n")
     return "\n".join(lines)

@@ -74,35 +74,47 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print) -> dict:
     published = dataclasses.replace(ctx, figures_dir=figures_out, reports_dir=folder, run_experiments=False)
     sections = replication_report.report_sections(published, include_faces=False)
     md_path, html_path = replication_report.write_report(published, sections)
-    headline = summary.headline_table(replication_report.report_results(published), published.skipped)
+    results = replication_report.report_results(published)
+    headline = summary.headline_table(results, published.skipped)
+    backends = training_backends(published.results_dir, results["key"].unique() if not results.empty else [])
     headline.to_csv(folder / "summary.csv", index=False)
     readme_path = None
     if readme is not None:
-        readme_path = write_readme_block(readme, ctx.profile, headline, md_path, record)
+        readme_path = write_readme_block(readme, ctx.profile, headline, md_path, record, backends)
     say(f"published {ctx.profile.name}: {md_path}, {html_path}, {len(copied)} figures, {len(tables)} table "
         f"files" + (f"; README block rewritten in {readme_path}" if readme_path else ""))
     return {"folder": folder, "report": md_path, "html": html_path, "figures": copied, "tables": tables,
             "readme": readme_path}
 
 
-def readme_block(profile: str, description: str, headline, report_path: Path, record: dict) -> str:
+def training_backends(results_dir, keys) -> list[str]:
+    """The Keras backends the result files were trained on (their provenance)."""
+    from pattlite.results import ExperimentResult, result_file
+
+    return sorted({str((ExperimentResult.read(result_file(results_dir, key)).provenance or {})
+                       .get("keras_backend", "unknown")) for key in keys})
+
+
+def readme_block(profile: str, description: str, headline, report_path: Path, record: dict,
+                 backends=()) -> str:
     """The README's results block: the headline table and where the full report is."""
     runs = record.get("runs", [])
     machine = runs[-1].get("machine", {}) if runs else {}
+    commits = list(dict.fromkeys(str(r.get("machine", {}).get("git_commit", "?"))[:10] for r in runs))
     lines = [README_START.format(profile=profile),
              headline.to_markdown(index=False),
              "",
              f"Accuracy (%) on the test split, mean ± sd over seeds (n). Profile `{profile}`: "
              f"{description}.",
              f"Run: {record.get('total_seconds', 0) / 3600:.2f} h on {machine.get('cpu_count', '?')} cores "
-             f"({machine.get('device', '?')}), commit {str(machine.get('git_commit', '?'))[:10]}, Keras "
-             f"{machine.get('keras', '?')} on {machine.get('keras_backend', '?')}. Full report: "
+             f"({machine.get('device', '?')}), {len(runs)} invocation(s) at commit(s) {', '.join(commits) or '?'}, Keras "
+             f"{machine.get('keras', '?')}, trained on the {' and '.join(backends) or '?'} backend. Full report: "
              f"[{report_path.as_posix()}]({report_path.as_posix()}).",
              README_END.format(profile=profile)]
     return "\n".join(lines)
 
 
-def write_readme_block(readme, profile, headline, report_path: Path, record_path: Path) -> Path:
+def write_readme_block(readme, profile, headline, report_path: Path, record_path: Path, backends=()) -> Path:
     """Replace the README's results block for `profile` (a `Profile`; the markers must be there)."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
@@ -116,6 +128,6 @@ def write_readme_block(readme, profile, headline, report_path: Path, record_path
         relative = Path(report_path).resolve().relative_to(readme.resolve().parent)
     except ValueError:
         relative = Path(report_path)
-    block = readme_block(profile.name, profile.description, headline, relative, record)
+    block = readme_block(profile.name, profile.description, headline, relative, record, backends)
     readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
     return readme

@@ -160,8 +160,10 @@ def table5(results: pd.DataFrame, synthetic: bool = False, dataset: str = TABLE5
                        & results["opt_cut_layer"].notna()].copy()
         rows["layer"] = rows["opt_cut_layer"].astype(int)
         rows["kernel"] = rows["opt_kernel"].astype(str)
-    table = _with_protocols(pub, rows, ["layer", "kernel"], synthetic=synthetic, standard=False)
-    caption = None if dataset == TABLE5_DATASET else (
+    # Ours on a stand-in dataset is not comparable with the paper's RAF-DB numbers: shown, never judged.
+    stand_in = dataset != TABLE5_DATASET
+    table = _with_protocols(pub, rows, ["layer", "kernel"], synthetic=synthetic or stand_in, standard=False)
+    caption = None if not stand_in else (
         f"{paper.table_caption(5)} Ours on {config.DATASET_NAMES.get(dataset, dataset)}, a stand-in for RAF-DB: the "
         "paper's numbers are RAF-DB's.")
     out = _finish(table, 5, synthetic, caption=caption)
