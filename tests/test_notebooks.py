@@ -127,5 +127,11 @@ def test_run_all_with_the_ray_executor_runs_the_grid_then_the_notebooks(ci_run, 
     notebook_lines = [i for i, line in enumerate(lines) if "08_report" in line]
     assert grid_lines and notebook_lines and max(grid_lines) < min(notebook_lines)
     assert any("0 trained" in lines[i] and "0 failed" in lines[i] for i in grid_lines)
-    assert lines[-1].startswith("report: ") and str(out / "reports-ray") in lines[-1]
+    assert lines[-2].startswith("report: ") and str(out / "reports-ray") in lines[-2]
     assert (out / "reports-ray" / "replication_report.md").is_file()
+    # The run is recorded: its time, the grid's, the notebook's, and the machine.
+    assert lines[-1].startswith("run recorded in ") and "run_record.json" in lines[-1]
+    record = json.loads((out / "results" / "run_record.json").read_text())
+    last = record["runs"][-1]
+    assert last["grid_seconds"] is not None and list(last["notebook_seconds"]) == ["08_report"]
+    assert last["machine"]["cpu_count"] >= 1 and record["total_seconds"] >= last["seconds"]
