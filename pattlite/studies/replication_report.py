@@ -118,9 +118,8 @@ def report_sections(ctx, include_faces: bool = True) -> list:
         frames[f"Table {n}"] = df
         sections.append((f"Table {n}", _table_blocks(n, df, absent, note)))
 
-    every = list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
-    offline = dataclasses.replace(ctx, run_experiments=False)
-    results = run(offline, every, require_all=False)
+    every = planned_experiments(ctx)
+    results = report_results(ctx, every)
     missing = len(every) - (results["key"].nunique() if not results.empty else 0)
     if missing:
         sections[0][1].append(f"**{missing} of {len(every)} planned experiments have no result yet**; "
@@ -213,7 +212,12 @@ def verdict_summary(sections) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["section", "column", "verdict", "count"])
 
 
-def report_results(ctx) -> pd.DataFrame:
-    """The result rows of every experiment the report covers (`notebook_plan`); trains nothing."""
-    every = list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
+def planned_experiments(ctx) -> list:
+    """Every experiment the report covers (`notebook_plan`), each once."""
+    return list({e.key(): e for exps in notebook_plan(ctx).values() for e in exps}.values())
+
+
+def report_results(ctx, experiments=None) -> pd.DataFrame:
+    """The result rows of `experiments` (default `planned_experiments(ctx)`); trains nothing."""
+    every = planned_experiments(ctx) if experiments is None else experiments
     return run(dataclasses.replace(ctx, run_experiments=False), every, require_all=False)

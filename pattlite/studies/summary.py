@@ -19,9 +19,10 @@ from pattlite import paper, report
 from pattlite.config import DATASET_NAMES
 from pattlite.results import WHOLE_TEST
 from pattlite.studies.context import BENCHMARKS
+from pattlite.studies.layout import ABSENT
 from pattlite.studies.tables import OUR_ROWS, batch_gains, ours_accuracy
 
-NOT_RUN = "not run (dataset absent)"
+NOT_RUN = ABSENT  # the cell text of a dataset the run skipped, as in the tables
 DATA_TABLES = ("Table 1", "Table 2", "Table 3")  # counts; the other tables hold accuracies
 
 # (column, variant, protocol) of the headline table.
@@ -50,10 +51,12 @@ def headline_numbers(results: pd.DataFrame, datasets=BENCHMARKS) -> pd.DataFrame
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
     rows = []
     gains = batch_gains(results) if not results.empty else pd.DataFrame(columns=["mean", "sd"])
+    by_protocol = {protocol: ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
+                   for protocol in {protocol for _, _, protocol in HEADLINE_COLUMNS}}
     for dataset in datasets:
         row = {"dataset": dataset, "paper": float(published.get(dataset, np.nan))}
         for _, variant, protocol in HEADLINE_COLUMNS:
-            ours = ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
+            ours = by_protocol[protocol]
             match = ours[(ours["dataset"] == dataset) & (ours["variant"] == variant)]
             name = f"{variant}/{protocol}"
             row[name] = float(match["value"].iloc[0]) if len(match) else np.nan
