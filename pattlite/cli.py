@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pattlite import audit, bench, config, grid
 from pattlite.config import PROTOCOLS
-from pattlite.console import quiet_backend_logs
+from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
 
 TRAIN_DATASETS = config.REAL_DATASETS + ("synthetic",)
@@ -138,21 +138,6 @@ def check_arguments(args) -> None:
                                "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
         if args.weights is not None:
             _weights_file("--weights", args.weights)
-
-
-def _print_warning(command: str):
-    """warnings.showwarning for the console: a data warning as one `pattlite <command>: warning: ...`
-    line (its message names the file and line; the code location would say nothing), others as usual."""
-    usual = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        from pattlite.data.errors import DataWarning  # here: importing pattlite.data costs 0.4 s
-
-        if issubclass(category, DataWarning):
-            print(f"pattlite {command}: warning: {message}", file=sys.stderr, flush=True)
-        else:
-            usual(message, category, filename, lineno, file, line)
-    return show
 
 
 def _results_base(args) -> Path | None:
@@ -398,7 +383,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _print_warning(args.command)
+            warnings.showwarning = data_warning_printer(f"pattlite {args.command}")
             check_arguments(args)
             return args.handler(args)
     except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)

@@ -85,6 +85,27 @@ def _restore_stderr() -> None:
         pass  # a child of ours still holds the pipe; the filter keeps forwarding until it closes it
 
 
+def data_warning_printer(prefix: str):
+    """A `warnings.showwarning` for the console: each data warning once, as one `<prefix>: warning: ...`
+    line (its message names the file and line; the code location would say nothing); other warnings
+    as usual. A grid reads the same dataset for every experiment, so a message already printed is
+    not printed again."""
+    import warnings
+
+    usual = warnings.showwarning
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from pattlite.data.errors import DataWarning  # here: importing pattlite.data costs 0.4 s
+
+        if not issubclass(category, DataWarning):
+            usual(message, category, filename, lineno, file, line)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+    return show
+
+
 def quiet_backend_logs() -> None:
     """Filter TensorFlow's start-up lines from stderr and its retracing warnings; idempotent.
 

@@ -166,7 +166,7 @@ def parse_parameters(items) -> dict:
 
 def main(argv=None) -> int:
     from . import grid
-    from .console import quiet_backend_logs
+    from .console import data_warning_printer, quiet_backend_logs
 
     quiet_backend_logs()  # the kernels inherit the filtered stderr
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
@@ -201,9 +201,11 @@ def main(argv=None) -> int:
     grid_seconds, timings = None, []
     try:
         if executor is not None:
-            report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
-                                   gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                                   max_retries=args.max_retries)
+            with warnings.catch_warnings():
+                warnings.showwarning = data_warning_printer("run_all.sh")
+                report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
+                                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                       max_retries=args.max_retries)
             if report.failed:
                 print(f"ERROR: {len(report.failed)} experiment(s) of the grid failed (listed above); "
                       "the notebooks did not run", file=sys.stderr)

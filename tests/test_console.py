@@ -48,3 +48,24 @@ def test_output_written_right_before_any_kind_of_exit_arrives():
         for _ in range(3):
             out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
             assert out.returncode != 0 and f"written by {name}" in out.stderr, (name, out.stderr)
+
+
+def test_data_warning_printer_prints_each_data_warning_once(capsys):
+    import warnings
+
+    from pattlite.console import data_warning_printer
+    from pattlite.data.errors import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # what a grid sees: every experiment reads the data again
+        others = []
+        warnings.showwarning = lambda message, *rest: others.append(str(message))  # "as usual"
+        warnings.showwarning = data_warning_printer("run_all.sh")
+        for _ in range(3):
+            warnings.warn("/data/fer2013.csv: line 641 repeats line 19", DataWarning)
+        warnings.warn("/data/fer2013new.csv: line 9 repeats line 2", DataWarning)
+        warnings.warn("not about data", UserWarning)
+    err = capsys.readouterr().err
+    assert err.count("run_all.sh: warning: /data/fer2013.csv: line 641 repeats line 19\n") == 1
+    assert "run_all.sh: warning: /data/fer2013new.csv: line 9 repeats line 2\n" in err
+    assert others == ["not about data"] and "not about data" not in err
