@@ -57,8 +57,9 @@ def test_published_model_depends_on_protocol_but_pattlite_does_not():
 
 
 def test_independent_equals_batch_size_one():
-    x, y = grouped_data(n_per_class=3)
+    x, y = grouped_data(n_per_class=10)  # 70 images: two batches of 32 predicted in one call, then 6
     model = head("published", scale=30.0)
+    E.predict(model, x, y, "published", batch_size=32)  # a compiled mixing call exists: it must not be reused
     independent = E.predict(model, x, y, "independent", batch_size=32)
     one_by_one = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
     np.testing.assert_allclose(independent, one_by_one, atol=1e-5)
