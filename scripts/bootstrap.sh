@@ -29,7 +29,8 @@ if [[ ! -x .venv/bin/python ]]; then
   py=""
   for cand in "${PYTHON:-}" python3.12 python3.11 python3.10 python3; do
     [[ -n $cand ]] && command -v "$cand" >/dev/null 2>&1 || continue
-    if "$cand" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+    # stderr hidden: a pyenv shim for a version that is not installed prints its own complaint
+    if "$cand" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))' 2>/dev/null; then
       py=$cand; break
     fi
   done
