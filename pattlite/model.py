@@ -32,7 +32,7 @@ from pattlite import config
 __all__ = [
     "Variant", "VARIANTS", "COMMON_OPTIONS", "KERNEL_CODES", "DEFAULT_CUT_LAYER", "FULL_BACKBONE_LAYER",
     "AUTHORS_FINETUNE_REQUEST", "WeightsError", "WeightsNotFoundError",
-    "BatchMixingAttention", "TokenSelfAttention", "PatchSeparableConv2D",
+    "BatchMixingAttention", "TokenSelfAttention", "PatchSeparableConv2D", "PatchConv2D",
     "mobilenet_layer_names", "cut_layer_name", "count_params", "variant_cut_layer", "build_model", "build_backbone", "build_head",
     "copy_head_weights", "backbone_layers", "head_layers", "finetune_model", "set_finetune_trainable",
     "calibrate_batchnorm", "set_batch_mixing",
@@ -273,6 +273,58 @@ class PatchSeparableConv2D(keras.layers.SeparableConv2D):
         return outputs if self.activation is None else self.activation(outputs)
 
 
+@keras.saving.register_keras_serializable(package="pattlite")
+class PatchConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (channels_last, no dilation, one group) whose JAX form is patches and a
+    matrix product: Table 5's one-convolution patch blocks.
+
+    Same arguments, weights, outputs and gradients as `Conv2D`. On the JAX backend the input is padded
+    as TensorFlow pads, cut into the kernel-sized patches at each output position (a reshape when the
+    stride equals the kernel, else kernel_h x kernel_w strided slices side by side) and multiplied by
+    the kernel as one (kernel_h * kernel_w * channels) x filters matrix: XLA's CPU gradient of these
+    large convolutions is far slower (OP3 on 14x14x512, batch 8, 2 shared cores: 3 training samples/s
+    against 176 on TensorFlow). Other backends use `Conv2D.call`.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if tuple(self.dilation_rate) != (1, 1) or self.groups != 1 or self.data_format != "channels_last":
+            raise ValueError(f"{self.name}: expected channels_last, no dilation and one group")
+
+    def call(self, inputs):
+        if keras.config.backend() != "jax":
+            return super().call(inputs)
+        (kh, kw), (sh, sw), channels = self.kernel_size, self.strides, int(inputs.shape[-1])
+        (out_h, top, bottom), (out_w, left, right) = (
+            _conv_padding(int(inputs.shape[1]), kh, sh, self.padding),
+            _conv_padding(int(inputs.shape[2]), kw, sw, self.padding))
+        x = inputs
+        if top or bottom or left or right:
+            x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+        if (kh, kw) == (sh, sw):  # non-overlapping patches: a reshape
+            x = ops.reshape(x[:, :out_h * kh, :out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
+            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        else:
+            x = ops.stack([x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
+                           for i in range(kh) for j in range(kw)], axis=3)
+        # (batch, out_h, out_w, kh * kw * channels) in the kernel's (i, j, c) order
+        x = ops.reshape(x, (-1, out_h, out_w, kh * kw * channels))
+        outputs = ops.matmul(x, ops.reshape(self.kernel, (kh * kw * channels, self.filters)))
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+def _conv_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int, int]:
+    """Output size and the padding before and after along one axis, as TensorFlow (and XLA's "SAME")
+    pad: the extra pixel goes last."""
+    if padding == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return out, total // 2, total - total // 2
+    return (size - kernel) // stride + 1, 0, 0
+
+
 def _patch_taps(size: int, kernel: int, padding: str) -> list[tuple[int, int, int, int]]:
     """For each kernel offset along one axis of `size` pixels (stride = kernel): the first input index
     it reads, how many patches read a real pixel there, and how many patches before and after read
@@ -495,7 +547,7 @@ def _patch_extraction(x, patch, L):
         x = L("patch_extraction_sepconv2", PatchSeparableConv2D, PATCH_FILTERS, 2, strides=2,
               padding="valid", activation="relu")(x)
     else:
-        x = L("patch_extraction_conv", keras.layers.Conv2D, PATCH_FILTERS, activation="relu",
+        x = L("patch_extraction_conv", PatchConv2D, PATCH_FILTERS, activation="relu",
               **KERNEL_CODES[patch])(x)
     return L("patch_extraction_pointwise", keras.layers.Conv2D, PATCH_FILTERS, 1, activation="relu")(x)
 

@@ -55,6 +55,7 @@ ON_BOTH_BACKENDS = [
     "tests/test_evaluate.py::test_independent_equals_batch_size_one",
     "tests/test_evaluate.py::test_published_model_depends_on_protocol_but_pattlite_does_not",
     "tests/test_model.py::test_patch_separable_conv_equals_separable_conv",
+    "tests/test_model.py::test_patch_conv_equals_conv",
     "tests/test_features.py::test_cached_head_predicts_like_full_model",  # extraction in a TensorFlow child
 ]
 

@@ -325,6 +325,33 @@ def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("code", ["NP7", "OP3", "OP5", "P4", "P8"])
+@pytest.mark.parametrize("shape", [(3, 14, 14, 6), (2, 15, 13, 4)])
+def test_patch_conv_equals_conv(code, shape):
+    """Table 5's kernel codes: same weights, same outputs and gradients as Conv2D (on JAX it computes
+    them as patches times a matrix; tests/test_jax_backend.py runs this test there too)."""
+    from pattlite.model import KERNEL_CODES, PatchConv2D
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype("float32")
+    ours = PatchConv2D(5, activation="relu", **KERNEL_CODES[code])
+    theirs = keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code])
+    ours.build(shape)
+    theirs.build(shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in theirs.get_weights()]
+    ours.set_weights(weights)
+    theirs.set_weights(weights)
+    expected = keras.ops.convert_to_numpy(theirs(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, rtol=1e-5, atol=1e-4)
+    probe = keras.layers.Input(shape[1:])
+    for layer in (ours, theirs):  # gradients: training each one step with SGD moves the weights alike
+        model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(probe)))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.train_on_batch(x, np.ones((shape[0], 5), "float32"))
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_patch_separable_conv_needs_non_overlapping_patches():
     from pattlite.model import PatchSeparableConv2D
 
