@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
@@ -197,10 +198,14 @@ def main(argv=None) -> int:
     executor = args.executor or ("local" if profile.train_first and training else None)
     if executor is not None and profile.keras_backend and not os.environ.get("KERAS_BACKEND"):
         os.environ["KERAS_BACKEND"] = profile.keras_backend  # the grid trains in this process
+    # A stopped run (Ctrl-C, or `kill`'s SIGTERM) is recorded too: its trained experiments are kept
+    # and count towards the time the result set took.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
-    grid_seconds, timings = None, []
+    grid_seconds, timings, interrupted = None, [], None
     try:
         if executor is not None:
+            interrupted = "during the grid"
             with warnings.catch_warnings():
                 warnings.showwarning = data_warning_printer("run_all.sh")
                 report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
@@ -211,20 +216,32 @@ def main(argv=None) -> int:
                       "the notebooks did not run", file=sys.stderr)
                 return 1
             grid_seconds = report.seconds
+        interrupted = "during the notebooks"
         timings = run_notebooks(args.profile, args.only, params)
+        interrupted = None
     except (NotebookFailed, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"run_all.sh: interrupted {interrupted}; the same command resumes it (finished experiments "
+              "are kept)", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     results_dir = Path(params.get("results_dir") or config.results_dir(args.profile))
     path = record_run(results_dir, {
         "profile": args.profile, "argv": list(sys.argv[1:] if argv is None else argv),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1), "grid_seconds": grid_seconds,
         "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings},
-        "keras_backends": {"grid": os.environ.get("KERAS_BACKEND", "tensorflow") if grid_seconds is not None else None,
-                           **{name: notebook_backend(profile, name) or "default" for name, _ in timings}}})
+        "keras_backends": {"grid": os.environ.get("KERAS_BACKEND", "tensorflow") if executor is not None else None,
+                           **{name: notebook_backend(profile, name) or "default" for name, _ in timings}},
+        **({"interrupted": interrupted} if interrupted else {})})
     print(f"run recorded in {path} ({time.time() - started:.0f} s)")
-    return 0
+    return 130 if interrupted else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the run the way Ctrl-C does, so it is recorded
 
 
 if __name__ == "__main__":
