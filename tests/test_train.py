@@ -121,20 +121,33 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
     (plain, plain_weights, plain_probs), (fast, fast_weights, fast_probs) = outcomes
     assert fast.epochs == plain.epochs and fast.epochs["stage2"] >= 2
     # On JAX, XLA fuses the compiled loop's step differently from Keras' own step, and Adam's normalised
-    # update turns rounding in near-zero gradients into differences of up to 8e-5 after 50 steps
-    # (measured); a batch out of order moves every weight by far more.
+    # update turns rounding in a near-zero gradient into a full step: after 50 steps a few elements
+    # differ by up to 2.4e-4 (measured on an AMD EPYC: one of 145,800; mean difference 2e-7, 99.9th
+    # percentile 9e-6). Two samples swapped between batches move 39% of the elements by more than 2e-4
+    # (mean 2.3e-4, 99.9th percentile 2.1e-3), so the distribution is checked, not each element.
     atol = 1e-6 if keras.config.backend() == "tensorflow" else 2e-4
-    for a, b in zip(plain_weights, fast_weights):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=atol)
+    if keras.config.backend() == "tensorflow":
+        for a, b in zip(plain_weights, fast_weights):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=atol)
+    else:
+        diff = np.concatenate([np.abs(b - a).ravel() for a, b in zip(plain_weights, fast_weights)])
+        assert diff.mean() < 1e-5 and np.quantile(diff, 0.999) < 1e-4 and diff.max() < 1e-3, (
+            diff.mean(), np.quantile(diff, 0.999), diff.max())
     np.testing.assert_allclose(fast_probs, plain_probs, rtol=1e-5, atol=max(atol, 1e-6))
-    # Epoch logs: the first epoch tightly on every backend; later ones on JAX within the drift that the
-    # rounding above grows into (measured: 1e-4 relative by epoch 2, 8e-4 by epoch 4 of stage 1).
-    later_rtol = 1e-5 if keras.config.backend() == "tensorflow" else 3e-3
+    # Epoch logs: stage 1's first epoch tightly on every backend (a sample in the wrong batch shows
+    # there already); the rest on JAX within the drift that the rounding above grows into: stage 1's training
+    # loss 1.3% apart by epoch 4, one near-tie image counted differently (11/35 against 10/35; measured on
+    # an AMD EPYC; an Intel Xeon gave 8e-4), validation loss 3e-4.
+    jax_drift = keras.config.backend() != "tensorflow"
     for stage in ("stage1", "stage2"):
         assert fast.history[stage].keys() == plain.history[stage].keys()
         for name, values in plain.history[stage].items():
-            np.testing.assert_allclose(fast.history[stage][name][:1], values[:1], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(fast.history[stage][name], values, rtol=later_rtol, atol=1e-6)
+            if stage == "stage1" or not jax_drift:  # stage 2 starts from stage 1's (drifted) weights
+                np.testing.assert_allclose(fast.history[stage][name][:1], values[:1], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{stage} {name}")
+            one_image = 1.001 / min(len(x), len(xv)) if jax_drift and "accuracy" in name else 1e-6
+            np.testing.assert_allclose(fast.history[stage][name], values, rtol=2e-2 if jax_drift else 1e-5,
+                                       atol=one_image, err_msg=f"{stage} {name}")
 
 
 def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
