@@ -196,32 +196,38 @@ def main(argv=None) -> int:
     # profile's backend is set below.)
     training = str(params.get("run_experiments", True)).strip().lower() not in ("false", "0", "no")
     executor = args.executor or ("local" if profile.train_first and training else None)
-    if executor is not None and profile.keras_backend and not os.environ.get("KERAS_BACKEND"):
-        os.environ["KERAS_BACKEND"] = profile.keras_backend  # the grid trains in this process
+    users_backend = os.environ.get("KERAS_BACKEND")
+    grid_backend = users_backend or profile.keras_backend or "tensorflow"
     # A stopped run (Ctrl-C, or `kill`'s SIGTERM) is recorded too: its trained experiments are kept
     # and count towards the time the result set took.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     started = time.time()
-    grid_seconds, timings, interrupted = None, [], None
+    grid_seconds, timings, interrupted, failed = None, [], None, None
     try:
         if executor is not None:
             interrupted = "during the grid"
-            with warnings.catch_warnings():
-                warnings.showwarning = data_warning_printer("run_all.sh")
-                report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
-                                       gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                                       max_retries=args.max_retries)
+            # The grid trains in this process, on the profile's backend (Keras reads it at import);
+            # afterwards each notebook gets its own (`notebook_backend`), so the variable is put back.
+            os.environ["KERAS_BACKEND"] = grid_backend
+            try:
+                with warnings.catch_warnings():
+                    warnings.showwarning = data_warning_printer("run_all.sh")
+                    report = grid.run_grid(grid.plan(args.profile, params), executor, address=args.address,
+                                           gpus_per_trial=args.gpus_per_trial,
+                                           cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
+            finally:
+                if users_backend is None:
+                    os.environ.pop("KERAS_BACKEND", None)
             if report.failed:
-                print(f"ERROR: {len(report.failed)} experiment(s) of the grid failed (listed above); "
-                      "the notebooks did not run", file=sys.stderr)
-                return 1
+                raise NotebookFailed(f"{len(report.failed)} experiment(s) of the grid failed (listed above); "
+                                     "the notebooks did not run")
             grid_seconds = report.seconds
         interrupted = "during the notebooks"
         timings = run_notebooks(args.profile, args.only, params)
         interrupted = None
     except (NotebookFailed, ValueError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
-        return 1
+        failed = str(err).splitlines()[0]
     except KeyboardInterrupt:
         print(f"run_all.sh: interrupted {interrupted}; the same command resumes it (finished experiments "
               "are kept)", file=sys.stderr)
@@ -233,11 +239,11 @@ def main(argv=None) -> int:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1), "grid_seconds": grid_seconds,
         "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings},
-        "keras_backends": {"grid": os.environ.get("KERAS_BACKEND", "tensorflow") if executor is not None else None,
+        "keras_backends": {"grid": grid_backend if executor is not None else None,
                            **{name: notebook_backend(profile, name) or "default" for name, _ in timings}},
-        **({"interrupted": interrupted} if interrupted else {})})
+        **({"failed": failed} if failed else {"interrupted": interrupted} if interrupted else {})})
     print(f"run recorded in {path} ({time.time() - started:.0f} s)")
-    return 130 if interrupted else 0
+    return 1 if failed else 130 if interrupted else 0
 
 
 def _interrupt(signum, frame):

@@ -2,6 +2,7 @@
 names what it skipped, and the Keras backend each notebook runs on. Uses the small real samples in
 tests/fixtures; nothing is trained."""
 
+import json
 import os
 
 import pandas as pd
@@ -83,6 +84,30 @@ def test_notebook_backends(monkeypatch):
     assert pipeline.notebook_backend(PROFILES["demo"], "02_ablation") is None
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")                    # the user's choice wins
     assert pipeline.notebook_backend(cpu, "02_ablation") == "tensorflow"
+
+
+def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own(monkeypatch, tmp_path):
+    """./run_all.sh --profile cpu: the grid on JAX in the process, then Grad-CAM's kernel on TensorFlow
+    (the grid's backend must not leak into the notebooks as if the user had chosen it)."""
+    from types import SimpleNamespace
+
+    from pattlite import grid
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    seen = {}
+    monkeypatch.setattr(grid, "plan", lambda profile, params: None)
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: seen.update(grid=os.environ.get("KERAS_BACKEND"))
+                        or SimpleNamespace(failed={}, seconds=1.0))
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda profile, only, params: seen.update(
+        gradcam=pipeline.notebook_backend(PROFILES[profile], "06_gradcam")) or [("06_gradcam", 2.0)])
+    assert pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"]) == 0
+    assert seen == {"grid": "jax", "gradcam": "tensorflow"} and "KERAS_BACKEND" not in os.environ
+    record = json.loads((tmp_path / "run_record.json").read_text())["runs"][0]
+    assert record["keras_backends"] == {"grid": "jax", "06_gradcam": "tensorflow"}
+    # A failing notebook is recorded too, and the status says so.
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda *a: (_ for _ in ()).throw(pipeline.NotebookFailed("x")))
+    assert pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"]) == 1
+    assert json.loads((tmp_path / "run_record.json").read_text())["runs"][1]["failed"] == "x"
 
 
 def test_profile_rejects_unknown_datasets_and_backends():
