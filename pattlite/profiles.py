@@ -197,8 +197,8 @@ PROFILES = {
         train_limit=5000,
         ckplus_folds=tuple(range(10)),
         # Table 5 at the published cut only (5 kernel codes), one seed, 1,000 training images per
-        # point: its one-convolution blocks (2-9M parameters) are slow on a CPU (one point at layer 23
-        # took 698 s here, with other jobs sharing the cores), so more layers do not fit 3 hours.
+        # point: its one-convolution blocks (2-9M parameters) took 245-570 s a point in the committed
+        # run (against 20-175 s for the other experiments), so more layers do not fit 3 hours.
         table5_layers=(29,),
         table5_train_limit=1000,
         table5_seeds=(0,),
