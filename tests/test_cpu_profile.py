@@ -126,3 +126,10 @@ def test_saved_tables_carry_the_profile_note(tmp_path):
     paths = tables.save(df, 4, tmp_path, synthetic=False, note=note)
     first_line = open(paths["csv"], encoding="utf-8").readline()
     assert first_line.startswith("# Table 4.") and note in first_line
+
+
+def test_table5_caption_says_what_the_profile_ran_of_the_grid():
+    from pattlite.studies.replication_report import table5_settings
+
+    assert table5_settings(PROFILES["cpu"]) == "Ours: cut layer(s) 29, 1,000 training images per point, seed(s) 0."
+    assert "17, 23, 29, 35, 41, 47, the full training split" in table5_settings(PROFILES["paper"])
