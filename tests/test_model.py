@@ -298,17 +298,10 @@ def test_calibrate_batchnorm_normalises_backbone_activations():
     assert np.median(channel_var) > 10 * np.median(before.var(axis=(0, 1, 2)))
 
 
-@pytest.mark.parametrize("shape,kernel,padding", [((3, 14, 14, 16), 4, "same"), ((2, 4, 4, 8), 2, "valid"),
-                                                  ((2, 15, 13, 8), 4, "same"), ((2, 15, 13, 8), 4, "valid")])
-def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
-    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way;
-    tests/test_jax_backend.py runs this test there too)."""
-    from pattlite.model import PatchSeparableConv2D
-
-    rng = np.random.default_rng(0)
+def assert_same_layer(ours, theirs, shape, rng):
+    """Given the same random weights, `ours` gives `theirs`'s outputs for a random input, and one SGD
+    step through each moves the weights alike (same gradients)."""
     x = rng.standard_normal(shape).astype("float32")
-    ours = PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu")
-    theirs = keras.layers.SeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu")
     ours.build(shape)
     theirs.build(shape)
     weights = [rng.standard_normal(w.shape).astype("float32") for w in theirs.get_weights()]
@@ -317,12 +310,24 @@ def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)),
                                rtol=1e-5, atol=1e-4)
     probe = keras.layers.Input(shape[1:])
-    for layer in (ours, theirs):  # gradients: training each one step with SGD moves the weights alike
+    for layer in (ours, theirs):
         model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(probe)))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.train_on_batch(x, np.ones((shape[0], 5), "float32"))
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [((3, 14, 14, 16), 4, "same"), ((2, 4, 4, 8), 2, "valid"),
+                                                  ((2, 15, 13, 8), 4, "same"), ((2, 15, 13, 8), 4, "valid")])
+def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
+    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way;
+    tests/test_jax_backend.py runs this test there too)."""
+    from pattlite.model import PatchSeparableConv2D
+
+    assert_same_layer(PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
+                      keras.layers.SeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
+                      shape, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("code", ["NP7", "OP3", "OP5", "P4", "P8"])
@@ -332,24 +337,8 @@ def test_patch_conv_equals_conv(code, shape):
     them as patches times a matrix; tests/test_jax_backend.py runs this test there too)."""
     from pattlite.model import KERNEL_CODES, PatchConv2D
 
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype("float32")
-    ours = PatchConv2D(5, activation="relu", **KERNEL_CODES[code])
-    theirs = keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code])
-    ours.build(shape)
-    theirs.build(shape)
-    weights = [rng.standard_normal(w.shape).astype("float32") for w in theirs.get_weights()]
-    ours.set_weights(weights)
-    theirs.set_weights(weights)
-    expected = keras.ops.convert_to_numpy(theirs(x))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), expected, rtol=1e-5, atol=1e-4)
-    probe = keras.layers.Input(shape[1:])
-    for layer in (ours, theirs):  # gradients: training each one step with SGD moves the weights alike
-        model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(probe)))
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-        model.train_on_batch(x, np.ones((shape[0], 5), "float32"))
-    for a, b in zip(ours.get_weights(), theirs.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_same_layer(PatchConv2D(5, activation="relu", **KERNEL_CODES[code]),
+                      keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code]), shape, np.random.default_rng(1))
 
 
 def test_patch_separable_conv_needs_non_overlapping_patches():
