@@ -159,3 +159,33 @@ def test_image_hashes_follow_content():
     hashes = F.image_hashes(images)
     assert hashes[0] == hashes[1] and hashes[0] != hashes[2]
     assert F.image_hashes(images.reshape(3, 2, 8, 3))[0] != hashes[0]  # the shape is part of the content
+
+
+def test_extraction_engine_setting(monkeypatch):
+    monkeypatch.setenv("PATTLITE_EXTRACTION_ENGINE", "tensorflow")
+    assert F.extraction_engine() == "tensorflow"
+    monkeypatch.setenv("PATTLITE_EXTRACTION_ENGINE", "onnx")
+    with pytest.raises(ValueError, match="onnx"):
+        F.extraction_engine()
+
+
+def test_openvino_and_tensorflow_extract_the_same_features(env, tmp_path):
+    """Both engines, two layers from one pass: the same features to within float16 rounding, in the
+    right layer order, and each shard records its engine."""
+    pytest.importorskip("openvino", reason="the openvino package (extras jax, dev) is not installed")
+    import json
+
+    m, w = env["manifest"], env["weights"]
+    layers = ("conv_dw_9_relu", "conv_pw_9_relu")  # same shape: a swapped output order would pass unnoticed
+    features = {}
+    for engine in ("tensorflow", "openvino"):
+        with environment(PATTLITE_EXTRACTION_ENGINE=engine):
+            out = F.backbone_features(m, 32, w, cut_layers=layers, progress=False, cache_dir=tmp_path / engine)
+        features[engine] = {name: np.asarray(out[name], dtype=np.float32) for name in layers}
+        (shard,) = (tmp_path / engine).glob("*/shard-*")
+        assert json.loads((shard / "engine.json").read_text())["engine"] == engine
+    for name in layers:
+        tf_values, ov_values = features["tensorflow"][name], features["openvino"][name]
+        assert not np.allclose(features["tensorflow"][layers[0]], features["tensorflow"][layers[1]], atol=1e-2)
+        np.testing.assert_allclose(ov_values, tf_values, rtol=4e-3, atol=4e-3 * np.abs(tf_values).max(),
+                                   err_msg=name)

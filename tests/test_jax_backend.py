@@ -51,11 +51,13 @@ def test_model_evaluate_and_train_run_on_the_jax_backend():
 # swap of the batch-mixing settings, the patch layer's sliced form), run again on JAX.
 ON_BOTH_BACKENDS = [
     "tests/test_train.py::test_fast_path_gives_the_plain_paths_updates[published]",
+    "tests/test_train.py::test_fast_path_reads_a_memory_map_in_chunks",  # device-resident vs chunks
     "tests/test_evaluate.py::test_head_predictions_in_big_calls_keep_the_batches",
     "tests/test_evaluate.py::test_independent_equals_batch_size_one",
     "tests/test_evaluate.py::test_published_model_depends_on_protocol_but_pattlite_does_not",
     "tests/test_model.py::test_patch_separable_conv_equals_separable_conv",
     "tests/test_model.py::test_patch_conv_equals_conv",
+    "tests/test_model.py::test_patch_conv_as_the_pointwise_layer_equals_conv",
     "tests/test_features.py::test_cached_head_predicts_like_full_model",  # extraction in a TensorFlow child
 ]
 
