@@ -549,7 +549,7 @@ def _patch_extraction(x, patch, L):
     else:
         x = L("patch_extraction_conv", PatchConv2D, PATCH_FILTERS, activation="relu",
               **KERNEL_CODES[patch])(x)
-    return L("patch_extraction_pointwise", keras.layers.Conv2D, PATCH_FILTERS, 1, activation="relu")(x)
+    return L("patch_extraction_pointwise", PatchConv2D, PATCH_FILTERS, 1, activation="relu")(x)
 
 
 def _region_attention(x, L):

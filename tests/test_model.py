@@ -341,6 +341,16 @@ def test_patch_conv_equals_conv(code, shape):
                       keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code]), shape, np.random.default_rng(1))
 
 
+def test_patch_conv_as_the_pointwise_layer_equals_conv():
+    """The 1x1 convolution after every patch block (`patch_extraction_pointwise`) is a PatchConv2D too."""
+    from pattlite.model import PatchConv2D
+
+    assert_same_layer(PatchConv2D(5, 1, activation="relu"), keras.layers.Conv2D(5, 1, activation="relu"),
+                      (3, 4, 4, 6), np.random.default_rng(2))
+    assert isinstance(M.build_head("published", 7, (14, 14, 512)).get_layer("patch_extraction_pointwise"),
+                      PatchConv2D)
+
+
 def test_patch_separable_conv_needs_non_overlapping_patches():
     from pattlite.model import PatchSeparableConv2D
 
