@@ -124,6 +124,7 @@ def check_arguments(args) -> None:
             _choice("--parts", "bench part", part, bench.BENCH_PARTS)
         _at_least("--cached-samples", args.cached_samples, 8)
         _at_least("--extract-images", args.extract_images, 1)
+        _at_least("--repeats", args.repeats, 1)
     elif args.command == "audit":
         _choice("--dataset", "dataset", args.dataset, audit.AUDIT_DATASETS)
         if args.profile is not None:
@@ -233,11 +234,11 @@ def cmd_bench(args) -> int:
         _json_line(result)
     if "cached" in parts:
         print(f"pattlite bench: heads on cached features, {args.cached_samples} random float16 features "
-              f"14x14x512 per row, fast path vs plain path in the same run; feature extraction of "
+              f"14x14x512 per row, held in memory, fast path vs plain path in the same run; feature extraction of "
               f"{args.extract_images} random images", flush=True)
         result = bench.run_cached_benchmark(samples=args.cached_samples, extract_images=args.extract_images,
-                                      image_size=args.image_size, weights=weights,
-                                      train_batch_size=args.train_batch_size)
+                                            image_size=args.image_size, weights=weights,
+                                            train_batch_size=args.train_batch_size, repeats=args.repeats)
         print(bench.format_cached_table(result))
         print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
               f"extraction on tensorflow); {result['seconds']:.1f} s in all")
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--parts", default="images,cached",
                               help="which rows: images (full models on images), cached (heads on cached "
                                    "features, fast vs plain, and feature extraction); default both")
+    bench_parser.add_argument("--repeats", type=int, default=3,
+                              help="timed runs per cached-head row, the median reported (default 3)")
     bench_parser.add_argument("--cached-samples", type=int, default=bench.DEFAULT_CACHED_SAMPLES,
                               help=f"features per cached-head row (default {bench.DEFAULT_CACHED_SAMPLES})")
     bench_parser.add_argument("--extract-images", type=int, default=bench.DEFAULT_EXTRACT_IMAGES,

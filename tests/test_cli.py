@@ -112,7 +112,7 @@ def test_missing_weights_file_exits_1_naming_it(folders, capsys, tmp_path):
 @pytest.mark.slow
 def test_bench_cached_part_compares_fast_and_plain_paths(capsys):
     status, out, _ = run_cli(capsys, ["bench", "--parts", "cached", "--cached-samples", "24",
-                                      "--extract-images", "8", "--image-size", "32"])
+                                      "--extract-images", "8", "--image-size", "32", "--repeats", "3"])
     assert status == 0
     payload = last_json(out)
     assert set(payload["training"]) == {"published", "pattlite"}
@@ -121,14 +121,20 @@ def test_bench_cached_part_compares_fast_and_plain_paths(capsys):
         for timing in stages.values():
             assert timing["fast"]["samples"] == timing["plain"]["samples"] == 24
             assert timing["speedup"] == timing["fast"]["samples_per_s"] / timing["plain"]["samples_per_s"]
+            # the median of 3 timed runs
+            assert sorted(timing["fast"]["runs_samples_per_s"])[1] == pytest.approx(timing["fast"]["samples_per_s"])
     assert payload["prediction"]["published"]["fast"]["samples_per_s"] > 0
+    assert len(payload["prediction"]["published"]["plain"]["runs_samples_per_s"]) == 3
     assert payload["extraction"]["images_per_s"] > 0
+    assert payload["extraction"]["engine"] in ("openvino", "tensorflow")
     assert "| cached training published stage1 | 8 |" in out
 
 
 def test_bad_batch_sizes_exit_2(capsys):
     status, _, err = run_cli(capsys, ["bench", "--batch-sizes", "1,x"])
     assert status == 2 and "comma-separated integers" in err
+    status, _, err = run_cli(capsys, ["bench", "--parts", "cached", "--repeats", "0"])
+    assert status == 2 and "--repeats" in err
 
 
 @pytest.mark.slow
