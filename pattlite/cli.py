@@ -241,7 +241,7 @@ def cmd_bench(args) -> int:
                                             train_batch_size=args.train_batch_size, repeats=args.repeats)
         print(bench.format_cached_table(result))
         print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
-              f"extraction on tensorflow); {result['seconds']:.1f} s in all")
+              f"extraction on {result['extraction']['engine']}); {result['seconds']:.1f} s in all")
         _json_line(result)
     return 0
 
