@@ -341,8 +341,7 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
             extractor = make_extractor(image_size, weights, layers, engine=engine)
             extractor.predict_on_batch(images[:EXTRACT_BATCH])  # warm-up: traces (compiles) the call
             start = time.perf_counter()
-            extract_shard(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder,
-                          engine)
+            extract_shard(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
             seconds = time.perf_counter() - start
         else:  # as backbone_features does on other backends: in a TensorFlow child process
             _, seconds = extract_shard_in_tensorflow(images, np.arange(extract_images), image_size, weights, layers,

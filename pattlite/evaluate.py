@@ -161,8 +161,15 @@ def batch_mixing_groups(model, group_size: int):
 # and at 128 (where the float32 copy of a call's features, 51 MB, outgrows the 32 MB L3 cache).
 FAST_PREDICT_ROWS = {"jax": 64}
 FAST_PREDICT_BATCH = 512  # every other backend
+
+
 def _rows_per_call() -> int:
     return FAST_PREDICT_ROWS.get(keras.config.backend(), FAST_PREDICT_BATCH)
+
+
+def is_in_memory(x) -> bool:
+    """True for an ordinary NumPy array (not a memory map, not `FeatureRows`)."""
+    return isinstance(x, np.ndarray) and not isinstance(x, np.memmap)
 
 
 def in_memory(x, max_bytes: float = float("inf")):
@@ -174,7 +181,7 @@ def in_memory(x, max_bytes: float = float("inf")):
     """
     from pattlite.features import aligned_empty
 
-    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+    if is_in_memory(x):
         return x
     nbytes = getattr(x, "nbytes", None)
     if nbytes is None or nbytes > max_bytes:
@@ -230,7 +237,7 @@ def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISH
 
 def _predict_grouped(model, x, order, batch_size):
     """Predictions in `order`, batches of `batch_size` computed `_rows_per_call()` rows per call."""
-    if keras.config.backend() == "jax" and isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+    if keras.config.backend() == "jax" and is_in_memory(x):
         return _predict_grouped_on_jax(model, x, order, batch_size)
     full = len(order) // batch_size * batch_size
     parts = []

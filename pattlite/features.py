@@ -265,7 +265,6 @@ class OpenVinoExtractor:
 
         import openvino
 
-        self._openvino = openvino
         with tempfile.TemporaryDirectory(prefix="pattlite-openvino-") as tmp:
             keras_model.export(os.path.join(tmp, "saved_model"), format="tf_saved_model", verbose=False)
             self._model = openvino.convert_model(os.path.join(tmp, "saved_model"))
@@ -299,7 +298,11 @@ def make_extractor(size: int, weights, layer_names, resize_to: int = 224, engine
     return OpenVinoExtractor(extractor) if engine == "openvino" else extractor
 
 
-def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, folder, engine="tensorflow"):
+def _engine_of(extractor) -> str:
+    return "openvino" if isinstance(extractor, OpenVinoExtractor) else "tensorflow"
+
+
+def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, folder):
     """One pass of the images `pixels[rows]` through `extractor`, written as a new shard of `folder`.
 
     Every requested layer comes out of the same pass. The shard is written under a temporary name and
@@ -308,6 +311,7 @@ def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, fo
     """
     from tqdm.auto import tqdm
 
+    engine = _engine_of(extractor)
     tmp = folder / f".tmp-shard-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir(parents=True)
     outputs = {}
@@ -393,7 +397,7 @@ def _extract_from_spec(spec_path: str) -> None:
         extractor.predict_on_batch(np.asarray(pixels[:spec["batch_size"]]))
     start = time.perf_counter()
     tmp = extract_shard(pixels, np.arange(len(pixels)), extractor, spec["layers"], spec["batch_size"],
-                        spec["progress"], Path(spec["folder"]), spec["engine"])
+                        spec["progress"], Path(spec["folder"]))
     Path(spec["out"]).write_text(json.dumps({"shard": str(tmp), "seconds": time.perf_counter() - start}))
 
 
@@ -466,9 +470,8 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         unique = np.array(sorted(first_of.values()), dtype=np.int64)
         layers = list(missing)
         if keras.config.backend() == "tensorflow":
-            engine = extraction_engine()
-            tmp = extract_shard(pixels, rows[unique], make_extractor(size, weights, layers, resize_to, engine),
-                                layers, batch_size, progress, folder, engine)
+            tmp = extract_shard(pixels, rows[unique], make_extractor(size, weights, layers, resize_to),
+                                layers, batch_size, progress, folder)
         else:
             tmp, _ = extract_shard_in_tensorflow(pixels, rows[unique], size, weights, layers, resize_to,
                                                  batch_size, progress, folder)

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 from pattlite import config
-from pattlite.evaluate import OrderedBatches, in_memory, predict
+from pattlite.evaluate import OrderedBatches, in_memory, is_in_memory, predict
 from pattlite.model import (backbone_layers, count_params, cut_layer_name, finetune_model,
                             set_finetune_trainable)
 
@@ -277,7 +277,7 @@ def _in_memory(x):
 
 def _gather(x, rows):
     """x[rows] for an in-memory array, a memory map or `FeatureRows`; memory maps are read in row order."""
-    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+    if is_in_memory(x):
         return x[rows]
     sort = np.argsort(rows, kind="stable")
     out = np.empty((len(rows),) + tuple(x.shape[1:]), dtype=x.dtype)
@@ -350,7 +350,7 @@ def _jax_steps(model, batch_size):
     chunk = CHUNK_BATCHES * batch_size
 
     def prepare(arrays):
-        if all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in arrays):
+        if all(is_in_memory(a) for a in arrays):
             return tuple(jax.device_put(a, may_alias=True) for a in arrays)
         return arrays  # over the memory budget: gathered on the host chunk by chunk
 
