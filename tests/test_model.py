@@ -300,7 +300,8 @@ def test_calibrate_batchnorm_normalises_backbone_activations():
 
 def assert_same_layer(ours, theirs, shape, rng):
     """Given the same random weights, `ours` gives `theirs`'s outputs for a random input, and one SGD
-    step through each moves the weights alike (same gradients)."""
+    step through each moves the weights alike (same gradients), those of a 1x1 layer before it too (so
+    the gradient it passes to its input is the same)."""
     x = rng.standard_normal(shape).astype("float32")
     ours.build(shape)
     theirs.build(shape)
@@ -310,12 +311,17 @@ def assert_same_layer(ours, theirs, shape, rng):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)),
                                rtol=1e-5, atol=1e-4)
     probe = keras.layers.Input(shape[1:])
+    before = [rng.standard_normal((shape[-1], shape[-1])).astype("float32") * 0.5, np.zeros(shape[-1], "float32")]
+    befores = []
     for layer in (ours, theirs):
-        model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(probe)))
+        befores.append(keras.layers.Dense(shape[-1]))
+        model = keras.Model(probe, keras.layers.GlobalAveragePooling2D()(layer(befores[-1](probe))))
+        befores[-1].set_weights(before)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.train_on_batch(x, np.ones((shape[0], 5), "float32"))
-    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+    for a, b in zip(ours.get_weights() + befores[0].get_weights(), theirs.get_weights() + befores[1].get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(befores[0].get_weights()[0], before[0])  # the input gradient reached it
 
 
 @pytest.mark.parametrize("shape,kernel,padding", [((3, 14, 14, 16), 4, "same"), ((2, 4, 4, 8), 2, "valid"),
