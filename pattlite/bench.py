@@ -16,7 +16,8 @@ features of the cut's shape, 14x14x512, written to a file and read into memory o
 its training and validation sets), on
 the fast path the package uses (`pattlite.train.fit_in_order`, `pattlite.evaluate.predict`) and on
 the plain path (Keras `fit` / `predict` over `OrderedBatches`), in the same run, plus the backbone's
-feature-extraction rate (`pattlite.features.backbone_features`).
+feature-extraction rate (`pattlite.features.backbone_features`). On JAX each training row also gets the
+rate of its step's matrix products alone (`products_only_rate`): a ceiling for the fast path on this CPU.
 
 Each measurement runs one warm-up step (graph tracing, excluded) and then `steps` timed steps. Every step
 is timed in two parts: producing the batch from the uint8 array (`feed`) and the model call (`compute`);
@@ -231,6 +232,66 @@ def _rate(samples: int, seconds: float) -> dict:
     return {"samples": int(samples), "seconds": seconds, "samples_per_s": samples / seconds}
 
 
+def step_products(model, batch) -> list:
+    """JAX only: every matrix product (`dot_general`) of one `model.train_step` on `batch`, as
+    (lhs aval, rhs aval, dimension numbers, multiply-adds). The model must be compiled and built."""
+    import jax
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    state = tuple([v.value for v in group] for group in (model.trainable_variables, model.non_trainable_variables,
+                                                       model.optimizer.variables, model.metrics_variables))
+    products = []
+
+    def collect(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                depth = int(np.prod([lhs.shape[d] for d in contract]))
+                products.append((lhs, rhs, eqn.params["dimension_numbers"],
+                                 int(np.prod(eqn.outvars[0].aval.shape)) * depth))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(sub, ClosedJaxpr):
+                        collect(sub.jaxpr)
+                    elif isinstance(sub, Jaxpr):
+                        collect(sub)
+
+    collect(jax.make_jaxpr(model.train_step)(state, batch).jaxpr)
+    return products
+
+
+def products_only_rate(model, batch, repeats: int, steps: int = 256) -> dict:
+    """JAX only: how fast this CPU runs the matrix products of `model.train_step` alone, at their
+    shapes (`step_products`), `steps` times in one compiled loop: a ceiling for any training loop
+    built from XLA's kernels, whatever else the step does. Each product's smaller operand gets the
+    loop's scalar added, so that XLA cannot hoist the product out of the loop (one elementwise pass
+    over that operand, included in the time)."""
+    import jax
+
+    products = step_products(model, batch)
+    rng = np.random.default_rng(0)
+    operands = [tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in pair)
+                for pair in ((lhs, rhs) for lhs, rhs, _, _ in products)]
+
+    def one_step(_, carry):
+        total = carry
+        for (lhs, rhs), (_, _, numbers, _) in zip(operands, products):
+            if lhs.size <= rhs.size:
+                lhs = lhs + carry.astype(lhs.dtype)
+            else:
+                rhs = rhs + carry.astype(rhs.dtype)
+            total = total + jax.lax.dot_general(lhs, rhs, numbers).ravel()[0].astype(total.dtype) * 1e-30
+        return total
+
+    run = jax.jit(lambda: jax.lax.fori_loop(0, steps, one_step, jax.numpy.float32(0)))
+    jax.block_until_ready(run())  # compiles
+    batch_size = len(batch[0])
+    rate = _median_rate(steps * batch_size, lambda: jax.block_until_ready(run()), repeats)
+    rate.update(products=len(products), multiply_adds_per_step=sum(p[3] for p in products))
+    return rate
+
+
 def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEADS,
                          extract_images: int = DEFAULT_EXTRACT_IMAGES, image_size: int = DEFAULT_IMAGE_SIZE,
                          weights=None, train_batch_size: int = 8, seed: int = 0, repeats: int = 3,
@@ -249,7 +310,8 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
     `extract_images` random uint8 images at `image_size`, after the extractor is built and traced.
 
     Returns:
-        dict with `settings`, `training` (head -> stage -> {"fast", "plain": timings, "speedup"}),
+        dict with `settings`, `training` (head -> stage -> {"fast", "plain": timings, "speedup", and on
+        JAX "products_only": timings with `products` and `multiply_adds_per_step`}),
         `prediction` (head -> {"fast", "plain", "speedup"}), `extraction` (timings with
         `images_per_s`), `machine` and `seconds`. Timings: samples, seconds, samples_per_s.
     """
@@ -310,10 +372,16 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
                     fit(warm)
                     timings[path_name] = _median_rate(samples, lambda: fit(slice(0, samples)), repeats)
                 timings["speedup"] = timings["fast"]["samples_per_s"] / timings["plain"]["samples_per_s"]
+                ceiling = ""
+                if keras.config.backend() == "jax":
+                    batch = (np.asarray(features[:train_batch_size], "float32"), labels[:train_batch_size])
+                    batch += () if w is None else (w[:train_batch_size],)
+                    timings["products_only"] = products_only_rate(graph, batch, repeats)
+                    ceiling = f"; its matrix products alone {timings['products_only']['samples_per_s']:7.0f}"
                 result["training"][head_name][stage] = timings
                 say(f"  cached training {head_name:9s} {stage:15s} batch {train_batch_size}: "
                     f"fast {timings['fast']['samples_per_s']:7.0f} samples/s, plain "
-                    f"{timings['plain']['samples_per_s']:7.0f} ({timings['speedup']:.2f}x)")
+                    f"{timings['plain']['samples_per_s']:7.0f} ({timings['speedup']:.2f}x){ceiling}")
             order = protocol_order(labels, "published")
             # Warm-up over the same rows: every call shape is traced (compiled, on JAX) before timing.
             predict(head, features, labels, "published")
@@ -362,16 +430,23 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
 def format_cached_table(result: dict) -> str:
     """The cached-feature benchmark as a Markdown table."""
     batch = result["settings"]["train_batch_size"]
-    lines = ["| measurement | batch | fast samples/s | plain samples/s | speed-up |", "|---|---:|---:|---:|---:|"]
+    ceilings = any("products_only" in t for stages in result["training"].values() for t in stages.values())
+    header = "| measurement | batch | fast samples/s | plain samples/s | speed-up |"
+    rule = "|---|---:|---:|---:|---:|"
+    if ceilings:  # JAX: the rate of the step's matrix products alone (`products_only_rate`)
+        header, rule = header + " matrix products alone |", rule + "---:|"
+    lines = [header, rule]
+    blank = " |" if ceilings else ""
     for head, stages in result["training"].items():
         for stage, t in stages.items():
+            products = f" {t['products_only']['samples_per_s']:.0f} |" if "products_only" in t else blank
             lines.append(f"| cached training {head} {stage} | {batch} | {t['fast']['samples_per_s']:.0f} | "
-                         f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |")
+                         f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{products}")
     for head, t in result["prediction"].items():
         lines.append(f"| cached prediction {head} (published protocol) | 32 | {t['fast']['samples_per_s']:.0f} | "
-                     f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |")
+                     f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{blank}")
     if "extraction" in result:
         lines.append(f"| feature extraction to the cut ({result['settings']['image_size']} px -> 224; "
                      f"{result['extraction'].get('engine', 'tensorflow')}) | 64 | "
-                     f"{result['extraction']['images_per_s']:.0f} images/s | | |")
+                     f"{result['extraction']['images_per_s']:.0f} images/s | | |{blank}")
     return "\n".join(lines)

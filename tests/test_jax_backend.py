@@ -37,6 +37,23 @@ SCRIPT = textwrap.dedent("""
         evaluate(published, x, y, classes, protocol)
     result = train(published, x, y, x, y, TrainConfig(stage1_epochs=1, stage2=False, verbose=False))
     assert result.epochs["stage1"] == 1
+
+    # bench's ceiling finds every matrix product of a head's training step: for each layer that
+    # multiplies, the forward product and its two gradients (weights, and the input the layer below
+    # needs); the attention's x x^T and softmax(.) x with theirs (8 x 8 x 32 each).
+    from pattlite.bench import products_only_rate, step_products
+    from pattlite.model import build_head
+    channels = 16
+    head = build_head("published", 7, (14, 14, channels))
+    head.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=3.0),
+                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    batch = (rng.normal(size=(8, 14, 14, channels)).astype("float32"), y[:8], np.ones(8, "float32"))
+    head.fit(batch[0], batch[1], sample_weight=batch[2], batch_size=8, epochs=1, verbose=0)  # builds it
+    forward = 8 * 16 * channels * 256 + 2 * (8 * 4 * 256 * 256) + 8 * 256 * 32 + 8 * 32 * 7
+    products = step_products(head, batch)
+    assert sum(p[3] for p in products) == 3 * forward + 6 * (8 * 8 * 32), [p[3] for p in products]
+    rate = products_only_rate(head, batch, repeats=1, steps=4)
+    assert rate["samples"] == 32 and rate["samples_per_s"] > 0 and rate["products"] == len(products) == 21
     print("JAX-OK")
 """)
 
