@@ -250,15 +250,9 @@ class PatchSeparableConv2D(keras.layers.SeparableConv2D):
     def call(self, inputs):
         if keras.config.backend() != "jax":
             return super().call(inputs)
-        (kh, kw), channels = self.kernel_size, int(inputs.shape[-1])
-        (out_h, top, bottom), (out_w, left, right) = (
-            _conv_padding(int(inputs.shape[1]), kh, kh, self.padding),
-            _conv_padding(int(inputs.shape[2]), kw, kw, self.padding))
-        x = inputs
-        if top or bottom or left or right:
-            x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-        patches = ops.reshape(x[:, :out_h * kh, :out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
-        mixed = _patch_depthwise()(patches, ops.convert_to_tensor(self.depthwise_kernel))
+        size = (int(inputs.shape[1]), int(inputs.shape[2]))
+        mixed = _patch_depthwise()(self.padding, size, inputs, ops.convert_to_tensor(self.depthwise_kernel))
+        channels, (_, out_h, out_w, _) = int(inputs.shape[-1]), mixed.shape
         outputs = ops.matmul(ops.reshape(mixed, (-1, channels)), ops.reshape(self.pointwise_kernel, (channels, -1)))
         outputs = ops.reshape(outputs, (-1, out_h, out_w, self.filters))
         if self.use_bias:
@@ -266,38 +260,88 @@ class PatchSeparableConv2D(keras.layers.SeparableConv2D):
         return outputs if self.activation is None else self.activation(outputs)
 
 
+def _patches(padding, inputs, kh, kw):
+    """(batch, h, w, c) -> (batch, out_h, kh, out_w, kw, c): padded as TensorFlow pads, cut into
+    non-overlapping kh x kw patches (a reshape)."""
+    (out_h, top, bottom), (out_w, left, right) = (_conv_padding(int(inputs.shape[1]), kh, kh, padding),
+                                                  _conv_padding(int(inputs.shape[2]), kw, kw, padding))
+    if top or bottom or left or right:
+        inputs = ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    channels = int(inputs.shape[-1])
+    return ops.reshape(inputs[:, :out_h * kh, :out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
+
+
 @functools.lru_cache(maxsize=None)
 def _patch_depthwise():
-    """JAX only: the depthwise step of `PatchSeparableConv2D` on patches (batch, out_h, kh, out_w, kw, c)
-    with a (kh, kw, c, 1) kernel -> (batch, out_h, out_w, c), with a hand-written gradient.
+    """JAX only: the depthwise step of `PatchSeparableConv2D`, f(padding, (h, w), inputs (batch, h, w, c),
+    kernel (kh, kw, c, 1)) -> (batch, out_h, out_w, c), with a hand-written gradient.
 
-    The gradient is the one JAX derives, except that the incoming gradient passes an optimization
-    barrier: without it XLA fuses the matrix product that makes that gradient (the pointwise step's)
-    into the kernel gradient's reduction, and the fused kernel runs slower. Measured on 2 cores (AMD
-    EPYC, published head, batch 8, alternating runs in one process), against the earlier form (one
-    strided slice per kernel tap, gradients derived by JAX): the training step 6% and 8% faster (medians
-    of 8 and 10 paired runs). The input gradient is dropped by XLA when nothing needs it (the first
+    Without differentiation (prediction) it sums kh x kw strided slices of the input, each times its
+    kernel tap, padding only these small results: the input is read in place (a padded float32 copy of
+    64 feature maps would outgrow a 32 MB L3 cache, and prediction ran 5x slower). Under
+    differentiation (training) the input is padded and cut into patches once, kept for the gradient;
+    the two forms differ in float rounding only. The gradient is the one JAX derives, except that the
+    incoming gradient passes an optimization barrier: without it XLA fuses the matrix product that
+    makes it (the pointwise step's) into the kernel gradient's reduction, and the fused kernel runs
+    slower. Measured on 2 cores (AMD EPYC, published head, batch 8, alternating runs in one process),
+    against the earlier form (slices, gradients derived by JAX): the training step 6% and 8% faster
+    (medians of 8 and 10 paired runs). XLA drops the input gradient when nothing needs it (the first
     layer of a head on features).
     """
     import jax  # edge: a custom gradient and an optimization barrier
 
-    def depthwise(patches, kernel):
+    def depthwise(padding, size, inputs, kernel):
+        (kh, kw), (height, width) = kernel.shape[:2], size
+        rows, cols = _patch_taps(height, kh, padding), _patch_taps(width, kw, padding)
+        mixed = 0
+        for i, (row, n_rows, rows_before, rows_after) in enumerate(rows):
+            for j, (col, n_cols, cols_before, cols_after) in enumerate(cols):
+                if n_rows == 0 or n_cols == 0:
+                    continue  # this kernel tap only ever sees padding
+                taps = inputs[:, row:row + (n_rows - 1) * kh + 1:kh, col:col + (n_cols - 1) * kw + 1:kw, :]
+                taps = taps * kernel[i, j, :, 0]
+                if rows_before or rows_after or cols_before or cols_after:
+                    taps = ops.pad(taps, [[0, 0], [rows_before, rows_after], [cols_before, cols_after], [0, 0]])
+                mixed = mixed + taps
+        return mixed
+
+    def forward(padding, size, inputs, kernel):
         kh, kw, channels = kernel.shape[:3]
-        return ops.sum(patches * ops.reshape(kernel, (kh, 1, kw, channels)), axis=(2, 4))
+        patches = _patches(padding, inputs, kh, kw)
+        return ops.sum(patches * ops.reshape(kernel, (kh, 1, kw, channels)), axis=(2, 4)), (patches, kernel)
 
-    def forward(patches, kernel):
-        return depthwise(patches, kernel), (patches, kernel)
-
-    def backward(saved, gradient):
-        patches, kernel = saved
+    def backward(padding, size, saved, gradient):
+        (patches, kernel), (height, width) = saved, size
         kh, kw, channels = kernel.shape[:3]
         gradient = jax.lax.optimization_barrier(gradient)[:, :, None, :, None, :]
-        return (gradient * ops.reshape(kernel, (kh, 1, kw, channels)),
-                ops.reshape(ops.sum(patches * gradient, axis=(0, 1, 3)), kernel.shape))
+        kernel_gradient = ops.reshape(ops.sum(patches * gradient, axis=(0, 1, 3)), kernel.shape)
+        # The input's gradient: each patch pixel's, back in place; padding dropped, unread pixels zero.
+        (_, out_h, _, out_w, _, _) = patches.shape
+        grid = ops.reshape(gradient * ops.reshape(kernel, (kh, 1, kw, channels)), (-1, out_h * kh, out_w * kw, channels))
+        (_, top, _), (_, left, _) = (_conv_padding(height, kh, kh, padding), _conv_padding(width, kw, kw, padding))
+        grid = grid[:, top:top + height, left:left + width, :]
+        missing_h, missing_w = height - int(grid.shape[1]), width - int(grid.shape[2])
+        if missing_h or missing_w:  # 'valid' leaves the last rows or columns unread
+            grid = ops.pad(grid, [[0, 0], [0, missing_h], [0, missing_w], [0, 0]])
+        return grid, kernel_gradient
 
-    depthwise = jax.custom_vjp(depthwise)
+    depthwise = jax.custom_vjp(depthwise, nondiff_argnums=(0, 1))
     depthwise.defvjp(forward, backward)
     return depthwise
+
+
+def _patch_taps(size: int, kernel: int, padding: str) -> list[tuple[int, int, int, int]]:
+    """For each kernel offset along one axis of `size` pixels (stride = kernel): the first input index
+    it reads, how many patches read a real pixel there, and how many patches before and after read
+    padding instead. 'same' pads as TensorFlow does: output ceil(size / kernel), extra pixel last."""
+    out = -(-size // kernel) if padding == "same" else size // kernel
+    before = (out * kernel - size) // 2 if padding == "same" else 0
+    taps = []
+    for offset in range(kernel):
+        index = [patch * kernel + offset - before for patch in range(out)]
+        real = [i for i in index if 0 <= i < size]
+        taps.append((real[0] if real else 0, len(real), sum(i < 0 for i in index), sum(i >= size for i in index)))
+    return taps
 
 
 @keras.saving.register_keras_serializable(package="pattlite")
