@@ -12,7 +12,7 @@ Four profiles:
 - `cpu`: the real datasets found (FER2013 and FERPlus are the ones a CPU can afford), ImageNet weights,
   heads on cached backbone features (no augmentation; stage 2 as coded fine-tunes no backbone weight
   anyway), the authors' callbacks with shorter caps and a class-stratified training subset, 3 seeds, on
-  Keras' JAX backend (7x faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
+  Keras' JAX backend (6-11x faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
   whole run on FER2013 + FERPlus fits in 3 hours on 2 CPU cores; its report is committed in
   docs/results/cpu/.
 - `ci`: smaller still, for tests (seconds per training), with a random backbone whose BatchNorm
@@ -189,8 +189,9 @@ PROFILES = {
         stage1="cached",
         finetune="as_coded",
         # The authors' callbacks (early stopping, learning-rate reduction) stay; the caps and the
-        # training subset are what fit 3 hours on 2 cores at the head-training rate of docs/audit.md
-        # (about 2,000 samples/s on the JAX backend). Each result records how many epochs ran.
+        # training subset are what fit 3 hours on 2 cores at the head-training rate of docs/audit.md when
+        # they were set (about 2,000 samples/s on the JAX backend; 3,000-4,700 since). Each result
+        # records how many epochs ran.
         stage1_epochs=30,
         stage2_epochs=500,
         stage2_max_epochs=5,
