@@ -236,7 +236,6 @@ def step_products(model, batch) -> list:
     """JAX only: every matrix product (`dot_general`) of one `model.train_step` on `batch`, as
     (lhs aval, rhs aval, dimension numbers, multiply-adds). The model must be compiled and built."""
     import jax
-    from jax.extend.core import ClosedJaxpr, Jaxpr
 
     state = tuple([v.value for v in group] for group in (model.trainable_variables, model.non_trainable_variables,
                                                        model.optimizer.variables, model.metrics_variables))
@@ -250,11 +249,10 @@ def step_products(model, batch) -> list:
                 depth = int(np.prod([lhs.shape[d] for d in contract]))
                 products.append((lhs, rhs, eqn.params["dimension_numbers"],
                                  int(np.prod(eqn.outvars[0].aval.shape)) * depth))
-            for value in eqn.params.values():
+            for value in eqn.params.values():  # sub-computations: loops, calls, custom gradients
                 for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    if isinstance(sub, ClosedJaxpr):
-                        collect(sub.jaxpr)
-                    elif isinstance(sub, Jaxpr):
+                    sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr (duck-typed: the
+                    if hasattr(sub, "eqns"):  # classes moved between JAX versions)
                         collect(sub)
 
     collect(jax.make_jaxpr(model.train_step)(state, batch).jaxpr)
