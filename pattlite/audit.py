@@ -49,8 +49,9 @@ AUDIT_DATASETS = config.REAL_DATASETS + ("synthetic",)
 # (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
 SYNTHETIC_SLOT = "fer2013"
 DEFAULT_TRAIN_LIMIT = 10_000
-# Stage-1 epoch cap on real data: FERPlus with a 10,000-image subset, three heads, took 5 min 5 s on 2
-# idle CPU cores with the JAX backend (docs/audit.md); early stopping (patience 5) may end sooner.
+# Stage-1 epoch cap on real data: FERPlus with a 10,000-image subset, three heads, took 5 min 5 s and
+# 5 min 29 s in two runs on 2 idle CPU cores with the JAX backend (docs/audit.md); early stopping
+# (patience 5) may end sooner.
 DEFAULT_STAGE1_EPOCHS = 10
 REAL_PROFILE = "paper"
 SYNTHETIC_PROFILE = "ci"

@@ -237,8 +237,9 @@ def step_products(model, batch) -> list:
     (lhs aval, rhs aval, dimension numbers, multiply-adds). The model must be compiled and built."""
     import jax
 
-    state = tuple([v.value for v in group] for group in (model.trainable_variables, model.non_trainable_variables,
-                                                       model.optimizer.variables, model.metrics_variables))
+    from pattlite.train import train_step_variables
+
+    state = tuple([v.value for v in group] for group in train_step_variables(model))
     products = []
 
     def collect(jaxpr):
@@ -269,8 +270,8 @@ def products_only_rate(model, batch, repeats: int, steps: int = 256) -> dict:
 
     products = step_products(model, batch)
     rng = np.random.default_rng(0)
-    operands = [tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in pair)
-                for pair in ((lhs, rhs) for lhs, rhs, _, _ in products)]
+    operands = [tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in (lhs, rhs))
+                for lhs, rhs, _, _ in products]
 
     def one_step(_, carry):
         total = carry
@@ -351,12 +352,11 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
             graphs = {"stage1": (head, sample_weight, recipe.stage1_learning_rate),
                       "stage2_as_coded": (finetune_model(head, recipe.spatial_dropout, recipe.finetune_dropout),
                                           None, recipe.stage2_learning_rate)}
-            for stage, (graph, weights_or_none, learning_rate) in graphs.items():
+            for stage, (graph, w, learning_rate) in graphs.items():
                 timings = {}
                 for path_name in ("plain", "fast"):
                     graph.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=recipe.global_clipnorm),
                                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-                    w = None if weights_or_none is None else weights_or_none
                     if path_name == "fast":
                         def fit(rows, graph=graph, w=w):
                             fit_in_order(graph, features[rows], labels[rows], None if w is None else w[rows],

@@ -334,8 +334,7 @@ def _patch_taps(size: int, kernel: int, padding: str) -> list[tuple[int, int, in
     """For each kernel offset along one axis of `size` pixels (stride = kernel): the first input index
     it reads, how many patches read a real pixel there, and how many patches before and after read
     padding instead. 'same' pads as TensorFlow does: output ceil(size / kernel), extra pixel last."""
-    out = -(-size // kernel) if padding == "same" else size // kernel
-    before = (out * kernel - size) // 2 if padding == "same" else 0
+    out, before, _ = _conv_padding(size, kernel, kernel, padding)
     taps = []
     for offset in range(kernel):
         index = [patch * kernel + offset - before for patch in range(out)]

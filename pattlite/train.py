@@ -312,6 +312,13 @@ def _tensorflow_steps(model, batch_size):
     return (lambda arrays: arrays), run
 
 
+def train_step_variables(model) -> tuple:
+    """The four variable lists whose values make the state of Keras' stateless JAX `train_step`:
+    trainable, non-trainable, optimizer and metric variables, in that order."""
+    return (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
+            model.metrics_variables)
+
+
 def _jax_steps(model, batch_size):
     """JAX edge: the full batches of a chunk in one compiled call (`jax.lax.fori_loop` over
     `model.train_step`); the model's variables are read before and written back after each chunk.
@@ -344,8 +351,6 @@ def _jax_steps(model, batch_size):
         _, state = model.train_step(state, batch_of(arrays, rows))
         return state
 
-    groups = lambda: (model.trainable_variables, model.non_trainable_variables,  # noqa: E731
-                      model.optimizer.variables, model.metrics_variables)
     built = []
     chunk = CHUNK_BATCHES * batch_size
 
@@ -366,14 +371,14 @@ def _jax_steps(model, batch_size):
                                for a in arrays)
             rows = np.arange(len(rows))
         rows = np.asarray(rows, dtype=np.int32)
-        state = tuple([v.value for v in vs] for vs in groups())
+        state = tuple([v.value for v in vs] for vs in train_step_variables(model))
         full = len(rows) // batch_size * batch_size
         if full:
             padded = np.concatenate([rows[:full], np.zeros(chunk - full, np.int32)]) if full < chunk else rows
             state = run_full(state, arrays, padded, full // batch_size)
         if full < len(rows):
             state = run_one(state, arrays, rows[full:])
-        for variables, values in zip(groups(), state):
+        for variables, values in zip(train_step_variables(model), state):
             for variable, value in zip(variables, values):
                 variable.assign(value)
 
