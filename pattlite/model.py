@@ -368,13 +368,12 @@ class PatchConv2D(keras.layers.Conv2D):
         (out_h, top, bottom), (out_w, left, right) = (
             _conv_padding(int(inputs.shape[1]), kh, sh, self.padding),
             _conv_padding(int(inputs.shape[2]), kw, sw, self.padding))
-        x = inputs
-        if top or bottom or left or right:
-            x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
         if (kh, kw) == (sh, sw):  # non-overlapping patches: a reshape
-            x = ops.reshape(x[:, :out_h * kh, :out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
-            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+            x = ops.transpose(_patches(self.padding, inputs, kh, kw), (0, 1, 3, 2, 4, 5))
         else:
+            x = inputs
+            if top or bottom or left or right:
+                x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
             x = ops.stack([x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
                            for i in range(kh) for j in range(kw)], axis=3)
         # (batch, out_h, out_w, kh * kw * channels) in the kernel's (i, j, c) order
