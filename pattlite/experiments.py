@@ -1,11 +1,13 @@
 """Experiments: configs, hashing, result files and run-or-load.
 
 An experiment is everything that determines one trained-and-evaluated model: the benchmark and its
-data source, the data it is read from (the dataset root and the fingerprint of its files,
-`pattlite.data.fingerprint`), the CK+ fold, the variant and its options, the training recipe, the
-evaluation protocols, the seed, sizes, epoch limits, the weights, the stage-1 mode, the training-set
-limit and the profile. `Experiment.key()` hashes all of it, so another root, or an edited, repaired or
-replaced file, gives another key and the experiment is trained again. `run_experiment` writes
+data source, the data it is read from (the content digest of its files, `pattlite.data.fingerprint`),
+the CK+ fold, the variant and its options, the training recipe, the evaluation protocols, the seed,
+sizes, epoch limits, the weights, the stage-1 mode, the feature-extraction engine, the training-set
+limit and the profile. `Experiment.key()` hashes all of it except the dataset's folder: the same files
+anywhere (another folder, a fresh copy, another machine) give the same key, so committed result files
+are found again, while an edited, repaired or replaced file gives another key and the experiment is
+trained again. `run_experiment` writes
 `<results dir>/experiments/<key>.json` once, atomically (temporary file `.tmp-*` + `os.replace`), and
 later calls load it, so an interrupted list of experiments resumes at the first unfinished one.
 
@@ -43,7 +45,7 @@ from pattlite.data import load_manifest, load_pixels
 from pattlite.data.fingerprint import dataset_identity
 from pattlite.data.pixels import UnreadableImagesError
 from pattlite.evaluate import evaluate
-from pattlite.features import backbone_features, random_backbone_weights
+from pattlite.features import backbone_features, extraction_engine, random_backbone_weights
 from pattlite.files import json_digest, write_atomic
 from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
@@ -67,9 +69,10 @@ class Experiment:
         dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
         source: {"dataset": reader name, "options": reader options} (synthetic stand-in or real data).
         synthetic: True when the data are synthetic.
-        data: {"root", "fingerprint"} of a real dataset (`pattlite.data.fingerprint.dataset_identity`;
-            fingerprint None when the root does not exist yet); both None for synthetic data, which
-            `source` (the generator options) identifies.
+        data: {"root", "content"} of a real dataset: its folder (recorded, not part of the key) and the
+            content digest of its files (`pattlite.data.fingerprint.dataset_identity`; None when the
+            root does not exist yet); both None for synthetic data, which `source` (the generator
+            options) identifies.
         fold: CK+ test fold (None for other benchmarks).
         variant: `pattlite.model` variant; model_options: its options (cut_layer, kernel, attention, augment).
         seed: training seed.
@@ -77,6 +80,10 @@ class Experiment:
         weights: "imagenet", a weights file path, or None (seeded random backbone, BatchNorm calibrated
             on `bn_calibration_images` training images; `weights_seed`).
         stage1: "exact" (full model, augmentation) or "cached" (head on cached features, no augmentation).
+        extraction_engine: the library that computes the cached features ("openvino" or "tensorflow";
+            None when stage 1 is "exact"). Part of the key: the two engines' features differ by up to
+            one float16 step, which training turns into accuracies points apart, so a result holds only
+            for the engine that made it. Its version is recorded, not keyed (see `make_experiment`).
         finetune: "as_coded" or "paper".
         train_limit: at most this many training images (class-stratified; None = all).
         protocols: evaluation protocols run on the test split and on each challenging subset.
@@ -98,6 +105,7 @@ class Experiment:
     weights_seed: int
     bn_calibration_images: int
     stage1: str
+    extraction_engine: str | None
     finetune: str
     train_limit: int | None
     protocols: tuple
@@ -109,8 +117,10 @@ class Experiment:
         return d
 
     def key(self) -> str:
-        """Short hash of the canonical JSON of every field."""
-        return json_digest(self.to_dict())
+        """Short hash of the canonical JSON of every field but the dataset's folder (`data["root"]`)."""
+        keyed = self.to_dict()
+        keyed["data"] = {k: v for k, v in keyed["data"].items() if k != "root"}
+        return json_digest(keyed)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(seed=self.seed, finetune=self.finetune, verbose=False, **self.train)
@@ -129,11 +139,11 @@ class Experiment:
 
 
 def data_identity(source: dict, root=None) -> dict:
-    """{"root", "fingerprint"} of an experiment's data source (see `Experiment.data`)."""
+    """{"root", "content"} of an experiment's data source (see `Experiment.data`)."""
     if source["dataset"] == "synthetic":
-        return {"root": None, "fingerprint": None}
+        return {"root": None, "content": None}
     identity = dataset_identity(source["dataset"], root, **source["options"])
-    return {"root": identity["root"], "fingerprint": identity["fingerprint"]}
+    return {"root": identity["root"], "content": identity["content"]}
 
 
 def bind_root(exp: Experiment, root) -> Experiment:
@@ -154,7 +164,7 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         seed: training seed, 0..2**32 - 1.
         fold: CK+ test fold (default: the profile's first fold); not allowed for other benchmarks.
         root: the real dataset's folder (default `$PATTLITE_<NAME>_ROOT`, else data/<name>/); its
-            files' fingerprint is taken now (`Experiment.data`). Ignored for synthetic data.
+            files' content digest is taken now (`Experiment.data`). Ignored for synthetic data.
         **overrides: `Experiment` fields (e.g. stage1="exact"), model options (cut_layer, kernel,
             attention, augment) or `TrainConfig` fields (e.g. stage2=False, validation="independent").
 
@@ -201,10 +211,14 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         image_size=profile.image_size(dataset), resize_to=profile.resize_to,
         weights=None if profile.weights is None else str(profile.weights),
         weights_seed=profile.weights_seed, bn_calibration_images=profile.bn_calibration_images,
-        stage1=profile.stage1, finetune=profile.finetune, train_limit=profile.train_limit,
-        protocols=tuple(PROTOCOLS), train=train_settings,
+        stage1=profile.stage1, extraction_engine=None, finetune=profile.finetune,
+        train_limit=profile.train_limit, protocols=tuple(PROTOCOLS), train=train_settings,
     )
     fields.update(exp_overrides)
+    if fields["stage1"] == "cached" and fields["extraction_engine"] is None:
+        fields["extraction_engine"] = extraction_engine()
+    elif fields["stage1"] != "cached":
+        fields["extraction_engine"] = None  # no cached features, so no engine
     fields["protocols"] = tuple(fields["protocols"])
     for protocol in fields["protocols"]:
         config.check_name("evaluation protocol", protocol, PROTOCOLS)
@@ -271,11 +285,11 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
         if exp.dataset == "ckplus":
             options["fold"] = exp.fold
         manifest = load_manifest(reader, root=root, **options)
-        now = manifest.attrs["data"]["fingerprint"]
-        if now != exp.data["fingerprint"]:
+        now = manifest.attrs["data"]["content"]
+        if now != exp.data["content"]:
             raise DataChangedError(
                 f"{exp.dataset}: the files under {root} changed after this experiment was made "
-                f"(fingerprint {exp.data['fingerprint']}, now {now}); make the experiment again "
+                f"(content digest {exp.data['content']}, now {now}); make the experiment again "
                 "(rerun the command or the notebook cell) so that its key names the current files")
     classes = tuple(manifest.attrs["classes"])
     if len(classes) != len(config.DATASET_CLASSES[exp.dataset]):

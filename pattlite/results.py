@@ -43,7 +43,7 @@ class ExperimentResult:
         config: `Experiment.to_dict()`: everything that determined the experiment.
         dataset: the benchmark; source_dataset: the reader that supplied its data ("synthetic" for a
             stand-in); classes: class names in label order; synthetic: True for synthetic data.
-        data: root, fingerprint, files and bytes of the dataset read (None for synthetic data).
+        data: root, fingerprint, content digest, files and bytes of the dataset read (None for synthetic data).
         stage1: "exact" or "cached"; notes: what a reader must know (e.g. no augmentation on features).
         weights: {"spec", "used", "random_init"}: the backbone weights asked for and used.
         split_sizes: images per split ("train", "val", "test").
@@ -117,7 +117,7 @@ class ExperimentResult:
         """The result as table rows, one per subset x protocol (`pattlite.experiments.collect_results`).
 
         Columns: key, the experiment's fields (model options as `opt_<name>`, training settings as
-        `train_<name>`, source as `source_dataset`, data as `data_root` and `data_fingerprint`),
+        `train_<name>`, source as `source_dataset`, data as `data_root` and `data_content`),
         epochs_stage1, epochs_stage2, trainable_params_stage1/2, wall_time_s (total), subset ("all" =
         the test split), protocol, n, accuracy, mean_class_accuracy, `acc_<class>` per class.
         """
@@ -130,7 +130,7 @@ class ExperimentResult:
             elif name == "source":
                 base["source_dataset"] = value["dataset"]
             elif name == "data":
-                base.update(data_root=value["root"], data_fingerprint=value["fingerprint"])
+                base.update(data_root=value["root"], data_content=value.get("content"))
             elif name == "protocols":
                 continue
             else:

@@ -164,21 +164,31 @@ def test_paper_profile_missing_dataset_is_named(tmp_path):
     assert not (tmp_path / "experiments").exists()
 
 
-def test_key_follows_the_dataset_root_and_its_files(tmp_path):
-    """The same experiment on another root, or after a file changed in place, is another experiment."""
+def test_key_follows_the_content_of_the_files_not_their_folder(tmp_path, monkeypatch):
+    """The same files in another folder, or copied afresh, are the same experiment; a file changed in
+    place (same name and size) is another experiment, and the experiment made before the change refuses
+    to train on the changed files."""
+    import shutil
     from pathlib import Path
 
+    from pattlite.data import fingerprint
+
+    monkeypatch.setenv("PATTLITE_CACHE_DIR", str(tmp_path / "cache"))
     sample = (Path(__file__).parent / "fixtures" / "fer2013" / "fer2013.csv").read_bytes()
     first, second = tmp_path / "a", tmp_path / "b"
-    for root in (first, second):
-        root.mkdir()
-        (root / "fer2013.csv").write_bytes(sample)
+    first.mkdir()
+    (first / "fer2013.csv").write_bytes(sample)
     exp = X.make_experiment("paper", "fer2013", "published", root=first)
-    assert exp.data["root"] == str(first.resolve()) and exp.data["fingerprint"]
-    assert X.make_experiment("paper", "fer2013", "published", root=first).key() == exp.key()
-    assert X.make_experiment("paper", "fer2013", "published", root=second).key() != exp.key()
-    # Pixels edited in place (every digit 1 of the first image becomes 2): same name, same size, a
-    # later modification time.
+    assert exp.data["root"] == str(first.resolve()) and len(exp.data["content"]) == 16
+    # Another folder, a fresh copy (new modification time): the same key, the folder still recorded.
+    shutil.copytree(first, second)
+    os.utime(second / "fer2013.csv", ns=(0, 10**9))
+    moved = X.make_experiment("paper", "fer2013", "published", root=second)
+    assert moved.key() == exp.key() and moved.data["root"] == str(second.resolve())
+    # The digests are memoised in the cache folder: a file's bytes are read once per change.
+    memo = json.loads((tmp_path / "cache" / fingerprint.DIGEST_MEMO).read_text())
+    assert str((second / "fer2013.csv").resolve()) in memo
+    # Pixels edited in place (every digit 1 of the first image becomes 2): same name, same size.
     csv_path = first / "fer2013.csv"
     lines = sample.decode().split("\n")
     emotion, pixels, usage = lines[1].split(",")
@@ -193,11 +203,27 @@ def test_key_follows_the_dataset_root_and_its_files(tmp_path):
     with pytest.raises(X.DataChangedError, match="changed after this experiment was made"):
         X.run_experiment(exp, results_dir=tmp_path / "results", progress=False)
     # run_experiment(root=...) re-binds the experiment to that folder's current files.
-    assert X.bind_root(exp, second).key() == X.make_experiment("paper", "fer2013", "published", root=second).key()
-    # A root that does not exist yet: no fingerprint (reading it raises DatasetNotFoundError).
-    assert X.make_experiment("paper", "fer2013", "published", root=tmp_path / "nowhere").data["fingerprint"] is None
-    # Synthetic data are identified by their generator options: no root, no fingerprint.
-    assert X.make_experiment("ci", "fer2013", "published").data == {"root": None, "fingerprint": None}
+    assert X.bind_root(exp, second).key() == exp.key()
+    assert X.bind_root(exp, first).key() == edited.key()
+    # A file added to the folder changes the key too (whole folders are digested).
+    (second / "notes.txt").write_text("x")
+    assert X.make_experiment("paper", "fer2013", "published", root=second).key() != exp.key()
+    # A root that does not exist yet: no digest (reading it raises DatasetNotFoundError).
+    assert X.make_experiment("paper", "fer2013", "published", root=tmp_path / "nowhere").data["content"] is None
+    # Synthetic data are identified by their generator options: no root, no digest.
+    assert X.make_experiment("ci", "fer2013", "published").data == {"root": None, "content": None}
+
+
+def test_extraction_engine_is_part_of_the_key_of_cached_experiments(monkeypatch):
+    """Features from OpenVINO and TensorFlow differ (up to one float16 step), so a cached experiment's
+    key names its engine; an exact stage 1 computes no cached features and names none."""
+    tensorflow = X.make_experiment("ci", "rafdb", "published", extraction_engine="tensorflow")
+    openvino = X.make_experiment("ci", "rafdb", "published", extraction_engine="openvino")
+    assert tensorflow.key() != openvino.key() and tensorflow.extraction_engine == "tensorflow"
+    monkeypatch.setenv("PATTLITE_EXTRACTION_ENGINE", "tensorflow")
+    assert X.make_experiment("ci", "rafdb", "published").key() == tensorflow.key()
+    exact = X.make_experiment("ci", "rafdb", "published", stage1="exact", extraction_engine="openvino")
+    assert exact.extraction_engine is None
 
 
 def test_seed_range_is_checked_when_the_experiment_is_made():

@@ -35,8 +35,8 @@ def load_manifest(dataset: str, root=None, **options) -> pd.DataFrame:
 
     Returns:
         A pandas DataFrame (see docs/architecture.md, "Manifests"). For a real dataset,
-        `df.attrs["data"]` is its `pattlite.data.fingerprint.dataset_identity` (root, fingerprint of the
-        files read, file count, bytes). Data problems worth knowing (duplicate rows, subset-list entries
+        `df.attrs["data"]` is its `pattlite.data.fingerprint.dataset_identity` (root, stat
+        fingerprint and content digest of the files read, file count, bytes). Data problems worth knowing (duplicate rows, subset-list entries
         that match no test image, ...) are issued as `DataWarning`s naming file and line, and kept in
         `df.attrs["warnings"]`.
 

@@ -1,4 +1,4 @@
-"""Data fingerprints: a cheap digest of the files a dataset is read from.
+"""Data fingerprints: which files a dataset is read from, by their stat and by their content.
 
 Results and caches must never outlive the data they came from. Every file is identified by its path,
 its size and its modification time in nanoseconds: `os.stat` only, never the contents, so a 300 MB
@@ -8,7 +8,18 @@ What it cannot see: an edit that keeps the size and puts the old modification ti
 some sync tools), or two writes within one tick of the file system's clock (a few milliseconds on
 Linux). Delete the cache or pass `--force` / `force=True` after such an edit.
 
-Two users, one function (`fingerprint_files`):
+Two digests:
+
+- the *fingerprint* (`fingerprint_files`): path, size and modification time, as above. It keys caches
+  that live beside the data on one machine (the pixel cache).
+- the *content digest* (`content_digest`): SHA-256 of every file's bytes, named relative to the dataset
+  root, so the same files in another folder, on another machine or freshly copied give the same digest.
+  It is what an experiment's key holds (`pattlite.experiments`), so that committed result files are
+  reused wherever the same data are, and never for changed files. Hashing reads every byte once (FERPlus'
+  300 MB `fer2013.csv`: about 1 s); the digest of each file is memoised by (real path, size, mtime_ns) in
+  `<cache dir>/file-digests.json` and in the process, so later runs pay one `stat` per file.
+
+Users of the fingerprint (`fingerprint_files`):
 
 - `dataset_identity(dataset, root, **options)`: the root a real dataset is read from and the digest of
   every file under it (plus the files its reader reads from elsewhere: FERPlus' `fer2013.csv` at the
@@ -25,7 +36,9 @@ Two users, one function (`fingerprint_files`):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import threading
 from pathlib import Path
 
 from pattlite import config
@@ -85,8 +98,21 @@ def files_under(folder) -> list[str]:
 def dataset_files(dataset: str, root, **options) -> list[str]:
     """The files a real dataset's reader may read: everything under `root` (or `root` itself when it is
     a file, as FER2013 accepts), plus the files it reads from outside the root."""
+    return [path for _, path in named_dataset_files(dataset, root, **options)]
+
+
+def named_dataset_files(dataset: str, root, **options) -> list[tuple[str, str]]:
+    """(name, path) of each file of `dataset_files`: a file under the root is named relative to it; a file
+    read from outside it by its base name (FERPlus' `fer2013.csv`), and a folder read from outside it
+    (the RAN lists) by its own name and the path below it, i.e. as they would be named inside the root.
+    The names are what the content digest sees, so the same layout in another place digests the same."""
     root = Path(root)
-    files = [str(root)] if root.is_file() else files_under(root) if root.is_dir() else []
+    if root.is_file():
+        named = [(root.name, str(root))]
+    elif root.is_dir():
+        named = [(Path(path).relative_to(root).as_posix(), path) for path in files_under(root)]
+    else:
+        named = []
     extras = []
     if dataset == "ferplus":
         explicit = options.get("fer2013_csv")
@@ -103,10 +129,11 @@ def dataset_files(dataset: str, root, **options) -> list[str]:
             extras.append(lists)
     for extra in extras:
         if extra.is_file():
-            files.append(str(extra))
+            named.append((extra.name, str(extra)))
         elif extra.is_dir() and not _inside(extra, root):
-            files.extend(files_under(extra))
-    return files
+            named.extend(((Path(extra.name) / Path(path).relative_to(extra)).as_posix(), path)
+                         for path in files_under(extra))
+    return named
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -117,17 +144,112 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def dataset_identity(dataset: str, root=None, **options) -> dict:
-    """{"root", "fingerprint", "files", "bytes"} of a real dataset (see the module docstring).
+def dataset_identity(dataset: str, root=None, content: bool = True, **options) -> dict:
+    """{"root", "fingerprint", "content", "files", "bytes"} of a real dataset (see the module docstring).
 
-    `root` defaults as in `load_manifest`. A missing root gives fingerprint None (the reader raises
-    `DatasetNotFoundError` when the data are read).
+    `root` defaults as in `load_manifest`. A missing root gives fingerprint and content None (the reader
+    raises `DatasetNotFoundError` when the data are read). `content=False` skips the content digest
+    (None), e.g. where only the stat fingerprint is needed.
     """
     resolved = config.dataset_root(dataset, root).expanduser().resolve()
     if not resolved.exists():
-        return {"root": str(resolved), "fingerprint": None, "files": 0, "bytes": 0}
-    files = dataset_files(dataset, resolved, **options)
+        return {"root": str(resolved), "fingerprint": None, "content": None, "files": 0, "bytes": 0}
+    named = named_dataset_files(dataset, resolved, **options)
     relative_to = resolved if resolved.is_dir() else resolved.parent
-    signatures = file_signatures(files, relative_to)
+    signatures = file_signatures([path for _, path in named], relative_to)
     return {"root": str(resolved), "fingerprint": _digest(signatures),
+            "content": content_digest(named) if content else None,
             "files": len(signatures), "bytes": int(sum(max(size, 0) for _, size, _ in signatures))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Content digests
+
+
+DIGEST_MEMO = "file-digests.json"
+_memo: dict[str, list] = {}  # real path -> [size, mtime_ns, sha256], this process
+_memo_lock = threading.Lock()
+
+
+def content_digest(named_files) -> str:
+    """16 hex digits of SHA-256 over sorted (name, SHA-256 of the file's bytes) of (name, path) pairs.
+
+    A missing file is digested as missing (the reader then names it). Each file's digest is memoised by
+    its real path, size and modification time (`file_digest`).
+    """
+    memo_path = config.cache_dir() / DIGEST_MEMO
+    entries = sorted((name, _file_digest(path, memo_path)) for name, path in named_files)
+    _save_memo(memo_path)
+    digest = hashlib.sha256()
+    for name, file_hash in entries:
+        digest.update(f"{name}\x1f{file_hash}\x1e".encode())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path, memo_dir=None) -> str:
+    """SHA-256 (hex) of a file's bytes, or "missing"; memoised by (real path, size, mtime_ns) in this
+    process and in `<memo_dir or cache dir>/file-digests.json`, so each file is read once per change."""
+    memo_path = (Path(memo_dir) if memo_dir is not None else config.cache_dir()) / DIGEST_MEMO
+    digest = _file_digest(path, memo_path)
+    _save_memo(memo_path)
+    return digest
+
+
+_unsaved: set[str] = set()  # memo files with entries this process has not written yet
+
+
+def _file_digest(path, memo_path: Path) -> str:
+    real = os.path.realpath(path)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return "missing"
+    signature = [int(stat.st_size), int(stat.st_mtime_ns)]
+    with _memo_lock:
+        if str(memo_path) not in _loaded:
+            _loaded.add(str(memo_path))
+            for name, entry in _read_memo(memo_path).items():
+                _memo.setdefault(name, entry)
+        known = _memo.get(real)
+    if known is not None and known[:2] == signature:
+        return known[2]
+    sha = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    with _memo_lock:
+        _memo[real] = signature + [sha.hexdigest()]
+        _unsaved.add(str(memo_path))
+    return sha.hexdigest()
+
+
+_loaded: set[str] = set()  # memo files already read into `_memo`
+
+
+def _save_memo(memo_path: Path) -> None:
+    with _memo_lock:
+        if str(memo_path) in _unsaved:
+            _unsaved.discard(str(memo_path))
+            _write_memo(memo_path)
+
+
+def _read_memo(memo_path: Path) -> dict:
+    try:
+        data = json.loads(memo_path.read_text())
+    except (OSError, ValueError):  # absent or damaged: only a cache of digests, computed again
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 3} if isinstance(data, dict) else {}
+
+
+def _write_memo(memo_path: Path) -> None:
+    """Merges this process's digests into the memo file (atomically; a concurrent writer's entries that
+    this one does not know are kept, and at worst recomputed later). A failed write is not an error:
+    the memo only saves time."""
+    from pattlite.files import write_json_atomic
+
+    merged = {**_read_memo(memo_path), **_memo}  # caller holds _memo_lock
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(memo_path, merged)
+    except OSError:
+        pass

@@ -4,9 +4,17 @@ The notebooks (`study_experiments`), the report (`notebook_plan`) and `pattlite 
 all read the plan from here. Experiments shared between studies (e.g. the published model on RAF-DB)
 have the same key, so they train once. `run` trains the missing experiments of a list and returns their
 result rows.
+
+Table 5 and the Grad-CAM figures each run on one benchmark: the first of the profile's order of
+preference (`Profile.table5_datasets`, `Profile.gradcam_datasets`) that the run has and whose files are
+found (`dataset_choice`); with none, they are "not run (no dataset present)". The notebooks, the grid
+and the report make the same choice, so the grid never trains for an absent dataset.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +29,9 @@ SUBSET_DATASETS = ("rafdb", "ferplus")            # datasets with RAN challengin
 TABLE4_VARIANTS = ("baseline", "patch_only", "attention_only", "published")
 TABLE5_LAYERS = tuple(config.TABLE5_CUT_LAYERS)
 TABLE5_KERNELS = tuple(KERNEL_CODES)
-TABLE5_DATASET = "rafdb"
+TABLE5_DATASET = "rafdb"                          # the paper's Table 5 (another dataset is a stand-in)
+GRADCAM_DATASET = "rafdb"                         # the paper's Figures 6-7
+NO_DATASET = "not run (no dataset present)"
 TABLE6_VARIANTS = ("patch_attention", "published")
 MAIN_VARIANTS = ("published", "pattlite")
 AUDIT_VARIANTS = AUDIT_HEADS
@@ -51,11 +61,120 @@ def _plan(profile, datasets, variants, seeds=None, **options):
     profile = as_profile(profile)
     for dataset in datasets:
         config.check_name("dataset", dataset, BENCHMARKS)
-    # The data fingerprint once per dataset, not once per experiment (36,000 files: about 0.2 s).
+    # The data's content digest once per dataset, not once per experiment (memoised: one stat per file).
     data = {dataset: data_identity(profile.source(dataset)) for dataset in datasets}
     return [make_experiment(profile, dataset, variant, seed=seed, fold=fold, data=data[dataset], **options)
             for dataset in datasets for variant in variants
             for fold in _folds(profile, dataset) for seed in _seeds(profile, seeds)]
+
+
+def dataset_found(profile, dataset: str) -> str | None:
+    """None when a benchmark's files are found, else why not (one line naming the folder).
+
+    A cheap check of the files each reader starts from (`pattlite.data.<reader>`), never a full read: a
+    copy whose files are there but malformed is found here and is then the reader's error. Synthetic
+    stand-ins are always found.
+    """
+    profile = as_profile(profile)
+    source = profile.source(dataset)
+    if source["dataset"] == "synthetic":
+        return None
+    name = source["dataset"]
+    root = config.dataset_root(name)
+    if _layout_found(name, root):
+        return None
+    from importlib import import_module
+
+    layout = import_module(f"pattlite.data.{name}").EXPECTED_LAYOUT
+    where = "no folder" if not root.exists() else "no dataset files in"
+    return f"{where} {root} (expected {layout}; set ${config.dataset_root_env_var(name)} or -p {dataset}_root=DIR)"
+
+
+def _layout_found(name: str, root: Path) -> bool:
+    """The files a reader looks for first (the same tests as its layout detection)."""
+    from pattlite.data import ckplus, fer2013, ferplus, rafdb
+
+    def dirs(base, *names):
+        return all((base / n).is_dir() for n in names)
+
+    if name == "fer2013":
+        return root.is_file() or (root / fer2013.CSV_NAME).is_file() or dirs(root, "train", "test")
+    if not root.is_dir():
+        return False
+    if name == "ferplus":
+        return (any(all((base / folder / "label.csv").is_file() for folder in ferplus.SPLIT_FOLDERS.values())
+                    for base in (root / "data", root))
+                or (root / "fer2013new.csv").is_file())
+    if name == "rafdb":
+        return any((base / rafdb.LABEL_FILE).is_file() for base in (root / "basic", root)) or dirs(root, "train", "test")
+    return (dirs(root, "Emotion") or dirs(root, "cohn-kanade-images") or dirs(root, "CK+48")
+            or any(dirs(root, folder) for folder in ckplus.FOLDER_TO_LABEL))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetChoice:
+    """The benchmark one study runs on (Table 5's grid, the Grad-CAM figures), and why.
+
+    Attributes:
+        study: "table5" or "gradcam".
+        dataset: the benchmark chosen, None when no benchmark of `preference` is there.
+        preference: the order tried (the profile's, or the one dataset asked for by name).
+        passed_over: {benchmark: why it was not used} for those tried before the choice.
+        asked: the dataset was asked for by name (the Grad-CAM notebook's `gradcam_dataset`).
+    """
+
+    study: str
+    dataset: str | None
+    preference: tuple
+    passed_over: dict
+    asked: bool = False
+
+    @property
+    def paper_dataset(self) -> str:
+        return TABLE5_DATASET if self.study == "table5" else GRADCAM_DATASET
+
+    def sentence(self) -> str:
+        """One sentence for the report and the notebooks: which dataset, and why that one."""
+        names = config.DATASET_NAMES
+        what = "Table 5's grid" if self.study == "table5" else "Figures 6-7 (Grad-CAM)"
+        order = ", ".join(names[d] for d in self.preference)
+        if self.dataset is None:
+            why = "; ".join(f"{names[d]}: {reason}" for d, reason in self.passed_over.items())
+            return f"{what}: {NO_DATASET}; tried {order} ({why})."
+        if self.asked:
+            text = f"{what}: ours on {names[self.dataset]}, asked for by name"
+        elif self.passed_over:
+            skipped = "; ".join(f"{names[d]}: {reason}" for d, reason in self.passed_over.items())
+            text = (f"{what}: ours on {names[self.dataset]}, the first present of this profile's order of "
+                    f"preference ({order}); passed over {skipped}")
+        else:
+            text = f"{what}: ours on {names[self.dataset]}, the first of this profile's order of preference ({order})"
+        if self.dataset != self.paper_dataset:
+            text += f". It stands in for {names[self.paper_dataset]}, the paper's"
+        return text + "."
+
+
+def dataset_choice(ctx, study: str, asked: str | None = None) -> DatasetChoice:
+    """The benchmark `study` ("table5" or "gradcam") runs on in this context: `asked` when given (it
+    must then be present: the reader says what is missing), else the first of the profile's
+    `table5_datasets` / `gradcam_datasets` that is among `ctx.datasets` and whose files are found
+    (`dataset_found`). None when there is none; nothing is read beyond a few file tests."""
+    config.check_name("study with one dataset", study, ("table5", "gradcam"))
+    if asked is not None and str(asked).strip().lower() not in ("", "none"):
+        config.check_name("benchmark", asked, BENCHMARKS)
+        return DatasetChoice(study, asked, (asked,), {}, asked=True)
+    preference = tuple(ctx.profile.table5_datasets if study == "table5" else ctx.profile.gradcam_datasets)
+    passed_over = {}
+    for dataset in preference:
+        if dataset not in ctx.datasets:
+            passed_over[dataset] = ("dataset absent" if dataset in ctx.skipped
+                                    else "not among this run's benchmarks")
+            continue
+        missing = dataset_found(ctx.profile, dataset)
+        if missing is None:
+            return DatasetChoice(study, dataset, preference, passed_over)
+        passed_over[dataset] = missing
+    return DatasetChoice(study, None, preference, passed_over)
 
 
 def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
@@ -73,15 +192,17 @@ def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, TABLE4_VARIANTS, seeds)
 
 
-def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS):
+def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS, dataset: str | None = None):
     """Experiments of Table 5: the published head with the one-convolution patch block of each kernel
-    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on the
-    profile's `table5_dataset` (the paper: RAF-DB). `layers` defaults to the profile's `table5_layers`,
-    `seeds` to its `table5_seeds` (else its seeds); its `table5_train_limit` caps the training images of
-    each grid point."""
+    code (`pattlite.model.KERNEL_CODES`, our reading of the paper's codes) cut at each layer, on
+    `dataset` (default the first of the profile's `table5_datasets`, the paper's RAF-DB first; a
+    notebook passes `dataset_choice(ctx, "table5")`). `layers` defaults to the profile's
+    `table5_layers`, `seeds` to its `table5_seeds` (else its seeds); its `table5_train_limit` caps the
+    training images of each grid point."""
     from pattlite.model import KERNEL_CODES
 
     profile = as_profile(profile)
+    dataset = profile.table5_datasets[0] if dataset is None else dataset
     layers = profile.table5_layers if layers is None else layers
     if seeds is None and profile.table5_seeds is not None:
         seeds = profile.table5_seeds
@@ -92,8 +213,7 @@ def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS)
             raise ValueError(f"cut layer {layer!r}: Table 5 has layers {TABLE5_LAYERS}")
         for kernel in kernels:
             config.check_name("kernel code", kernel, tuple(KERNEL_CODES))
-            out += _plan(profile, (profile.table5_dataset,), ("published",), seeds, cut_layer=layer, kernel=kernel,
-                         **limit)
+            out += _plan(profile, (dataset,), ("published",), seeds, cut_layer=layer, kernel=kernel, **limit)
     return out
 
 
@@ -134,7 +254,8 @@ def study_experiments(ctx, study: str) -> list:
     config.check_name("study", study, tuple(STUDIES))
     profile = ctx.profile
     if study == "table5":
-        return table5_experiments(profile) if profile.table5_dataset in ctx.datasets else []
+        dataset = dataset_choice(ctx, "table5").dataset
+        return [] if dataset is None else table5_experiments(profile, dataset=dataset)
     if study == "table6":
         return table6_experiments(profile, datasets=in_the_wild(ctx))
     return STUDIES[study](profile, datasets=ctx.datasets)
@@ -142,11 +263,18 @@ def study_experiments(ctx, study: str) -> list:
 
 def gradcam_experiment(ctx, dataset: str | None = None, variant: str = "published"):
     """The experiment whose trained model the Grad-CAM figures show: (dataset, variant), the context's
-    first seed, CK+'s first fold. `dataset` defaults to the profile's `gradcam_dataset`."""
+    first seed, CK+'s first fold. `dataset` defaults to `dataset_choice(ctx, "gradcam")`.
+
+    Raises:
+        ValueError: no dataset given and none of the profile's `gradcam_datasets` present (the
+            Grad-CAM notebook checks `dataset_choice` first and says "not run").
+    """
     from pattlite.experiments import make_experiment
 
-    dataset = ctx.profile.gradcam_dataset if dataset is None else dataset
-    config.check_name("benchmark", dataset, BENCHMARKS)
+    choice = dataset_choice(ctx, "gradcam", dataset)
+    if choice.dataset is None:
+        raise ValueError(choice.sentence())
+    dataset = choice.dataset
     fold = _folds(ctx.profile, dataset)[0]
     return make_experiment(ctx.profile, dataset, variant, seed=ctx.seeds[0], fold=fold)
 
@@ -155,11 +283,12 @@ def notebook_plan(ctx, gradcam_dataset: str | None = None, gradcam_variant: str 
                   gradcam: bool = False) -> dict:
     """{study: experiments} of every study of the notebooks, for their context (`study_experiments`);
     with `gradcam` or a `gradcam_dataset`, also {"gradcam": [the experiment of the Grad-CAM figures]}
-    (default dataset: the profile's `gradcam_dataset`)."""
+    (the dataset of `dataset_choice(ctx, "gradcam", gradcam_dataset)`; none when no dataset is present)."""
     plan = {study: study_experiments(ctx, study) for study in STUDIES}
-    dataset = ctx.profile.gradcam_dataset if gradcam_dataset is None else gradcam_dataset
-    if (gradcam or gradcam_dataset is not None) and dataset in ctx.datasets:
-        plan["gradcam"] = [gradcam_experiment(ctx, dataset, gradcam_variant)]
+    if gradcam or (gradcam_dataset is not None and str(gradcam_dataset).strip().lower() not in ("", "none")):
+        dataset = dataset_choice(ctx, "gradcam", gradcam_dataset).dataset
+        if dataset is not None:
+            plan["gradcam"] = [gradcam_experiment(ctx, dataset, gradcam_variant)]
     return plan
 
 
