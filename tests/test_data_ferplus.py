@@ -161,7 +161,18 @@ def test_label_csv_with_wrong_field_count(tmp_path):
     lines = label_csv.read_bytes().split(b"\r\n")
     lines[4] = lines[4] + b",7"
     label_csv.write_bytes(b"\r\n".join(lines))
-    with pytest.raises(DatasetFormatError, match=r"label.csv, line 5: cannot be parsed"):
+    with pytest.raises(DatasetFormatError, match=r"label.csv, line 5: 13 fields; expected 12"):
+        load_manifest("ferplus", tmp_path / "ferplus")
+
+
+def test_short_first_line_of_a_label_csv_is_named_as_line_1(tmp_path):
+    """pandas infers the field count from the first line and would blame line 2."""
+    shutil.copytree(FOLDERS, tmp_path / "ferplus")
+    label_csv = tmp_path / "ferplus" / "data" / "FER2013Train" / "label.csv"
+    lines = label_csv.read_bytes().split(b"\r\n")
+    lines[0] = lines[0].rsplit(b",", 1)[0]
+    label_csv.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(DatasetFormatError, match=r"FER2013Train.label.csv, line 1: 11 fields; expected 12"):
         load_manifest("ferplus", tmp_path / "ferplus")
 
 

@@ -108,6 +108,18 @@ def _first_lines(duplicated, first_of, names, line_offset):
             for i in np.flatnonzero(duplicated)]
 
 
+def _check_field_counts(path: Path, expected: int, layout: str) -> None:
+    """DatasetFormatError naming the first line of a header-less CSV whose field count is not `expected`.
+
+    pandas infers the count from the first line, so a short first line would be blamed on line 2."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for number, fields in enumerate(csv.reader(f), 1):
+            if fields and len(fields) != expected:
+                raise DatasetFormatError(path, number, f"{len(fields)} fields; expected {expected} ({layout})")
+
+
 def read_ferplus_folders(base: Path):
     """(records, votes, source, messages) of the generated PNG layout.
 
@@ -117,10 +129,8 @@ def read_ferplus_folders(base: Path):
     frames, votes, messages = [], [], []
     for split, folder in SPLIT_FOLDERS.items():
         label_csv = require_file(DATASET, base / folder / "label.csv", EXPECTED_LAYOUT)
+        _check_field_counts(label_csv, 12, 'name, "(0, 0, 48, 48)", 10 votes')
         table = read_csv_table(label_csv, header=None)
-        if table.shape[1] != 12:
-            raise DatasetFormatError(label_csv, 1, f"{table.shape[1]} fields; expected 12 "
-                                     "(name, \"(0, 0, 48, 48)\", 10 votes)")
         names = table[0].str.strip()
         bad_name = ~names.str.match(r"^fer\d+\.png$")
         if bad_name.any():
