@@ -64,11 +64,108 @@ def test_a_dataset_asked_for_by_name_must_be_present(only_fer):
         studies.benchmark_manifests(ctx.profile, ["rafdb"])
 
 
-def test_table5_and_gradcam_on_an_absent_dataset_plan_nothing(only_fer):
+def test_table5_and_gradcam_fall_to_the_first_dataset_present(only_fer):
+    """RAF-DB, the paper's (first in the order of preference), is absent: both fall to FERPlus, the next
+    present, and say so; the grid plans the same (nothing for RAF-DB)."""
+    from pattlite import grid
+    from pattlite.studies.plan import dataset_choice
+
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False)
+    assert ctx.profile.table5_datasets[:2] == ("rafdb", "ferplus") == ctx.profile.gradcam_datasets[:2]
+    for study in ("table5", "gradcam"):
+        choice = dataset_choice(ctx, study)
+        assert choice.dataset == "ferplus" and choice.passed_over == {"rafdb": "dataset absent"}
+        assert "ours on FERPlus" in choice.sentence() and "stands in for RAF-DB" in choice.sentence()
+    assert {e.dataset for e in studies.study_experiments(ctx, "table5")} == {"ferplus"}
+    assert studies.gradcam_experiment(ctx).dataset == "ferplus"
+    planned = grid.plan("cpu", {"results_dir": str(only_fer / "results")})
+    by_study = {}
+    for p in planned.experiments:
+        for study in p.studies:
+            by_study.setdefault(study, set()).add(p.experiment.dataset)
+    assert by_study["table5"] == {"ferplus"} and by_study["gradcam"] == {"ferplus"}
+    assert set().union(*by_study.values()) == {"fer2013", "ferplus"}
+    # Another order of preference: FER2013 before FERPlus.
     ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False,
-                                   table5_dataset="rafdb", gradcam_dataset="rafdb")
-    assert studies.study_experiments(ctx, "table5") == []
-    assert "gradcam" not in studies.notebook_plan(ctx, gradcam=True)
+                                   table5_datasets=("rafdb", "fer2013", "ferplus"))
+    assert {e.dataset for e in studies.study_experiments(ctx, "table5")} == {"fer2013"}
+
+
+def test_a_preferred_dataset_with_its_files_is_chosen_and_an_empty_folder_is_passed_over(only_fer, monkeypatch):
+    """A profile built with dataclasses.replace: RAF-DB's label file present (the fixture) is the
+    paper's choice, no stand-in; an empty RAF-DB folder is passed over, naming the folder."""
+    import dataclasses
+
+    from pattlite.studies.plan import dataset_choice, dataset_found
+
+    monkeypatch.setenv("PATTLITE_RAFDB_ROOT", os.path.join(FIXTURES, "rafdb"))
+    base = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False)
+    assert base.datasets == ("rafdb", "fer2013", "ferplus") and dataset_found(base.profile, "rafdb") is None
+    ctx = dataclasses.replace(base, profile=dataclasses.replace(base.profile, gradcam_datasets=("rafdb", "ckplus")))
+    choice = dataset_choice(ctx, "gradcam")
+    assert choice.dataset == "rafdb" and choice.passed_over == {}
+    assert "stands in" not in choice.sentence()
+    empty = only_fer / "empty_rafdb"
+    empty.mkdir()
+    monkeypatch.setenv("PATTLITE_RAFDB_ROOT", str(empty))
+    assert "no dataset files in" in dataset_found(ctx.profile, "rafdb") and str(empty) in dataset_found(ctx.profile, "rafdb")
+    choice = dataset_choice(ctx, "table5")
+    assert choice.dataset == "ferplus" and str(empty) in choice.passed_over["rafdb"]
+    assert dataset_choice(ctx, "gradcam").dataset is None   # ("rafdb", "ckplus"): neither is present
+
+
+def test_with_no_dataset_present_table5_and_gradcam_are_not_run_and_the_report_is_written(only_fer, monkeypatch):
+    from pattlite import grid
+    from pattlite.studies import replication_report, tables
+    from pattlite.studies.plan import NO_DATASET, dataset_choice
+
+    for name in ("FER2013", "FERPLUS"):
+        monkeypatch.delenv(f"PATTLITE_{name}_ROOT")
+    monkeypatch.setattr(tables, "model_param_count", lambda variant, classes: 1_000_000)  # no model built
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", figures_dir=only_fer / "figures",
+                                   reports_dir=only_fer / "reports", run_experiments=False)
+    assert ctx.datasets == ()
+    for study in ("table5", "gradcam"):
+        assert dataset_choice(ctx, study).dataset is None and NO_DATASET in dataset_choice(ctx, study).sentence()
+    assert studies.study_experiments(ctx, "table5") == [] and "gradcam" not in studies.notebook_plan(ctx, gradcam=True)
+    with pytest.raises(ValueError, match="no dataset present"):
+        studies.gradcam_experiment(ctx)
+    assert grid.plan("cpu", {"results_dir": str(only_fer / "results")}).experiments == ()
+    sections = dict(studies.report_sections(ctx))
+    assert any(isinstance(b, str) and "Table 5's grid: not run (no dataset present)" in b for b in sections["Table 5"])
+    assert not any(isinstance(b, pd.DataFrame) for b in sections["Table 5"])
+    gradcam = "\n".join(b for b in sections["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))
+    assert "Figures 6-7 (Grad-CAM): not run (no dataset present)" in gradcam
+    md, html = replication_report.write_report(ctx, list(sections.items()))
+    assert "not run (no dataset present)" in md.read_text() and html.is_file()
+
+
+def test_the_report_names_the_stand_in_and_the_dataset_the_gradcam_figures_show(only_fer, monkeypatch):
+    """Report rendering from a results frame: Table 5's section and the Grad-CAM section say which dataset
+    ours is on (the record notebook 06 writes beside its figures wins over the plan's choice)."""
+    import json
+
+    from pattlite.studies import replication_report, tables
+
+    monkeypatch.setattr(tables, "model_param_count", lambda variant, classes: 1_000_000)
+    monkeypatch.setattr(replication_report, "report_results", lambda ctx, every=None: pd.DataFrame())
+    figures = only_fer / "figures"
+    figures.mkdir()
+    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", figures_dir=figures,
+                                   reports_dir=only_fer / "reports", run_experiments=False)
+    sections = dict(studies.report_sections(ctx, include_faces=False))
+    table5 = " ".join(b for b in sections["Table 5"] if isinstance(b, str))
+    assert "a stand-in for RAF-DB" in table5 and "Table 5's grid: ours on FERPlus" in table5
+    gradcam = " ".join(b for b in sections["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))
+    assert "Figures 6-7 (Grad-CAM): ours on FERPlus" in gradcam and "Ours on FERPlus, a stand-in for RAF-DB" in gradcam
+    (figures / "gradcam.json").write_text(json.dumps({"key": "k", "dataset": "fer2013", "variant": "published",
+                                                      "seed": 0, "fold": None, "figures": [6, 7]}))
+    gradcam = " ".join(b for b in dict(studies.report_sections(ctx, include_faces=False))["Figures 6-7 (Grad-CAM)"]
+                       if isinstance(b, str))
+    assert "ours on FER2013, the published model of seed 0 (drawn by notebook 06)" in gradcam
+    (figures / "gradcam.json").write_text("{")
+    with pytest.raises(ValueError, match="gradcam.json: not valid JSON"):
+        studies.report_sections(ctx, include_faces=False)
 
 
 def test_cpu_profile_needs_no_gpu_warning(monkeypatch):
@@ -112,7 +209,11 @@ def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own
 
 def test_profile_rejects_unknown_datasets_and_backends():
     with pytest.raises(ValueError, match="benchmark"):
-        get_profile("cpu", table5_dataset="affectnet")
+        get_profile("cpu", table5_datasets=("ferplus", "affectnet"))
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        get_profile("cpu", gradcam_datasets="rafdb")
+    with pytest.raises(ValueError, match="listed twice"):
+        get_profile("cpu", gradcam_datasets=("rafdb", "rafdb"))
     with pytest.raises(ValueError, match="Keras backend"):
         get_profile("cpu", keras_backend="torch")
 

@@ -13,6 +13,7 @@ demo/ci data.
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from pattlite import config, paper, report
 from pattlite.results import ExperimentResult, result_file
 from pattlite.studies import prose
-from pattlite.studies.plan import gradcam_experiment
+from pattlite.studies.plan import GRADCAM_DATASET, gradcam_experiment
 from pattlite.studies.tables import (OUR_ROWS, WHOLE_TEST, audit_table, model_param_count, ours_accuracy,
                                      params_text, require_columns, standard_rows)
 
@@ -146,10 +147,11 @@ def paper_figure(figure: int, results: pd.DataFrame, ctx, protocol: str = "publi
 
 
 
-def gradcam_samples(ctx, dataset: str = "rafdb", variant: str = "published", n_true: int = 6,
+def gradcam_samples(ctx, dataset: str | None = None, variant: str = "published", n_true: int = 6,
                     n_false: int = 6, seed: int = 0) -> dict:
     """The trained model of (dataset, variant, first seed) and Grad-CAM maps for Figs. 6 and 7.
 
+    `dataset` defaults to `plan.dataset_choice(ctx, "gradcam")` (the paper's RAF-DB when present).
     Fig. 6: one test image per class (a correctly predicted one where possible); Fig. 7: `n_true` right
     and `n_false` wrong predictions. Maps explain the predicted class at `gradcam.default_layer`.
     Predictions are each image's own (the independent protocol: what a single image gets).
@@ -178,23 +180,63 @@ def gradcam_samples(ctx, dataset: str = "rafdb", variant: str = "published", n_t
     }
 
 
+GRADCAM_RECORD = "gradcam.json"  # beside figure6/7.png: which experiment they show, for the report
+
+
+def gradcam_title(figure: int, dataset: str) -> str:
+    """The paper's caption, then what ours shows when it is not the paper's RAF-DB."""
+    title = figure_caption(figure)
+    if dataset != GRADCAM_DATASET:
+        title += (f" Ours on {config.DATASET_NAMES[dataset]}, a stand-in for "
+                  f"{config.DATASET_NAMES[GRADCAM_DATASET]}.")
+    return title
+
+
 def gradcam_figure(figure: int, sample: dict, ctx):
-    """Draw and save Figure 6 (one image per class) or 7 (true and false predictions) from `gradcam_samples`."""
+    """Draw and save Figure 6 (one image per class) or 7 (true and false predictions) from `gradcam_samples`,
+    and record which experiment they show in `<figures_dir>/gradcam.json` (the report names its dataset)."""
+    import json
+
     import matplotlib.pyplot as plt
 
     from pattlite import gradcam
+    from pattlite.files import write_json_atomic
 
+    exp = sample["experiment"]
     if figure == 6:
         fig = gradcam.plot_per_class(sample["images"], sample["maps"], sample["labels"], sample["classes"],
-                                     title=figure_caption(6))
+                                     title=gradcam_title(6, exp.dataset))
     elif figure == 7:
         fig = gradcam.plot_predictions(sample["tf_images"], sample["tf_maps"], sample["tf_labels"],
-                                       sample["tf_predictions"], sample["classes"], title=figure_caption(7))
+                                       sample["tf_predictions"], sample["classes"], title=gradcam_title(7, exp.dataset))
     else:
         raise ValueError(f"figure {figure!r}: the Grad-CAM figures are 6 and 7")
     report.save_figure(fig, f"figure{figure}", ctx.figures_dir, synthetic=ctx.synthetic)
     plt.close(fig)
+    record = Path(ctx.figures_dir) / GRADCAM_RECORD
+    shown = json.loads(record.read_text()) if record.is_file() else {}
+    shown = shown if shown.get("key") == exp.key() else {}  # another experiment's record is replaced
+    write_json_atomic(record, {"key": exp.key(), "dataset": exp.dataset, "variant": exp.variant,
+                               "seed": exp.seed, "fold": exp.fold,
+                               "figures": sorted(set(shown.get("figures", [])) | {figure})})
     return fig
+
+
+def gradcam_shown(figures_dir) -> dict | None:
+    """What `gradcam_figure` recorded beside the Grad-CAM figures of a folder (None: no record)."""
+    import json
+
+    record = Path(figures_dir) / GRADCAM_RECORD
+    if not record.is_file():
+        return None
+    try:
+        shown = json.loads(record.read_text())
+    except ValueError as err:
+        raise ValueError(f"{record}: not valid JSON ({err}); delete it and rerun notebook 06") from None
+    if not isinstance(shown, dict) or shown.get("dataset") not in config.DATASET_NAMES:
+        raise ValueError(f"{record}: expected {{\"dataset\": <benchmark>, ...}} as notebook 06 writes it; delete "
+                         "it and rerun notebook 06")
+    return shown
 
 
 def audit_figure(results: pd.DataFrame, ctx=None, synthetic: bool | None = None):

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pattlite import report
+from pattlite import config, report
 from pattlite.studies import prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
-from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption
+from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
 from pattlite.studies.layout import paper_layout
-from pattlite.studies.plan import notebook_plan, run
+from pattlite.studies.plan import GRADCAM_DATASET, NO_DATASET, dataset_choice, notebook_plan, run
 from pattlite.studies.tables import audit_findings, audit_table, data_tables, table, table5
 
 
@@ -46,22 +46,46 @@ def _weights_phrase(profile) -> str:
     return f"backbone weights: {profile.weights}"
 
 
+def gradcam_line(ctx, choice=None, shown=None) -> str:
+    """Which dataset the Grad-CAM figures show: the experiment notebook 06 recorded beside them
+    (`figures.gradcam_shown`), else the plan's choice (`plan.dataset_choice`), or "not run (no dataset
+    present)"."""
+    choice = choice or dataset_choice(ctx, "gradcam")
+    if shown is None or choice.dataset is None:
+        return choice.sentence()
+    names = config.DATASET_NAMES
+    fold = "" if shown.get("fold") is None else f", fold {shown['fold']}"
+    text = (f"Figures 6-7 (Grad-CAM): ours on {names[shown['dataset']]}, the {shown.get('variant', '?')} model of "
+            f"seed {shown.get('seed', '?')}{fold} (drawn by notebook 06)")
+    if shown["dataset"] != GRADCAM_DATASET:
+        text += f"; it stands in for {names[GRADCAM_DATASET]}, the paper's"
+    return text + "."
+
+
 def _gradcam_blocks(ctx, include_faces: bool) -> list:
+    choice = dataset_choice(ctx, "gradcam")
+    if choice.dataset is None:  # stale figures of an earlier run are not shown as this run's
+        return ["\n".join(f"- {figure_caption(f)} **{NO_DATASET.capitalize()}.**" for f in GRADCAM_FIGURES),
+                choice.sentence()]
+    shown = gradcam_shown(ctx.figures_dir)
+    dataset = shown["dataset"] if shown else choice.dataset
+    line = gradcam_line(ctx, choice, shown)
     if not include_faces:
-        return ["\n".join(f"- {figure_caption(f)}" for f in GRADCAM_FIGURES), FACES_NOTE]
-    blocks = []
+        return ["\n".join(f"- {gradcam_title(f, dataset)}" for f in GRADCAM_FIGURES), line, FACES_NOTE]
+    blocks = [line]
     for figure in GRADCAM_FIGURES:
-        blocks += _figure_block(ctx, figure)
+        blocks += _figure_block(ctx, figure, gradcam_title(figure, dataset))
     return blocks
 
 
-def _figure_block(ctx, figure: int):
+def _figure_block(ctx, figure: int, caption: str | None = None):
+    caption = caption or figure_caption(figure)
     path = Path(ctx.figures_dir) / f"figure{figure}.png"
     if path.is_file():
-        return [f"**{figure_caption(figure)}**", path]
+        return [f"**{caption}**", path]
     notebook = {6: "06_gradcam", 7: "06_gradcam", 8: "05_main_results", 9: "05_main_results",
                 10: "05_main_results"}.get(figure, "04_patch_attention")
-    return [f"**{figure_caption(figure)}** Not produced yet (run notebook {notebook})."]
+    return [f"**{caption}** Not produced yet (run notebook {notebook})."]
 
 
 def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -133,13 +157,23 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     if missing:
         sections[0][1].append(f"**{missing} of {len(every)} planned experiments have no result yet**; "
                               "their cells say \"no result\".")
+    table5_choice = dataset_choice(ctx, "table5")
     for n in range(4, 12):
-        df = (table5(results, ctx.synthetic, dataset=ctx.profile.table5_dataset) if n == 5
+        if n == 5 and table5_choice.dataset is None:
+            df = table5(results.iloc[0:0], ctx.synthetic)
+            # Every published number of the table counts as not run, as a skipped dataset's do.
+            df["verdict"] = df["verdict"].where(df["paper"].isna(), summary.NOT_RUN)
+            frames["Table 5"] = df
+            sections.append(("Table 5", [f"**{df.attrs['caption']}**", table5_choice.sentence()]))
+            continue
+        df = (table5(results, ctx.synthetic, dataset=table5_choice.dataset) if n == 5
               else table(n, results, ctx.synthetic))
         if n == 5:
             df.attrs["caption"] += " " + table5_settings(ctx.profile)
         frames[f"Table {n}"] = df
         blocks = _table_blocks(n, df, absent, note)
+        if n == 5:
+            blocks.insert(1, table5_choice.sentence())
         for figure in FIGURES_WITH_TABLE.get(n, ()):
             blocks += _figure_block(ctx, figure)
         sections.append((f"Table {n}", blocks))
