@@ -27,6 +27,20 @@ from pattlite.config import PROTOCOLS
 PUBLISHED_BATCH_SIZE = 32
 
 
+def epoch_order(n: int, seed: int, epoch: int, views: int = 1) -> np.ndarray:
+    """The row order of one training epoch: a permutation of the n samples drawn from
+    `numpy.random.default_rng([seed, epoch])`; with `views` > 1 the inputs hold `views` blocks of n rows
+    (block v holds view v of every sample: the originals, then e.g. their mirror images) and each sample
+    is then read from one view drawn uniformly from the same generator, so every epoch sees each image
+    as itself or as its mirror with probability 1/2. `views=1` draws nothing more: the orders of
+    unaugmented training are unchanged."""
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    order = rng.permutation(n).astype(np.int64)
+    if views > 1:
+        order += n * rng.integers(0, views, size=n)
+    return order
+
+
 class OrderedBatches(keras.utils.PyDataset):
     """Batches `x[order[i * batch_size : (i + 1) * batch_size]]`, read lazily (memory-mapped x stays on disk).
 
@@ -35,12 +49,20 @@ class OrderedBatches(keras.utils.PyDataset):
         order: indices into x, in the order batches are formed.
         batch_size: images per batch (the last batch may be smaller).
         y, sample_weight: optional per-image targets and weights, batched alongside x.
-        reshuffle_seed: when not None, `order` is replaced by a permutation drawn from
-            `numpy.random.default_rng([reshuffle_seed, epoch])` at the start of every epoch.
+        reshuffle_seed: when not None, `order` is replaced by `epoch_order(len(x) // views,
+            reshuffle_seed, epoch, views)` at the start of every epoch.
+        views: x holds this many blocks of rows, one view of every sample each (`epoch_order`); y and
+            sample_weight then have one entry per sample. Needs `reshuffle_seed`.
     """
 
-    def __init__(self, x, order, batch_size, y=None, sample_weight=None, reshuffle_seed=None):
+    def __init__(self, x, order, batch_size, y=None, sample_weight=None, reshuffle_seed=None, views=1):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=10)
+        if views > 1 and (reshuffle_seed is None or len(x) % views):
+            raise ValueError(f"views={views} needs reshuffle_seed and len(x) ({len(x)}) divisible by views")
+        self.views = int(views)
+        if self.views > 1:
+            y = None if y is None else np.tile(np.asarray(y), self.views)
+            sample_weight = None if sample_weight is None else np.tile(np.asarray(sample_weight), self.views)
         self.x, self.y, self.sample_weight = x, y, sample_weight
         self.order = np.asarray(order, dtype=np.int64)
         self.batch_size = int(batch_size)
@@ -50,8 +72,7 @@ class OrderedBatches(keras.utils.PyDataset):
             self._reshuffle()
 
     def _reshuffle(self):
-        rng = np.random.default_rng([int(self.reshuffle_seed), self.epoch])
-        self.order = rng.permutation(len(self.x)).astype(np.int64)
+        self.order = epoch_order(len(self.x) // self.views, self.reshuffle_seed, self.epoch, self.views)
 
     def __len__(self):
         return math.ceil(len(self.order) / self.batch_size)

@@ -58,6 +58,10 @@ SUBSET_SEED = 0  # the training-set limit draws the same images whatever the tra
 CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
                "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
                "features too")
+CACHED_FLIP_NOTE = ("trained on cached frozen-backbone features with the authors' horizontal flip (each "
+                    "epoch every training image or its mirror image, probability 1/2, features of both "
+                    "cached); no random contrast (it cannot be cached exactly); stage 2 as coded changes "
+                    "no backbone weight, so it runs on features too")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +227,12 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
     for protocol in fields["protocols"]:
         config.check_name("evaluation protocol", protocol, PROTOCOLS)
     exp = Experiment(**fields)
-    exp.train_config()  # validates the TrainConfig fields now, not after loading data
+    if exp.train_config().train_views not in (1, 2):  # validates the TrainConfig fields now too
+        raise ValueError(f"train_views={exp.train['train_views']!r}: expected 1 (no augmentation) or 2 "
+                         "(each training image or its mirror image, the authors' horizontal flip)")
+    if exp.train_config().train_views > 1 and exp.stage1 != "cached":
+        raise ValueError(f"train_views={exp.train['train_views']} mirrors cached features (stage1='cached'); "
+                         "stage1='exact' augments inside the model (model option augment)")
     return exp
 
 
@@ -399,12 +408,14 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
     features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
                                          resize_to=exp.resize_to, progress=progress, rows=used,
                                          pixels=data["pixels"])[cut], used)
+    x_train = _take(features, index["train"])
+    if cfg.train_views == 2:
+        x_train = _with_mirror_features(x_train, data["pixels"], index["train"], exp, weights, cut, progress)
     enable_determinism(exp.seed, cfg.deterministic)
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
     if not exp.evaluated_on_features():
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
-        result = train(head, _take(features, index["train"]), y[index["train"]],
-                       _take(features, index["val"]), y[index["val"]],
+        result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]],
                        dataclasses.replace(cfg, stage2=False), dataset=exp.dataset, log_dir=log_dir,
                        tensorboard=tensorboard)
         full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
@@ -414,9 +425,31 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
                    y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
         return full, pixels, result
-    result = train(head, _take(features, index["train"]), y[index["train"]], _take(features, index["val"]),
-                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
+    result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]], cfg,
+                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
     return result.stage1_model, features, result
+
+
+def _with_mirror_features(x_train, pixels, train_rows, exp: Experiment, weights, cut, progress: bool):
+    """The training features followed by those of the same images mirrored left-right (the authors'
+    `RandomFlip("horizontal")`, `TrainConfig.train_views` = 2), in one aligned in-memory array.
+
+    The mirror images go through the content-keyed feature store like any other image: computed once,
+    then read back (float16 at the default cut: 200 KB an image, so a 28,558-image training set adds
+    5.7 GB on disk and its two views take 11.4 GB in memory while it trains)."""
+    from pattlite.features import aligned_empty
+
+    mirrored_pixels = np.ascontiguousarray(_take(pixels, train_rows)[:, :, ::-1])
+    mirrored = backbone_features(None, exp.image_size, weights, cut_layers=[cut], resize_to=exp.resize_to,
+                                 progress=progress, pixels=mirrored_pixels)[cut]
+    del mirrored_pixels
+    n = len(x_train)
+    both = aligned_empty((2 * n,) + tuple(x_train.shape[1:]), x_train.dtype)
+    both[:n] = x_train
+    step = 2048
+    for start in range(0, n, step):
+        both[n + start:n + start + step] = mirrored[np.arange(start, min(n, start + step))]
+    return both
 
 
 def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
@@ -495,7 +528,7 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
         synthetic=bool(manifest.attrs.get("synthetic", exp.synthetic)),
         data=manifest.attrs.get("data"),
         stage1=exp.stage1,
-        notes=[CACHED_NOTE] if exp.stage1 == "cached" else [],
+        notes=[] if exp.stage1 != "cached" else [CACHED_FLIP_NOTE if cfg.train_views == 2 else CACHED_NOTE],
         weights={"spec": exp.weights, "used": str(weights), "random_init": exp.weights is None},
         split_sizes={s: int(len(r)) for s, r in data["index"].items()},
         metrics=metrics,

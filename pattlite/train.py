@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ import keras
 import numpy as np
 
 from pattlite import config
-from pattlite.evaluate import OrderedBatches, in_memory, is_in_memory, predict
+from pattlite.evaluate import OrderedBatches, epoch_order, in_memory, is_in_memory, predict
 from pattlite.model import (backbone_layers, count_params, cut_layer_name, finetune_model,
                             set_finetune_trainable)
 
@@ -56,6 +57,10 @@ class TrainConfig:
         steps_per_execution: batches per compiled call (`Model.compile`) on the plain path (`fast=False`).
         fast: train with `fit_in_order` (the default): the same optimizer updates in the same order as
             Keras `fit` over `OrderedBatches`, without its per-step costs. False: that plain `fit`.
+        train_views: 1, or 2 for the authors' `RandomFlip("horizontal")` on cached features: the
+            training inputs then hold 2N rows, the N images and then their mirror images, and every
+            epoch each image is seen as itself or its mirror with probability 1/2, drawn from the seed
+            (`pattlite.evaluate.epoch_order`). Validation uses the originals only.
         verbose: print one line per epoch.
         stage1_epochs: 100.
         stage1_learning_rate: 1e-3.
@@ -84,6 +89,7 @@ class TrainConfig:
     deterministic: bool = False
     steps_per_execution: int = 1
     fast: bool = True
+    train_views: int = 1
     verbose: bool = True
     # Stage 1
     stage1_epochs: int = 100
@@ -119,7 +125,7 @@ class TrainConfig:
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight {self.class_weight!r}: expected 'balanced' or None")
         for name in ("batch_size", "validation_batch_size", "stage1_epochs", "stage2_epochs",
-                     "steps_per_execution", "stage2_start_offset"):
+                     "steps_per_execution", "stage2_start_offset", "train_views"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name}={value!r}: expected a positive int")
@@ -252,9 +258,11 @@ def _logging_callbacks(log_dir, stage: str, tensorboard: bool) -> list:
     return callbacks
 
 
-def _check_data(model, x, y, what: str):
-    if len(x) != len(y):
-        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels")
+def _check_data(model, x, y, what: str, views: int = 1):
+    if len(x) != views * len(y):
+        per = f" ({views} views of each image)" if views > 1 else ""
+        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels; expected "
+                         f"{views * len(y)}{per}")
     if len(x) == 0:
         raise ValueError(f"{what}: empty (0 images)")
     expected = tuple(model.inputs[0].shape[1:])
@@ -263,9 +271,17 @@ def _check_data(model, x, y, what: str):
                          f"which expects (N,) + {expected}")
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
+        return 8 * 2**30
+
+
 # Training inputs up to this size are held in memory for the whole fit (float16 features of 10,000
-# images at the default cut are 2.0 GB); larger ones are read from their memory map chunk by chunk.
-IN_MEMORY_BYTES = 4 * 2**30
+# images at the default cut are 2.0 GB; a full FERPlus training set with its mirror images 11.4 GB):
+# at least 4 GB, else half the machine's memory. Larger ones are read from their memory map chunk by chunk.
+IN_MEMORY_BYTES = max(4 * 2**30, _physical_memory() // 2)
 # Batches per compiled call on the JAX backend (and per host-side gather on every backend).
 CHUNK_BATCHES = 128
 
@@ -386,11 +402,12 @@ def _jax_steps(model, batch_size):
 
 
 def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callbacks, reshuffle_seed: int,
-                 initial_epoch: int = 0):
-    """What `model.fit(OrderedBatches(x, ..., reshuffle_seed), epochs, callbacks, shuffle=False)` does, faster.
+                 initial_epoch: int = 0, views: int = 1):
+    """What `model.fit(OrderedBatches(x, ..., reshuffle_seed, views), epochs, callbacks, shuffle=False)`
+    does, faster.
 
-    The same batches in the same order (the epoch run i uses the permutation drawn from
-    `numpy.random.default_rng([reshuffle_seed, i + 1])`, as `fit` does), the model's own `train_step`
+    The same batches in the same order (the epoch run i uses `epoch_order(n, reshuffle_seed, i + 1,
+    views)`, as `fit` does; x holds `views` blocks of n rows), the model's own `train_step`
     (loss, sample weights, gradient clipping, optimizer, metrics), the callbacks called at the same points with the same
     epoch logs, so EarlyStopping, ReduceLROnPlateau, CSVLogger and validation callbacks work as in
     `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
@@ -406,8 +423,8 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     y = np.asarray(y)
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype="float32")
     if backend not in ("tensorflow", "jax"):
-        batches = OrderedBatches(x, np.arange(len(x)), batch_size, y=y, sample_weight=weights,
-                                 reshuffle_seed=reshuffle_seed)
+        batches = OrderedBatches(x, np.arange(len(y)), batch_size, y=y, sample_weight=weights,
+                                 reshuffle_seed=reshuffle_seed, views=views)
         return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                          shuffle=False)
     x = _in_memory(x)
@@ -420,7 +437,10 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
         cached = (token, make(model, int(batch_size)))
         model._pattlite_train_steps = cached
     prepare, run = cached[1]
-    n = len(x)
+    n = len(y)
+    if views > 1:  # one label and weight per row of x
+        y = np.tile(y, views)
+        weights = None if weights is None else np.tile(weights, views)
     inputs = prepare((x, y) + (() if weights is None else (weights,)))
     del x  # the in-memory copy is now the device's (or was the caller's)
     steps = math.ceil(n / batch_size)
@@ -433,7 +453,7 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     for run_index, epoch in enumerate(range(initial_epoch, epochs)):
         # run_index + 1: Keras' fit resets a PyDataset once before the first epoch (calling its
         # on_epoch_end), so the plain path's first epoch already uses OrderedBatches' epoch-1 order.
-        order = np.random.default_rng([int(reshuffle_seed), run_index + 1]).permutation(n)
+        order = epoch_order(n, reshuffle_seed, run_index + 1, views)
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for start in range(0, n, chunk):
@@ -455,7 +475,7 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
     monitored validation accuracy (EarlyStopping restores them when it stops the run).
     """
     cfg = train_config
-    _check_data(model, x_train, y_train, "training set")
+    _check_data(model, x_train, y_train, "training set", cfg.train_views)
     _check_data(model, x_val, y_val, "validation set")
     num_classes = int(model.outputs[0].shape[-1])
     y_train = np.asarray(y_train, dtype=np.int64)
@@ -487,9 +507,10 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
 def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int):
     """`fit_in_order` (cfg.fast) or the plain Keras `fit` over `OrderedBatches`: the same updates."""
     if cfg.fast:
-        return fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed, initial_epoch)
-    batches = OrderedBatches(x, np.arange(len(x)), cfg.batch_size, y=y, sample_weight=sample_weight,
-                             reshuffle_seed=seed)
+        return fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed, initial_epoch,
+                            cfg.train_views)
+    batches = OrderedBatches(x, np.arange(len(y)), cfg.batch_size, y=y, sample_weight=sample_weight,
+                             reshuffle_seed=seed, views=cfg.train_views)
     # shuffle=False: the order is OrderedBatches' seeded permutation alone (Keras would otherwise also
     # shuffle the batch order of a PyDataset with Python's global `random`).
     return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
@@ -576,7 +597,9 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
     Args:
         model: a full model (inputs: uint8 images; resizing and augmentation inside) or a head (inputs:
             cached backbone features; no augmentation).
-        x_train, y_train: training inputs (N, ...) and integer labels; memory maps are read batch by batch.
+        x_train, y_train: training inputs (N, ...) and integer labels; memory maps are read batch by
+            batch. With `train_config.train_views` = 2, x_train holds 2N rows: the N images' inputs,
+            then those of their mirror images.
         x_val, y_val: validation inputs and labels (used under `train_config.validation`).
         train_config: a `TrainConfig` (default: the authors' recipe).
         dataset: benchmark name, for the paper's per-dataset fine-tuning depth.

@@ -226,6 +226,32 @@ def test_extraction_engine_is_part_of_the_key_of_cached_experiments(monkeypatch)
     assert exact.extraction_engine is None
 
 
+def test_flip_augmentation_trains_on_the_mirror_images_features(tmp_path, monkeypatch):
+    """train_views=2: the head trains on the features of every training image and of its mirror image
+    (computed through the feature store), is keyed apart from the unaugmented experiment and says so."""
+    stacked = []
+    original = X._with_mirror_features
+
+    def spy(*args, **kwargs):
+        stacked.append(original(*args, **kwargs))
+        return stacked[-1]
+
+    monkeypatch.setattr(X, "_with_mirror_features", spy)
+    exp = X.make_experiment("ci", "rafdb", "published", train_views=2, **FAST)
+    assert exp.key() != X.make_experiment("ci", "rafdb", "published", **FAST).key()
+    result = X.run_experiment(exp, results_dir=tmp_path, progress=False)
+    n = result.split_sizes["train"]
+    (both,) = stacked
+    assert both.shape[0] == 2 * n and both.dtype == np.float16
+    # Mirror images give other features (synthetic faces are not symmetric to the pixel).
+    assert np.abs(both[n:].astype(np.float32) - both[:n].astype(np.float32)).mean() > 1e-3
+    assert "horizontal flip" in result.notes[0] and result.config["train"]["train_views"] == 2
+    with pytest.raises(ValueError, match="train_views=3"):
+        X.make_experiment("ci", "rafdb", "published", train_views=3)
+    with pytest.raises(ValueError, match="stage1='exact' augments inside the model"):
+        X.make_experiment("ci", "rafdb", "published", train_views=2, stage1="exact")
+
+
 def test_seed_range_is_checked_when_the_experiment_is_made():
     with pytest.raises(ValueError, match=r"seed -1: expected an integer in 0..4294967295"):
         X.make_experiment("ci", "rafdb", "published", seed=-1)

@@ -182,3 +182,42 @@ def test_fast_path_follows_a_new_compile():
     T.fit_in_order(model, x, y, None, 8, 1, [], reshuffle_seed=0)
     for a, b in zip(trained, model.trainable_weights):
         np.testing.assert_array_equal(b.numpy(), a)
+
+
+def test_epoch_order_draws_a_view_per_image_without_changing_unaugmented_orders():
+    from pattlite.evaluate import epoch_order
+
+    # One view: the permutation training always used (result files of unaugmented runs stay valid).
+    np.testing.assert_array_equal(epoch_order(50, 7, 3), np.random.default_rng([7, 3]).permutation(50))
+    two = epoch_order(1000, 7, 3, views=2)
+    # Every image once per epoch, in the same order as without views, each from view 0 or 1.
+    np.testing.assert_array_equal(two % 1000, epoch_order(1000, 7, 3))
+    assert 430 < int((two >= 1000).sum()) < 570  # about half the images are read as their mirror
+    np.testing.assert_array_equal(two, epoch_order(1000, 7, 3, views=2))  # seeded
+    assert not np.array_equal(two >= 1000, epoch_order(1000, 7, 4, views=2) >= 1000)  # new draw per epoch
+
+
+def test_two_views_train_on_the_mirror_block_as_often_as_drawn():
+    """train_views=2: with a mirror block equal to the originals, the updates are those of one view
+    (the view drawn never reorders the images); with a different mirror block, the fast path and Keras'
+    own fit over OrderedBatches read the same rows."""
+    x, y = separable_features(3, seed=7)
+    xv, yv = separable_features(1, seed=8)
+    mirror = np.ascontiguousarray(x[:, :, ::-1])
+
+    def weights(x_train, views, fast=True):
+        T.enable_determinism(0)
+        model = build_head("published", len(CLASSES), FEATURES)
+        cfg = T.TrainConfig(seed=0, stage1_epochs=2, stage2=False, fast=fast, verbose=False, train_views=views)
+        return T.train(model, x_train, y, xv, yv, cfg).model.get_weights()
+
+    one = weights(x, 1)
+    for a, b in zip(one, weights(np.concatenate([x, x]), 2)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    both = np.concatenate([x, mirror])
+    fast, plain = weights(both, 2), weights(both, 2, fast=False)
+    assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(one, fast))  # the mirrors were read
+    diff = np.concatenate([np.abs(b - a).ravel() for a, b in zip(plain, fast)])
+    assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.mean(), diff.max())
+    with pytest.raises(ValueError, match=r"x has 21 items but y has 21 labels; expected 42 \(2 views"):
+        weights(x, 2)
