@@ -5,9 +5,15 @@ row `i` holding manifest row `i`. The first call decodes every image and writes
 `<cache dir>/pixels/<dataset>_<size>px_<hash>.npy` (hash of the dataset name, size, resize filter,
 each row's `path`, `row` and `image_id`, and the fingerprint of the files they are read from: name, size
 and modification time, `pattlite.data.fingerprint`); later calls only map that file, so a second run
-starts in seconds, and a repaired or edited image or CSV is decoded again. The array is written row by row into a memory-mapped temporary file that is renamed when
-complete, so building a full FERPlus at 120x120 (1.5 GB) holds one image in memory, not the array, and an
-interrupted build never leaves a truncated cache.
+starts in seconds, and a repaired or edited image or CSV is decoded again. The array is written row by
+row (ordinary positioned writes into space reserved first: a full disk is a `NoSpaceError` naming the
+file, never a SIGBUS) into a temporary file that is renamed when complete, so building a full FERPlus at
+120x120 (1.5 GB) holds one image in memory, not the array, and an interrupted build never leaves a
+truncated cache; the temporary file is removed on every exit path, and those of killed runs at the next
+`load_pixels`. The `.json` beside the array, written last, records the array's size and SHA-256; the
+array is checked against it when opened (the size every time, the content once per process,
+`pattlite.files.check_file`), and a damaged cache raises `DamagedCacheError` naming the two files to
+delete.
 
 Sources, by the manifest's `path` and `row`:
 
@@ -41,9 +47,12 @@ from PIL import Image, UnidentifiedImageError
 from pattlite import config
 from pattlite.data.errors import DatasetFormatError
 from pattlite.data.fingerprint import fingerprint_files
-from pattlite.files import write_atomic
+from pattlite.files import (DamagedCacheError, NpyWriter, check_file, mark_verified, read_json,
+                            remove_stale_temporaries, temporary_path, write_atomic)
 
-CACHE_VERSION = 2  # bump when decoding or resizing changes, so old caches are not reused
+# Bump when decoding or resizing changes, so old caches are not reused (3: the .json records the array's
+# digest).
+CACHE_VERSION = 3
 RESIZE_FILTER = "bilinear"
 _PIL_FILTER = Image.Resampling.BILINEAR
 CSV_SUFFIXES = (".csv",)
@@ -130,22 +139,34 @@ def load_pixels(manifest: pd.DataFrame, size: int, progress: bool = True, cache_
         UnreadableImagesError: some images cannot be read and `skip_unreadable` is False.
         DatasetFormatError: a container is malformed (a CSV without `pixels` column, a .npy of the
             wrong dtype or shape, a row index past its end).
+        DamagedCacheError: the cache files are truncated, unreadable or no longer match their digest
+            (the message names the two files to delete).
+        NoSpaceError: the disk filled up while building the cache (the message names the file).
     """
     _check_manifest(manifest, size)
     folder = pixels_cache_dir(cache_dir)
     stem = cache_key(manifest, size)
     array_path, info_path = folder / f"{stem}.npy", folder / f"{stem}.json"
+    remove_stale_temporaries(folder)
     if not (array_path.exists() and info_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
         _build_cache(manifest, int(size), array_path, info_path, progress)
 
-    info = json.loads(info_path.read_text())
+    hint = (f"delete {array_path} and {info_path} (rm '{array_path}' '{info_path}'): the next run decodes "
+            "the images again")
+    info = read_json(info_path, hint)
+    if not isinstance(info, dict) or not isinstance(info.get("unreadable"), list) or "digest" not in info:
+        raise DamagedCacheError(f"{info_path} lacks the fields of a pixel cache record; {hint}")
+    check_file(array_path, info["digest"], hint)
     unreadable = [tuple(item) for item in info["unreadable"]]
-    pixels = np.load(array_path, mmap_mode="r")
+    try:
+        pixels = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise DamagedCacheError(f"{array_path} cannot be read ({type(error).__name__}: {error}); {hint}") from None
     expected = (len(manifest) - len(unreadable), size, size, 3)
     if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise DatasetFormatError(array_path, None, f"cache holds {pixels.dtype} {pixels.shape}, expected "
-                                 f"uint8 {expected}; delete it (and {info_path.name}) to rebuild")
+        raise DamagedCacheError(f"{array_path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected}; "
+                                f"{hint}")
     if not unreadable:
         return (pixels, manifest) if skip_unreadable else pixels
     if not skip_unreadable:
@@ -166,14 +187,19 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
     from tqdm.auto import tqdm
 
     n = len(manifest)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp_path = array_path.with_name(f".{array_path.stem}.{token}.tmp.npy")
-    compact_path = array_path.with_name(f".{array_path.stem}.{token}.compact.npy")
+    # Temporary names start with .tmp-<pid>- (pattlite.files.remove_stale_temporaries knows them).
+    token = uuid.uuid4().hex[:8]
+    temp_path = temporary_path(array_path.with_name(f"{token}-{array_path.name}"))
+    compact_path = temporary_path(array_path.with_name(f"{token}-{array_path.stem}.compact.npy"))
     paths = manifest["path"].astype(str).to_numpy()
     rows = manifest["row"].astype("int64").to_numpy()
     unreadable = []  # (position, path, row, reason)
+    writers = []
     try:
-        out = np.lib.format.open_memmap(temp_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        # Positioned writes, not a memory map: on a full disk a write into a memory-mapped sparse file
+        # ends the process with SIGBUS; the space is reserved here instead, so that fails at once.
+        out = NpyWriter(temp_path, (n, size, size, 3), np.uint8)
+        writers.append(out)
         bar = tqdm(total=n, desc=f"pixel cache {_dataset_name(manifest)} {size}px", unit="img",
                    disable=not progress, file=sys.stderr)
         # Group positions by source file, keeping first-appearance order, so each container is opened
@@ -200,8 +226,7 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
                         unreadable.append((position, path, -1, f"{type(error).__name__}: {error}"))
                     bar.update(1)
         bar.close()
-        out.flush()
-        del out
+        record = writers.pop().close()
         unreadable.sort()
         final_source = temp_path
         if unreadable:
@@ -209,18 +234,23 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
             dropped = {position for position, *_ in unreadable}
             keep = np.array([i for i in range(n) if i not in dropped], dtype=np.int64)
             full = np.load(temp_path, mmap_mode="r")
-            compact = np.lib.format.open_memmap(compact_path, mode="w+", dtype=np.uint8,
-                                                shape=(len(keep), size, size, 3))
+            compact = NpyWriter(compact_path, (len(keep), size, size, 3), np.uint8)
+            writers.append(compact)
             for start in range(0, len(keep), 1024):
-                compact[start:start + 1024] = full[keep[start:start + 1024]]
-            compact.flush()
-            del compact, full
+                compact.append(full[keep[start:start + 1024]])
+            record = writers.pop().close()
+            del full
             final_source = compact_path
         info = {"version": CACHE_VERSION, "dataset": _dataset_name(manifest), "size": size, "rows": n,
-                "filter": RESIZE_FILTER, "unreadable": [list(item) for item in unreadable]}
+                "filter": RESIZE_FILTER, "unreadable": [list(item) for item in unreadable], "digest": record}
+        info_path.unlink(missing_ok=True)  # an older record must not describe the new array
+        os.replace(final_source, array_path)
+        mark_verified(array_path, record)  # its digest was taken from the bytes just written
+        # Last: the record (with the array's digest) appearing marks a complete cache.
         write_atomic(info_path, json.dumps(info, indent=1, default=int))
-        os.replace(final_source, array_path)  # last: the .npy appearing marks a complete cache
     finally:
+        for writer in writers:
+            writer.discard()
         for leftover in (temp_path, compact_path):
             if leftover.exists():
                 leftover.unlink()
@@ -340,7 +370,7 @@ def cache_info(cache_dir=None) -> pd.DataFrame:
         array_path = info_path.with_suffix(".npy")
         if not array_path.exists():
             continue
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path, f"delete {info_path} and {array_path} to rebuild that cache")
         records.append(dict(dataset=info.get("dataset"), size=info.get("size"),
                             rows=info.get("rows", 0) - len(info.get("unreadable", [])),
                             unreadable=len(info.get("unreadable", [])),
