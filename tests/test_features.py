@@ -34,10 +34,10 @@ def count_extractions(monkeypatch):
     calls = Calls()
     real = F.extract_shard
 
-    def counting(pixels, rows, extractor, layer_names, *args):
+    def counting(pixels, rows, extractor, layer_names, *args, **kwargs):
         calls.append(list(layer_names))
         calls_rows.append(len(rows))
-        return real(pixels, rows, extractor, layer_names, *args)
+        return real(pixels, rows, extractor, layer_names, *args, **kwargs)
 
     calls_rows = []
     calls.rows = calls_rows
