@@ -185,7 +185,7 @@ PROFILES = {
         name="cpu",
         description="real data on a CPU: heads on cached ImageNet-backbone features (no augmentation; "
                     "stage 2 as coded, which fine-tunes no backbone weight), 5,000-image training subsets, "
-                    "stage-1 cap 30 epochs, stage-2 cap 5 epochs, 3 seeds",
+                    "stage-1 cap 30 epochs, stage-2 cap 5 epochs",  # the seeds: `seeds` (a run's -p seeds= changes them)
         synthetic=False,
         sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
@@ -216,7 +216,7 @@ PROFILES = {
         table_note="Profile cpu: heads trained on cached ImageNet-backbone features, so without the "
                    "flip/contrast augmentation; stage 2 as coded fine-tunes no backbone weight, as in the "
                    "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
-                   "epochs, stage 2 at 5; mean ± sd over 3 seeds.",
+                   "epochs, stage 2 at 5; mean ± sd over the seeds run.",
     ),
     "demo": Profile(
         name="demo",

@@ -502,3 +502,11 @@ def test_report_sections_show_the_papers_layout_with_figures_beside_their_tables
 
     with_faces = dict(studies.report_sections(report_ctx))
     assert _images(with_faces["Figures 6-7 (Grad-CAM)"]) == ["figure6.png", "figure7.png"]
+    # The seeds and CK+ folds shown are those of the result files; the CK+ spread is over folds.
+    intro = " ".join(b for b in by_title["Summary"] if isinstance(b, str))
+    assert "Seeds run (from the result files): 0; CK+ folds: 0, 1." in intro
+    assert "over 2 folds (1 seed)" in intro and "over 2 seeds" not in intro
+    assert "seeds planned: 0; Seeds run (from the result files): 0" in by_title["Provenance"][0]
+    # Table 5 and Grad-CAM on RAF-DB, the paper's: no stand-in.
+    assert any(isinstance(b, str) and b.startswith("Table 5's grid: ours on RAF-DB, the first") for b in by_title["Table 5"])
+    assert "stands in" not in " ".join(b for b in by_title["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))

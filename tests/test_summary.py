@@ -86,3 +86,58 @@ def test_spread_widens_the_tolerance():
     assert list(out["ours_sd"]) == [2.0, 0.5, 3.0] and "runs" not in out.columns
     one_run = pd.DataFrame({"k": ["a"], "value": [91.5], "sd": [np.nan]})
     assert report.compare(paper_df, one_run, on=["k"])["verdict"].iloc[0] == "not reproduced"
+
+
+def ckplus_results(folds=10, seeds=(0,)):
+    """The published model on CK+: one result per fold and seed, the batch gain 10 + fold points."""
+    rows = []
+    for fold in range(folds):
+        for seed in seeds:
+            pub, ind = 0.9, 0.8 - fold / 100
+            for protocol, accuracy in (("published", pub), ("independent", ind)):
+                rows.append({"key": f"ckplus-{fold}-{seed}", "dataset": "ckplus", "variant": "published", "seed": seed,
+                             "fold": fold, "subset": "all", "protocol": protocol, "accuracy": accuracy})
+    return pd.DataFrame(rows)
+
+
+def test_the_spread_says_folds_for_ckplus_and_seeds_elsewhere():
+    assert summary.runs_phrase(10, 1, 10) == "10 folds (1 seed)"
+    assert summary.runs_phrase(30, 3, 10) == "10 folds x 3 seeds"
+    assert summary.runs_phrase(25, 3, 10) == "25 runs (10 folds, 3 seeds)"
+    assert summary.runs_phrase(3, 3, 0) == "3 seeds"
+    one_seed = ckplus_results()
+    numbers = summary.headline_numbers(one_seed, datasets=("ckplus",))
+    assert (numbers["seeds"].iloc[0], numbers["folds"].iloc[0], numbers["published/published runs"].iloc[0]) == (1, 10, 10)
+    counts = summary.verdict_counts({"Table 4": tables.table4(one_seed)})
+    text = summary.summary_markdown(counts, numbers)
+    sd = np.std(np.arange(10), ddof=1)  # gains 10..19 points
+    assert f"(sd {sd:.2f} over 10 folds (1 seed))" in text and "seeds)" not in text
+    three_seeds = ckplus_results(seeds=(0, 1, 2))
+    text = summary.summary_markdown(counts, summary.headline_numbers(three_seeds, datasets=("ckplus",)))
+    assert "over 10 folds x 3 seeds)" in text
+    text = summary.summary_markdown(counts, summary.headline_numbers(fake_results(FERPLUS), datasets=("ferplus",)))
+    assert "(sd 1.00 over 3 seeds)" in text
+
+
+def test_the_seeds_shown_are_those_of_the_result_files():
+    """A run made with -p seeds=0 on a profile of three seeds: the report shows seed 0, not "3 seeds"."""
+    from pattlite.profiles import PROFILES
+
+    one = fake_results({"published": FERPLUS["published"][:1]})
+    assert summary.runs_line(one) == "Seeds run (from the result files): 0."
+    assert summary.runs_line(pd.concat([one, ckplus_results(folds=2, seeds=(4,))])) == \
+        "Seeds run (from the result files): 0, 4; CK+ folds: 0, 1."
+    assert summary.runs_line(pd.DataFrame()) == "No result files yet."
+    cpu = PROFILES["cpu"]   # its description and table note leave the seeds to the run
+    assert "3 seeds" not in cpu.description and "3 seeds" not in cpu.table_note
+
+
+def test_the_summary_counts_planned_experiments_without_a_result():
+    """Every published number has a mean (seed 0 ran) while 2 of 3 seeds are missing: the summary says so."""
+    one = fake_results({"published": FERPLUS["published"][:1]})
+    counts = summary.verdict_counts({"Table 4": tables.table4(one)})
+    text = summary.summary_markdown(counts, summary.headline_numbers(one, ("ferplus",)), missing=2, planned=3)
+    assert text.startswith("- **2 of 3 planned experiments have no result yet**")
+    row = counts.iloc[0]
+    assert row["reproduced"] + row["not reproduced"] + row["no result"] + row["not comparable"] + row["not run"] \
+        == row["published numbers"]

@@ -154,9 +154,6 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     every = planned_experiments(ctx)
     results = report_results(ctx, every)
     missing = len(every) - (results["key"].nunique() if not results.empty else 0)
-    if missing:
-        sections[0][1].append(f"**{missing} of {len(every)} planned experiments have no result yet**; "
-                              "their cells say \"no result\".")
     table5_choice = dataset_choice(ctx, "table5")
     for n in range(4, 12):
         if n == 5 and table5_choice.dataset is None:
@@ -186,8 +183,8 @@ def report_sections(ctx, include_faces: bool = True) -> list:
 
     counts = summary.verdict_counts(frames, absent)
     numbers = summary.headline_numbers(results)
-    intro[:0] = [summary.summary_markdown(counts, numbers, absent, ctx.synthetic),
-                 "**Accuracy (%) on the test split, mean ± sd over seeds (n).**",
+    intro[:0] = [summary.summary_markdown(counts, numbers, absent, ctx.synthetic, missing, len(every)),
+                 f"**{summary.HEADLINE_CAPTION}** {summary.runs_line(results)}",
                  summary.headline_table(results, absent)]
     try:
         audit = audit_table(results, ctx.synthetic)
@@ -206,7 +203,8 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     devices = sorted(set(_result_devices(ctx, prov["key"]))) if not prov.empty else []
     sections.append(("Provenance", [
         f"- experiments with results: {len(prov)}; total training and evaluation time: {total:.1f} s "
-        f"({total / 3600:.2f} h)\n- seeds: {', '.join(map(str, ctx.seeds))}\n"
+        f"({total / 3600:.2f} h)\n- seeds planned: {', '.join(map(str, ctx.seeds))}; "
+        f"{summary.runs_line(results)}\n"
         f"- devices of the result files: {'; '.join(devices) or 'none'}\n"
         f"- profile settings: `{json.dumps(_profile_summary(ctx.profile))}`",
         prov]))

@@ -8,6 +8,10 @@ has, and what the batch composition adds.
 - `verdict_counts(tables, absent)`: per table, how many published numbers are reproduced, not
   reproduced, without a result, or not run (dataset absent), and by how much the others miss.
 - `summary_markdown(...)`: the paragraph that opens the report.
+- `runs_line(results)`: the seeds (and CK+ folds) the result files hold, which is what was run (a
+  run's `-p seeds=` may differ from its profile's default).
+
+Spreads count what they average: over seeds, or for CK+ over folds (x seeds): `runs_phrase`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pattlite.config import DATASET_NAMES
 from pattlite.results import WHOLE_TEST
 from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.layout import ABSENT
-from pattlite.studies.tables import OUR_ROWS, batch_gains, ours_accuracy
+from pattlite.studies.tables import OUR_ROWS, batch_gains, ours_accuracy, standard_rows
 
 NOT_RUN = ABSENT  # the cell text of a dataset the run skipped, as in the tables
 DATA_TABLES = ("Table 1", "Table 2", "Table 3")  # counts; the other tables hold accuracies
@@ -32,6 +36,43 @@ HEADLINE_COLUMNS = (
     ("without batch mixing", "no_mixing", "independent"),
     ("corrected model (pattlite)", "pattlite", "independent"),
 )
+
+
+HEADLINE_CAPTION = ("Accuracy (%) on the test split, mean ± sd over runs (n: one run per seed; CK+: one per "
+                    "fold and seed).")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def runs_phrase(runs: int, seeds: int, folds: int) -> str:
+    """What `runs` results averaged are: "3 seeds", "10 folds (1 seed)", "10 folds x 3 seeds", or
+    "25 runs (10 folds, 3 seeds)" when not every fold has every seed."""
+    runs, seeds, folds = int(runs), int(seeds), int(folds)
+    if folds <= 1:
+        return _plural(seeds, "seed") if runs == seeds else f"{_plural(runs, 'run')} ({_plural(seeds, 'seed')})"
+    if runs == seeds * folds:
+        return f"{folds} folds ({_plural(seeds, 'seed')})" if seeds == 1 else f"{folds} folds x {seeds} seeds"
+    return f"{_plural(runs, 'run')} ({_plural(folds, 'fold')}, {_plural(seeds, 'seed')})"
+
+
+def _distinct(rows: pd.DataFrame, column: str) -> list:
+    if column not in rows.columns:
+        return []
+    return sorted({int(v) for v in rows[column].dropna()})
+
+
+def runs_line(results: pd.DataFrame) -> str:
+    """The seeds the result files hold (and CK+'s folds): what the run ran, whatever its profile says."""
+    if results.empty:
+        return "No result files yet."
+    text = f"Seeds run (from the result files): {', '.join(map(str, _distinct(results, 'seed'))) or 'none'}"
+    ck = results[results["dataset"] == "ckplus"] if "dataset" in results.columns else results.iloc[0:0]
+    folds = _distinct(ck, "fold")
+    if folds:
+        text += f"; CK+ folds: {', '.join(map(str, folds))}"
+    return text + "."
 
 
 def format_spread(mean, sd, runs) -> str:
@@ -47,7 +88,8 @@ def headline_numbers(results: pd.DataFrame, datasets=BENCHMARKS) -> pd.DataFrame
     """The headline as numbers: one row per benchmark with `paper` (Table 4's PAtt-Lite value), and
     `<variant>/<protocol>` mean, `sd` and `runs` columns for each of `HEADLINE_COLUMNS`, plus
     `batch_gain` and `batch_gain_sd` (published minus independent protocol, per run, of the published
-    model)."""
+    model), and `seeds` and `folds` (distinct seeds and CK+ folds among the published model's runs
+    under the published protocol, which `batch_gain_sd` spreads over)."""
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
     rows = []
     gains = batch_gains(results) if not results.empty else pd.DataFrame(columns=["mean", "sd"])
@@ -62,10 +104,21 @@ def headline_numbers(results: pd.DataFrame, datasets=BENCHMARKS) -> pd.DataFrame
             row[name] = float(match["value"].iloc[0]) if len(match) else np.nan
             row[f"{name} sd"] = float(match["sd"].iloc[0]) if len(match) else np.nan
             row[f"{name} runs"] = int(match["runs"].iloc[0]) if len(match) else 0
+        mine = _published_runs(results, dataset)
+        row["seeds"], row["folds"] = len(_distinct(mine, "seed")), len(_distinct(mine, "fold"))
         row["batch_gain"] = float(gains["mean"].get(dataset, np.nan)) if len(gains) else np.nan
         row["batch_gain_sd"] = float(gains["sd"].get(dataset, np.nan)) if len(gains) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _published_runs(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The rows of the published model's runs on `dataset` (whole test split, published protocol)."""
+    if results.empty:
+        return results
+    rows = standard_rows(results)
+    return rows[(rows["dataset"] == dataset) & (rows["variant"] == "published") & (rows["subset"] == WHOLE_TEST)
+                & (rows["protocol"] == "published")]
 
 
 def headline_table(results: pd.DataFrame, absent: dict | None = None, datasets=BENCHMARKS) -> pd.DataFrame:
@@ -99,8 +152,9 @@ def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
         absent: {dataset: reason}: numbers of these datasets count as "not run (dataset absent)".
 
     Returns:
-        Columns `table`, `published numbers`, `reproduced`, `not reproduced`, `no result`, `not run`,
-        `median diff` and `diffs` (list, ours minus paper, of the numbers not reproduced).
+        Columns `table`, `published numbers`, `reproduced`, `not reproduced`, `no result`, `not comparable`
+        (synthetic data, a stand-in dataset), `not run`, `median diff` and `diffs` (list, ours minus paper,
+        of the numbers not reproduced). The verdicts of a table add up to its published numbers.
     """
     absent = absent or {}
     rows = []
@@ -119,21 +173,27 @@ def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
                      "reproduced": int((verdicts == "reproduced").sum()),
                      "not reproduced": int((verdicts == "not reproduced").sum()),
                      "no result": int((verdicts == "no result").sum()),
+                     "not comparable": int((verdicts == "not comparable").sum()),
                      "not run": int((verdicts == NOT_RUN).sum()),
                      "median diff": float(missed["diff"].median()) if len(missed) else np.nan,
                      "diffs": [float(d) for d in missed["diff"]]})
     return pd.DataFrame(rows, columns=["table", "published numbers", "reproduced", "not reproduced", "no result",
-                                       "not run", "median diff", "diffs"])
+                                       "not comparable", "not run", "median diff", "diffs"])
 
 
 def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict | None = None,
-                     synthetic: bool = False) -> str:
+                     synthetic: bool = False, missing: int = 0, planned: int | None = None) -> str:
     """The opening paragraph: verdict counts, each model's real accuracy, the batch gain; numbers from
-    `verdict_counts` and `headline_numbers`."""
+    `verdict_counts` and `headline_numbers`. `missing` of `planned` experiments without a result file
+    are said first: a published number averages the runs there are, so it can have a result while
+    runs of it are missing."""
     absent = absent or {}
     lines = []
     if synthetic:
         lines.append(f"> **{report.SYNTHETIC_BANNER}**: the counts below say nothing about the paper.\n")
+    if missing:
+        lines.append(f"- **{missing} of {planned} planned experiments have no result yet**: a number below "
+                     "averages the runs there are (its n says how many), and one with none says \"no result\".")
     is_data = counts["table"].astype(str).isin(list(DATA_TABLES))
     names = ", ".join(DATASET_NAMES.get(d, d) for d in absent)
     for label, part, unit in (("Data (Tables 1-3)", counts[is_data], "counts"),
@@ -143,7 +203,10 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
         total, not_run = int(part["published numbers"].sum()), int(part["not run"].sum())
         text = (f"- **{label}:** of {total} published {unit}, {total - not_run} concern the benchmarks run "
                 f"here: {int(part['reproduced'].sum())} reproduced, {int(part['not reproduced'].sum())} not "
-                f"reproduced, {int(part['no result'].sum())} without a result")
+                f"reproduced, {int(part['no result'].sum())} without any result")
+        not_comparable = int(part["not comparable"].sum())
+        if not_comparable:
+            text += f", {not_comparable} not comparable (synthetic data or a stand-in dataset)"
         if not_run:
             text += f"; {not_run} are not run ({names}: dataset absent)"
         text += "."
@@ -163,8 +226,10 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
                  f"and {row['published/independent']:.2f}% with each image predicted alone"]
         if np.isfinite(row.get("batch_gain", np.nan)):
             parts.append(f": batch composition adds {row['batch_gain']:+.2f} points")
-            if row["published/published runs"] > 1 and np.isfinite(row.get("batch_gain_sd", np.nan)):
-                parts.append(f" (sd {row['batch_gain_sd']:.2f} over {row['published/published runs']} seeds)")
+            runs = int(row["published/published runs"])
+            if runs > 1 and np.isfinite(row.get("batch_gain_sd", np.nan)):
+                over = runs_phrase(runs, row.get("seeds") or runs, row.get("folds") or 0)
+                parts.append(f" (sd {row['batch_gain_sd']:.2f} over {over})")
         if np.isfinite(row.get("pattlite/independent", np.nan)):
             parts.append(f". The corrected model scores {row['pattlite/independent']:.2f}%")
         if np.isfinite(row.get("no_mixing/independent", np.nan)):
