@@ -35,6 +35,9 @@ NO_DATASET = "not run (no dataset present)"
 TABLE6_VARIANTS = ("patch_attention", "published")
 MAIN_VARIANTS = ("published", "pattlite")
 AUDIT_VARIANTS = AUDIT_HEADS
+# The columns of `run`'s frame when there is no result at all (a run with no dataset present).
+EMPTY_RESULT_COLUMNS = ("key", "dataset", "variant", "seed", "fold", "subset", "protocol", "n", "accuracy",
+                        "mean_class_accuracy")
 
 
 def _seeds(profile, seeds):
@@ -340,6 +343,6 @@ def run(ctx, experiments, require_all: bool = True) -> pd.DataFrame:
                          f"(e.g. {names}); run with run_experiments=True")
     results = collect_results(ctx.results_dir)
     keys = {e.key() for e in experiments}
-    if results.empty:
-        return results
+    if results.empty:  # the columns every result row has, so that a notebook can still select them
+        return pd.DataFrame(columns=list(EMPTY_RESULT_COLUMNS))
     return results[results["key"].isin(keys)].reset_index(drop=True)
