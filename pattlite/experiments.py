@@ -50,6 +50,7 @@ from pattlite.files import json_digest, write_atomic
 from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
 from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
+from pattlite.checkpoints import TrainingCheckpoint
 from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
 
 # Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
@@ -374,6 +375,12 @@ def logs_path(exp: Experiment, results_dir=None) -> Path:
     return result_path(exp, results_dir).parent.parent / "logs" / exp.key()
 
 
+def checkpoint_path(exp: Experiment, results_dir=None) -> Path:
+    """`<results dir>/checkpoints/<key>/`: the training checkpoints of an unfinished experiment
+    (`pattlite.checkpoints`); removed once its result file is written."""
+    return result_path(exp, results_dir).parent.parent / "checkpoints" / exp.key()
+
+
 def weights_path(exp: Experiment, results_dir=None) -> Path:
     """`<results dir>/experiments/<key>.weights.h5`: the trained weights of the model an experiment
     evaluated (the head alone when it was evaluated on cached features, else the full model)."""
@@ -389,7 +396,7 @@ def _weights_bytes(model) -> bytes:
 
 
 def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool, log_dir=None,
-                     tensorboard: bool = False):
+                     tensorboard: bool = False, checkpoint_dir=None):
     """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
     index, y = data["index"], data["y"]
     num_classes = len(data["classes"])
@@ -400,7 +407,8 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
                             weights=weights, **model_kwargs)
         inputs = data["pixels"]
         result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
-                       y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
+                       y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
+                       checkpoint_dir=checkpoint_dir)
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
@@ -417,16 +425,17 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
         result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]],
                        dataclasses.replace(cfg, stage2=False), dataset=exp.dataset, log_dir=log_dir,
-                       tensorboard=tensorboard)
+                       tensorboard=tensorboard, checkpoint_dir=checkpoint_dir)
         full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
                            weights=weights, **model_kwargs)
         copy_head_weights(head, full)
         pixels = data["pixels"]
         add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
-                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
+                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
+                   checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir))
         return full, pixels, result
     result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]], cfg,
-                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)
+                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard, checkpoint_dir=checkpoint_dir)
     return result.stage1_model, features, result
 
 
@@ -478,18 +487,21 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     path = result_path(exp, results_dir)
     if path.is_file() and not force:
         return ExperimentResult.read(path, exp.key())
-    result, weights = compute_experiment(exp, root=root, progress=progress,
-                                         log_dir=logs_path(exp, results_dir), tensorboard=tensorboard)
+    checkpoints = checkpoint_path(exp, results_dir)
+    result, weights = compute_experiment(exp, root=root, progress=progress, log_dir=logs_path(exp, results_dir),
+                                         tensorboard=tensorboard, checkpoint_dir=checkpoints)
     store_experiment(exp, result, weights, results_dir)
+    TrainingCheckpoint(checkpoints).remove()
     return result
 
 
 def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_dir=None,
-                       tensorboard: bool = False) -> tuple[ExperimentResult, bytes]:
+                       tensorboard: bool = False, checkpoint_dir=None) -> tuple[ExperimentResult, bytes]:
     """Trains and evaluates one experiment; writes nothing into a results folder.
 
     The half of `run_experiment` that a remote worker runs (`pattlite.grid`): per-epoch logs go to
-    `log_dir` (None: none), everything else comes back.
+    `log_dir` (None: none), training checkpoints to `checkpoint_dir` (None: none; with one, a training
+    stopped before resumes from it), everything else comes back.
 
     Returns:
         (result, weights): the `ExperimentResult` of `run_experiment` (not written yet), and the trained
@@ -500,7 +512,8 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     data = load_experiment_data(exp, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
-    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard)
+    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard,
+                                              checkpoint_dir)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
     groups = {WHOLE_TEST: test_rows}

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 
 from pattlite import config
+from pattlite.checkpoints import TrainingCheckpoint
 from pattlite.evaluate import OrderedBatches, epoch_order, in_memory, is_in_memory, predict
 from pattlite.model import (backbone_layers, count_params, cut_layer_name, finetune_model,
                             set_finetune_trainable)
@@ -247,12 +248,13 @@ def _history_dict(history) -> dict:
         "epoch": [int(e) for e in history.epoch]}
 
 
-def _logging_callbacks(log_dir, stage: str, tensorboard: bool) -> list:
+def _logging_callbacks(log_dir, stage: str, tensorboard: bool, append: bool = False) -> list:
+    """CSV (and TensorBoard) logs of a stage; `append`: a resumed stage adds to its log."""
     if log_dir is None:
         return []
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [keras.callbacks.CSVLogger(str(log_dir / f"{stage}.csv"))]
+    callbacks = [keras.callbacks.CSVLogger(str(log_dir / f"{stage}.csv"), append=append)]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir / "tensorboard" / stage)))
     return callbacks
@@ -402,12 +404,13 @@ def _jax_steps(model, batch_size):
 
 
 def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callbacks, reshuffle_seed: int,
-                 initial_epoch: int = 0, views: int = 1):
+                 initial_epoch: int = 0, views: int = 1, runs_before: int = 0):
     """What `model.fit(OrderedBatches(x, ..., reshuffle_seed, views), epochs, callbacks, shuffle=False)`
     does, faster.
 
     The same batches in the same order (the epoch run i uses `epoch_order(n, reshuffle_seed, i + 1,
-    views)`, as `fit` does; x holds `views` blocks of n rows), the model's own `train_step`
+    views)`, as `fit` does; x holds `views` blocks of n rows; a resumed fit passes the epochs it
+    already ran as `runs_before`, so its orders continue where they stopped), the model's own `train_step`
     (loss, sample weights, gradient clipping, optimizer, metrics), the callbacks called at the same points with the same
     epoch logs, so EarlyStopping, ReduceLROnPlateau, CSVLogger and validation callbacks work as in
     `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
@@ -453,7 +456,7 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     for run_index, epoch in enumerate(range(initial_epoch, epochs)):
         # run_index + 1: Keras' fit resets a PyDataset once before the first epoch (calling its
         # on_epoch_end), so the plain path's first epoch already uses OrderedBatches' epoch-1 order.
-        order = epoch_order(n, reshuffle_seed, run_index + 1, views)
+        order = epoch_order(n, reshuffle_seed, runs_before + run_index + 1, views)
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for start in range(0, n, chunk):
@@ -468,11 +471,12 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
 
 
 def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfig, log_dir=None,
-                 tensorboard: bool = False):
+                 tensorboard: bool = False, checkpoint=None):
     """Stage 1 on a model whose backbone is frozen; returns (Keras History, seconds).
 
     Compiles the model, trains it with the stage-1 callbacks and leaves it with the best weights on the
-    monitored validation accuracy (EarlyStopping restores them when it stops the run).
+    monitored validation accuracy (EarlyStopping restores them when it stops the run). `checkpoint`: a
+    `pattlite.checkpoints.TrainingCheckpoint` to save every epoch to and resume from.
     """
     cfg = train_config
     _check_data(model, x_train, y_train, "training set", cfg.train_views)
@@ -495,26 +499,45 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
         keras.callbacks.ReduceLROnPlateau(monitor=cfg.stage1_monitor, patience=cfg.lr_patience,
                                           min_delta=cfg.lr_min_delta, factor=cfg.lr_factor,
                                           min_lr=cfg.min_learning_rate, mode="max"),
-        *_logging_callbacks(log_dir, "stage1", tensorboard),
     ]
+    stage = None if checkpoint is None else checkpoint.stage("stage1", model, callbacks)
+    callbacks += _logging_callbacks(log_dir, "stage1", tensorboard, append=stage is not None and stage.runs > 0)
     if cfg.verbose:
         callbacks.append(EpochLine("stage 1"))
     start = time.time()
-    history = _fit(model, x_train, y_train, sample_weight, cfg, cfg.stage1_epochs, 0, callbacks, cfg.seed)
-    return history, time.time() - start
+    history = _fit(model, x_train, y_train, sample_weight, cfg, cfg.stage1_epochs, 0, callbacks, cfg.seed, stage)
+    return history, time.time() - start + (0.0 if stage is None else stage.seconds_before)
 
 
-def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int):
-    """`fit_in_order` (cfg.fast) or the plain Keras `fit` over `OrderedBatches`: the same updates."""
+def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int,
+         checkpoint=None):
+    """`fit_in_order` (cfg.fast) or the plain Keras `fit` over `OrderedBatches`: the same updates.
+
+    With a `pattlite.checkpoints.StageCheckpoint`, the stage's state is saved after every epoch, and a
+    stage stopped before continues from its last saved epoch (the History returned then holds every
+    epoch of the stage)."""
+    runs_before = 0
+    if checkpoint is not None:
+        callbacks = list(callbacks) + [checkpoint]
+        if checkpoint.next_epoch is not None:
+            runs_before = checkpoint.runs
+            initial_epoch = epochs if checkpoint.stopped else checkpoint.next_epoch
     if cfg.fast:
-        return fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed, initial_epoch,
-                            cfg.train_views)
-    batches = OrderedBatches(x, np.arange(len(y)), cfg.batch_size, y=y, sample_weight=sample_weight,
-                             reshuffle_seed=seed, views=cfg.train_views)
-    # shuffle=False: the order is OrderedBatches' seeded permutation alone (Keras would otherwise also
-    # shuffle the batch order of a PyDataset with Python's global `random`).
-    return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
-                     shuffle=False)
+        history = fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed,
+                               initial_epoch, cfg.train_views, runs_before)
+    else:
+        batches = OrderedBatches(x, np.arange(len(y)), cfg.batch_size, y=y, sample_weight=sample_weight,
+                                 reshuffle_seed=seed, views=cfg.train_views)
+        batches.epoch = runs_before  # fit advances it once before its first epoch, as fit_in_order does
+        batches._reshuffle()
+        # shuffle=False: the order is OrderedBatches' seeded permutation alone (Keras would otherwise also
+        # shuffle the batch order of a PyDataset with Python's global `random`).
+        history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                            shuffle=False)
+    if checkpoint is not None:
+        history.history = {k: v for k, v in checkpoint.history.items() if k != "epoch"}
+        history.epoch = list(checkpoint.history.get("epoch", []))
+    return history
 
 
 def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
@@ -523,7 +546,7 @@ def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
 
 
 def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, train_config: TrainConfig,
-                 dataset: str | None = None, log_dir=None, tensorboard: bool = False):
+                 dataset: str | None = None, log_dir=None, tensorboard: bool = False, checkpoint=None):
     """Stage 2 on the authors' fine-tuning graph built from `model` (a full model or a head).
 
     Returns (stage-2 model, Keras History, `set_finetune_trainable` report or None, initial epoch,
@@ -552,6 +575,13 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     if cfg.stage2_max_epochs is not None:
         end_epoch = min(end_epoch, initial_epoch + cfg.stage2_max_epochs)
     y_train = np.asarray(y_train, dtype=np.int64)
+    if checkpoint is not None:
+        done = checkpoint.finished("stage2", finetune_graph)
+        if done is not None:  # finished before an interruption: its final weights and record
+            history = keras.callbacks.History()
+            history.history = {k: v for k, v in done["history"].items() if k != "epoch"}
+            history.epoch = done["history"]["epoch"]
+            return finetune_graph, history, report, initial_epoch, done["seconds"]
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: inverse_time_decay(
@@ -559,19 +589,24 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
         keras.callbacks.EarlyStopping(monitor=cfg.stage2_monitor, patience=cfg.stage2_patience,
                                       min_delta=cfg.stage2_min_delta, mode="max",
                                       restore_best_weights=True),
-        *_logging_callbacks(log_dir, "stage2", tensorboard),
     ]
+    stage = None if checkpoint is None else checkpoint.stage("stage2", finetune_graph, callbacks)
+    callbacks += _logging_callbacks(log_dir, "stage2", tensorboard, append=stage is not None and stage.runs > 0)
     if cfg.verbose:
         callbacks.append(EpochLine("stage 2"))
     start = time.time()
     # A different stream from stage 1, still drawn from the seed.
     history = _fit(finetune_graph, x_train, y_train, None, cfg, end_epoch, initial_epoch, callbacks,
-                   cfg.seed + 1_000_003)
-    return finetune_graph, history, report, initial_epoch, time.time() - start
+                   cfg.seed + 1_000_003, stage)
+    seconds = time.time() - start + (0.0 if stage is None else stage.seconds_before)
+    if checkpoint is not None:
+        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds)
+    return finetune_graph, history, report, initial_epoch, seconds
 
 
 def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train_config: TrainConfig,
-               dataset: str | None = None, log_dir=None, tensorboard: bool = False) -> TrainResult:
+               dataset: str | None = None, log_dir=None, tensorboard: bool = False,
+               checkpoint=None) -> TrainResult:
     """Runs stage 2 (`train_stage2`) on `model` after the stage 1 that `result` records, and records it
     there: the stage-2 graph as `result.model`, its history, epochs, trainable parameters, fine-tuning
     report and seconds (added to the total). `train` calls it; so does `pattlite.experiments` when
@@ -579,7 +614,7 @@ def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train
     """
     graph, history, report, initial, seconds = train_stage2(
         model, x_train, y_train, x_val, y_val, result.epochs["stage1"], train_config, dataset, log_dir,
-        tensorboard)
+        tensorboard, checkpoint)
     result.model = graph
     result.history["stage2"] = _history_dict(history)
     result.epochs.update(stage2=len(history.epoch), stage2_initial_epoch=initial)
@@ -591,7 +626,8 @@ def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train
 
 
 def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | None = None,
-          dataset: str | None = None, log_dir=None, tensorboard: bool = False) -> TrainResult:
+          dataset: str | None = None, log_dir=None, tensorboard: bool = False,
+          checkpoint_dir=None) -> TrainResult:
     """Runs the authors' two-stage recipe on `model` (built by `pattlite.model.build_model` or `build_head`).
 
     Args:
@@ -605,6 +641,9 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
         dataset: benchmark name, for the paper's per-dataset fine-tuning depth.
         log_dir: folder for CSV logs (`stage1.csv`, `stage2.csv`) and optional TensorBoard logs.
         tensorboard: also write TensorBoard logs under `log_dir/tensorboard/`.
+        checkpoint_dir: keep a checkpoint after every epoch here (`pattlite.checkpoints`) and resume
+            from the one there: a training stopped at any epoch then ends with the same weights as one
+            never stopped. The caller removes the folder when it no longer needs it.
 
     Returns:
         A `TrainResult`.
@@ -613,16 +652,25 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
     enable_determinism(cfg.seed, cfg.deterministic)
     total_start = time.time()
     stage1_params = count_params(model.trainable_weights)
-    history1, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard)
-    epochs1 = len(history1.epoch)
+    checkpoint = None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir)
+    done = None if checkpoint is None else checkpoint.finished("stage1", model)
+    if done is not None:  # stage 1 finished before an interruption: its final weights and record
+        history1, seconds1 = done["history"], done["seconds"]
+    else:
+        history, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard,
+                                         checkpoint)
+        history1 = _history_dict(history)
+        if checkpoint is not None:
+            checkpoint.finish("stage1", model, history1, seconds1)
+    epochs1 = len(history1["epoch"])
     result = TrainResult(
-        model=model, stage1_model=model, history={"stage1": _history_dict(history1), "stage2": {}},
+        model=model, stage1_model=model, history={"stage1": history1, "stage2": {}},
         epochs={"stage1": epochs1, "stage2": 0, "stage2_initial_epoch": None},
         trainable_params={"stage1": stage1_params, "stage2": None}, finetune=None,
         wall_time_s={"stage1": seconds1, "stage2": 0.0, "total": 0.0},
     )
     if cfg.stage2:
-        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard)
+        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard, checkpoint)
     result.wall_time_s["total"] = time.time() - total_start
     return result
 

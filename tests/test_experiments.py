@@ -128,23 +128,32 @@ def test_run_load_and_repeat(tmp_path):
 
 
 def test_resume_after_interruption(tmp_path, monkeypatch):
+    """Ctrl-C during the second experiment's first epoch: the first experiment's files stay, the second
+    keeps a training checkpoint, and the rerun loads the first, resumes the second from its checkpoint
+    (removed once its result is written) and runs the third."""
+    from pattlite import checkpoints
+
     exps = [X.make_experiment("ci", "ckplus", "pattlite", fold=f, **FAST) for f in (0, 1, 2)]
     calls = []
     real = X._build_and_train
+    saved = checkpoints.StageCheckpoint.on_epoch_end
 
-    def interrupted(exp, *args):
-        calls.append(exp.fold)
+    def interrupt_after_an_epoch(self, epoch, logs=None):
+        saved(self, epoch, logs)
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated interruption")
-        return real(exp, *args)
 
-    monkeypatch.setattr(X, "_build_and_train", interrupted)
+    monkeypatch.setattr(checkpoints.StageCheckpoint, "on_epoch_end", interrupt_after_an_epoch)
+    monkeypatch.setattr(X, "_build_and_train", lambda exp, *a: (calls.append(exp.fold), real(exp, *a))[1])
     with pytest.raises(KeyboardInterrupt):
         X.run_experiments(exps, results_dir=tmp_path, log=lambda line: None)
     files = sorted(p.name for p in (tmp_path / "experiments").iterdir())
     # the finished experiment's result and weights; nothing partial from the interrupted one
     assert files == [f"{exps[0].key()}.json", f"{exps[0].key()}.weights.h5"]
+    assert (X.checkpoint_path(exps[1], tmp_path) / "stage1.npz").is_file()
+    assert not X.checkpoint_path(exps[0], tmp_path).exists()
     first_result = ExperimentResult.read(tmp_path / "experiments" / files[0])
+    monkeypatch.setattr(checkpoints.StageCheckpoint, "on_epoch_end", saved)
 
     monkeypatch.setattr(X, "_build_and_train", lambda exp, *a: (calls.append(exp.fold), real(exp, *a))[1])
     lines = []
@@ -153,6 +162,8 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert results[0].cached is True and results[0].metrics == first_result.metrics
     assert "(cached)" in lines[0] and lines[2].startswith("[3/3] ckplus fold 2 pattlite")
     assert not set(results[0].metrics) - {"all"}  # CK+ has no challenging subsets
+    assert results[1].history["stage1"]["epoch"][0] == 0  # the epoch run before the interruption is kept
+    assert not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_paper_profile_missing_dataset_is_named(tmp_path):
