@@ -292,15 +292,16 @@ def feature_extractor(size: int, weights, layer_names, resize_to: int = 224) -> 
 EXTRACTION_ENGINES = ("auto", "openvino", "tensorflow")
 
 
-def extraction_engine() -> str:
-    """The engine feature extraction uses: $PATTLITE_EXTRACTION_ENGINE resolved ("auto": OpenVINO when
-    the `openvino` package is installed, else TensorFlow). Measured on 2 cores (AMD EPYC 7xx3, no
+def extraction_engine(choice: str = "auto") -> str:
+    """The engine feature extraction uses: $PATTLITE_EXTRACTION_ENGINE when set, else `choice` (a
+    profile's `extraction_engine`), resolved ("auto": OpenVINO when the `openvino` package is
+    installed, else TensorFlow). Measured on 2 cores (AMD EPYC 7xx3, no
     AVX-512), 120 px images to conv_dw_9_relu: OpenVINO 160-189 images/s, TensorFlow 106-116 with
     oneDNN (75-82 without; TensorFlow turns oneDNN on by default only on CPUs with AVX-512).
     """
     import importlib.util
 
-    engine = config.check_name("extraction engine", os.environ.get("PATTLITE_EXTRACTION_ENGINE", "auto"),
+    engine = config.check_name("extraction engine", os.environ.get("PATTLITE_EXTRACTION_ENGINE") or choice,
                                EXTRACTION_ENGINES)
     if engine == "auto":
         return "openvino" if importlib.util.find_spec("openvino") is not None else "tensorflow"
@@ -755,4 +756,9 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
 if __name__ == "__main__":  # the TensorFlow child process of `extract_shard_in_tensorflow`
     import sys
 
-    sys.exit(_child_main(sys.argv[1]))
+    code = _child_main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Its files are written and closed: skip the interpreter's teardown of TensorFlow and OpenVINO,
+    # which takes seconds (measured 3-6 s between a stop request and the parent's KeyboardInterrupt).
+    os._exit(code)

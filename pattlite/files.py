@@ -327,7 +327,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: not a PID
         return False
     return True
 

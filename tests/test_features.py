@@ -189,3 +189,40 @@ def test_openvino_and_tensorflow_extract_the_same_features(env, tmp_path):
         assert not np.allclose(features["tensorflow"][layers[0]], features["tensorflow"][layers[1]], atol=1e-2)
         np.testing.assert_allclose(ov_values, tf_values, rtol=4e-3, atol=4e-3 * np.abs(tf_values).max(),
                                    err_msg=name)
+
+
+def test_interrupt_while_the_tensorflow_child_extracts(env, tmp_path):
+    """Ctrl-C in this process while its TensorFlow child extracts (as on another Keras backend):
+    KeyboardInterrupt here, the child stopped, its temporary shard and the job folder gone."""
+    import signal
+    import threading
+    import time
+
+    from pattlite.files import _pid_alive
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    images = np.repeat(np.asarray(env["pixels"]), 20, axis=0)  # 560 images at batch 1: seconds of work
+    seen = {}
+
+    def interrupt_once_extracting():
+        deadline = time.time() + 180
+        while time.time() < deadline and "shard" not in seen:
+            for shard in folder.glob(".tmp-shard-*"):
+                seen["shard"] = shard
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    watcher = threading.Thread(target=interrupt_once_extracting, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            F.extract_shard_in_tensorflow(images, np.arange(len(images)), 32, env["weights"], ["conv_dw_9_relu"],
+                                          224, 1, False, folder, engine="tensorflow")  # no conversion: quicker
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    watcher.join()
+    assert "shard" in seen, "the child never started extracting"
+    assert not _pid_alive(int(seen["shard"].name.split("-")[2]))  # .tmp-shard-<pid>-<time>
+    assert list(folder.iterdir()) == []
