@@ -33,7 +33,8 @@ from pattlite.files import write_atomic
 
 # Attributes of Keras callbacks that carry state from one epoch to the next (EarlyStopping,
 # ReduceLROnPlateau); `on_train_begin` resets them, so they are set again after it.
-CALLBACK_STATE = ("wait", "best", "best_weights", "best_epoch", "stopped_epoch", "cooldown_counter")
+CALLBACK_STATE = ("wait", "best", "best_weights", "best_epoch", "stopped_epoch", "cooldown_counter",
+                  "runs", "probe_results")  # the last two: pattlite.train.TestProbe
 
 
 def _save_npz(path: Path, arrays: dict, meta: dict) -> None:
@@ -86,10 +87,11 @@ class TrainingCheckpoint:
         _assign("model_", model.variables, arrays, path)
         return meta
 
-    def finish(self, name: str, model, history: dict, seconds: float) -> None:
-        """Keeps stage `name`'s final weights and record; its per-epoch checkpoint is no longer needed."""
+    def finish(self, name: str, model, history: dict, seconds: float, **record) -> None:
+        """Keeps stage `name`'s final weights and record (history, seconds and any JSON `record`, which
+        `finished` returns); its per-epoch checkpoint is no longer needed."""
         _save_npz(self.folder / f"{name}-done.npz", _variable_values("model_", model.variables),
-                  {"history": history, "seconds": seconds})
+                  {"history": history, "seconds": seconds, **record})
         (self.folder / f"{name}.npz").unlink(missing_ok=True)
 
     def remove(self) -> None:

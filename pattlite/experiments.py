@@ -45,7 +45,7 @@ from pattlite.data import load_manifest, load_pixels
 from pattlite.data.fingerprint import dataset_identity
 from pattlite.data.pixels import UnreadableImagesError
 from pattlite.evaluate import evaluate
-from pattlite.features import backbone_features, extraction_engine, random_backbone_weights
+from pattlite.features import backbone_features, extraction_engine, extraction_identity, random_backbone_weights
 from pattlite.files import json_digest, write_atomic
 from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
@@ -206,6 +206,7 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         "stage1_epochs": profile.stage1_epochs, "stage2_epochs": profile.stage2_epochs,
         "stage2_max_epochs": profile.stage2_max_epochs, "validation": profile.validation,
         "steps_per_execution": profile.steps_per_execution, "deterministic": profile.deterministic,
+        "train_views": profile.train_views, "test_probe_epochs": tuple(profile.test_probe_epochs),
         **train_overrides,
     }
     source = profile.source(dataset)
@@ -221,7 +222,7 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
     )
     fields.update(exp_overrides)
     if fields["stage1"] == "cached" and fields["extraction_engine"] is None:
-        fields["extraction_engine"] = extraction_engine()
+        fields["extraction_engine"] = extraction_engine(profile.extraction_engine)
     elif fields["stage1"] != "cached":
         fields["extraction_engine"] = None  # no cached features, so no engine
     fields["protocols"] = tuple(fields["protocols"])
@@ -408,14 +409,14 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         inputs = data["pixels"]
         result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
                        y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                       checkpoint_dir=checkpoint_dir)
+                       checkpoint_dir=checkpoint_dir, test_probe=_test_probe(exp, cfg, data, inputs))
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
     used = np.unique(np.concatenate([index["train"], index["val"], index["test"]]))
     features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
                                          resize_to=exp.resize_to, progress=progress, rows=used,
-                                         pixels=data["pixels"])[cut], used)
+                                         pixels=data["pixels"], engine=exp.extraction_engine)[cut], used)
     x_train = _take(features, index["train"])
     if cfg.train_views == 2:
         x_train = _with_mirror_features(x_train, data["pixels"], index["train"], exp, weights, cut, progress)
@@ -432,11 +433,28 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
         pixels = data["pixels"]
         add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
                    y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                   checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir))
+                   checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
+                   test_probe=_test_probe(exp, cfg, data, pixels))
         return full, pixels, result
     result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]], cfg,
-                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard, checkpoint_dir=checkpoint_dir)
+                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard, checkpoint_dir=checkpoint_dir,
+                   test_probe=_test_probe(exp, cfg, data, features))
     return result.stage1_model, features, result
+
+
+def _test_probe(exp: Experiment, cfg: TrainConfig, data: dict, inputs):
+    """`probe(model)` -> {protocol: test accuracy} for `TrainConfig.test_probe_epochs` (None when there
+    are none): what a stage-2 epoch cap would have given, recorded for analysis only."""
+    if not cfg.test_probe_epochs:
+        return None
+    rows = data["index"]["test"]
+    x, y = _take(inputs, rows), data["y"][rows]
+
+    def probe(model):
+        return {protocol: evaluate(model, x, y, data["classes"], protocol, seed=exp.seed)["accuracy"]
+                for protocol in exp.protocols}
+
+    return probe
 
 
 def _with_mirror_features(x_train, pixels, train_rows, exp: Experiment, weights, cut, progress: bool):
@@ -450,7 +468,7 @@ def _with_mirror_features(x_train, pixels, train_rows, exp: Experiment, weights,
 
     mirrored_pixels = np.ascontiguousarray(_take(pixels, train_rows)[:, :, ::-1])
     mirrored = backbone_features(None, exp.image_size, weights, cut_layers=[cut], resize_to=exp.resize_to,
-                                 progress=progress, pixels=mirrored_pixels)[cut]
+                                 progress=progress, pixels=mirrored_pixels, engine=exp.extraction_engine)[cut]
     del mirrored_pixels
     n = len(x_train)
     both = aligned_empty((2 * n,) + tuple(x_train.shape[1:]), x_train.dtype)
@@ -552,6 +570,8 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
         finetune=trained.finetune,
         wall_time_s={**trained.wall_time_s, "experiment": time.time() - start},
         provenance=_provenance(),
+        extraction=None if exp.extraction_engine is None else extraction_identity(exp.extraction_engine),
+        test_probe=trained.test_probe,
     )
     return ExperimentResult(**jsonable(fields)), _weights_bytes(model)
 

@@ -1,10 +1,15 @@
 """Run profiles: the one place that defines every default the notebooks, the CLI and the engine use.
 
-Four profiles:
+Five profiles:
 
 - `paper`: the real datasets at the sizes the authors stored them (120 px; RAF-DB 224 px), ImageNet
   backbone weights, the full-model stage 1 with in-model augmentation, the authors' epoch limits,
   10 CK+ folds.
+- `cpu_full`: the authors' recipe at full size on a CPU: as coded it never changes a backbone weight,
+  so heads on cached features are that recipe; with the horizontal flip (features of each training image
+  and of its mirror image cached, one of the two drawn every epoch), every training image, the authors'
+  epoch limits and callbacks, 3 seeds for the headline heads, one for the ablations and Table 5's full
+  grid. Its report is committed in docs/results/cpu_full/.
 - `demo`: every benchmark replaced by a synthetic stand-in (`pattlite.data.synthetic`), small images,
   the ImageNet backbone (a local weights file when one is found, else Keras' download), heads trained
   on cached backbone features (no augmentation), short epoch caps. Sized so that the whole demo (about
@@ -61,13 +66,23 @@ class Profile:
         weights_seed: seed of the random backbone when `weights` is None.
         bn_calibration_images: training images used to calibrate BatchNorm of a random backbone.
         stage1: "exact" (full model, augmentation inside the model) or "cached" (the head trained on
-            frozen-backbone features from `pattlite.features`; no augmentation is possible there).
+            frozen-backbone features from `pattlite.features`).
+        train_views: with stage1 "cached": 1 (no augmentation) or 2 (the authors' horizontal flip: the
+            features of every training image and of its mirror image are cached, and each epoch sees
+            one of the two, drawn with probability 1/2; `pattlite.train.TrainConfig.train_views`).
+            Random contrast cannot be cached exactly and is left out.
+        extraction_engine: the library that computes cached features: "auto" (OpenVINO when installed,
+            else TensorFlow), "openvino" or "tensorflow"; $PATTLITE_EXTRACTION_ENGINE overrides it. The
+            engine resolved is part of each cached experiment's key (the engines' features differ).
         finetune: "as_coded" (the authors' notebook: no backbone weight unfrozen) or "paper" (the
             paper's text: 40/59/46/49 layers unfrozen, BatchNorm frozen).
         stage1_epochs: stage-1 epoch limit (the authors: 100).
         stage2_epochs: the stage-2 `epochs` argument of Keras' fit (the authors: 500; the run starts at
             the epoch index `history.epoch[-5]` of stage 1).
         stage2_max_epochs: cap on the number of stage-2 epochs actually run (None: no cap).
+        test_probe_epochs: stage-2 epoch counts after which each experiment also records its test
+            accuracy (`ExperimentResult.test_probe`): what a stage-2 cap would cost, measured on every
+            run; never used to pick or stop a model. Empty: none.
         train_limit: at most this many training images (class-stratified, seeded), None = all.
         ckplus_folds: the CK+ cross-validation folds to run (the paper: all 10).
         table5_layers: the cut layers of Table 5's grid to run (the paper: all six; every kernel code
@@ -83,6 +98,8 @@ class Profile:
         gradcam_datasets: the same for the Grad-CAM figures: RAF-DB (the paper's Figs. 6-7), then the
             datasets of its other figures, FERPlus (Figs. 4, 5, 8, 10) and FER2013 (Fig. 8), then CK+.
         seeds: training seeds to run.
+        ablation_seeds: seeds of the ablation studies (Tables 4 and 6, the published head included, so
+            that each table compares like with like); None: `seeds`.
         steps_per_execution: batches per compiled call (keeps a GPU busy at batch size 8).
         validation: "published" (class-grouped, unshuffled, batch 8: what the authors' validation did)
             or "independent" (no validation prediction depends on other images).
@@ -109,10 +126,13 @@ class Profile:
     weights_seed: int = 0
     bn_calibration_images: int = 64
     stage1: str = "exact"
+    train_views: int = 1
+    extraction_engine: str = "auto"
     finetune: str = "as_coded"
     stage1_epochs: int = 100
     stage2_epochs: int = 500
     stage2_max_epochs: int | None = None
+    test_probe_epochs: tuple = ()
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
     table5_layers: tuple = tuple(config.TABLE5_CUT_LAYERS)
@@ -121,6 +141,7 @@ class Profile:
     table5_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
     gradcam_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
     seeds: tuple = (0,)
+    ablation_seeds: tuple | None = None
     steps_per_execution: int = 1
     validation: str = "published"
     deterministic: bool = False
@@ -218,6 +239,47 @@ PROFILES = {
                    "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
                    "epochs, stage 2 at 5; mean ± sd over the seeds run.",
     ),
+    "cpu_full": Profile(
+        name="cpu_full",
+        description="the authors' recipe at full size on a CPU: heads on cached ImageNet-backbone features "
+                    "with the authors' horizontal flip (random contrast left out), stage 2 as coded (no "
+                    "backbone weight fine-tuned), every training image, the authors' epoch limits and "
+                    "callbacks",
+        synthetic=False,
+        sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
+        image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
+        weights="imagenet",
+        # As coded, the authors' training never changes a backbone weight: it is a head on frozen
+        # ImageNet features plus in-model flip/contrast augmentation, so cached features with their
+        # mirror images are that recipe without the contrast jitter.
+        stage1="cached",
+        train_views=2,
+        finetune="as_coded",
+        stage1_epochs=100,
+        stage2_epochs=500,
+        stage2_max_epochs=None,
+        # The test accuracy after these many stage-2 epochs, recorded by every run (analysis only).
+        test_probe_epochs=(5, 10, 20, 50, 100, 150, 200, 300, 400),
+        train_limit=None,
+        ckplus_folds=tuple(range(10)),
+        # Table 5's full grid (6 cut layers x 5 kernel codes), one seed, on 5,000 training images of
+        # its dataset: its one-convolution blocks have 2-9M parameters.
+        table5_layers=tuple(config.TABLE5_CUT_LAYERS),
+        table5_train_limit=5000,
+        table5_seeds=(0,),
+        seeds=(0, 1, 2),
+        ablation_seeds=(0,),
+        steps_per_execution=16,
+        only_present_datasets=True,
+        keras_backend="jax",
+        sized_for_cpu=True,
+        train_first=True,
+        table_note="Profile cpu_full: the authors' recipe at full size, heads trained on cached "
+                   "ImageNet-backbone features with the horizontal flip (each epoch every training image "
+                   "or its mirror image) and without the random contrast; stage 2 as coded fine-tunes no "
+                   "backbone weight, as in the authors' code; every training image; the authors' epoch "
+                   "limits and callbacks; mean ± sd over the seeds run.",
+    ),
     "demo": Profile(
         name="demo",
         description="synthetic stand-ins, ImageNet backbone, heads on cached features; shows the "
@@ -294,6 +356,10 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
             config.check_name("benchmark", dataset, BENCHMARKS)
         if len(set(order)) != len(order):
             raise ValueError(f"profile field {field}={order!r}: a benchmark is listed twice")
+    if profile.train_views not in (1, 2) or (profile.train_views == 2 and profile.stage1 != "cached"):
+        raise ValueError(f"profile field train_views={profile.train_views!r}: expected 1, or 2 (mirror "
+                         "images' features) with stage1='cached'")
+    config.check_name("extraction engine", profile.extraction_engine, ("auto", "openvino", "tensorflow"))
     if profile.keras_backend is not None:
         config.check_name("Keras backend", profile.keras_backend, ("tensorflow", "jax"))
     if profile.weights is None and not profile.synthetic and not allow_random_weights:

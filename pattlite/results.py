@@ -24,8 +24,8 @@ import numpy as np
 
 from pattlite.files import write_json_atomic
 
-RESULT_FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+RESULT_FORMAT_VERSION = 3  # 3: test_probe and extraction added (optional)
+READABLE_VERSIONS = (1, 2, 3)
 RESULT_FILE_NAME = re.compile(r"^[0-9a-f]{16}\.json$")  # <key>.json; never the .tmp-* files of a write
 WHOLE_TEST = "all"  # the subset of `metrics` and `predictions` that is the whole test split
 
@@ -57,6 +57,10 @@ class ExperimentResult:
         finetune: `pattlite.model.set_finetune_trainable`'s report for stage 2 (None when not run).
         wall_time_s: {"stage1", "stage2", "total", "experiment"} seconds.
         provenance: package versions, device, git commit (`pattlite.report.provenance`).
+        extraction: {"engine", "version"} of the library that computed the cached features (None when
+            stage 1 ran on pixels).
+        test_probe: {stage-2 epochs run: {protocol: test accuracy}} at the experiment's
+            `test_probe_epochs`, for the analysis of an epoch cap only (never used to pick a model).
         format_version: the file's format (`RESULT_FORMAT_VERSION` when written now).
         cached: True when read from a file rather than computed now (not stored).
         path: where the file is, once written or read (not stored).
@@ -81,6 +85,8 @@ class ExperimentResult:
     finetune: dict | None
     wall_time_s: dict
     provenance: dict
+    extraction: dict | None = None
+    test_probe: dict = dataclasses.field(default_factory=dict)
     format_version: int = RESULT_FORMAT_VERSION
     cached: bool = dataclasses.field(default=False, compare=False)
     path: str | None = dataclasses.field(default=None, compare=False)

@@ -80,6 +80,9 @@ class TrainConfig:
         stage2_monitor: "accuracy" (training accuracy, as coded).
         stage2_patience, stage2_min_delta: EarlyStopping (20, 0.003, restore best weights).
         stage2_start_offset: stage 2 starts at `history.epoch[-offset]` of stage 1 (5).
+        test_probe_epochs: numbers of stage-2 epochs run after which `train`'s `test_probe` is called
+            (the experiment records the test accuracy there, to measure what an epoch cap costs; it
+            never selects or stops a model). Empty: none.
         spatial_dropout, finetune_dropout: the stage-2 graph's dropout rates (0.2, 0.2).
     """
 
@@ -119,6 +122,7 @@ class TrainConfig:
     stage2_start_offset: int = 5
     spatial_dropout: float = 0.2
     finetune_dropout: float = 0.2
+    test_probe_epochs: tuple = ()
 
     def __post_init__(self):
         config.check_name("validation protocol", self.validation, config.VALIDATION_PROTOCOLS)
@@ -130,6 +134,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name}={value!r}: expected a positive int")
+        probes = self.test_probe_epochs
+        if not isinstance(probes, (tuple, list)) or any(
+                isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in probes):
+            raise ValueError(f"TrainConfig.test_probe_epochs={probes!r}: expected a tuple of positive ints")
+        object.__setattr__(self, "test_probe_epochs", tuple(sorted(set(probes))))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,6 +157,7 @@ class TrainResult:
         trainable_params: {"stage1": count, "stage2": count}.
         finetune: `set_finetune_trainable`'s report for stage 2 (None when not run).
         wall_time_s: {"stage1": s, "stage2": s, "total": s}.
+        test_probe: {stage-2 epochs run: what `train`'s `test_probe` returned} (`TrainConfig.test_probe_epochs`).
     """
 
     model: keras.Model
@@ -157,6 +167,7 @@ class TrainResult:
     trainable_params: dict
     finetune: dict | None
     wall_time_s: dict
+    test_probe: dict = dataclasses.field(default_factory=dict)
 
 
 def enable_determinism(seed: int, deterministic: bool = False) -> None:
@@ -222,6 +233,21 @@ class ValidationCallback(keras.callbacks.Callback):
         picked = np.clip(probs[np.arange(len(self.y)), self.y], 1e-7, 1.0)
         logs["val_loss"] = float(-np.mean(np.log(picked)))
         logs["val_accuracy"] = float(np.mean(probs.argmax(axis=1) == self.y))
+
+
+class TestProbe(keras.callbacks.Callback):
+    """Calls `probe(model)` after the stage-2 epochs counted in `epochs` (1 = its first epoch) and
+    keeps what it returns in `probe_results` ({epochs run: result}); a training checkpoint saves them."""
+
+    def __init__(self, probe, epochs):
+        super().__init__()
+        self.probe, self.epochs = probe, set(epochs)
+        self.runs, self.probe_results = 0, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.runs += 1
+        if self.runs in self.epochs:
+            self.probe_results[str(self.runs)] = self.probe(self.model)
 
 
 class EpochLine(keras.callbacks.Callback):
@@ -546,11 +572,13 @@ def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
 
 
 def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, train_config: TrainConfig,
-                 dataset: str | None = None, log_dir=None, tensorboard: bool = False, checkpoint=None):
+                 dataset: str | None = None, log_dir=None, tensorboard: bool = False, checkpoint=None,
+                 test_probe=None):
     """Stage 2 on the authors' fine-tuning graph built from `model` (a full model or a head).
 
     Returns (stage-2 model, Keras History, `set_finetune_trainable` report or None, initial epoch,
-    seconds). On a head (cached features) there are no backbone layers: only mode "as_coded" is
+    seconds, test-probe results: {epochs run: what `test_probe(model)` returned} at
+    `train_config.test_probe_epochs`). On a head (cached features) there are no backbone layers: only mode "as_coded" is
     possible there, and it is exact, since as coded no backbone weight is unfrozen.
     """
     cfg = train_config
@@ -581,9 +609,11 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
             history = keras.callbacks.History()
             history.history = {k: v for k, v in done["history"].items() if k != "epoch"}
             history.epoch = done["history"]["epoch"]
-            return finetune_graph, history, report, initial_epoch, done["seconds"]
+            return finetune_graph, history, report, initial_epoch, done["seconds"], done.get("test_probe", {})
+    probe = TestProbe(test_probe, cfg.test_probe_epochs if test_probe is not None else ())
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
+        probe,  # before EarlyStopping, which may put the best weights back at the epoch it stops
         keras.callbacks.LearningRateScheduler(lambda epoch, lr: inverse_time_decay(
             epoch, cfg.stage2_learning_rate, cfg.stage2_decay_steps, cfg.stage2_decay_rate)),
         keras.callbacks.EarlyStopping(monitor=cfg.stage2_monitor, patience=cfg.stage2_patience,
@@ -600,21 +630,23 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
                    cfg.seed + 1_000_003, stage)
     seconds = time.time() - start + (0.0 if stage is None else stage.seconds_before)
     if checkpoint is not None:
-        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds)
-    return finetune_graph, history, report, initial_epoch, seconds
+        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds,
+                          test_probe=probe.probe_results)
+    return finetune_graph, history, report, initial_epoch, seconds, probe.probe_results
 
 
 def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train_config: TrainConfig,
                dataset: str | None = None, log_dir=None, tensorboard: bool = False,
-               checkpoint=None) -> TrainResult:
+               checkpoint=None, test_probe=None) -> TrainResult:
     """Runs stage 2 (`train_stage2`) on `model` after the stage 1 that `result` records, and records it
     there: the stage-2 graph as `result.model`, its history, epochs, trainable parameters, fine-tuning
     report and seconds (added to the total). `train` calls it; so does `pattlite.experiments` when
     stage 1 ran on a head and the paper's fine-tuning needs the full model.
     """
-    graph, history, report, initial, seconds = train_stage2(
+    graph, history, report, initial, seconds, probes = train_stage2(
         model, x_train, y_train, x_val, y_val, result.epochs["stage1"], train_config, dataset, log_dir,
-        tensorboard, checkpoint)
+        tensorboard, checkpoint, test_probe)
+    result.test_probe = probes
     result.model = graph
     result.history["stage2"] = _history_dict(history)
     result.epochs.update(stage2=len(history.epoch), stage2_initial_epoch=initial)
@@ -627,7 +659,7 @@ def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train
 
 def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | None = None,
           dataset: str | None = None, log_dir=None, tensorboard: bool = False,
-          checkpoint_dir=None) -> TrainResult:
+          checkpoint_dir=None, test_probe=None) -> TrainResult:
     """Runs the authors' two-stage recipe on `model` (built by `pattlite.model.build_model` or `build_head`).
 
     Args:
@@ -644,6 +676,8 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
         checkpoint_dir: keep a checkpoint after every epoch here (`pattlite.checkpoints`) and resume
             from the one there: a training stopped at any epoch then ends with the same weights as one
             never stopped. The caller removes the folder when it no longer needs it.
+        test_probe: `probe(model)` called after the stage-2 epochs `train_config.test_probe_epochs`
+            (e.g. the test accuracy, for analysis only); its results are `TrainResult.test_probe`.
 
     Returns:
         A `TrainResult`.
@@ -670,7 +704,8 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
         wall_time_s={"stage1": seconds1, "stage2": 0.0, "total": 0.0},
     )
     if cfg.stage2:
-        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard, checkpoint)
+        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard, checkpoint,
+                   test_probe)
     result.wall_time_s["total"] = time.time() - total_start
     return result
 

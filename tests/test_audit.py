@@ -107,7 +107,7 @@ def test_summary_averages_seeds(tmp_path):
      "/nonexistent/mobilenet.weights.h5"),
     (["audit", "--dataset", "synthetic", "--profile", "paper"], 2, "needs a synthetic profile"),
     (["audit", "--dataset", "ferplus", "--weights", "imagenet", "--profile", "ci"], 2, "synthetic stand-in"),
-    (["audit", "--dataset", "synthetic", "--profile", "fast"], 2, "valid profiles: paper, cpu, demo, ci"),
+    (["audit", "--dataset", "synthetic", "--profile", "fast"], 2, "valid profiles: paper, cpu, cpu_full, demo, ci"),
 ])
 def test_bad_inputs_exit_non_zero_with_a_clear_message(folders, capsys, args, status, message):
     code, out, err = run_cli(capsys, args)

@@ -26,8 +26,8 @@ def isolated_dirs(tmp_path_factory):
 
 
 def test_profiles():
-    assert set(PROFILES) == {"paper", "cpu", "demo", "ci"}
-    with pytest.raises(ValueError, match="paper, cpu, demo, ci"):
+    assert set(PROFILES) == {"paper", "cpu", "cpu_full", "demo", "ci"}
+    with pytest.raises(ValueError, match="paper, cpu, cpu_full, demo, ci"):
         get_profile("quick")
     with pytest.raises(ValueError, match="allow_random_weights"):
         get_profile("paper", weights=None)
@@ -248,8 +248,8 @@ def test_flip_augmentation_trains_on_the_mirror_images_features(tmp_path, monkey
         return stacked[-1]
 
     monkeypatch.setattr(X, "_with_mirror_features", spy)
-    exp = X.make_experiment("ci", "rafdb", "published", train_views=2, **FAST)
-    assert exp.key() != X.make_experiment("ci", "rafdb", "published", **FAST).key()
+    exp = X.make_experiment("ci", "rafdb", "published", train_views=2, test_probe_epochs=(1,), **FAST)
+    assert exp.key() != X.make_experiment("ci", "rafdb", "published", test_probe_epochs=(1,), **FAST).key()
     result = X.run_experiment(exp, results_dir=tmp_path, progress=False)
     n = result.split_sizes["train"]
     (both,) = stacked
@@ -257,6 +257,11 @@ def test_flip_augmentation_trains_on_the_mirror_images_features(tmp_path, monkey
     # Mirror images give other features (synthetic faces are not symmetric to the pixel).
     assert np.abs(both[n:].astype(np.float32) - both[:n].astype(np.float32)).mean() > 1e-3
     assert "horizontal flip" in result.notes[0] and result.config["train"]["train_views"] == 2
+    # The test accuracy after the first stage-2 epoch, recorded for the analysis of epoch caps; the
+    # run had one stage-2 epoch, so it is the final model's.
+    assert set(result.test_probe) == {"1"} and set(result.test_probe["1"]) == set(exp.protocols)
+    assert result.test_probe["1"]["published"] == result.metrics["all"]["published"]["accuracy"]
+    assert result.extraction["engine"] == exp.extraction_engine and result.extraction["version"]
     with pytest.raises(ValueError, match="train_views=3"):
         X.make_experiment("ci", "rafdb", "published", train_views=3)
     with pytest.raises(ValueError, match="stage1='exact' augments inside the model"):
@@ -281,3 +286,26 @@ def test_paper_finetuning_after_a_cached_stage1_records_stage2_like_train(tmp_pa
     assert result.history["stage2"]["epoch"] == [result.epochs["stage2_initial_epoch"]]
     assert result.trainable_params["stage2"] > result.trainable_params["stage1"]  # 59 layers unfrozen
     assert result.finetune["trainable_backbone_layers"]
+
+
+def test_cpu_full_profile_is_the_authors_recipe_on_cached_features(tmp_path):
+    """Every training image, the authors' epoch limits and callbacks (no cap), the flip as mirror-image
+    features, the headline heads over 3 seeds, the ablations over one, Table 5's whole grid."""
+    from pattlite import config
+    from pattlite.studies import plan
+
+    full = get_profile("cpu_full")
+    assert (full.stage1, full.train_views, full.finetune) == ("cached", 2, "as_coded")
+    assert full.train_limit is None and full.stage2_max_epochs is None
+    assert (full.stage1_epochs, full.stage2_epochs) == (100, 500) and full.validation == "published"
+    assert full.seeds == (0, 1, 2) and full.ablation_seeds == (0,) and full.ckplus_folds == tuple(range(10))
+    assert set(full.table5_layers) == set(config.TABLE5_CUT_LAYERS)
+    exp = X.make_experiment(full, "ferplus", "published", root=tmp_path / "absent")
+    cfg = exp.train_config()
+    assert cfg.train_views == 2 and cfg.stage2_max_epochs is None and cfg.stage2_patience == 20
+    assert cfg.test_probe_epochs == full.test_probe_epochs and exp.extraction_engine in ("openvino", "tensorflow")
+    seeds = {(e.variant, e.seed) for e in plan.table4_experiments(full, datasets=("ferplus",))}
+    assert {s for _, s in seeds} == {0}
+    assert {e.seed for e in plan.main_experiments(full, datasets=("ferplus",))} == {0, 1, 2}
+    with pytest.raises(ValueError, match="train_views=2"):
+        get_profile("cpu_full", stage1="exact")

@@ -185,14 +185,19 @@ def table4_experiments(profile, seeds=None, datasets=BENCHMARKS):
     benchmark; CK+ over the profile's folds.
 
     Args:
-        profile: a profile name ("paper", "cpu", "demo", "ci") or a `pattlite.profiles.Profile`.
-        seeds: seeds to run (default: the profile's).
+        profile: a profile name ("paper", "cpu", "cpu_full", "demo", "ci") or a `pattlite.profiles.Profile`.
+        seeds: seeds to run (default: the profile's `ablation_seeds`, else its seeds).
         datasets: benchmarks to include (default all four).
 
     Returns:
         A list of `pattlite.experiments.Experiment`.
     """
-    return _plan(profile, datasets, TABLE4_VARIANTS, seeds)
+    return _plan(profile, datasets, TABLE4_VARIANTS, _ablation_seeds(profile, seeds))
+
+
+def _ablation_seeds(profile, seeds):
+    profile = as_profile(profile)
+    return profile.ablation_seeds if seeds is None and profile.ablation_seeds is not None else seeds
 
 
 def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS, dataset: str | None = None):
@@ -222,8 +227,8 @@ def table5_experiments(profile, seeds=None, layers=None, kernels=TABLE5_KERNELS,
 
 def table6_experiments(profile, seeds=None, datasets=IN_THE_WILD):
     """Experiments of Table 6 and Figs. 2-5: patch attention against patch extraction (the published
-    model) on the in-the-wild datasets."""
-    return _plan(profile, datasets, TABLE6_VARIANTS, seeds)
+    model) on the in-the-wild datasets; seeds default to the profile's `ablation_seeds`, else its seeds."""
+    return _plan(profile, datasets, TABLE6_VARIANTS, _ablation_seeds(profile, seeds))
 
 
 def main_experiments(profile, seeds=None, datasets=BENCHMARKS):
