@@ -216,13 +216,45 @@ def test_key_follows_the_content_of_the_files_not_their_folder(tmp_path, monkeyp
     # run_experiment(root=...) re-binds the experiment to that folder's current files.
     assert X.bind_root(exp, second).key() == exp.key()
     assert X.bind_root(exp, first).key() == edited.key()
-    # A file added to the folder changes the key too (whole folders are digested).
+    # Notes and hidden files are no reader's input: same key. A table or image file added to the
+    # folder changes it (whole folders are digested, before any reader picks its files).
+    (second / "README.md").write_text("where these files came from")
+    (second / ".DS_Store").write_bytes(b"\0")
+    assert X.make_experiment("paper", "fer2013", "published", root=second).key() == exp.key()
     (second / "notes.txt").write_text("x")
     assert X.make_experiment("paper", "fer2013", "published", root=second).key() != exp.key()
     # A root that does not exist yet: no digest (reading it raises DatasetNotFoundError).
     assert X.make_experiment("paper", "fer2013", "published", root=tmp_path / "nowhere").data["content"] is None
     # Synthetic data are identified by their generator options: no root, no digest.
     assert X.make_experiment("ci", "fer2013", "published").data == {"root": None, "content": None}
+
+
+def test_ferplus_key_reads_its_own_ran_lists_wherever_they_are(tmp_path, monkeypatch):
+    """The RAN lists are digested under fixed names: the same lists inside the root or given by
+    $PATTLITE_SUBSETS_DIR make the same key; RAF-DB's lists beside them do not count for FERPlus."""
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    monkeypatch.setenv("PATTLITE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PATTLITE_SUBSETS_DIR", raising=False)
+    inside = tmp_path / "inside"
+    shutil.copytree(fixtures / "ferplus", inside)
+    shutil.copy(fixtures / "fer2013" / "fer2013.csv", inside / "fer2013.csv")
+    shutil.copytree(fixtures / "ran_challenge_lists", inside / "ran_challenge_lists")
+    outside = tmp_path / "outside"
+    shutil.copytree(inside, outside, ignore=shutil.ignore_patterns("ran_challenge_lists"))
+    lists = tmp_path / "lists"
+    shutil.copytree(fixtures / "ran_challenge_lists", lists)
+    key = X.make_experiment("paper", "ferplus", "published", root=inside).key()
+    monkeypatch.setenv("PATTLITE_SUBSETS_DIR", str(lists))
+    assert X.make_experiment("paper", "ferplus", "published", root=outside).key() == key
+    rafdb_list = lists / "RAF_DB_dir" / "rafdb_occlusion_list.txt"
+    rafdb_list.write_text(rafdb_list.read_text() + "test_0001_aligned 3 4\n")
+    assert X.make_experiment("paper", "ferplus", "published", root=outside).key() == key
+    ferplus_list = lists / "FERplus_dir" / "jianfei_occlusion_list.txt"
+    ferplus_list.write_bytes(ferplus_list.read_bytes()[:-40])
+    assert X.make_experiment("paper", "ferplus", "published", root=outside).key() != key
 
 
 def test_extraction_engine_is_part_of_the_key_of_cached_experiments(monkeypatch):

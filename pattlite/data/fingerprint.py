@@ -21,12 +21,14 @@ Two digests:
 
 Users of the fingerprint (`fingerprint_files`):
 
-- `dataset_identity(dataset, root, **options)`: the root a real dataset is read from and the digest of
-  every file under it (plus the files its reader reads from elsewhere: FERPlus' `fer2013.csv` at the
-  FER2013 root or the `fer2013_csv` option, the RAN lists of `subsets_dir` / `$PATTLITE_SUBSETS_DIR`).
-  Whole folders, not the list a reader picks from them, so the identity is known before the (slow)
-  reading, e.g. to decide whether an experiment's result file is still valid. A file added to the root
-  that no reader uses changes it too: at worst a needless retraining, never a stale result.
+- `dataset_identity(dataset, root, **options)`: the root a real dataset is read from and the digests of
+  every image and table file under it (`is_data_file`: notes, archives and hidden files are left out),
+  plus the files its reader reads from elsewhere (FERPlus' `fer2013.csv` at the FER2013 root or the
+  `fer2013_csv` option) and the dataset's own RAN lists (`subsets_dir` / `$PATTLITE_SUBSETS_DIR` / the
+  root's `ran_challenge_lists/`). Whole folders, not the list a reader picks from them, so the identity
+  is known before the (slow) reading, e.g. to decide whether an experiment's result file is still
+  valid. An image or table file added to the root that no reader uses changes it too: at worst a
+  needless retraining, never a stale result.
   `load_manifest` puts it in `df.attrs["data"]`; `pattlite.experiments` makes it part of an
   experiment's key and records it in each result file.
 - the pixel cache (`pattlite.data.pixels.cache_key`) digests exactly the image and container files of
@@ -101,47 +103,59 @@ def dataset_files(dataset: str, root, **options) -> list[str]:
     return [path for _, path in named_dataset_files(dataset, root, **options)]
 
 
+# What a dataset is made of: image and table files. Anything else under a root (notes, archives, hidden
+# files such as .DS_Store) is no reader's input, so it does not change the content digest.
+DATA_SUFFIXES = (".csv", ".txt", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz")
+
+
+def is_data_file(name: str) -> bool:
+    """True for an image or table file that no hidden folder holds (`DATA_SUFFIXES`)."""
+    parts = Path(name).parts
+    return not any(part.startswith(".") for part in parts) and Path(name).suffix.lower() in DATA_SUFFIXES
+
+
 def named_dataset_files(dataset: str, root, **options) -> list[tuple[str, str]]:
-    """(name, path) of each file of `dataset_files`: a file under the root is named relative to it; a file
-    read from outside it by its base name (FERPlus' `fer2013.csv`), and a folder read from outside it
-    (the RAN lists) by its own name and the path below it, i.e. as they would be named inside the root.
-    The names are what the content digest sees, so the same layout in another place digests the same."""
+    """(name, path) of each file a real dataset is read from: the image and table files under `root`
+    (`is_data_file`; `root` itself when it is a file, as FER2013 accepts) named relative to it; FERPlus'
+    `fer2013.csv` read from outside the root named `fer2013.csv`; and the dataset's own RAN lists
+    (`pattlite.data.subsets`), wherever they are, named `ran_lists/<folder>/<file>`. The names are what
+    the content digest sees, so the same files in another layout of folders digest the same."""
+    from pattlite.data.subsets import list_files
+
     root = Path(root)
-    if root.is_file():
-        named = [(root.name, str(root))]
-    elif root.is_dir():
-        named = [(Path(path).relative_to(root).as_posix(), path) for path in files_under(root)]
-    else:
-        named = []
-    extras = []
-    if dataset == "ferplus":
-        explicit = options.get("fer2013_csv")
-        if explicit is not None:
-            extras.append(Path(explicit))
-        elif not (root / "fer2013.csv").exists():
-            extras.append(config.dataset_root("fer2013") / "fer2013.csv")
+    lists = None
     if dataset in ("ferplus", "rafdb"):
         try:
             lists = resolve_subsets_dir(root, options.get("subsets_dir"))
         except DatasetNotFoundError:  # the reader raises it, naming the folder
             lists = None
-        if lists is not None:
-            extras.append(lists)
-    for extra in extras:
-        if extra.is_file():
+    if root.is_file():
+        named = [(root.name, str(root))]
+    elif root.is_dir():
+        named = [(Path(path).relative_to(root).as_posix(), path) for path in files_under(root)]
+        named = [(name, path) for name, path in named if is_data_file(name)
+                 and not (lists is not None and _inside(Path(path), lists))]
+    else:
+        named = []
+    if dataset == "ferplus":
+        explicit = options.get("fer2013_csv")
+        extra = Path(explicit) if explicit is not None else (
+            None if (root / "fer2013.csv").exists() else config.dataset_root("fer2013") / "fer2013.csv")
+        if extra is not None and extra.is_file():
             named.append((extra.name, str(extra)))
-        elif extra.is_dir() and not _inside(extra, root):
-            named.extend(((Path(extra.name) / Path(path).relative_to(extra)).as_posix(), path)
-                         for path in files_under(extra))
+    if lists is not None:
+        named.extend((f"ran_lists/{name}", str(path)) for name, path in list_files(dataset, lists))
     return named
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+    for a, b in ((os.path.abspath(path), os.path.abspath(folder)), (Path(path).resolve(), Path(folder).resolve())):
+        try:
+            Path(a).relative_to(b)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def dataset_identity(dataset: str, root=None, content: bool = True, **options) -> dict:

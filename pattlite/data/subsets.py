@@ -139,6 +139,15 @@ def _parse_line(dataset: str, subset: str, path: Path, number: int, line: str):
     return key, order[index]
 
 
+def list_files(dataset: str, subsets_dir) -> list[tuple[str, Path]]:
+    """(`<dataset's folder>/<file>`, path) of every RAN list and label file the dataset's reader reads
+    from `subsets_dir` (those that exist; the reader names a missing one)."""
+    folder, files = _LIST_FILES[dataset]
+    names = [name for pair in files.values() for name in pair if name is not None]
+    return [(f"{folder}/{name}", Path(subsets_dir) / folder / name) for name in names
+            if (Path(subsets_dir) / folder / name).is_file()]
+
+
 def read_subset_list(dataset: str, subset: str, subsets_dir) -> SubsetList:
     """Read one RAN list; duplicates and contradictions are reported in `.warnings`, kept once."""
     folder, files = _LIST_FILES[dataset]
