@@ -195,14 +195,21 @@ def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own
     monkeypatch.setattr(grid, "plan", lambda profile, params: None)
     monkeypatch.setattr(grid, "run_grid", lambda *a, **k: seen.update(grid=os.environ.get("KERAS_BACKEND"))
                         or SimpleNamespace(failed={}, seconds=1.0))
-    monkeypatch.setattr(pipeline, "run_notebooks", lambda profile, only, params: seen.update(
-        gradcam=pipeline.notebook_backend(PROFILES[profile], "06_gradcam")) or [("06_gradcam", 2.0)])
+    def run_notebooks(profile, only, params, timings=None):
+        seen.update(gradcam=pipeline.notebook_backend(PROFILES[profile], "06_gradcam"))
+        done = [("06_gradcam", 2.0)]
+        if timings is not None:  # the caller's list, filled as notebooks finish (kept when one is stopped)
+            timings.extend(done)
+        return done
+
+    monkeypatch.setattr(pipeline, "run_notebooks", run_notebooks)
     assert pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"]) == 0
     assert seen == {"grid": "jax", "gradcam": "tensorflow"} and "KERAS_BACKEND" not in os.environ
     record = json.loads((tmp_path / "run_record.json").read_text())["runs"][0]
     assert record["keras_backends"] == {"grid": "jax", "06_gradcam": "tensorflow"}
     # A failing notebook is recorded too, and the status says so.
-    monkeypatch.setattr(pipeline, "run_notebooks", lambda *a: (_ for _ in ()).throw(pipeline.NotebookFailed("x")))
+    monkeypatch.setattr(pipeline, "run_notebooks",
+                        lambda *a, **k: (_ for _ in ()).throw(pipeline.NotebookFailed("x")))
     assert pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"]) == 1
     assert json.loads((tmp_path / "run_record.json").read_text())["runs"][1]["failed"] == "x"
 

@@ -127,7 +127,11 @@ def test_an_incomplete_or_interrupted_run_is_refused_with_status_2_and_nothing_w
     assert _cli(ctx, readme, out) == 2
     assert "its last recorded run did not finish (interrupted during the grid)" in capsys.readouterr().err
     assert not out.parent.exists() and readme.read_text() == before
-    _record(ctx.results_dir)   # the same command, resumed to the end: published
+    _record(ctx.results_dir, status="interrupted", interrupted={"signal": "SIGTERM", "stage": "notebooks",
+                                                                 "notebook": "06_gradcam"})
+    assert _cli(ctx, readme, out) == 2
+    assert "did not finish (interrupted (SIGTERM) during notebooks, notebook 06_gradcam)" in capsys.readouterr().err
+    _record(ctx.results_dir, status="finished")   # the same command, resumed to the end: published
     assert _cli(ctx, readme, out) == 0 and (out / "replication_report.md").is_file()
 
 

@@ -90,12 +90,18 @@ def read_run_record(path) -> dict:
 
 
 def unfinished(entry: dict) -> str | None:
-    """Why one run-record entry did not finish (None when it did): `failed`, `interrupted`, or a
+    """Why one run-record entry did not finish (None when it did): `failed`, `interrupted` (a line, or
+    `pipeline.RunInterrupted.record()`'s {"signal", "stage", "notebook"/"experiment", ...}), or a
     `status` other than "finished"."""
     if entry.get("failed"):
         return f"failed: {entry['failed']}"
-    if entry.get("interrupted"):
-        return f"interrupted {entry['interrupted']}"
+    stopped = entry.get("interrupted")
+    if isinstance(stopped, dict):
+        where = [f"during {stopped['stage']}"] if stopped.get("stage") else []
+        where += [f"{name} {stopped[name]}" for name in ("notebook", "experiment") if stopped.get(name)]
+        return f"interrupted ({stopped.get('signal', 'signal unknown')})" + (f" {', '.join(where)}" if where else "")
+    if stopped:
+        return f"interrupted {stopped}"
     status = entry.get("status")
     if status is not None and status != "finished":
         return f"status {status!r}"
