@@ -10,9 +10,11 @@ Every subcommand prints progress and a short human summary, and as its LAST stdo
 (accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
 values (the message names the flag and lists the valid ones; checked before TensorFlow is imported),
 a malformed data file or a damaged result file (the message names the file), 1 a missing file
-(dataset, weights) or, for `grid run`, an experiment that failed. Data warnings (duplicate rows,
-subset-list entries matching no test image, ...) are printed as `pattlite <command>: warning: ...`
-lines on stderr.
+(dataset, weights), a results folder in use by another run (`train` when it trains, `grid run`; the
+message names the process holding it) or, for `grid run`, an experiment that failed; 130 / 143
+stopped by Ctrl-C (SIGINT) / SIGTERM, whatever it was doing (`grid run` records it in the run record).
+Data warnings (duplicate rows, subset-list entries matching no test image, ...) are printed as
+`pattlite <command>: warning: ...` lines on stderr.
 
 Results: `--results DIR` (or `$PATTLITE_RESULTS_DIR`) is the results base folder; each experiment is
 written to `DIR/<profile>/experiments/<key>.json` and later calls with the same settings load it.
@@ -26,7 +28,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import audit, bench, config, grid
+from pattlite import audit, bench, config, grid, pipeline
 from pattlite.config import PROTOCOLS
 from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
@@ -168,10 +170,29 @@ def _train_experiment(args):
 
 
 def cmd_train(args) -> int:
-    from pattlite.experiments import run_experiment  # imports Keras
+    from pattlite.experiments import result_path, run_experiment  # imports Keras
 
     exp, profile = _train_experiment(args)
     results_dir = None if args.results is None else _results_base(args) / profile.name
+    folder = results_dir if results_dir is not None else config.results_dir(profile.name)
+    # Training writes into the results folder: it holds the folder's lock, as a run does (a run of
+    # ./run_all.sh or `pattlite grid run` there makes it refuse, and the other way round). Loading a
+    # finished result needs no lock.
+    try:
+        if args.force or not result_path(exp, results_dir).is_file():
+            with pipeline.results_lock(folder, "pattlite " + " ".join(sys.argv[1:])):
+                return _train(args, exp, profile, results_dir)
+        return _train(args, exp, profile, results_dir)
+    except BaseException as error:  # noqa: B036 - an error caused by Ctrl-C / SIGTERM is an interruption
+        stopped = pipeline.as_interruption(error, "train", experiment=exp.label(), key=exp.key())
+        if stopped is None:
+            raise
+        raise stopped from error
+
+
+def _train(args, exp, profile, results_dir) -> int:
+    from pattlite.experiments import run_experiment
+
     source = exp.source["dataset"]
     what = (f"synthetic stand-in (in the {exp.dataset} slot of profile {profile.name!r})"
             if source == "synthetic" else exp.dataset)
@@ -385,10 +406,17 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pipeline.handle_signals():
             warnings.showwarning = data_warning_printer(f"pattlite {args.command}")
             check_arguments(args)
             return args.handler(args)
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM
+        stopped = pipeline.as_interruption(error, args.command) or pipeline.RunInterrupted("SIGINT", args.command)
+        pipeline.say_interrupted(f"pattlite {args.command}", stopped)
+        return stopped.status
+    except pipeline.ResultsFolderBusy as error:
+        print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)
         print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
         return 1

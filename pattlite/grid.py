@@ -23,7 +23,6 @@ See docs/grid.md for Kaggle's two T4s, a multi-GPU machine and a Ray cluster (Sl
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
@@ -99,18 +98,11 @@ class GridReport:
 
 def notebook_parameters() -> dict:
     """{name: default} of the notebooks' `parameters` cells (all notebooks together)."""
-    import nbformat
-
-    from pattlite.pipeline import NOTEBOOKS, NOTEBOOKS_DIR
+    from pattlite.pipeline import parameter_cells
 
     params = {}
-    for name in NOTEBOOKS:
-        nb = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
-        for cell in nb.cells:
-            if "parameters" in cell.metadata.get("tags", []):
-                for node in ast.parse(cell.source).body:
-                    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-                        params[node.targets[0].id] = ast.literal_eval(node.value)
+    for declared in parameter_cells().values():
+        params.update(declared)
     return params
 
 
@@ -119,17 +111,16 @@ def notebook_context(profile: str, parameters: dict | None = None):
     Grad-CAM notebook's (dataset, variant).
 
     Raises:
-        ValueError: a parameter no notebook takes (the message lists the valid ones), or a bad value.
+        ValueError: a parameter no notebook takes (the message lists the valid ones), or a bad value
+            (`pattlite.pipeline.check_parameters`, before anything heavy is imported).
     """
+    from pattlite.pipeline import check_parameters
+
+    params = check_parameters(dict(parameters or {}))
     from pattlite import studies
 
     known = notebook_parameters()
     known.pop("profile")   # --profile, not a -p parameter
-    params = dict(parameters or {})
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"unknown notebook parameter(s) {unknown}; the notebooks take "
-                         f"{', '.join(sorted(known))} (and --profile)")
     values = {name: params.get(name, default) for name, default in known.items()}
     roots = {name: values.pop(f"{name}_root", None) for name in studies.BENCHMARKS}
     gradcam = (values.pop("gradcam_dataset"), values.pop("gradcam_variant"))
@@ -248,6 +239,7 @@ def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None =
         f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}")
     if executor == "ray":
         ray = import_ray()  # before anything else: a missing Ray is a clear message, not a traceback
+        remove_stale_temporary(log)   # of this machine's killed workers; each task cleans its own machine
     elif address is not None or gpus_per_trial is not None:
         log("[grid] note: --address and --gpus-per-trial apply to --executor ray only; ignored")
     if not pending:
@@ -267,6 +259,7 @@ def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None =
 
 def _run_local(pending, results_dir, log):
     from pattlite.experiments import run_experiment
+    from pattlite.pipeline import RunInterrupted, as_interruption, received_signal
 
     progress = Progress(len(pending), log)
     trained, failed = [], {}
@@ -276,7 +269,12 @@ def _run_local(pending, results_dir, log):
         t0 = time.time()
         try:
             run_experiment(exp, results_dir=results_dir, progress=False)
-        except Exception as error:  # reported; the other experiments go on
+        except BaseException as error:  # noqa: B036 - an interruption stops the grid; a failure is reported
+            stopped = as_interruption(error, "grid", experiment=exp.label(), key=exp.key())
+            if stopped is not None:
+                raise stopped from error
+            if not isinstance(error, Exception):
+                raise
             failed[exp.key()] = f"{exp.label()}: {type(error).__name__}: {_first_lines(error)}"
             progress.failed += 1
             log(f"[grid] failed: {failed[exp.key()]}")
@@ -286,6 +284,8 @@ def _run_local(pending, results_dir, log):
             progress.seconds.append(time.time() - t0)
             log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
         progress.running = 0
+        if received_signal():   # a signal whose KeyboardInterrupt something swallowed: stop all the same
+            raise RunInterrupted(received_signal(), "grid", experiment=exp.label(), key=exp.key())
     if pending:
         progress.line()
     return trained, failed
@@ -303,9 +303,23 @@ def import_ray():
 
 
 def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
-    """Environment variables of a Ray task: the driver's pattlite/Keras settings, and thread counts that
-    match the task's CPU share so that trials sharing a machine do not oversubscribe its cores."""
+    """Environment variables of a Ray task: the driver's pattlite/Keras settings, thread counts that
+    match the task's CPU share so that trials sharing a machine do not oversubscribe its cores, and
+    PYTHONPATH led by the folder holding the installed `pattlite` package.
+
+    Why PYTHONPATH: Ray puts the driver's current folder first on its workers' `sys.path`. Started from
+    the folder that holds a clone named `pattlite`, a worker would import that clone folder (which has
+    no `__init__.py`) as a namespace package, and `pattlite.data` as the clone's `data/` folder. A
+    regular package anywhere on `sys.path` wins over a namespace one, so naming the install's folder
+    makes every worker import the package the driver imports (on other nodes: when installed at the
+    same path, as the dataset paths must be too).
+    """
+    import pattlite
+
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    package_parent = str(Path(pattlite.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != package_parent])
     threads = str(max(1, int(cpus_per_trial)))
     env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -324,12 +338,55 @@ def _ray_task(compute, experiment_pickle: bytes) -> dict:
     return compute(pickle.loads(experiment_pickle))
 
 
+TEMP_PREFIX = "pattlite-grid-"   # + the worker's PID + "-": a folder whose process is gone is stale
+
+
+def remove_stale_temporary(log=None) -> list:
+    """Removes this user's `pattlite-grid-<pid>-*` folders in the temporary folder whose process is no
+    longer alive (a worker killed before it could clean up: SIGKILL, out of memory, a lost node's
+    restart), and the `pattlite-grid-*` folders of versions that did not put the PID in the name.
+    Returns the removed paths; `log` (when given) gets one line saying so."""
+    import shutil
+
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed and log is not None:
+        log(f"[grid] removed {len(removed)} temporary folder(s) left by killed workers: "
+            f"{', '.join(str(p) for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
 def compute_on_worker(exp) -> dict:
-    """A Ray task's work: train and evaluate in a temporary folder; return what the driver stores."""
+    """A Ray task's work: train and evaluate in a temporary folder; return what the driver stores.
+
+    The folder is removed on every way out of the task that runs Python (an error, a cancelled task's
+    KeyboardInterrupt); one left by a killed worker is removed by the next task on that machine
+    (`remove_stale_temporary`)."""
     from pattlite.experiments import compute_experiment
 
+    remove_stale_temporary(log=print)
     start = time.time()
-    with tempfile.TemporaryDirectory(prefix="pattlite-grid-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         log_dir = Path(tmp) / "logs"
         result, weights = compute_experiment(exp, progress=False, log_dir=log_dir)
         logs = {str(p.relative_to(log_dir)): p.read_bytes()
@@ -391,42 +448,88 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
             retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)})
         in_flight = {task.remote(compute, pickle.dumps(exp)): exp for exp in pending}
-        progress = Progress(len(pending), log)
-        trained, failed = [], {}
-        progress.last_line = 0.0   # a line at once
-        while in_flight:
-            # Ray tells which tasks are running only through its state API (the dashboard); here
-            # "running" is the tasks in flight that the cluster has trial slots for.
-            slots = _trial_slots(ray, cpus_per_trial, gpus_per_trial)
-            progress.running = min(len(in_flight), slots)
-            if time.time() - progress.last_line >= PROGRESS_EVERY_S:
-                progress.line(slots)
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=10.0)
-            for ref in ready:
-                exp = in_flight.pop(ref)
-                try:
-                    returned = ray.get(ref)
-                except ray.exceptions.RayTaskError as error:   # the experiment raised: not retried
-                    failed[exp.key()] = f"{exp.label()}: {_first_lines(error)}"
-                except ray.exceptions.RayError as error:       # the worker died, retries used up
-                    failed[exp.key()] = (f"{exp.label()}: {type(error).__name__} after {max_retries} "
-                                         f"retries: {_first_lines(error, 3)}")
-                else:
-                    store_returned(exp, returned, results_dir)
-                    trained.append(exp.key())
-                    progress.done += 1
-                    progress.seconds.append(returned["seconds"])
-                    log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']})")
-                    continue
-                progress.failed += 1
-                log(f"[grid] failed: {failed[exp.key()]}")
-            if ready:
-                progress.running = min(len(in_flight), _trial_slots(ray, cpus_per_trial, gpus_per_trial))
-                progress.line(slots)
-        return trained, failed
+        try:
+            return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log)
+        except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first
+            _cancel(ray, in_flight)
+            from pattlite.pipeline import as_interruption
+
+            stopped = as_interruption(error, "grid", in_flight=[exp.label() for exp in in_flight.values()])
+            if stopped is not None:
+                raise stopped from error
+            raise
     finally:
         if started_here:
             ray.shutdown()
+
+
+CANCEL_WAIT_S = 10.0   # how long an interrupted grid waits for its cancelled Ray tasks to clean up
+
+
+def _cancel(ray, in_flight: dict) -> None:
+    """Cancels the tasks in flight: a running one gets a KeyboardInterrupt, so its temporary folder is
+    removed; those not done within CANCEL_WAIT_S end with the Ray runtime (or are left to the
+    cluster's, which a force-cancel then stops)."""
+    refs = list(in_flight)
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # already finished, or the runtime is going away: nothing to stop
+            pass
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+    except BaseException:  # noqa: B036 - a second Ctrl-C: stop waiting
+        pass
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:
+            pass
+
+
+def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log):
+    """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result."""
+    from pattlite.pipeline import RunInterrupted, interruption
+
+    pending = list(in_flight.values())
+    progress = Progress(len(pending), log)
+    trained, failed = [], {}
+    progress.last_line = 0.0   # a line at once
+    while in_flight:
+        # Ray tells which tasks are running only through its state API (the dashboard); here
+        # "running" is the tasks in flight that the cluster has trial slots for.
+        slots = _trial_slots(ray, cpus_per_trial, gpus_per_trial)
+        progress.running = min(len(in_flight), slots)
+        if time.time() - progress.last_line >= PROGRESS_EVERY_S:
+            progress.line(slots)
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=10.0)
+        for ref in ready:
+            exp = in_flight.pop(ref)
+            try:
+                returned = ray.get(ref)
+            except ray.exceptions.RayError as error:
+                if interruption(error):   # e.g. the task's KeyboardInterrupt: the run is interrupted
+                    in_flight[ref] = exp
+                    raise RunInterrupted(interruption(error), "grid", experiment=exp.label(),
+                                         key=exp.key()) from error
+                if isinstance(error, ray.exceptions.RayTaskError):   # the experiment raised: not retried
+                    failed[exp.key()] = f"{exp.label()}: {_first_lines(error)}"
+                else:                                                # the worker died, retries used up
+                    failed[exp.key()] = (f"{exp.label()}: {type(error).__name__} after {max_retries} "
+                                         f"retries: {_first_lines(error, 3)}")
+            else:
+                store_returned(exp, returned, results_dir)
+                trained.append(exp.key())
+                progress.done += 1
+                progress.seconds.append(returned["seconds"])
+                log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']})")
+                continue
+            progress.failed += 1
+            log(f"[grid] failed: {failed[exp.key()]}")
+        if ready:
+            progress.running = min(len(in_flight), _trial_slots(ray, cpus_per_trial, gpus_per_trial))
+            progress.line(slots)
+    return trained, failed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -470,15 +573,16 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_grid(args) -> int:
-    from pattlite.pipeline import parse_parameters
+    """`pattlite grid plan|run`. `run` holds the results folder's lock (`pipeline.results_lock`) and
+    appends to its run record, as ./run_all.sh does; SIGINT / SIGTERM end it with status 130 / 143,
+    recorded as interrupted with the experiment it stopped at."""
+    from pattlite import pipeline
     from pattlite.profiles import PROFILES
 
     config.check_name("profile", args.profile, tuple(PROFILES))
-    params = parse_parameters(args.parameter)
-    if args.grid_command == "run" and args.executor == "ray":
-        import_ray()   # says how to install Ray before the plan is made
-    grid_plan = plan(args.profile, params)
+    params = pipeline.check_parameters(pipeline.parse_parameters(args.parameter))  # before any heavy import
     if args.grid_command == "plan":
+        grid_plan = plan(args.profile, params)
         print(format_plan(grid_plan))
         done = sum(p.done for p in grid_plan.experiments)
         print(f"{len(grid_plan.experiments)} experiments: {done} done, {len(grid_plan.experiments) - done} to "
@@ -486,7 +590,45 @@ def cmd_grid(args) -> int:
         print(json.dumps({"profile": grid_plan.profile, "results_dir": str(grid_plan.results_dir),
                           "experiments": [p.row() for p in grid_plan.experiments]}))
         return 0
-    report = run_grid(grid_plan, args.executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
-                      cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
+    if args.executor == "ray":
+        import_ray()   # says how to install Ray before the plan is made
+    argv = ["grid", "run", "--profile", args.profile, "--executor", args.executor,
+            *[a for item in args.parameter for a in ("-p", item)]]
+    results_dir = pipeline.results_folder(args.profile, params)
+    started = time.time()
+    report, stopped, failed = None, None, None
+    with pipeline.handle_signals(), pipeline.results_lock(results_dir, "pattlite " + " ".join(argv)):
+        try:
+            report = run_grid(plan(args.profile, params), args.executor, address=args.address,
+                              gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                              max_retries=args.max_retries)
+            if report.failed:
+                failed = f"{len(report.failed)} experiment(s) of the grid failed"
+        except BaseException as error:  # noqa: B036 - recorded, then reported
+            stopped = pipeline.as_interruption(error, "grid")
+            if stopped is None:
+                failed = f"{type(error).__name__}: {error}".splitlines()[0]
+                raise
+            pipeline.say_interrupted("pattlite grid run", stopped)
+        finally:
+            with pipeline.deferred_signals():
+                path = pipeline.record_run(results_dir, {
+                    "command": "pattlite grid run", "profile": args.profile, "argv": argv,
+                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                    "seconds": round(time.time() - started, 1),
+                    "grid_seconds": round(report.seconds, 1) if report else None, "notebook_seconds": {},
+                    "keras_backends": {"grid": _keras_backend()}, "executor": args.executor,
+                    **({"grid": report.summary()} if report else {}),
+                    **pipeline.outcome_fields(failed, stopped)})
+                print(f"run recorded in {path}", file=sys.stderr if stopped or failed else sys.stdout)
+    if stopped is not None:
+        print(json.dumps({"interrupted": stopped.record()}))
+        return stopped.status
     print(json.dumps(report.summary()))
     return 1 if report.failed else 0
+
+
+def _keras_backend() -> str | None:
+    """The backend Keras trained on in this process (None: Keras was not imported)."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else None

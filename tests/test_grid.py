@@ -78,9 +78,12 @@ def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
     # Table 5's own points (the slowest on a CPU) come after everything the other tables need.
     only_table5 = [p.studies == ("table5",) for p in grid_plan.experiments]
     assert any(only_table5) and not all(only_table5) and only_table5 == sorted(only_table5)
-    # Without rafdb there is no Table 5 grid and no Grad-CAM model on RAF-DB, as in the notebooks.
-    no_rafdb = grid.plan("ci", {"datasets": "ferplus", "gradcam_dataset": "ferplus"})
-    assert {s for p in no_rafdb.experiments for s in p.studies} == {"table4", "table6", "main", "audit", "gradcam"}
+    # Without rafdb, Table 5's grid and the Grad-CAM model fall to the next dataset of the profile's
+    # order of preference that this run has (FERPlus), as in the notebooks.
+    no_rafdb = grid.plan("ci", {"datasets": "ferplus"})
+    assert {s for p in no_rafdb.experiments for s in p.studies} == {"table4", "table5", "table6", "main", "audit",
+                                                                      "gradcam"}
+    assert {p.experiment.dataset for p in no_rafdb.experiments} == {"ferplus"}
 
 
 def test_plan_rejects_a_parameter_no_notebook_takes():
@@ -102,7 +105,7 @@ def test_grid_plan_command_lists_experiments_and_marks_done(folders, tiny, local
     assert all(r["key"] in out for r in rows) and "to run" in out
     assert f"{len(rows)} experiments: 1 done, {len(rows) - 1} to run" in out
     assert cli.main(["grid", "plan", "--profile", "nope"]) == 2
-    assert "paper, cpu, demo, ci" in capsys.readouterr().err
+    assert "paper, cpu, cpu_full, demo, ci" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------
