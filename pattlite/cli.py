@@ -303,11 +303,11 @@ def cmd_audit(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from pattlite.pipeline import parse_parameters
+    config.check_name("profile", args.profile, tuple(PROFILES))
+    params = pipeline.check_parameters(pipeline.parse_parameters(args.parameter))  # before the heavy imports
     from pattlite.studies.publish import publish
 
-    config.check_name("profile", args.profile, tuple(PROFILES))
-    ctx, _ = grid.notebook_context(args.profile, parse_parameters(args.parameter))
+    ctx, _ = grid.notebook_context(args.profile, params)
     readme = None if args.no_readme else Path(args.readme or config.PROJECT_ROOT / "README.md")
     out = publish(ctx, folder=args.to, readme=readme)
     _json_line({k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()})
