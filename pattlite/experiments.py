@@ -376,6 +376,25 @@ def logs_path(exp: Experiment, results_dir=None) -> Path:
     return result_path(exp, results_dir).parent.parent / "logs" / exp.key()
 
 
+def committed_results_dir(profile: str) -> Path:
+    """`docs/results/<profile>/results/`: the result files a published run committed (`pattlite publish`)."""
+    return config.PROJECT_ROOT / "docs" / "results" / profile / "results"
+
+
+def adopt_committed(exp: Experiment, results_dir=None) -> bool:
+    """Copies the experiment's committed result file (`committed_results_dir`) into the results folder
+    when that has none; True when it did. Keys hold what the data are, so a result committed by another
+    machine is this experiment's result wherever the same files are; the copy is checked like any result
+    file (`ExperimentResult.read`: its key, its format)."""
+    path = result_path(exp, results_dir)
+    committed = committed_results_dir(exp.profile) / path.name
+    if path.is_file() or not committed.is_file():
+        return False
+    ExperimentResult.read(committed, exp.key())  # a damaged committed file is named, never copied
+    write_atomic(path, committed.read_bytes())
+    return True
+
+
 def checkpoint_path(exp: Experiment, results_dir=None) -> Path:
     """`<results dir>/checkpoints/<key>/`: the training checkpoints of an unfinished experiment
     (`pattlite.checkpoints`); removed once its result file is written."""
@@ -485,7 +504,9 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
 
     Args:
         exp: an `Experiment` (see `make_experiment`).
-        results_dir: folder holding `experiments/<key>.json` (default `config.results_dir(exp.profile)`).
+        results_dir: folder holding `experiments/<key>.json` (default `config.results_dir(exp.profile)`);
+            a result committed under `docs/results/<profile>/results/` is copied there and reused
+            (`adopt_committed`).
         force: retrain even when a result file exists (also replaces a damaged one).
         root: re-binds the experiment to this dataset folder (`bind_root`; the key then names that
             folder's files); default: the root the experiment was made with.
@@ -503,6 +524,8 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     """
     exp = bind_root(exp, root)
     path = result_path(exp, results_dir)
+    if not force:
+        adopt_committed(exp, results_dir)
     if path.is_file() and not force:
         return ExperimentResult.read(path, exp.key())
     checkpoints = checkpoint_path(exp, results_dir)

@@ -51,6 +51,11 @@ COUNT_TOLERANCE = 0.0
 TOLERANCE_BY_QUANTITY = {"accuracy": ACCURACY_TOLERANCE, "count": COUNT_TOLERANCE}
 
 VERDICTS = ("reproduced", "not reproduced", "not comparable", "no result")
+# The mark in front of each of our numbers in the report's tables (Markdown: coloured emoji squares, which
+# GitHub shows); in the HTML each becomes a CSS-drawn square and colours its table cell, so the verdict
+# shows in a browser without an emoji font too: (mark, square colour, cell colour).
+VERDICT_MARKS = {"reproduced": ("🟩", "#2e7d32", "#e3f2e4"), "not reproduced": ("🟥", "#c62828", "#fbe4e4"),
+                 "not comparable": ("⬜", "#ffffff", "#f4f4f4"), "no result": ("⬛", "#212121", "#e6e6e6")}
 SYNTHETIC_BANNER = "SYNTHETIC DATA — not comparable with the paper"
 
 # Float comparisons of numbers printed with 2 decimals: 95.05 - 94.05 is 1.0000000000000142.
@@ -501,8 +506,34 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text("\n\n".join(md_parts) + "\n", encoding="utf-8")
-    html_path.write_text(page, encoding="utf-8")
+    html_path.write_text(html_verdict_marks(page), encoding="utf-8")
     return markdown_path, html_path
+
+
+def html_verdict_marks(page: str) -> str:
+    """Each verdict mark (`VERDICT_MARKS`) of an HTML page drawn as a coloured CSS square with its verdict
+    as hover text (no emoji font needed), and each table cell holding one tinted in its first mark's
+    colour."""
+    by_mark = {mark: (verdict, square, cell) for verdict, (mark, square, cell) in VERDICT_MARKS.items()}
+
+    def square(mark: str) -> str:
+        verdict, colour, _ = by_mark[mark]
+        return (f'<span class="verdict-mark" title="{verdict}" aria-label="{verdict}" style="display:inline-block;'
+                f'width:0.75em;height:0.75em;margin-right:0.2em;vertical-align:-0.05em;background:{colour};'
+                f'border:1px solid #555"></span>')
+
+    marks = "|".join(map(re.escape, by_mark))
+
+    def cell(match) -> str:
+        attributes, content = match.group(1), match.group(2)
+        first = re.search(marks, content)
+        if first is None:
+            return match.group(0)
+        tint = by_mark[first.group(0)][2]
+        return f'<td{attributes} style="background:{tint}">{re.sub(marks, lambda m: square(m.group(0)), content)}</td>'
+
+    page = re.sub(r"<td([^>]*)>(.*?)</td>", cell, page, flags=re.S)
+    return re.sub(marks, lambda m: square(m.group(0)), page)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -97,6 +97,22 @@ def test_run_load_and_repeat(tmp_path):
     assert loaded.cached is True
     assert json.dumps(loaded.to_dict()) == json.dumps(first.to_dict())  # every field read back as written
 
+    # A result committed under docs/results/<profile>/results/ is adopted by a results folder that lacks
+    # it (a fresh clone resumes a published run without retraining); a damaged one is named, not copied.
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / path.name).write_text(path.read_text())
+    import unittest.mock
+
+    with unittest.mock.patch.object(X, "committed_results_dir", lambda profile: committed):
+        adopted = X.run_experiment(exp, results_dir=tmp_path / "fresh", progress=False)
+        assert adopted.cached is True and adopted.metrics == first.metrics
+        assert (tmp_path / "fresh" / "experiments" / path.name).read_text() == path.read_text()
+        (committed / path.name).write_text("{")
+        with pytest.raises(DamagedResultError, match=str(committed / path.name)):
+            X.run_experiment(exp, results_dir=tmp_path / "fresh2", progress=False)
+        assert not (tmp_path / "fresh2" / "experiments" / path.name).exists()
+
     table = X.collect_results(tmp_path)
     assert len(table) == sum(len(m) for m in first.metrics.values())
     assert set(table["protocol"]) == {"published", "shuffled", "independent"}

@@ -27,7 +27,7 @@ import pandas as pd
 from pattlite import paper, report
 from pattlite.config import DATASET_NAMES
 
-MARKS = {"reproduced": "🟩", "not reproduced": "🟥", "not comparable": "⬜", "no result": "⬛"}
+MARKS = {verdict: mark for verdict, (mark, _, _) in report.VERDICT_MARKS.items()}
 ABSENT = "not run (dataset absent)"
 PROTOCOL_LINES = (("ours", "ours_sd", "verdict", "published protocol"),
                   ("ours_independent", "ours_independent_sd", "verdict_independent", "independent"))

@@ -242,12 +242,23 @@ def audit_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, AUDIT_VARIANTS, seeds)
 
 
+def gap_experiments(profile, seeds=None, datasets=BENCHMARKS):
+    """Experiments of the gap table's "no augmentation" line (`pattlite.studies.gap`): the published head
+    trained without the profile's augmentation (`train_views=1`), over the ablation seeds; none for a
+    profile that does not augment (its own runs are that line)."""
+    profile = as_profile(profile)
+    if profile.train_views == 1:
+        return []
+    return _plan(profile, datasets, ("published",), _ablation_seeds(profile, seeds), train_views=1)
+
+
 STUDIES = {
     "table4": table4_experiments,
     "table5": table5_experiments,
     "table6": table6_experiments,
     "main": main_experiments,
     "audit": audit_experiments,
+    "gap": gap_experiments,
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config, report
-from pattlite.studies import prose, summary
+from pattlite.studies import gap, prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
 from pattlite.studies.layout import paper_layout
@@ -184,6 +184,7 @@ def report_sections(ctx, include_faces: bool = True) -> list:
     counts = summary.verdict_counts(frames, absent)
     numbers = summary.headline_numbers(results)
     intro[:0] = [summary.summary_markdown(counts, numbers, absent, ctx.synthetic, missing, len(every)),
+                 *gap_blocks(ctx, results, absent),
                  f"**{summary.HEADLINE_CAPTION}** {summary.runs_line(results)}",
                  summary.headline_table(results, absent)]
     try:
@@ -209,6 +210,22 @@ def report_sections(ctx, include_faces: bool = True) -> list:
         f"- profile settings: `{json.dumps(_profile_summary(ctx.profile))}`",
         prov]))
     return sections
+
+
+def gap_blocks(ctx, results, absent: dict) -> list:
+    """The gap table, its steps and its figure (saved in the context's figures folder), for a profile
+    that augments (`train_views` 2: its "no augmentation" line is a study of its own); else nothing."""
+    if ctx.profile.train_views != 2:
+        return []
+    numbers = gap.gap_numbers(results)
+    gap.gap_figure(numbers, ctx)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    return [f"**{gap.CAPTION}** The reduced cpu profile's line is read from "
+            "`docs/results/cpu/summary.csv` (its published run).", gap.gap_table(numbers, absent),
+            "**Points each step accounts for** (difference of the two lines' means):", gap.gap_steps(numbers),
+            Path(ctx.figures_dir) / "gap.png"]
 
 
 def _profile_summary(profile) -> dict:

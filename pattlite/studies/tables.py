@@ -44,12 +44,20 @@ def require_columns(results: pd.DataFrame, columns, what="results"):
                          "(expected the frame of pattlite.experiments.collect_results)")
 
 
-def standard_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """Results of variants at their default options (Table 5's cut/kernel grid points left out)."""
+def standard_rows(results: pd.DataFrame, recipe: bool = True) -> pd.DataFrame:
+    """Results of variants at their default options (Table 5's cut/kernel grid points left out) and,
+    with `recipe`, trained with their profile's own augmentation (the gap study's runs without it,
+    `pattlite.studies.gap`, left out)."""
     mask = pd.Series(True, index=results.index)
     for column in MODEL_OPTION_COLUMNS:
         if column in results.columns:
             mask &= results[column].isna()
+    if recipe and {"train_train_views", "profile"} <= set(results.columns):
+        from pattlite.profiles import PROFILES
+
+        views = pd.to_numeric(results["train_train_views"], errors="coerce").fillna(1)
+        own = results["profile"].map(lambda name: PROFILES[name].train_views if name in PROFILES else 1)
+        mask &= views == own
     return results[mask]
 
 

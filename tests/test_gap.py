@@ -1,0 +1,72 @@
+"""The gap table on fake results with known numbers: each line's mean ± sd over seeds, the runs
+without augmentation kept apart from the profile's own recipe, the reduced profile read from its
+committed summary, the steps as differences, and the figure; the HTML's verdict marks."""
+
+import pandas as pd
+import pytest
+
+from pattlite import paper, report
+from pattlite.studies import gap, summary, tables
+
+
+def fake_rows(dataset, variant, seeds, views, profile="cpu_full"):
+    rows = []
+    for seed, (pub, ind) in enumerate(seeds):
+        key = f"{dataset}-{variant}-{seed}-{views}"
+        for protocol, accuracy in (("published", pub), ("independent", ind)):
+            rows.append({"key": key, "profile": profile, "dataset": dataset, "variant": variant, "seed": seed,
+                         "subset": "all", "protocol": protocol, "accuracy": accuracy, "train_train_views": views})
+    return rows
+
+
+@pytest.fixture
+def results():
+    rows = (fake_rows("ferplus", "published", [(0.84, 0.70), (0.86, 0.70), (0.82, 0.70)], 2)
+            + fake_rows("ferplus", "published", [(0.80, 0.67)], 1)
+            + fake_rows("ferplus", "no_mixing", [(0.71, 0.71), (0.71, 0.71), (0.71, 0.71)], 2)
+            + fake_rows("ferplus", "pattlite", [(0.69, 0.69), (0.70, 0.70), (0.71, 0.71)], 2))
+    return pd.DataFrame(rows)
+
+
+def test_gap_lines_and_steps(results, tmp_path):
+    summary_csv = tmp_path / "summary.csv"
+    pd.DataFrame([{"dataset": "FERPlus", gap.REDUCED_COLUMN: "81.93 ± 1.55 (n=3)"},
+                  {"dataset": "CK+", gap.REDUCED_COLUMN: "not run (dataset absent)"}]).to_csv(summary_csv, index=False)
+    reduced = gap.read_reduced(summary_csv)
+    assert reduced == {"ferplus": (81.93, 1.55, 3)}
+    numbers = gap.gap_numbers(results, reduced, datasets=("ferplus",))
+    row = numbers.iloc[0]
+    assert row["paper"] == pytest.approx(paper.paper_value(4, variant="published", dataset="ferplus"))
+    assert row["ours, authors' protocol"] == pytest.approx(84.0) and row["ours, authors' protocol sd"] == pytest.approx(2.0)
+    assert row["ours, authors' protocol, no augmentation"] == pytest.approx(80.0)  # the one run without the flip
+    assert row["ours, authors' protocol, no augmentation runs"] == 1
+    assert row["published model, each image alone"] == pytest.approx(70.0)
+    assert row["corrected model (pattlite)"] == pytest.approx(70.0)
+    table = gap.gap_table(numbers)
+    assert table.iloc[0]["ours, authors' protocol"] == "84.00 ± 2.00 (n=3)"
+    assert table.iloc[0]["reduced cpu profile, authors' protocol"] == "81.93 ± 1.55 (n=3)"
+    steps = gap.gap_steps(numbers).set_index("step")["FERPlus"]
+    assert steps["flip augmentation"] == "+4.00"
+    assert steps["full size vs the reduced cpu profile"] == "-1.93"
+    assert steps["batch composition (authors' protocol vs each image alone)"] == "+14.00"
+    assert steps["remaining gap to the paper"] == f"{row['paper'] - 84.0:+.2f}"
+    fig = gap.gap_figure(numbers)
+    assert len(fig.axes[0].patches) == 1 + len(gap.GAP_LINES)  # one benchmark: a bar per line and the paper
+
+
+def test_runs_without_augmentation_stay_out_of_the_other_tables(results):
+    """The gap study's published runs (train_views 1 on a profile whose recipe has 2) are not averaged
+    into the headline or Tables 4-11."""
+    numbers = summary.headline_numbers(results, datasets=("ferplus",)).iloc[0]
+    assert numbers["published/published"] == pytest.approx(84.0) and numbers["published/published runs"] == 3
+    assert set(tables.standard_rows(results)["train_train_views"]) == {2}
+
+
+def test_html_verdict_marks_show_without_an_emoji_font():
+    mark = report.VERDICT_MARKS["not reproduced"][0]
+    page = f"<table><tr><td>paper 95.55<br>{mark} 84.00 (published)</td><td>plain</td></tr></table><p>{mark} legend</p>"
+    html = report.html_verdict_marks(page)
+    assert mark not in html
+    assert html.count('title="not reproduced"') == 2
+    assert f'<td style="background:{report.VERDICT_MARKS["not reproduced"][2]}">' in html
+    assert "<td>plain</td>" in html
