@@ -154,9 +154,13 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     net = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(resize_to, resize_to, 3))
     for layer in net.layers[1:]:
         layer.set_weights(backbone.get_layer(layer.name).get_weights())
+    remove_stale_temporaries(folder)
     tmp = temporary_path(path)
-    net.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        net.save_weights(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed or interrupted save
     return path
 
 
@@ -581,6 +585,10 @@ def extract_shard_in_tensorflow(pixels, rows, size, weights, layer_names, resize
         if returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
             raise KeyboardInterrupt(f"the feature-extraction child process was interrupted (exit status "
                                     f"{returncode})")
+        if returncode < 0:
+            raise RuntimeError(f"the feature-extraction child process was killed by "
+                               f"{signal.Signals(-returncode).name} (out of memory, if the system's log "
+                               "says so)")
         if returncode != 0 or not (job / "out.json").is_file():
             raise RuntimeError(f"feature extraction in the TensorFlow child process failed (exit status "
                                f"{returncode}); its error is printed above")

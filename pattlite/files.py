@@ -112,9 +112,10 @@ def raise_if_no_space(error: OSError, path, needed: int, hint: str = CACHE_SPACE
     held = (f"; temporary files of other or interrupted runs there hold {_size(sum(s for _, s in others))} "
             f"({', '.join(p.name for p, _ in others[:3])}{' ...' if len(others) > 3 else ''}: delete "
             "them if no run is writing there)") if others else ""
+    short = needed - free if free is not None and free < needed else needed
     raise NoSpaceError(
         f"no space left on the disk of {path} while writing it ({_size(needed)} needed for the file, "
-        f"{'?' if free is None else _size(free)} free){held}: free at least {_size(needed)} there"
+        f"{'?' if free is None else _size(free)} free){held}: free at least {_size(short)} there"
         + (f", {hint}" if hint else "")) from error
 
 
