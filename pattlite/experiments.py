@@ -391,6 +391,9 @@ def adopt_committed(exp: Experiment, results_dir=None) -> bool:
     if path.is_file() or not committed.is_file():
         return False
     ExperimentResult.read(committed, exp.key())  # a damaged committed file is named, never copied
+    weights = committed.with_name(f"{exp.key()}.weights.h5")  # committed for the Grad-CAM model only
+    if weights.is_file():
+        write_atomic(weights_path(exp, results_dir), weights.read_bytes())
     write_atomic(path, committed.read_bytes())
     return True
 

@@ -94,6 +94,10 @@ def test_publish_copies_the_run_without_faces(finished_run):
     assert "FERPlus" in text and "docs/published/replication_report.md" in text
     assert "Seeds run (from the result files): 0." in text
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".tmp-")]
+    # Every result file of the run is published (no weights: no Grad-CAM record here), so a fresh clone
+    # resumes from them.
+    planned = {f"{exp.key()}.json" for exp in planned_experiments(ctx)}
+    assert {p.name for p in (out / "results").iterdir()} == planned
 
 
 def test_publish_needs_the_run_record_and_the_readme_markers(finished_run):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pattlite import config
 from pattlite.files import TEMPORARY_PREFIX, temporary_path, write_atomic
-from pattlite.studies.figures import GRADCAM_FIGURES, GRADCAM_RECORD
+from pattlite.studies.figures import GRADCAM_FIGURES, GRADCAM_RECORD, gradcam_shown
 
 # Figures that show dataset faces: never copied into a published folder.
 FACE_FIGURES = tuple(f"figure{n}" for n in GRADCAM_FIGURES) + ("samples",)
@@ -228,6 +228,7 @@ def _build(ctx, staging: Path, folder: Path, record_path: Path, state: Completen
             shutil.copy2(path, tables_out / path.name)
             tables.append(path.name)
     shutil.copy2(record_path, staging / "run.json")
+    copy_result_files(ctx, results, staging / "results")
     published = dataclasses.replace(ctx, figures_dir=figures_out, reports_dir=staging, run_experiments=False)
     sections = replication_report.report_sections(published, include_faces=False)
     intro = sections[0][1]
@@ -239,6 +240,27 @@ def _build(ctx, staging: Path, folder: Path, record_path: Path, state: Completen
     replication_report.write_report(published, sections)
     summary.headline_table(results, published.skipped).to_csv(staging / "summary.csv", index=False)
     return {"figures": copied, "tables": tables}
+
+
+def copy_result_files(ctx, results, out: Path) -> list[str]:
+    """The run's result files (`<key>.json`, small: no predictions of other runs, no weights) into `out`,
+    so that a fresh clone resumes the published run without retraining it (`experiments.adopt_committed`);
+    plus the trained weights of the model the Grad-CAM figures show (about 1 MB), which notebook 06
+    needs to draw them again."""
+    from pattlite.results import result_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for key in (results["key"].unique() if not results.empty else []):
+        source = result_file(ctx.results_dir, key)
+        shutil.copy2(source, out / source.name)
+        names.append(source.name)
+    shown = (gradcam_shown(ctx.figures_dir) or {}).get("key")
+    weights = result_file(ctx.results_dir, shown).with_name(f"{shown}.weights.h5") if shown else None
+    if weights is not None and weights.is_file() and f"{shown}.json" in names:
+        shutil.copy2(weights, out / weights.name)
+        names.append(weights.name)
+    return names
 
 
 def _replace_folder(staging: Path, folder: Path, readme, new_readme: str | None):
