@@ -317,12 +317,20 @@ def extraction_engine(choice: str = "auto") -> str:
 
 def extraction_identity(engine: str | None = None) -> dict:
     """`{"engine": "openvino" | "tensorflow", "version": "<that library's version>"}`: what computes
-    the cached features, `engine` (default `extraction_engine()`, "auto" resolved as extraction
-    resolves it). Cheap: the version comes from the installed package's metadata, without importing
-    TensorFlow or OpenVINO (imported only where the metadata is missing). Raises as
-    `extraction_engine` does for an unknown or uninstalled engine.
+    the cached features. `engine`: "openvino" or "tensorflow" as it is; None or "auto" resolved as
+    extraction resolves it (`extraction_engine()`: $PATTLITE_EXTRACTION_ENGINE, else OpenVINO when
+    installed). Cheap: the version comes from the installed package's metadata, without importing
+    TensorFlow or OpenVINO (imported only where the metadata is missing). Raises ValueError for an
+    unknown engine, ModuleNotFoundError for OpenVINO when it is not installed.
     """
-    engine = config.check_name("extraction engine", engine or extraction_engine(), EXTRACTION_ENGINES[1:])
+    import importlib.util
+
+    if engine in (None, "auto"):
+        engine = extraction_engine()
+    engine = config.check_name("extraction engine", engine, EXTRACTION_ENGINES[1:])
+    if engine == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise ModuleNotFoundError("extraction engine openvino: the openvino package is not installed "
+                                  "(pip install -e '.[jax]')")
     return {"engine": engine, "version": _library_version(engine)}
 
 

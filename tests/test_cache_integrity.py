@@ -237,7 +237,10 @@ def test_stale_temporaries_of_killed_runs_are_removed_once(tmp_path, capfd):
     assert files.remove_stale_temporaries(tmp_path) == []  # once per process and folder
 
 
-def test_extraction_engine_is_in_the_store_key_and_cheap_to_name(tmp_path):
+def test_extraction_engine_is_in_the_store_key_and_cheap_to_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATTLITE_EXTRACTION_ENGINE", "tensorflow")
+    assert F.extraction_identity()["engine"] == F.extraction_identity("auto")["engine"] == "tensorflow"
+    monkeypatch.delenv("PATTLITE_EXTRACTION_ENGINE")
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"w")
     assert F.feature_key(32, weights, engine="openvino") != F.feature_key(32, weights, engine="tensorflow")
