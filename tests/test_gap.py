@@ -70,3 +70,16 @@ def test_html_verdict_marks_show_without_an_emoji_font():
     assert html.count('title="not reproduced"') == 2
     assert f'<td style="background:{report.VERDICT_MARKS["not reproduced"][2]}">' in html
     assert "<td>plain</td>" in html
+
+
+def test_readme_block_puts_the_gap_first(results):
+    from pathlib import Path
+
+    from pattlite.studies import publish
+
+    numbers = gap.gap_numbers(results, {"ferplus": (81.93, 1.55, 3)}, datasets=("ferplus",))
+    block = publish.readme_block("cpu_full", "full size", summary.headline_table(results, datasets=("ferplus",)),
+                                 Path("docs/results/cpu_full/replication_report.md"), {"runs": []},
+                                 gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)))
+    assert block.index(gap.CAPTION) < block.index("published model, published protocol")
+    assert "| flip augmentation" in block and "+4.00" in block

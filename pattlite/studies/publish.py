@@ -294,15 +294,22 @@ def training_backends(results_dir, keys) -> list[str]:
 
 
 def readme_block(profile: str, description: str, headline, report_path: Path, record: dict,
-                 backends=(), results=None, incomplete: Completeness | None = None) -> str:
+                 backends=(), results=None, incomplete: Completeness | None = None, gap_tables=None) -> str:
     """The README's results block: the headline table, the seeds run, and where the full report is."""
     from pattlite.studies import summary
 
     runs = record.get("runs", [])
     machine = runs[-1].get("machine", {}) if runs else {}
     commits = list(dict.fromkeys(str(r.get("machine", {}).get("git_commit", "?"))[:10] for r in runs))
-    lines = [README_START.format(profile=profile),
-             headline.to_markdown(index=False),
+    lines = [README_START.format(profile=profile)]
+    if gap_tables is not None:  # the gap to the paper first, for a profile that augments
+        from pattlite.studies import gap
+
+        lines += [f"**{gap.CAPTION}**", "", gap_tables[0].to_markdown(index=False), "",
+                  "Points each step accounts for (difference of the two lines' means; the reduced cpu "
+                  "profile's line from docs/results/cpu/summary.csv):", "",
+                  gap_tables[1].to_markdown(index=False), ""]
+    lines += [headline.to_markdown(index=False),
              "",
              f"{summary.HEADLINE_CAPTION} Profile `{profile}`: {description}."
              + ("" if results is None else f" {summary.runs_line(results)}"),
@@ -344,8 +351,14 @@ def readme_text_with_block(readme, text: str, profile, headline, report_path: Pa
         relative = Path(report_path).resolve().relative_to(readme.resolve().parent)
     except ValueError:
         relative = Path(report_path)
+    gap_tables = None
+    if profile.train_views == 2 and results is not None:
+        from pattlite.studies import gap
+
+        numbers = gap.gap_numbers(results)
+        gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers))
     block = readme_block(profile.name, profile.description, headline, relative, record, backends, results,
-                         incomplete)
+                         incomplete, gap_tables)
     return _block_pattern(profile.name).sub(lambda _: block, text)
 
 
