@@ -305,10 +305,10 @@ def readme_block(profile: str, description: str, headline, report_path: Path, re
     if gap_tables is not None:  # the gap to the paper first, for a profile that augments
         from pattlite.studies import gap
 
-        lines += [f"**{gap.CAPTION}**", "", gap_tables[0].to_markdown(index=False), "",
+        lines += [f"**{gap.CAPTION}**", "", gap_tables[0].to_markdown(index=False, disable_numparse=True), "",
                   "Points each step accounts for (difference of the two lines' means; the reduced cpu "
                   "profile's line from docs/results/cpu/summary.csv):", "",
-                  gap_tables[1].to_markdown(index=False), ""]
+                  gap_tables[1].to_markdown(index=False, disable_numparse=True), ""]
     lines += [headline.to_markdown(index=False),
              "",
              f"{summary.HEADLINE_CAPTION} Profile `{profile}`: {description}."
