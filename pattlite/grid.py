@@ -463,21 +463,25 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             ray.shutdown()
 
 
-CANCEL_WAIT_S = 10.0   # how long an interrupted grid waits for its cancelled Ray tasks to clean up
+CANCEL_GRACE_S = 3.0   # how long an interrupted grid lets its cancelled Ray tasks unwind
 
 
 def _cancel(ray, in_flight: dict) -> None:
-    """Cancels the tasks in flight: a running one gets a KeyboardInterrupt, so its temporary folder is
-    removed; those not done within CANCEL_WAIT_S end with the Ray runtime (or are left to the
-    cluster's, which a force-cancel then stops)."""
+    """Stops the tasks in flight. A plain cancel raises KeyboardInterrupt in a task that is running
+    Python (training returns to Python every batch), which then removes its temporary folder; after
+    CANCEL_GRACE_S a forced cancel kills the workers of those still busy (e.g. blocked in C), so that
+    nothing keeps a cluster's GPUs after the driver stopped. Their folders are removed by the next
+    task on that machine (`remove_stale_temporary`)."""
     refs = list(in_flight)
+    if not refs:
+        return
     for ref in refs:
         try:
             ray.cancel(ref)
         except Exception:  # already finished, or the runtime is going away: nothing to stop
             pass
     try:
-        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+        time.sleep(CANCEL_GRACE_S)   # ray.wait would not do: a cancelled task counts as ready at once
     except BaseException:  # noqa: B036 - a second Ctrl-C: stop waiting
         pass
     for ref in refs:
@@ -509,7 +513,6 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
                 returned = ray.get(ref)
             except ray.exceptions.RayError as error:
                 if interruption(error):   # e.g. the task's KeyboardInterrupt: the run is interrupted
-                    in_flight[ref] = exp
                     raise RunInterrupted(interruption(error), "grid", experiment=exp.label(),
                                          key=exp.key()) from error
                 if isinstance(error, ray.exceptions.RayTaskError):   # the experiment raised: not retried

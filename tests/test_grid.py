@@ -10,6 +10,8 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 from envvars import environment
 
-from pattlite import cli, grid, studies
+from pattlite import cli, grid, pipeline, studies
 from pattlite.experiments import make_experiment, result_path, weights_path
 from pattlite.results import ExperimentResult
 
@@ -231,3 +233,152 @@ def test_ray_failures_are_reported_retries_bounded_and_the_others_finish(ray_run
     assert any("1/3 done, 0 running, 2 failed, 0 left" in line for line in lines)
     assert any(line.startswith("[grid] FAILED") and killed.key() in line for line in lines)
     assert not result_path(killed, results).exists() and not result_path(broken, results).exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where Ray workers import the project from; their temporary folders; interruptions
+
+NAMESPACE_DRIVER = """
+import json, sys
+from pathlib import Path
+
+import ray
+
+from pattlite import grid
+from pattlite.experiments import make_experiment
+
+marker = Path(sys.argv[2])
+
+def compute(exp):
+    import pattlite
+    from pattlite.data import load_manifest   # the clone folder would be a namespace package without it
+
+    marker.write_text(str(pattlite.__file__))
+    return grid.compute_on_worker(exp)
+
+ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="WARNING")
+exp = make_experiment("ci", "ferplus", "baseline", seed=0)
+plan = grid.GridPlan("ci", Path(sys.argv[1]), (grid.PlannedExperiment(exp, ("test",), False),))
+report = grid.run_grid(plan, "ray", cpus_per_trial=1, compute=compute)
+print(json.dumps({"trained": report.trained, "failed": report.failed, "key": exp.key()}))
+"""
+
+
+@needs_ray
+def test_ray_workers_import_the_install_when_started_beside_a_clone_named_pattlite(folders, tmp_path):
+    """Issue 23: started from the folder that holds a clone named `pattlite`, every Ray task failed with
+    "cannot import name 'load_manifest' from 'pattlite.data' (unknown location)": Ray puts the driver's
+    folder on its workers' sys.path, and the clone folder was imported as a namespace package."""
+    import pattlite
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "pattlite").symlink_to(Path(pattlite.__file__).resolve().parents[1], target_is_directory=True)
+    (tmp_path / "driver").mkdir()
+    script = tmp_path / "driver" / "run.py"   # run as a script: the driver's own sys.path is clean
+    script.write_text(NAMESPACE_DRIVER)
+    marker = tmp_path / "worker-imported"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "results"), str(marker)], cwd=parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["failed"] == {} and report["trained"] == [report["key"]], report
+    assert Path(marker.read_text()) == Path(pattlite.__file__)
+
+
+def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
+    import pattlite
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    env = grid.worker_env(2, 0)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]),
+                                                   "/somewhere/else"]
+    assert env["OMP_NUM_THREADS"] == "2"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_folders_of_killed_workers_are_removed(monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{grid.TEMP_PREFIX}{_dead_pid()}-abc"
+    live = tmp_path / f"{grid.TEMP_PREFIX}{os.getpid()}-def"
+    old = tmp_path / f"{grid.TEMP_PREFIX}k3j2h1g0"          # the name before the PID was in it
+    other = tmp_path / "pattlite-openvino-xyz"
+    for folder in (dead, live, old, other):
+        (folder / "logs").mkdir(parents=True)
+    lines = []
+    removed = grid.remove_stale_temporary(log=lines.append)
+    assert sorted(removed) == sorted([dead, old])
+    assert not dead.exists() and not old.exists() and live.is_dir() and other.is_dir()
+    assert lines and "removed 2 temporary folder(s) left by killed workers" in lines[0]
+
+
+def test_a_worker_interrupted_mid_task_removes_its_temporary_folder(monkeypatch, tmp_path, tiny):
+    import tempfile
+
+    from pattlite import experiments
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+
+    def interrupted(exp, progress=True, log_dir=None, **kwargs):
+        seen.append(Path(log_dir).parent)
+        assert seen[0].is_dir() and seen[0].name.startswith(f"{grid.TEMP_PREFIX}{os.getpid()}-")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "compute_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        grid.compute_on_worker(tiny[0])
+    assert seen and not seen[0].exists() and not list(tmp_path.iterdir())
+
+
+@needs_ray
+def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime, folders, tiny, tmp_path):
+    """SIGINT while two Ray tasks run: run_grid raises RunInterrupted naming the experiments in flight,
+    and the cancelled tasks remove their temporary folders on the way out."""
+    import threading
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    def compute(exp):   # busy in Python, as training is between the backend's calls
+        import tempfile
+        import time as _time
+
+        with tempfile.TemporaryDirectory(prefix=f"{grid.TEMP_PREFIX}{os.getpid()}-") as tmp:
+            (markers / exp.key()).write_text(tmp)
+            end = _time.time() + 120
+            while _time.time() < end:
+                sum(range(1000))
+
+    def interrupt_when_both_run():
+        for _ in range(600):
+            if len(list(markers.iterdir())) == 2:
+                break
+            threading.Event().wait(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
+    with pipeline.handle_signals(), pytest.raises(pipeline.RunInterrupted) as stopped:
+        grid.run_grid(grid_of(tiny, tmp_path / "results"), "ray", cpus_per_trial=1, compute=compute)
+    assert stopped.value.signal_name == "SIGINT" and stopped.value.stage == "grid"
+    assert sorted(stopped.value.where["in_flight"]) == sorted(e.label() for e in tiny)
+    folders_used = [Path(m.read_text()) for m in markers.iterdir()]
+    assert len(folders_used) == 2 and not any(f.exists() for f in folders_used)
+    assert not (tmp_path / "results" / "experiments").exists()
+
+
+@needs_ray
+def test_a_ray_task_interrupted_on_its_worker_interrupts_the_grid(ray_runtime, folders, tiny, tmp_path):
+    def compute(exp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(pipeline.RunInterrupted) as stopped:
+        grid.run_grid(grid_of(tiny[:1], tmp_path / "results"), "ray", cpus_per_trial=1, compute=compute)
+    assert stopped.value.where == {"experiment": tiny[0].label(), "key": tiny[0].key()}
