@@ -535,17 +535,16 @@ def resolve_notebooks(only) -> list[str]:
 
 
 def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = None,
-                  output_dir: Path | None = None, log=print, timings: list | None = None) -> list[tuple[str, float]]:
+                  output_dir: Path | None = None, log=print) -> list[tuple[str, float]]:
     """Execute the notebooks (all, or those named in `only`) for `profile`; return (name, seconds).
 
     Each notebook gets `profile` and the parameters it declares (`notebook_parameters`). The executed
     copies go to `output_dir`, default `<results_dir>/notebooks/` (`-p results_dir=` moves them too).
-    `timings`, when given, receives each (name, seconds) as soon as the notebook is done (an
-    interrupted run still knows them).
 
     Raises:
         NotebookFailed: a notebook raised (the message names it, the cell and the executed copy).
         RunInterrupted: SIGINT / SIGTERM (here or in the kernel), naming the notebook and cell.
+        Either carries `timings`: the (name, seconds) of the notebooks done before it.
     """
     import papermill as pm
 
@@ -567,7 +566,7 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
             message = warn_if_no_accelerator(profile)
         if message:
             log(f"WARNING: {message}")
-    timings = [] if timings is None else timings
+    timings = []
     total_start = time.time()
     for i, name in enumerate(names, 1):
         src = NOTEBOOKS_DIR / f"{name}.ipynb"
@@ -587,10 +586,13 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
                                       cell=_running_cell(dst) if dst.exists() else None)
             if stopped is not None:
                 _quiet_event_loop()
+                stopped.timings = timings
                 raise stopped from None
             if isinstance(err, pm.PapermillExecutionError):
                 where = _failing_cell(dst) if dst.exists() else f"cell {err.exec_count}"
-                raise NotebookFailed(f"notebook {name} failed at {where}\n  executed copy: {dst}") from None
+                failed = NotebookFailed(f"notebook {name} failed at {where}\n  executed copy: {dst}")
+                failed.timings = timings
+                raise failed from None
             raise
         finally:
             if previous is None:
@@ -739,8 +741,9 @@ def main(argv=None) -> int:
                                                  "above); the notebooks did not run")
                         grid_seconds = report.seconds
                     stage = "notebooks"
-                    run_notebooks(args.profile, args.only, params, timings=timings)
+                    timings = run_notebooks(args.profile, args.only, params)
                 except BaseException as err:  # noqa: B036 - recorded, then reported
+                    timings = getattr(err, "timings", timings)   # the notebooks done before it
                     stopped = as_interruption(err, stage)
                     if stopped is not None:
                         say_interrupted("run_all.sh", stopped)
