@@ -1,7 +1,10 @@
 """A notebook's papermill parameters -> one `NotebookContext` (profile, datasets, folders).
 
 Every notebook starts with the same `parameters` cell; `notebook_context` turns its values (strings
-when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take.
+when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take. Which
+parameters exist, what each value must be and which notebooks take it is one table,
+`pattlite.pipeline.PARAMETERS`: ./run_all.sh and `pattlite grid` check `-p` values against it before
+anything heavy is imported; the checks here are for a notebook run by hand.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
     overrides = {k: v for k, v in profile_overrides.items() if v is not None}
     parsed_seeds = parse_list(seeds, "seeds", int)
     if parsed_seeds is not None:
+        for seed in parsed_seeds:   # the same range ./run_all.sh checks (pattlite.pipeline.PARAMETERS)
+            config.check_seed(seed, f"parameter seeds={seeds!r}: seed")
         overrides["seeds"] = parsed_seeds
     if weights is not None and str(weights).strip().lower() not in ("", "none"):
         overrides["weights"] = str(weights)
