@@ -14,8 +14,10 @@ only at end-of-file, i.e. once every writer (this process and any child that inh
 the pipe. At normal exit an `atexit` handler flushes `sys.stderr`, puts the original stderr back on fd 2
 (which closes this process's end of the pipe) and waits for the filter to forward the rest. Even when
 this process dies without running `atexit` (SIGKILL, `os._exit`), the kernel closes the pipe and the
-filter still forwards everything that was written. The filter ignores SIGINT, so a Ctrl-C in a terminal
-(sent to the whole process group) cannot kill it before it has forwarded the resulting traceback.
+filter still forwards everything that was written. The filter ignores SIGINT and SIGTERM, so a Ctrl-C
+in a terminal, or a SIGTERM to the whole process group (systemd, Slurm's scancel), cannot kill it
+before it has forwarded what the stopped process says last ("interrupted ..."); without it that
+process's last writes to stderr would fail. It still ends with the last writer (end-of-file).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ NOISE = re.compile(
 _FILTER_SOURCE = r"""
 import os, re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 noise = re.compile(sys.argv[1].encode())
 line_end = re.compile(rb"(?<=[\r\n])")
 pending = b""

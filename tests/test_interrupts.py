@@ -4,7 +4,8 @@ Real signals to real runs in subprocesses, on the ci profile's synthetic data: `
 `./run_all.sh --executor local` stopped while an experiment trains (a harness keeps the grid to the
 plan's first two experiments and prints a marker when training starts), and ./run_all.sh stopped in
 a notebook. Ctrl-C is sent as a terminal sends it, to the whole process group (the notebook kernel and
-any child process get it too); `kill` sends SIGTERM to the driver alone. Each run must end with 130
+any child process get it too); `kill` sends SIGTERM to the driver alone; a supervisor's SIGTERM goes to
+the whole group. Each run must end with 130
 (SIGINT) or 143 (SIGTERM), be recorded in run_record.json as interrupted with the stage and the
 experiment or notebook, leave no process behind, and a rerun must finish what is left.
 """
@@ -72,9 +73,12 @@ def wait_for(proc, text, timeout=240):
 
 
 def stop(proc, how):
-    """Ctrl-C as a terminal sends it (the process group), or `kill`'s SIGTERM to the driver alone."""
+    """Ctrl-C as a terminal sends it (the process group), `kill`'s SIGTERM to the driver alone, or
+    SIGTERM to the whole group (systemd, Slurm's scancel: the stderr filter process gets it too)."""
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
+    elif how == "term-group":
+        os.killpg(proc.pid, signal.SIGTERM)
     else:
         proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=180)
@@ -139,7 +143,7 @@ def test_run_all_stopped_in_the_grid_is_recorded_with_the_experiment(shared, tmp
     proc = start(["run_all", "--profile", "ci", "--executor", "local", "-p", "datasets=ferplus",
                   "-p", f"results_dir={results}"], shared, uuid.uuid4().hex)
     wait_for(proc, "TRAINING STARTED")
-    out, err = stop(proc, "kill")
+    out, err = stop(proc, "term-group")   # the stderr filter must outlive it to pass on the message
     assert proc.returncode == 143, err[-3000:]
     assert "run_all.sh: interrupted during the grid, training ferplus" in err and "(SIGTERM)" in err
     run = last_run(results)
