@@ -345,6 +345,7 @@ def handle_signals():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _received.clear()   # outside, errors are judged by their own chain again
 
 
 @contextlib.contextmanager

@@ -191,6 +191,7 @@ def test_after_a_signal_every_error_is_the_interruption():
         assert pipeline.received_signal() == "SIGTERM"
         assert pipeline.interruption(RuntimeError("OpConversionFailure")) == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is not pipeline._on_signal   # the previous handlers are back
+    assert pipeline.interruption(RuntimeError("OpConversionFailure")) is None   # and the signal is forgotten
 
 
 def test_a_stopped_notebook_is_recorded_with_where(monkeypatch, tmp_path, capsys):
