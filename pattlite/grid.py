@@ -263,31 +263,36 @@ def _run_local(pending, results_dir, log):
 
     progress = Progress(len(pending), log)
     trained, failed = [], {}
-    for exp in pending:
-        progress.running = 1
-        progress.line()
-        t0 = time.time()
-        try:
-            run_experiment(exp, results_dir=results_dir, progress=False)
-        except BaseException as error:  # noqa: B036 - an interruption stops the grid; a failure is reported
-            stopped = as_interruption(error, "grid", experiment=exp.label(), key=exp.key())
-            if stopped is not None:
-                raise stopped from error
-            if not isinstance(error, Exception):
-                raise
-            failed[exp.key()] = f"{exp.label()}: {type(error).__name__}: {_first_lines(error)}"
-            progress.failed += 1
-            log(f"[grid] failed: {failed[exp.key()]}")
-        else:
-            trained.append(exp.key())
-            progress.done += 1
-            progress.seconds.append(time.time() - t0)
-            log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
-        progress.running = 0
-        if received_signal():   # a signal whose KeyboardInterrupt something swallowed: stop all the same
-            raise RunInterrupted(received_signal(), "grid", experiment=exp.label(), key=exp.key())
-    if pending:
-        progress.line()
+    try:
+        for exp in pending:
+            progress.running = 1
+            progress.line()
+            t0 = time.time()
+            try:
+                run_experiment(exp, results_dir=results_dir, progress=False)
+            except BaseException as error:  # noqa: B036 - an interruption stops the grid; a failure is reported
+                stopped = as_interruption(error, "grid", experiment=exp.label(), key=exp.key())
+                if stopped is not None:
+                    raise stopped from error
+                if not isinstance(error, Exception):
+                    raise
+                failed[exp.key()] = f"{exp.label()}: {type(error).__name__}: {_first_lines(error)}"
+                progress.failed += 1
+                log(f"[grid] failed: {failed[exp.key()]}")
+            else:
+                trained.append(exp.key())
+                progress.done += 1
+                progress.seconds.append(time.time() - t0)
+                log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
+            progress.running = 0
+            if received_signal():   # a signal whose KeyboardInterrupt something swallowed: stop all the same
+                raise RunInterrupted(received_signal(), "grid", experiment=exp.label(), key=exp.key())
+        if pending:
+            progress.line()
+    except KeyboardInterrupt as error:   # between two experiments (a progress line): none was cut short
+        stopped = as_interruption(error, "grid", step=f"between experiments, {progress.done + progress.failed} "
+                                                      f"of {len(pending)} run")
+        raise stopped from (None if stopped is error else error)
     return trained, failed
 
 
@@ -599,16 +604,17 @@ def cmd_grid(args) -> int:
             *[a for item in args.parameter for a in ("-p", item)]]
     results_dir = pipeline.results_folder(args.profile, params)
     started = time.time()
-    report, stopped, failed = None, None, None
+    report, stopped, failed, at = None, None, None, {"step": "planning the experiments"}
     with pipeline.handle_signals(), pipeline.results_lock(results_dir, "pattlite " + " ".join(argv)):
         try:
-            report = run_grid(plan(args.profile, params), args.executor, address=args.address,
-                              gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                              max_retries=args.max_retries)
+            grid_plan = plan(args.profile, params)
+            at = {}
+            report = run_grid(grid_plan, args.executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                              cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
             if report.failed:
                 failed = f"{len(report.failed)} experiment(s) of the grid failed"
         except BaseException as error:  # noqa: B036 - recorded, then reported
-            stopped = pipeline.as_interruption(error, "grid")
+            stopped = pipeline.as_interruption(error, "grid", **at)
             if stopped is None:
                 failed = f"{type(error).__name__}: {error}".splitlines()[0]
                 raise

@@ -315,6 +315,8 @@ class RunInterrupted(KeyboardInterrupt):
         elif w.get("in_flight"):
             text += (f", {len(w['in_flight'])} experiment(s) in flight: {', '.join(w['in_flight'][:5])}"
                      + (", ..." if len(w["in_flight"]) > 5 else ""))
+        elif "step" in w:
+            text += f", {w['step']}"
         return f"{text} ({self.signal_name})"
 
     def record(self) -> dict:
@@ -717,7 +719,7 @@ def main(argv=None) -> int:
     results_dir = results_folder(args.profile, params)
     started = time.time()
     grid_seconds, timings, stopped, failed = None, [], None, None
-    stage = "start"
+    stage, at = "start", {}
     with handle_signals():
         try:
             with results_lock(results_dir, "run_all.sh " + " ".join(argv)):
@@ -730,10 +732,12 @@ def main(argv=None) -> int:
                         try:
                             with warnings.catch_warnings():
                                 warnings.showwarning = data_warning_printer("run_all.sh")
+                                at = {"step": "planning the experiments"}
+                                grid_plan = grid.plan(args.profile, params)
+                                at = {}
                                 report = grid.run_grid(
-                                    grid.plan(args.profile, params), executor, address=args.address,
-                                    gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                                    max_retries=args.max_retries)
+                                    grid_plan, executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                                    cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
                         finally:
                             if users_backend is None:
                                 os.environ.pop("KERAS_BACKEND", None)
@@ -745,7 +749,7 @@ def main(argv=None) -> int:
                     timings = run_notebooks(args.profile, args.only, params)
                 except BaseException as err:  # noqa: B036 - recorded, then reported
                     timings = getattr(err, "timings", timings)   # the notebooks done before it
-                    stopped = as_interruption(err, stage)
+                    stopped = as_interruption(err, stage, **at)
                     if stopped is not None:
                         say_interrupted("run_all.sh", stopped)
                     elif not isinstance(err, Exception):

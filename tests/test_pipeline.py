@@ -274,3 +274,36 @@ def test_a_lock_left_by_a_killed_run_does_not_block(held_lock):
     holder.wait()
     with pipeline.results_lock(folder, "after the kill") as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_an_interruption_between_experiments_or_while_planning_says_so(monkeypatch, tmp_path, capsys):
+    from pattlite import experiments, grid
+
+    class Exp:
+        def __init__(self, name):
+            self.name = name
+
+        def label(self):
+            return f"ferplus {self.name} seed 0"
+
+        def key(self):
+            return self.name
+
+    monkeypatch.setattr(experiments, "run_experiment", lambda exp, **kwargs: None)
+
+    def log(line):   # Ctrl-C while the progress line after the first experiment is printed
+        if "1/2 done" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(pipeline.RunInterrupted) as stopped:
+        grid._run_local([Exp("a"), Exp("b")], tmp_path, log)
+    assert stopped.value.describe() == "during the grid, between experiments, 1 of 2 run (SIGINT)"
+
+    def planning(profile, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "plan", planning)
+    assert pipeline.main(["--profile", "ci", "--executor", "local", "-p", f"results_dir={tmp_path}"]) == 130
+    assert "run_all.sh: interrupted during the grid, planning the experiments (SIGINT)" in capsys.readouterr().err
+    run = json.loads((tmp_path / "run_record.json").read_text())["runs"][-1]
+    assert run["interrupted"] == {"signal": "SIGINT", "stage": "grid", "step": "planning the experiments"}
