@@ -334,6 +334,14 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
     return env
 
 
+def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int):
+    """The Ray remote function of one trial: its CPU/GPU share, retries of a dead worker (not of the
+    experiment's own error) and environment (`worker_env`)."""
+    return ray.remote(_ray_task).options(
+        num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
+        retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)})
+
+
 def _ray_task(compute, experiment_pickle: bytes) -> dict:
     """What a Ray task runs. The experiment travels pickled, and is unpickled only here: unpickling
     imports TensorFlow, whose start-up lines must meet the stderr filter first."""
@@ -449,9 +457,7 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             f"trial reserves {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU; "
             f"{_trial_slots(ray, cpus_per_trial, gpus_per_trial)} at once; worker deaths retried up to "
             f"{max_retries} times")
-        task = ray.remote(_ray_task).options(
-            num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
-            retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)})
+        task = ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries)
         in_flight = {task.remote(compute, pickle.dumps(exp)): exp for exp in pending}
         try:
             return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log)
@@ -517,8 +523,12 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
             try:
                 returned = ray.get(ref)
             except ray.exceptions.RayError as error:
-                if interruption(error):   # e.g. the task's KeyboardInterrupt: the run is interrupted
-                    raise RunInterrupted(interruption(error), "grid", experiment=exp.label(),
+                # A KeyboardInterrupt in the task (Ray reports it as the task's cancellation), or any error
+                # once this process got SIGINT/SIGTERM: the run is interrupted, not the experiment failed.
+                cancelled = any(isinstance(e, ray.exceptions.TaskCancelledError)
+                                for e in (error, getattr(error, "cause", None)))
+                if cancelled or interruption(error):
+                    raise RunInterrupted(interruption(error) or "SIGINT", "grid", experiment=exp.label(),
                                          key=exp.key()) from error
                 if isinstance(error, ray.exceptions.RayTaskError):   # the experiment raised: not retried
                     failed[exp.key()] = f"{exp.label()}: {_first_lines(error)}"
