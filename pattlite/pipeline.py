@@ -756,8 +756,9 @@ def main(argv=None) -> int:
                         raise
                     else:
                         # Errors with a message for the user (a failed notebook or experiment, a bad value,
-                        # a missing dataset) print it; anything else is a bug: its traceback too.
-                        told = isinstance(err, (NotebookFailed, ValueError, FileNotFoundError))
+                        # a missing dataset, a full disk, a damaged cache) print it; anything else is a
+                        # bug: its traceback too.
+                        told = isinstance(err, (NotebookFailed, ValueError, OSError))
                         failed = (str(err) if told else f"{type(err).__name__}: {err}").splitlines()[0]
                         print(f"ERROR: {err}", file=sys.stderr)
                         if not told:

@@ -1,7 +1,7 @@
 """Test order: the slowest files first, so that with `-n 2 --dist loadfile` (./run_tests.sh) neither
 process is left with a long file at the end while the other idles."""
 
-SLOWEST_FIRST = ("test_notebooks.py", "test_jax_backend.py")
+SLOWEST_FIRST = ("test_notebooks.py", "test_jax_backend.py", "test_interrupts.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -91,7 +91,7 @@ def test_train_pattlite_gives_one_accuracy_under_every_protocol(folders, capsys)
     (["train", "--dataset", "synthetic", "--variant", "mobilevit", "--profile", "ci"],
      "valid variants: published, no_mixing, pattlite"),
     (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "fast"],
-     "valid profiles: paper, cpu, demo, ci"),
+     "valid profiles: paper, cpu, cpu_full, demo, ci"),
     (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "paper"],
      "needs a synthetic profile"),
 ])

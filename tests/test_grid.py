@@ -376,3 +376,33 @@ def test_a_ray_task_interrupted_on_its_worker_interrupts_the_grid(ray_runtime, f
     with pytest.raises(pipeline.RunInterrupted) as stopped:
         grid.run_grid(grid_of(tiny[:1], tmp_path / "results"), "ray", cpus_per_trial=1, compute=compute)
     assert stopped.value.where == {"experiment": tiny[0].label(), "key": tiny[0].key()}
+
+
+def test_plan_trains_the_headline_first_and_adopts_committed_results(tmp_path, monkeypatch):
+    """The headline heads at the first seed come first, Table 5's own points last; a result committed
+    under docs/results/<profile>/results/ counts as done and is copied into the results folder."""
+    import shutil
+
+    from pattlite import experiments
+    from pattlite.results import result_file
+
+    monkeypatch.setenv("PATTLITE_RESULTS_DIR", str(tmp_path / "results"))
+    grid_plan = grid.plan("ci", {"datasets": "ferplus", "seeds": "0,1"})
+    ranks = [grid._priority(p, 0) for p in grid_plan.experiments]
+    assert ranks == sorted(ranks) and ranks[0] == 0 and ranks[-1] == 3
+    first = grid_plan.experiments[0].experiment
+    assert first.seed == 0 and first.variant in ("published", "no_mixing", "pattlite")
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    source = next(p for p in grid_plan.experiments if p.experiment.key() == first.key())
+    assert not source.done
+    # A result file of that experiment, as publish commits it (made here without training: copied from
+    # a fake one the results module reads).
+    from test_publish import write_result
+
+    write_result(first, tmp_path / "made")
+    shutil.copy(result_file(tmp_path / "made", first.key()), committed / f"{first.key()}.json")
+    monkeypatch.setattr(experiments, "committed_results_dir", lambda profile: committed)
+    again = grid.plan("ci", {"datasets": "ferplus", "seeds": "0,1"})
+    done = {p.experiment.key() for p in again.experiments if p.done}
+    assert done == {first.key()} and result_file(again.results_dir, first.key()).is_file()

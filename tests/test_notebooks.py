@@ -138,7 +138,7 @@ def test_run_all_with_the_ray_executor_runs_the_grid_then_the_notebooks(ci_run, 
 
 
 def test_a_stopped_run_is_recorded_and_says_how_to_resume(tmp_path):
-    """`kill` (SIGTERM) during the grid: the run ends with status 130 and its time is in the run record."""
+    """`kill` (SIGTERM) during the grid: the run ends with status 143 and its time is in the run record."""
     import signal
     import subprocess
     import sys
@@ -146,14 +146,17 @@ def test_a_stopped_run_is_recorded_and_says_how_to_resume(tmp_path):
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "pattlite.pipeline", "--profile", "ci", "--executor", "local",
                              "-p", f"results_dir={results}", "-p", "datasets=ferplus"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the progress line arrives at once
     for line in proc.stdout:  # the grid has started: its first experiment is running
         if "[grid] 0/" in line:
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted during the grid; the same command resumes it" in err
+    assert proc.returncode == 143, err[-2000:]
+    assert "run_all.sh: interrupted during the grid" in err and "(SIGTERM); the same command resumes it" in err
     record = json.loads((results / "run_record.json").read_text())
-    assert record["runs"][0]["interrupted"] == "during the grid" and record["runs"][0]["seconds"] > 0
-    assert record["runs"][0]["keras_backends"]["grid"] and record["runs"][0]["notebook_seconds"] == {}
+    run = record["runs"][0]
+    assert run["status"] == "interrupted" and run["interrupted"]["signal"] == "SIGTERM"
+    assert run["interrupted"]["stage"] == "grid" and run["seconds"] > 0
+    assert run["keras_backends"]["grid"] and run["notebook_seconds"] == {}
