@@ -309,7 +309,7 @@ def cmd_publish(args) -> int:
 
     ctx, _ = grid.notebook_context(args.profile, params)
     readme = None if args.no_readme else Path(args.readme or config.PROJECT_ROOT / "README.md")
-    out = publish(ctx, folder=args.to, readme=readme)
+    out = publish(ctx, folder=args.to, readme=readme, allow_incomplete=args.allow_incomplete)
     _json_line({k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()})
     return 0
 
@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish_parser.add_argument("--to", default=None, help="folder (default docs/results/<profile>/)")
     publish_parser.add_argument("--readme", default=None, help="README to update (default the project's)")
     publish_parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    publish_parser.add_argument("--allow-incomplete", action="store_true",
+                                help="publish a run with planned experiments without a result, or whose last "
+                                     "recorded run did not finish (the report and the README block say so)")
     publish_parser.set_defaults(handler=cmd_publish)
     return parser
 

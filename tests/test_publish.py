@@ -172,3 +172,14 @@ def test_a_failing_readme_rewrite_leaves_the_published_folder_as_it_was(finished
         publish.publish(ctx, folder=out, readme=readme, log=None)
     assert _tree(out) == published and readme.read_text() == text
     assert sorted(p.name for p in out.parent.iterdir()) == ["published"]  # no staging or previous folder left
+
+
+def test_cli_allow_incomplete(finished_run, capsys):
+    ctx, readme, out = finished_run
+    planned = planned_experiments(ctx)
+    result_path(planned[0], ctx.results_dir).unlink()
+    assert _cli(ctx, readme, out) == 2 and not out.parent.exists()
+    assert _cli(ctx, readme, out, "--allow-incomplete") == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["missing"] == 1 and last["planned"] == len(planned)
+    assert "Incomplete run, published with --allow-incomplete" in (out / "replication_report.md").read_text()
