@@ -86,7 +86,9 @@ def test_a_name_on_two_rows_keeps_the_later_row_as_the_generator(tmp_path):
         assert later in kept_rows and earlier not in kept_rows
 
 
-def test_fer2013_csv_found_by_option(tmp_path):
+def test_fer2013_csv_found_by_option(tmp_path, monkeypatch):
+    # No fer2013.csv at the FER2013 root either (a developer's data/fer2013/ may hold one).
+    monkeypatch.setenv("PATTLITE_FER2013_ROOT", str(tmp_path / "no_fer2013_here"))
     shutil.copy(CSV_DIR / "fer2013new.csv", tmp_path / "fer2013new.csv")
     with pytest.raises(DatasetNotFoundError, match="fer2013_csv"):
         load_manifest("ferplus", tmp_path, layout="csv")

@@ -34,7 +34,7 @@ def test_round_trip(tmp_path):
     path = result.write(tmp_path / "experiments" / f"{KEY}.json")
     assert result.path == str(path) and not list(path.parent.glob(".tmp-*"))
     stored = json.loads(path.read_text())
-    assert stored["format_version"] == RESULT_FORMAT_VERSION == 2
+    assert stored["format_version"] == RESULT_FORMAT_VERSION == 3
     assert "cached" not in stored and "path" not in stored  # where it came from is not content
     loaded = ExperimentResult.read(path)
     assert loaded.cached and loaded.path == str(path) and loaded.format_version == RESULT_FORMAT_VERSION
@@ -60,10 +60,21 @@ def test_first_format_without_a_version_loads(tmp_path):
     assert json.dumps(loaded.to_dict()) == json.dumps({"format_version": 1, **content})
 
 
+def test_second_format_loads_without_the_fields_the_third_added(tmp_path):
+    """Format 2 files (before the extraction engine and the test probes were recorded) still load."""
+    content = _result().to_dict()
+    content.update(format_version=2)
+    del content["extraction"], content["test_probe"]
+    path = tmp_path / f"{KEY}.json"
+    path.write_text(json.dumps(content))
+    loaded = ExperimentResult.read(path)
+    assert loaded.format_version == 2 and loaded.extraction is None and loaded.test_probe == {}
+
+
 @pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(format_version=3), "has format version 3; this pattlite reads result format versions 1, 2"),
+    (lambda c: c.update(format_version=4), "has format version 4; this pattlite reads result format versions 1, 2, 3"),
     (lambda c: c.pop("metrics"), "lacks 'metrics'"),
-    (lambda c: c.update(accuracy=0.5), "has field(s) 'accuracy', which a result of format version 2 does not have"),
+    (lambda c: c.update(accuracy=0.5), "has field(s) 'accuracy', which a result of format version 3 does not have"),
     (lambda c: c.update(key="fedcba9876543210"), "holds the result of key 'fedcba9876543210'"),
     (lambda c: c["metrics"].pop("all"), "'metrics' lacks the test split"),
 ])
