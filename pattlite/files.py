@@ -319,7 +319,8 @@ _OWNER = re.compile(r"^(?:[a-z]+-)?(\d+)-")
 _CLEANED: set = set()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (another user's counts; a non-PID does not)."""
     if pid <= 0:
         return False
     try:
@@ -388,7 +389,7 @@ def remove_stale_temporaries(folder, prefix: str = TEMPORARY_PREFIX, once: bool 
     for path, size in _temporaries_in(folder, prefix):
         pid = int(_OWNER.match(path.name[len(prefix):]).group(1))
         try:
-            if _pid_alive(pid) or now - _last_write(path) < stale_seconds:
+            if pid_alive(pid) or now - _last_write(path) < stale_seconds:
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from pattlite import config
-from pattlite.files import write_atomic
+from pattlite.files import pid_alive, write_atomic
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2           # retries of a task whose worker died (not of an experiment's own error)
@@ -385,7 +385,7 @@ def remove_stale_temporary(log=None) -> list:
         except OSError:
             continue
         pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -393,16 +393,6 @@ def remove_stale_temporary(log=None) -> list:
         log(f"[grid] removed {len(removed)} temporary folder(s) left by killed workers: "
             f"{', '.join(str(p) for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process
-        return True
-    return True
 
 
 def compute_on_worker(exp) -> dict:

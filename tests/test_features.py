@@ -198,7 +198,7 @@ def test_interrupt_while_the_tensorflow_child_extracts(env, tmp_path):
     import threading
     import time
 
-    from pattlite.files import _pid_alive
+    from pattlite.files import pid_alive
 
     folder = tmp_path / "store"
     folder.mkdir()
@@ -224,5 +224,5 @@ def test_interrupt_while_the_tensorflow_child_extracts(env, tmp_path):
         signal.signal(signal.SIGINT, previous)
     watcher.join()
     assert "shard" in seen, "the child never started extracting"
-    assert not _pid_alive(int(seen["shard"].name.split("-")[2]))  # .tmp-shard-<pid>-<time>
+    assert not pid_alive(int(seen["shard"].name.split("-")[2]))  # .tmp-shard-<pid>-<time>
     assert list(folder.iterdir()) == []

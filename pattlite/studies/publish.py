@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from pattlite import config
-from pattlite.files import TEMPORARY_PREFIX, temporary_path, write_atomic
+from pattlite.files import TEMPORARY_PREFIX, pid_alive, temporary_path, write_atomic
 from pattlite.studies.figures import GRADCAM_FIGURES, GRADCAM_RECORD, gradcam_shown
 
 # Figures that show dataset faces: never copied into a published folder.
@@ -196,15 +196,7 @@ def _owner_gone(path: Path) -> bool:
     if not match:
         return False
     pid = int(match.group(1))
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid == os.getpid() or not pid_alive(pid)
 
 
 def _build(ctx, staging: Path, folder: Path, record_path: Path, state: Completeness, results) -> dict:
