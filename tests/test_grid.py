@@ -347,12 +347,13 @@ def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime
 
         with tempfile.TemporaryDirectory(prefix=f"{grid.TEMP_PREFIX}{os.getpid()}-") as tmp:
             (markers / exp.key()).write_text(tmp)
-            end = _time.time() + 120
+            end = _time.time() + 600  # longer than the wait for both: the interrupt finds them running
             while _time.time() < end:
                 sum(range(1000))
 
     def interrupt_when_both_run():
-        for _ in range(600):
+        # Up to 5 minutes: on 2 cores busy with other work, starting two Ray workers took over a minute.
+        for _ in range(3000):
             if len(list(markers.iterdir())) == 2:
                 break
             threading.Event().wait(0.1)
