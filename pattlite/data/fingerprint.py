@@ -97,12 +97,6 @@ def files_under(folder) -> list[str]:
     return out
 
 
-def dataset_files(dataset: str, root, **options) -> list[str]:
-    """The files a real dataset's reader may read: everything under `root` (or `root` itself when it is
-    a file, as FER2013 accepts), plus the files it reads from outside the root."""
-    return [path for _, path in named_dataset_files(dataset, root, **options)]
-
-
 # What a dataset is made of: image and table files. Anything else under a root (notes, archives, hidden
 # files such as .DS_Store) is no reader's input, so it does not change the content digest.
 DATA_SUFFIXES = (".csv", ".txt", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz")
