@@ -163,6 +163,8 @@ def _priority(planned: PlannedExperiment, first_seed: int) -> int:
     one point of the cpu profile). An interrupted run then has the numbers that matter most."""
     if planned.studies == ("table5",):
         return 3
+    if planned.studies == ("reference",):  # the uncapped runs that measure what a stage-2 cap costs
+        return 1
     if {"main", "audit"} & set(planned.studies):
         return 0 if planned.experiment.seed == first_seed else 1
     return 2

@@ -125,7 +125,8 @@ class ExperimentResult:
         Columns: key, the experiment's fields (model options as `opt_<name>`, training settings as
         `train_<name>`, source as `source_dataset`, data as `data_root` and `data_content`),
         epochs_stage1, epochs_stage2, trainable_params_stage1/2, wall_time_s (total), subset ("all" =
-        the test split), protocol, n, accuracy, mean_class_accuracy, `acc_<class>` per class.
+        the test split), protocol, n, accuracy, mean_class_accuracy, `acc_<class>` per class, and on
+        the whole-test rows `probe_<epochs>` (the test probe's accuracy after that many stage-2 epochs).
         """
         base = {"key": self.key}
         for name, value in self.config.items():
@@ -153,6 +154,10 @@ class ExperimentResult:
                 row = dict(base, subset=subset, protocol=protocol, n=m["n"], accuracy=m["accuracy"],
                            mean_class_accuracy=m["mean_class_accuracy"])
                 row.update({f"acc_{c}": v for c, v in m["per_class_accuracy"].items()})
+                if subset == WHOLE_TEST:
+                    row.update({f"probe_{epochs}": by_protocol_probe[protocol]
+                                for epochs, by_protocol_probe in self.test_probe.items()
+                                if protocol in by_protocol_probe})
                 rows.append(row)
         return rows
 

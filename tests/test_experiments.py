@@ -337,20 +337,25 @@ def test_paper_finetuning_after_a_cached_stage1_records_stage2_like_train(tmp_pa
 
 
 def test_cpu_full_profile_is_the_authors_recipe_on_cached_features(tmp_path):
-    """Every training image, the authors' epoch limits and callbacks (no cap), the flip as mirror-image
-    features, the headline heads over 3 seeds, the ablations over one, Table 5's whole grid."""
+    """Every training image, the authors' epoch limits and callbacks (stage 2 capped at 50 epochs, with
+    uncapped reference runs of the published head at seed 0), the flip as mirror-image features, the
+    headline heads over 3 seeds, the ablations over one, Table 5's whole grid."""
     from pattlite import config
     from pattlite.studies import plan
 
     full = get_profile("cpu_full")
     assert (full.stage1, full.train_views, full.finetune) == ("cached", 2, "as_coded")
-    assert full.train_limit is None and full.stage2_max_epochs is None
+    assert full.train_limit is None and full.stage2_max_epochs == 50 and full.reference_seeds == (0,)
     assert (full.stage1_epochs, full.stage2_epochs) == (100, 500) and full.validation == "published"
     assert full.seeds == (0, 1, 2) and full.ablation_seeds == (0,) and full.ckplus_folds == tuple(range(10))
     assert set(full.table5_layers) == set(config.TABLE5_CUT_LAYERS)
     exp = X.make_experiment(full, "ferplus", "published", root=tmp_path / "absent")
     cfg = exp.train_config()
-    assert cfg.train_views == 2 and cfg.stage2_max_epochs is None and cfg.stage2_patience == 20
+    assert cfg.train_views == 2 and cfg.stage2_max_epochs == 50 and cfg.stage2_patience == 20
+    references = plan.reference_experiments(full, datasets=("ferplus",))
+    assert [(e.variant, e.seed, e.train_config().stage2_max_epochs) for e in references] == [("published", 0, None)]
+    assert references[0].key() != exp.key()
+    assert plan.reference_experiments(get_profile("cpu")) == []  # no cap, no reference runs
     assert cfg.test_probe_epochs == full.test_probe_epochs and exp.extraction_engine in ("openvino", "tensorflow")
     seeds = {(e.variant, e.seed) for e in plan.table4_experiments(full, datasets=("ferplus",))}
     assert {s for _, s in seeds} == {0}

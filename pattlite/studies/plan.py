@@ -252,6 +252,18 @@ def gap_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, ("published",), _ablation_seeds(profile, seeds), train_views=1)
 
 
+def reference_experiments(profile, seeds=None, datasets=BENCHMARKS):
+    """The uncapped reference runs of a profile that caps stage 2 (`Profile.stage2_max_epochs`): the
+    published head with stage 2 uncapped at `Profile.reference_seeds` (`seeds` overrides), whose test
+    probes measure what the cap costs (`pattlite.studies.cap`); none for a profile without a cap or
+    without reference seeds."""
+    profile = as_profile(profile)
+    seeds = profile.reference_seeds if seeds is None else seeds
+    if profile.stage2_max_epochs is None or not seeds:
+        return []
+    return _plan(profile, datasets, ("published",), seeds, stage2_max_epochs=None)
+
+
 STUDIES = {
     "table4": table4_experiments,
     "table5": table5_experiments,
@@ -259,6 +271,7 @@ STUDIES = {
     "main": main_experiments,
     "audit": audit_experiments,
     "gap": gap_experiments,
+    "reference": reference_experiments,
 }
 
 

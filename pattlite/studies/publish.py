@@ -301,6 +301,10 @@ def readme_block(profile: str, description: str, headline, report_path: Path, re
                   "Points each step accounts for (difference of the two lines' means; the reduced cpu "
                   "profile's line from docs/results/cpu/summary.csv):", "",
                   gap_tables[1].to_markdown(index=False, disable_numparse=True), ""]
+        if len(gap_tables) > 2:  # what the stage-2 cap costs (`pattlite.studies.cap`)
+            from pattlite.studies import cap
+
+            lines += [f"{cap.CAPTION}", "", gap_tables[2].to_markdown(index=False, disable_numparse=True), ""]
     lines += [headline.to_markdown(index=False),
              "",
              f"{summary.HEADLINE_CAPTION} Profile `{profile}`: {description}."
@@ -347,8 +351,13 @@ def readme_text_with_block(readme, text: str, profile, headline, report_path: Pa
     if profile.train_views == 2 and results is not None:
         from pattlite.studies import gap
 
+        from pattlite.studies import cap
+
         numbers = gap.gap_numbers(results)
         gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers))
+        capped = cap.cap_numbers(results, profile)
+        if len(capped):
+            gap_tables += (cap.cap_table(capped, profile.stage2_max_epochs),)
     block = readme_block(profile.name, profile.description, headline, relative, record, backends, results,
                          incomplete, gap_tables)
     return _block_pattern(profile.name).sub(lambda _: block, text)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config, report
-from pattlite.studies import gap, prose, summary
+from pattlite.studies import cap, gap, prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
 from pattlite.studies.layout import paper_layout
@@ -222,10 +222,15 @@ def gap_blocks(ctx, results, absent: dict) -> list:
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    return [f"**{gap.CAPTION}** The reduced cpu profile's line is read from "
-            "`docs/results/cpu/summary.csv` (its published run).", gap.gap_table(numbers, absent),
-            "**Points each step accounts for** (difference of the two lines' means):", gap.gap_steps(numbers),
-            Path(ctx.figures_dir) / "gap.png"]
+    blocks = [f"**{gap.CAPTION}** The reduced cpu profile's line is read from "
+              "`docs/results/cpu/summary.csv` (its published run).", gap.gap_table(numbers, absent),
+              "**Points each step accounts for** (difference of the two lines' means):", gap.gap_steps(numbers),
+              Path(ctx.figures_dir) / "gap.png"]
+    capped = cap.cap_numbers(results, ctx.profile)
+    if ctx.profile.stage2_max_epochs is not None:
+        blocks += [f"**{cap.CAPTION}**", cap.cap_table(capped, ctx.profile.stage2_max_epochs) if len(capped)
+                   else "No uncapped reference run yet."]
+    return blocks
 
 
 def _profile_summary(profile) -> dict:

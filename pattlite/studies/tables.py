@@ -46,18 +46,26 @@ def require_columns(results: pd.DataFrame, columns, what="results"):
 
 def standard_rows(results: pd.DataFrame, recipe: bool = True) -> pd.DataFrame:
     """Results of variants at their default options (Table 5's cut/kernel grid points left out) and,
-    with `recipe`, trained with their profile's own augmentation (the gap study's runs without it,
-    `pattlite.studies.gap`, left out)."""
+    with `recipe`, trained with their profile's own augmentation and stage-2 cap (the gap study's runs
+    without augmentation, `pattlite.studies.gap`, and the uncapped reference runs,
+    `pattlite.studies.cap`, left out)."""
     mask = pd.Series(True, index=results.index)
     for column in MODEL_OPTION_COLUMNS:
         if column in results.columns:
             mask &= results[column].isna()
-    if recipe and {"train_train_views", "profile"} <= set(results.columns):
+    if recipe and "profile" in results.columns:
         from pattlite.profiles import PROFILES
 
-        views = pd.to_numeric(results["train_train_views"], errors="coerce").fillna(1)
-        own = results["profile"].map(lambda name: PROFILES[name].train_views if name in PROFILES else 1)
-        mask &= views == own
+        def own(field, default):
+            return results["profile"].map(lambda name: getattr(PROFILES[name], field) if name in PROFILES
+                                          else default)
+
+        if "train_train_views" in results.columns:
+            views = pd.to_numeric(results["train_train_views"], errors="coerce").fillna(1)
+            mask &= views == own("train_views", 1)
+        if "train_stage2_max_epochs" in results.columns:
+            cap = pd.to_numeric(results["train_stage2_max_epochs"], errors="coerce").fillna(-1)
+            mask &= cap == pd.to_numeric(own("stage2_max_epochs", None), errors="coerce").fillna(-1)
     return results[mask]
 
 
