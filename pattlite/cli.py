@@ -5,14 +5,19 @@
     pattlite audit --dataset ferplus --root data/ferplus --weights mobilenet_1_0_224_imagenet_no_top.weights.h5
     pattlite grid plan --profile ci;  pattlite grid run --profile paper --executor ray  (pattlite.grid)
     pattlite publish --profile cpu   (after ./run_all.sh --profile cpu: docs/results/cpu/ and the README)
+    pattlite predict photos/ [--format jsonl] [--no-detect]   (pattlite.predict: one row per face)
+    pattlite export --format onnx|openvino|savedmodel OUT; pattlite export-head SOURCE OUT  (pattlite.export)
 
 Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
-(accuracies as fractions), so scripts can read `tail -n 1`. Exit status: 0 success, 2 bad names or
+(accuracies as fractions), so scripts can read `tail -n 1`; except `predict`, whose stdout is its rows
+(CSV or JSON lines) and whose summary line goes to stderr. Exit status: 0 success, 2 bad names or
 values (the message names the flag and lists the valid ones; checked before TensorFlow is imported),
 a malformed data file or a damaged result file (the message names the file), 1 a missing file
 (dataset, weights), a results folder in use by another run (`train` when it trains, `grid run`; the
 message names the process holding it) or, for `grid run`, an experiment that failed; 130 / 143
 stopped by Ctrl-C (SIGINT) / SIGTERM, whatever it was doing (`grid run` records it in the run record).
+`predict`, `export` and `export-head` exit 2 for a missing or unfitting weights file as well (the message
+names the path and how to give one).
 Data warnings (duplicate rows, subset-list entries matching no test image, ...) are printed as
 `pattlite <command>: warning: ...` lines on stderr.
 
@@ -28,7 +33,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import audit, bench, config, grid, pipeline
+from pattlite import audit, bench, config, export, grid, pipeline, predict
 from pattlite.config import PROTOCOLS
 from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
@@ -319,9 +324,10 @@ def cmd_publish(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid.",
-        epilog="The last stdout line of every subcommand is one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish}")
+        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid; "
+                                     "predict with a trained model, export it.",
+        epilog="The last stdout line of every subcommand but predict is one JSON object.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish,predict,export,export-head}")
 
     train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
                            description="Train and evaluate one experiment under the published, shuffled "
@@ -400,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="publish a run with planned experiments without a result, or whose last "
                                      "recorded run did not finish (the report and the README block say so)")
     publish_parser.set_defaults(handler=cmd_publish)
+    predict.add_parser(sub)
+    export.add_parsers(sub)
     return parser
 
 
