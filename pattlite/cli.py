@@ -269,6 +269,18 @@ def cmd_bench(args) -> int:
         print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
               f"extraction on {result['extraction']['engine']}); {result['seconds']:.1f} s in all")
         _json_line(result)
+    if "end_to_end" in parts:
+        from pattlite.bench_inference import format_end_to_end_table, run_end_to_end_benchmark
+
+        print(f"pattlite bench: end-to-end inference from decoded images (decoding excluded), {args.steps} timed "
+              f"steps after 1 warm-up step per row; Keras and the exported model (ONNX Runtime, OpenVINO)", flush=True)
+        result = run_end_to_end_benchmark(batch_sizes=batch_sizes, steps=args.steps, backbone=weights)
+        print(format_end_to_end_table(result))
+        print(f"model: {result['model']['described']}; {result['machine']['device']}, "
+              f"{result['machine']['cpu_count']} CPUs visible; Keras {result['machine']['keras']} "
+              f"({result['machine']['keras_backend']}); load average {result['machine']['load_average'][0]:.1f} "
+              f"before, {result['machine']['load_average'][1]:.1f} after; {result['seconds']:.1f} s in all")
+        _json_line(result)
     return 0
 
 
@@ -361,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="backbone weights: none (default), imagenet or a .weights.h5 path")
     bench_parser.add_argument("--parts", default="images,cached",
                               help="which rows: images (full models on images), cached (heads on cached "
-                                   "features, fast vs plain, and feature extraction); default both")
+                                   "features, fast vs plain, and feature extraction), end_to_end (the trained "
+                                   "model from decoded images, Keras vs ONNX Runtime vs OpenVINO, face detection "
+                                   "excluded and included); default images,cached")
     bench_parser.add_argument("--repeats", type=int, default=3,
                               help="timed runs per cached-head row, the median reported (default 3)")
     bench_parser.add_argument("--cached-samples", type=int, default=bench.DEFAULT_CACHED_SAMPLES,

@@ -45,8 +45,8 @@ NO_FACE = "no face found"
 NO_FACE_SMALL = "no face found (a pre-cropped face? use --no-detect)"
 PUBLISHED_WARNING = (
     "the 'published' model is the authors' code: its attention mixes each face with the other faces of its "
-    "batch, so a face's probabilities depend on which images are predicted with it (here batches of {n}); "
-    "--batch-size 1 predicts each face alone, and the corrected 'pattlite' model (the default) never mixes")
+    "batch, so a face's probabilities depend on which images are predicted with it ({batch}); the corrected "
+    "'pattlite' model (the default) never mixes")
 
 
 @dataclass
@@ -242,7 +242,9 @@ def cmd_predict(args) -> int:
         return _error(str(error))
     info = loaded.info
     if info.batch_dependent:
-        print(f"pattlite predict: warning: {PUBLISHED_WARNING.format(n=args.batch_size)}", file=sys.stderr)
+        batch = ("here each face alone: --batch-size 1" if args.batch_size == 1 else
+                 f"here batches of {args.batch_size}; --batch-size 1 predicts each face alone")
+        print(f"pattlite predict: warning: {PUBLISHED_WARNING.format(batch=batch)}", file=sys.stderr)
     if loaded.backbone is None:
         print("pattlite predict: warning: random backbone (--backbone none): the predictions mean nothing",
               file=sys.stderr)

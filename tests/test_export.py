@@ -110,3 +110,19 @@ def test_export_head_command(tmp_path, capsys):
     assert Path(payload["sidecar"]) == tmp_path / "mine.json"
     status = cli.main(["export-head", str(tmp_path / "absent.weights.h5"), str(tmp_path / "x.weights.h5")])
     assert status == 2 and "absent.weights.h5 does not exist" in capsys.readouterr().err
+
+
+@needs_onnx
+def test_end_to_end_bench_rows(model_files):
+    from pattlite.bench_inference import format_end_to_end_table, run_end_to_end_benchmark
+
+    head, backbone = model_files
+    result = run_end_to_end_benchmark(batch_sizes=(1, 2), steps=1, head=head, backbone=backbone,
+                                      engines=("keras", "onnxruntime"), log=None)
+    rows = result["rows"]
+    assert [(r["engine"], r["detect"], r["batch_size"]) for r in rows] == [
+        (engine, detect, batch) for engine in ("keras", "onnxruntime") for detect in (False, True) for batch in (1, 2)]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["model_ms_per_batch"] <= row["ms_per_batch"]
+    assert result["model"]["described"] == f"head {head}" and len(result["machine"]["load_average"]) == 2
+    assert "| onnxruntime | included | 2 |" in format_end_to_end_table(result)
