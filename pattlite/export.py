@@ -130,6 +130,7 @@ def export_pretrained(out, fmt: str, head=None, backbone="imagenet", variant=Non
     loaded = loaded or load_pretrained(head, backbone=backbone, variant=variant)
     export_keras(loaded.model, out, fmt)
     summary = {"path": str(out), "format": fmt, "variant": loaded.info.variant,
+               "batch_dependent": loaded.info.batch_dependent,
                "classes": list(loaded.info.classes), "input_shape": [None, *loaded.input_shape],
                "input": "float32 pixel values 0..255", "head": str(loaded.head_path),
                "backbone": None if loaded.backbone is None else str(loaded.backbone),

@@ -22,7 +22,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DEFAULT_MARGIN = 0.02
@@ -41,11 +41,13 @@ class UnreadableImageError(ValueError):
 
 def read_image(path) -> np.ndarray:
     """The image at `path` as uint8 RGB (height, width, 3): any format and mode PIL reads (the first
-    frame of an animation; 16-bit images scaled to 8 bits). `UnreadableImageError` names the file."""
+    frame of an animation; 16-bit images scaled to 8 bits), turned as its EXIF orientation says (so face
+    boxes are in the upright image's pixels). `UnreadableImageError` names the file."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)  # phone photos: turned upright as their EXIF says
             if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 values = np.asarray(image, dtype=np.float64)
                 if image.mode != "I" or values.max(initial=0) > 255:

@@ -3,11 +3,13 @@
     pattlite predict photos/ me.jpg                 # CSV on stdout, one row per face
     pattlite predict faces/ --no-detect --format jsonl
     pattlite predict photo.jpg --head my_head.weights.h5 --backbone mobilenet_1_0_224_imagenet_no_top.weights.h5
+    pattlite predict photos/ --exported pattlite.onnx    # an export of `pattlite export`, on ONNX Runtime
 
 Each image is read (`pattlite.faces.read_image`), its faces found by OpenCV's Haar cascade (or, with
 `--no-detect`, the whole image taken as one pre-cropped face), each face prepared as the training images
 were (`pattlite.faces.face_input`) and the model (`pattlite.pretrained.load_pretrained`: the shipped
-head, or `--head`) gives its class probabilities. Faces are predicted `--batch-size` at a time; with the
+head, or `--head`; or with `--exported` an export of `pattlite export`, run by `pattlite.runtime` without
+Keras) gives its class probabilities. Faces are predicted `--batch-size` at a time; with the
 corrected `pattlite` model (the default) a face's probabilities never depend on the others.
 
 Output, one row per face (CSV with a header, or `--format jsonl`: one JSON object a line), in the order
@@ -180,6 +182,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backbone", default="imagenet",
                    help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, data/weights/, else Keras' "
                         "download), a .weights.h5 path, or none (random: for tests only)")
+    p.add_argument("--exported", default=None,
+                   help="run an export of `pattlite export` instead (model.onnx on ONNX Runtime, model.xml on "
+                        "OpenVINO, or a SavedModel folder): no Keras, and faster")
     p.add_argument("--model", default=None, choices=MODELS,
                    help="the variant the head must be (default: whatever the head file holds)")
     p.add_argument("--format", default="csv", choices=FORMATS, help="csv (default) or jsonl")
@@ -222,6 +227,37 @@ def load_model(head, backbone, variant=None):
         raise
 
 
+def _keras(args):
+    """(batch -> probabilities, HeadInfo, batch dependent, files used) of the Keras model."""
+    loaded = load_model(args.head, backbone_argument(args.backbone), args.model)
+    model = loaded.model
+    return (model.predict_on_batch, loaded.info, loaded.info.batch_dependent,
+            {"head": str(loaded.head_path), "backbone": None if loaded.backbone is None else str(loaded.backbone)})
+
+
+def _exported(args):
+    """The same for an export of `pattlite export` (its .json beside it), without Keras or TensorFlow."""
+    from pattlite.export import info_path
+    from pattlite.pretrained import HeadInfo, HeadWeightsError
+    from pattlite.runtime import load_exported
+
+    if args.head is not None or args.backbone != "imagenet":
+        raise ValueError("--exported holds the whole model: drop --head and --backbone")
+    path = Path(args.exported).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"exported model {path} does not exist (make one with `pattlite export`)")
+    sidecar = info_path(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"exported model {path}: its {sidecar} (written by `pattlite export`: classes, image "
+                                "size, face preparation) does not exist")
+    summary = json.loads(sidecar.read_text(encoding="utf-8"))
+    info = HeadInfo(**{k: v for k, v in summary["info"].items() if k in HeadInfo.__dataclass_fields__})
+    if args.model is not None and args.model != info.variant:
+        raise HeadWeightsError(f"exported model {path} holds a {info.variant!r} model, not {args.model!r}")
+    return (load_exported(path), info, summary.get("batch_dependent", info.variant != "pattlite"),
+            {"exported": str(path), "backbone": summary.get("backbone", "")})
+
+
 def cmd_predict(args) -> int:
     if args.batch_size < 1:
         return _error(f"--batch-size {args.batch_size}: expected an integer >= 1")
@@ -236,22 +272,20 @@ def cmd_predict(args) -> int:
     if not files:
         return _error(f"no image files ({', '.join(faces.IMAGE_SUFFIXES)}) under {', '.join(args.paths)}")
     started = time.perf_counter()
-    try:
-        loaded = load_model(args.head, backbone_argument(args.backbone), args.model)
-    except (FileNotFoundError, ValueError) as error:  # missing or unfitting weights: named by the message
+    try:  # missing or unfitting weights: named by the message
+        run, info, batch_dependent, source = (_exported(args) if args.exported else _keras(args))
+    except (FileNotFoundError, ValueError) as error:
         return _error(str(error))
-    info = loaded.info
-    if info.batch_dependent:
+    if batch_dependent:
         batch = ("here each face alone: --batch-size 1" if args.batch_size == 1 else
                  f"here batches of {args.batch_size}; --batch-size 1 predicts each face alone")
         print(f"pattlite predict: warning: {PUBLISHED_WARNING.format(batch=batch)}", file=sys.stderr)
-    if loaded.backbone is None:
+    if source.get("backbone", "") is None:
         print("pattlite predict: warning: random backbone (--backbone none): the predictions mean nothing",
               file=sys.stderr)
     if info.synthetic:
         print("pattlite predict: warning: this head was trained on synthetic faces", file=sys.stderr)
-    model = loaded.model
-    predictor = Predictor(lambda x: model.predict_on_batch(x), info, detect=not args.no_detect,
+    predictor = Predictor(run, info, detect=not args.no_detect,
                           margin=args.margin, min_face=args.min_face, batch_size=args.batch_size)
     progress = not args.no_progress and any(Path(p).is_dir() for p in args.paths)
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
@@ -261,8 +295,7 @@ def cmd_predict(args) -> int:
         if stream is not sys.stdout:
             stream.close()
     summary = {"files": len(files), "faces": counts["ok"], "no_face": counts["no_face"],
-               "unreadable": counts["unreadable"], "variant": info.variant, "head": str(loaded.head_path),
-               "backbone": None if loaded.backbone is None else str(loaded.backbone),
+               "unreadable": counts["unreadable"], "variant": info.variant, **source,
                "seconds": round(time.perf_counter() - started, 3)}
     print(json.dumps(summary), file=sys.stderr)
     return 0

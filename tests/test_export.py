@@ -3,7 +3,9 @@
 A seeded random backbone with calibrated BatchNorm (so outputs vary with the image) and a head from one
 optimizer step; no weights file needed."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -40,13 +42,27 @@ def model_files(tmp_path_factory):
     return head, random_backbone_weights(0, calibration, cache_dir=base / "features")
 
 
-@needs_onnx
-def test_onnx_export_gives_keras_probabilities_and_runs_without_tensorflow(model_files, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_export(model_files, tmp_path_factory):
+    """(the .onnx file, the export's summary, what `pattlite export` printed)."""
     head, backbone = model_files
-    out = tmp_path / "model.onnx"
-    summary = E.export_pretrained(out, "onnx", head=head, backbone=backbone, check=CHECK)
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli.main(["export", "--format", "onnx", str(out), "--head", str(head), "--backbone", str(backbone),
+                           "--check", str(CHECK)])
+    assert status == 0
+    return out, json.loads(printed.getvalue().strip().splitlines()[-1]), printed.getvalue()
+
+
+@needs_onnx
+def test_onnx_export_gives_keras_probabilities_and_runs_without_tensorflow(model_files, onnx_export, tmp_path):
+    head, backbone = model_files
+    out, summary, printed = onnx_export
+    assert f"largest absolute difference from Keras' probabilities on {CHECK} synthetic faces" in printed
     assert summary["max_abs_diff"] <= E.TOLERANCE
     assert summary["variant"] == "pattlite" and summary["input_shape"] == [None, 48, 48, 3]
+    assert summary["batch_dependent"] is False
     assert json.loads(E.info_path(out).read_text())["info"]["classes"] == summary["classes"]
 
     loaded = P.load_pretrained(head, backbone=backbone)
@@ -68,6 +84,28 @@ def test_onnx_export_gives_keras_probabilities_and_runs_without_tensorflow(model
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=E.TOLERANCE)
 
 
+@needs_onnx
+def test_predict_runs_the_export_with_keras_probabilities(model_files, onnx_export, tmp_path, capsys):
+    from heads import FACE_FILES, photo_with_face
+    from PIL import Image
+
+    head, backbone = model_files
+    photo = tmp_path / "photo.png"
+    Image.fromarray(photo_with_face(FACE_FILES[0])).save(photo)
+    rows = {}
+    for engine, args in (("keras", ["--head", head, "--backbone", backbone]), ("onnx", ["--exported", onnx_export[0]])):
+        status = cli.main(["predict", str(photo), "--format", "jsonl", *map(str, args)])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        (rows[engine],) = [json.loads(line) for line in captured.out.splitlines()]
+    assert rows["onnx"]["box"] == rows["keras"]["box"] and rows["onnx"]["status"] == "ok"
+    np.testing.assert_allclose(list(rows["onnx"]["probabilities"].values()),
+                               list(rows["keras"]["probabilities"].values()), atol=E.TOLERANCE)
+    assert json.loads(captured.err.strip().splitlines()[-1])["exported"] == str(onnx_export[0])
+    status = cli.main(["predict", str(photo), "--exported", str(tmp_path / "none.onnx")])
+    assert status == 2 and "none.onnx does not exist" in capsys.readouterr().err
+
+
 @needs_openvino
 def test_openvino_export_gives_keras_probabilities(model_files, tmp_path):
     head, backbone = model_files
@@ -75,18 +113,6 @@ def test_openvino_export_gives_keras_probabilities(model_files, tmp_path):
     summary = E.export_pretrained(out, "openvino", head=head, backbone=backbone, check=CHECK)
     assert summary["max_abs_diff"] <= E.TOLERANCE
     assert out.is_file() and out.with_suffix(".bin").is_file()
-
-
-@needs_onnx
-def test_export_command_prints_the_difference(model_files, tmp_path, capsys):
-    head, backbone = model_files
-    out = tmp_path / "cli.onnx"
-    status = cli.main(["export", "--format", "onnx", str(out), "--head", str(head), "--backbone", str(backbone),
-                       "--check", "8"])
-    captured = capsys.readouterr()
-    assert status == 0, captured.err
-    assert "largest absolute difference from Keras' probabilities on 8 synthetic faces" in captured.out
-    assert json.loads(captured.out.strip().splitlines()[-1])["max_abs_diff"] <= E.TOLERANCE
 
 
 def test_export_command_errors_exit_2(model_files, tmp_path, capsys):

@@ -216,3 +216,17 @@ def test_face_preparation_follows_the_training_images():
     assert ready.shape == (120, 120, 3) and ready.dtype == np.uint8
     assert (ready[..., 0] == ready[..., 2]).all()  # grey, repeated to 3 channels
     assert faces.detect_faces(np.zeros((30, 30, 3), np.uint8)) == []
+
+
+def test_phone_photos_are_turned_upright_by_their_exif(tmp_path):
+    upright = Image.fromarray(photo_with_face(FACE_FILES[0])).convert("RGB")  # 320 wide, 240 high
+    sideways = upright.rotate(90, expand=True)  # stored turned, as a phone stores a portrait shot
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    rgb = faces.read_image(tmp_path / "phone.jpg")
+    assert rgb.shape == (240, 320, 3)
+    assert len(faces.detect_faces(rgb)) == 1
+    with pytest.raises(faces.UnreadableImageError, match="broken.png"):
+        (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+        faces.read_image(tmp_path / "broken.png")
