@@ -251,6 +251,8 @@ def _exported(args):
         raise FileNotFoundError(f"exported model {path}: its {sidecar} (written by `pattlite export`: classes, image "
                                 "size, face preparation) does not exist")
     summary = json.loads(sidecar.read_text(encoding="utf-8"))
+    if not isinstance(summary, dict) or not isinstance(summary.get("info"), dict):
+        raise ValueError(f"{sidecar} is not the .json of `pattlite export` (it has no 'info' object)")
     info = HeadInfo(**{k: v for k, v in summary["info"].items() if k in HeadInfo.__dataclass_fields__})
     if args.model is not None and args.model != info.variant:
         raise HeadWeightsError(f"exported model {path} holds a {info.variant!r} model, not {args.model!r}")
@@ -276,6 +278,8 @@ def cmd_predict(args) -> int:
         run, info, batch_dependent, source = (_exported(args) if args.exported else _keras(args))
     except (FileNotFoundError, ValueError) as error:
         return _error(str(error))
+    except ImportError as error:  # --exported without its runtime
+        return _error(f"--exported {args.exported}: {error} (pip install 'pattlite[export]')")
     if batch_dependent:
         batch = ("here each face alone: --batch-size 1" if args.batch_size == 1 else
                  f"here batches of {args.batch_size}; --batch-size 1 predicts each face alone")
