@@ -23,7 +23,9 @@ See docs/grid.md for Kaggle's two T4s, a multi-GPU machine and a Ray cluster (Sl
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -345,6 +347,13 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
         os.pathsep) if p and p != package_parent])
     threads = str(max(1, int(cpus_per_trial)))
     env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
+    # JAX's CPU thread pool too (XLA_FLAGS; the driver's own flags kept): at batch 8 one thread trains a
+    # head as fast as two, so two one-CPU trials on 2 cores train about twice as much (`pattlite bench`).
+    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(
+        ("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
+    if threads == "1":
+        xla.append("--xla_cpu_multi_thread_eigen=false")
+    env["XLA_FLAGS"] = " ".join(xla + [f"intra_op_parallelism_threads={threads}"])
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if 0 < gpus_per_trial < 1:
         # Several trials on one GPU: each takes GPU memory as it needs it, not all of it up front.
@@ -352,12 +361,13 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
     return env
 
 
-def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int):
-    """The Ray remote function of one trial: its CPU/GPU share, retries of a dead worker (not of the
-    experiment's own error) and environment (`worker_env`)."""
+def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None):
+    """The Ray remote function of one trial: its CPU/GPU share, the memory it reserves (bytes; None:
+    none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`)."""
     return ray.remote(_ray_task).options(
         num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
-        retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)})
+        retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)},
+        **({} if memory is None else {"memory": int(memory)}))
 
 
 def _ray_task(compute, experiment_pickle: bytes) -> dict:
@@ -443,6 +453,79 @@ def _check_feasible(ray, cpus: float, gpus: float) -> None:
                          f"(nodes: {have}); lower --cpus-per-trial / --gpus-per-trial")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Memory: trials that share a machine must fit its memory together
+
+TRIAL_OVERHEAD_BYTES = 2 * 2**30   # a trial's process besides its features (libraries, model, buffers)
+LOCAL_RAY_MEMORY_FRACTION = 0.85   # of this machine's memory, what a Ray runtime started here may reserve
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_bytes_per_image(cut: str, resize_to: int) -> int:
+    """Bytes of one image's cached features at a cut (float16), from the backbone's output shape."""
+    import numpy as np
+
+    from pattlite.features import FEATURE_DTYPE
+    from pattlite.model import build_backbone
+
+    shape = build_backbone(weights=None, cut_layer=cut, resize_to=resize_to).output.shape[1:]
+    return int(np.prod(shape)) * np.dtype(FEATURE_DTYPE).itemsize
+
+
+def _dataset_images(exp) -> int | None:
+    """Images of an experiment's dataset: a synthetic stand-in's sizes, else the largest pixel cache of
+    the dataset at its image size (None before any cache exists)."""
+    options = exp.source.get("options", {})
+    if exp.source["dataset"] == "synthetic":
+        return int(sum(options.get(k, 0) for k in ("n_train", "n_val", "n_test")))
+    from pattlite.data.pixels import pixels_cache_dir
+
+    rows = []
+    for path in Path(pixels_cache_dir()).glob(f"{exp.source['dataset']}_{exp.image_size}px_*.json"):
+        try:
+            rows.append(int(json.loads(path.read_text(encoding="utf-8"))["rows"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(rows) if rows else None
+
+
+def memory_estimate(exp) -> int | None:
+    """Bytes a trial of `exp` holds at most: its training features in memory (each view), the other
+    images' features read once, and `TRIAL_OVERHEAD_BYTES`; None when not known (a trial on images
+    rather than cached features, or a dataset not cached yet): it then reserves a whole node's memory."""
+    if exp.stage1 != "cached":
+        return None
+    images = _dataset_images(exp)
+    if images is None:
+        return None
+    from pattlite.model import variant_cut_layer
+
+    train = images if exp.train_limit is None else min(images, int(exp.train_limit))
+    views = int(exp.train.get("train_views", 1))
+    per_image = _feature_bytes_per_image(variant_cut_layer(exp.variant, **exp.model_options), exp.resize_to)
+    return TRIAL_OVERHEAD_BYTES + per_image * (train * views + images - train)
+
+
+def _memory_requests(ray, pending) -> dict:
+    """{key: bytes of Ray's `memory` resource} per experiment: its `memory_estimate`, at most the
+    largest node's memory (all of it when unknown), so no trial is unschedulable."""
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if largest <= 0:
+        return {}
+    out = {}
+    for exp in pending:
+        estimate = memory_estimate(exp)
+        out[exp.key()] = int(largest if estimate is None else min(estimate, largest))
+    return out
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial, max_retries, log, compute):
     if cpus_per_trial is None or cpus_per_trial <= 0:
         raise ValueError(f"--cpus-per-trial {cpus_per_trial!r}: expected a positive number")
@@ -452,8 +535,13 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
         raise ValueError(f"--max-retries {max_retries!r}: expected an integer >= 0")
     started_here = not ray.is_initialized()
     if started_here:
+        options = {}
+        if address is None and _physical_memory():
+            # Ray's default reserves about 65% of the memory for tasks; trials here are sized by their
+            # features (`memory_estimate`), so let them use most of it.
+            options["_memory"] = int(LOCAL_RAY_MEMORY_FRACTION * _physical_memory())
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 logging_level="WARNING", configure_logging=True)
+                 logging_level="WARNING", configure_logging=True, **options)
     elif address is not None:
         log(f"[grid] note: Ray is already initialised in this process; --address {address} is not used")
     try:
@@ -465,8 +553,14 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             f"trial reserves {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU; "
             f"{_trial_slots(ray, cpus_per_trial, gpus_per_trial)} at once; worker deaths retried up to "
             f"{max_retries} times")
-        task = ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries)
-        in_flight = {task.remote(compute, pickle.dumps(exp)): exp for exp in pending}
+        memory = _memory_requests(ray, pending)
+        tasks = {size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size)
+                 for size in set(memory.values()) | {None}}
+        if memory:
+            log("[grid] memory reserved per trial (its cached features and the process): "
+                + ", ".join(f"{size / 2**30:.1f} GB x {count}" for size, count in
+                            sorted(collections.Counter(memory.values()).items(), reverse=True)))
+        in_flight = {tasks[memory.get(exp.key())].remote(compute, pickle.dumps(exp)): exp for exp in pending}
         try:
             return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log)
         except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first

@@ -173,6 +173,7 @@ def test_ray_grid_gives_the_local_executors_result_files(ray_runtime, folders, t
     assert not list((results / "experiments").glob(".tmp-*")), "a temporary file was left behind"
     assert any("2/2 done, 0 running, 0 failed, 0 left" in line for line in lines)
     assert any("2 at once" in line for line in lines)
+    assert any(line.startswith("[grid] memory reserved per trial") for line in lines)
     # A second run finds everything done and runs no task.
     again = grid.run_grid(grid_of(tiny, results), "ray", log=lines.append)
     assert again.trained == [] and len(again.already_done) == 2
@@ -288,6 +289,44 @@ def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
     assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]),
                                                    "/somewhere/else"]
     assert env["OMP_NUM_THREADS"] == "2"
+    assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"].split()
+
+
+def test_one_cpu_trials_run_jax_on_one_thread_and_keep_the_drivers_xla_flags(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x intra_op_parallelism_threads=8")
+    flags = grid.worker_env(1, 0)["XLA_FLAGS"].split()
+    assert "--xla_dump_to=/tmp/x" in flags and "--xla_cpu_multi_thread_eigen=false" in flags
+    assert [f for f in flags if f.startswith("intra_op")] == ["intra_op_parallelism_threads=1"]
+
+
+def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
+    """Synthetic ci experiments: images known from the profile; the flip doubles the training rows;
+    a trial on images (stage1 exact) or on a dataset not cached yet is unknown (None)."""
+    one = make_experiment("ci", "rafdb", "published")
+    two = make_experiment("ci", "rafdb", "published", train_views=2)
+    options = one.source["options"]
+    images = options["n_train"] + options["n_val"] + options["n_test"]
+    per_image = grid._feature_bytes_per_image("conv_dw_9_relu", one.resize_to)
+    assert per_image == 14 * 14 * 512 * 2  # float16 at the default cut, 224 pixels
+    assert grid.memory_estimate(one) == grid.TRIAL_OVERHEAD_BYTES + per_image * images
+    assert grid.memory_estimate(two) - grid.memory_estimate(one) == per_image * options["n_train"]
+    assert grid.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
+    monkeypatch.setattr(grid, "_dataset_images", lambda exp: None)
+    assert grid.memory_estimate(one) is None
+
+
+def test_memory_requests_never_exceed_the_largest_node(monkeypatch):
+    class FakeRay:
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"memory": 10.0 * 2**30}},
+                    {"Alive": False, "Resources": {"memory": 99.0 * 2**30}}]
+
+    small, large, unknown = (make_experiment("ci", "rafdb", "published", seed=s) for s in (1, 2, 3))
+    sizes = {small.key(): 2 * 2**30, large.key(): 50 * 2**30, unknown.key(): None}
+    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
+    requests = grid._memory_requests(FakeRay, [small, large, unknown])
+    assert requests == {small.key(): 2 * 2**30, large.key(): 10 * 2**30, unknown.key(): 10 * 2**30}
 
 
 def _dead_pid() -> int:
