@@ -184,7 +184,7 @@ def add_parser(subparsers) -> None:
                         "download), a .weights.h5 path, or none (random: for tests only)")
     p.add_argument("--exported", default=None,
                    help="run an export of `pattlite export` instead (model.onnx on ONNX Runtime, model.xml on "
-                        "OpenVINO, or a SavedModel folder): no Keras, and faster")
+                        "OpenVINO, or a SavedModel folder), without Keras")
     p.add_argument("--model", default=None, choices=MODELS,
                    help="the variant the head must be (default: whatever the head file holds)")
     p.add_argument("--format", default="csv", choices=FORMATS, help="csv (default) or jsonl")
