@@ -361,12 +361,22 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
     return env
 
 
-def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None):
+CHECKPOINTS_ENV_VAR = "PATTLITE_GRID_CHECKPOINTS"  # set for Ray workers on the driver's machine
+
+
+def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None,
+             checkpoint_root=None):
     """The Ray remote function of one trial: its CPU/GPU share, the memory it reserves (bytes; None:
-    none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`)."""
+    none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`).
+    `checkpoint_root`: a folder the workers share with the driver (a Ray runtime on the driver's
+    machine), where each trial keeps its training checkpoints (`<root>/<key>/`), so that a trial
+    stopped with the run resumes where it was in the next run."""
+    env = worker_env(cpus_per_trial, gpus_per_trial)
+    if checkpoint_root is not None:
+        env[CHECKPOINTS_ENV_VAR] = str(checkpoint_root)
     return ray.remote(_ray_task).options(
         num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
-        retry_exceptions=False, runtime_env={"env_vars": worker_env(cpus_per_trial, gpus_per_trial)},
+        retry_exceptions=False, runtime_env={"env_vars": env},
         **({} if memory is None else {"memory": int(memory)}))
 
 
@@ -408,7 +418,8 @@ def remove_stale_temporary(log=None) -> list:
 
 
 def compute_on_worker(exp) -> dict:
-    """A Ray task's work: train and evaluate in a temporary folder; return what the driver stores.
+    """A Ray task's work: train and evaluate in a temporary folder (its training checkpoints under
+    `$PATTLITE_GRID_CHECKPOINTS` when the driver set it, see `ray_task`); return what the driver stores.
 
     The folder is removed on every way out of the task that runs Python (an error, a cancelled task's
     KeyboardInterrupt); one left by a killed worker is removed by the next task on that machine
@@ -417,9 +428,11 @@ def compute_on_worker(exp) -> dict:
 
     remove_stale_temporary(log=print)
     start = time.time()
+    root = os.environ.get(CHECKPOINTS_ENV_VAR)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         log_dir = Path(tmp) / "logs"
-        result, weights = compute_experiment(exp, progress=False, log_dir=log_dir)
+        result, weights = compute_experiment(exp, progress=False, log_dir=log_dir,
+                                             checkpoint_dir=None if root is None else Path(root) / exp.key())
         logs = {str(p.relative_to(log_dir)): p.read_bytes()
                 for p in sorted(log_dir.rglob("*")) if p.is_file()}
     return {"result": result, "weights": weights, "logs": logs, "host": socket.gethostname(),
@@ -430,10 +443,15 @@ def store_returned(exp, returned: dict, results_dir) -> Path:
     """Writes a Ray task's return into the results folder: logs, then weights and result (atomically)."""
     from pattlite.experiments import logs_path, store_experiment
 
+    from pattlite.checkpoints import TrainingCheckpoint
+    from pattlite.experiments import checkpoint_path
+
     log_dir = logs_path(exp, results_dir)
     for name, payload in returned["logs"].items():
         write_atomic(log_dir / name, payload)
-    return store_experiment(exp, returned["result"], returned["weights"], results_dir)
+    stored = store_experiment(exp, returned["result"], returned["weights"], results_dir)
+    TrainingCheckpoint(checkpoint_path(exp, results_dir)).remove()  # its worker's, if it kept any
+    return stored
 
 
 def _trial_slots(ray, cpus: float, gpus: float) -> int:
@@ -554,7 +572,10 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             f"{_trial_slots(ray, cpus_per_trial, gpus_per_trial)} at once; worker deaths retried up to "
             f"{max_retries} times")
         memory = _memory_requests(ray, pending)
-        tasks = {size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size)
+        # On a runtime started for this machine, workers share the driver's results folder.
+        local = address is None and started_here
+        checkpoints = Path(results_dir) / "checkpoints" if local else None
+        tasks = {size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints)
                  for size in set(memory.values()) | {None}}
         if memory:
             log("[grid] memory reserved per trial (its cached features and the process): "

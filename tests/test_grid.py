@@ -315,6 +315,21 @@ def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
     assert grid.memory_estimate(one) is None
 
 
+def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(monkeypatch, folders, tiny, tmp_path):
+    """With $PATTLITE_GRID_CHECKPOINTS (set by `ray_task` for a runtime the grid started), a trial keeps
+    its checkpoints at <results>/checkpoints/<key>/ (a stopped run resumes there); the driver removes
+    them once it has stored the result."""
+    from pattlite.experiments import checkpoint_path
+
+    results = tmp_path / "results"
+    exp = tiny[0]
+    monkeypatch.setenv(grid.CHECKPOINTS_ENV_VAR, str(checkpoint_path(exp, results).parent))
+    returned = grid.compute_on_worker(exp)
+    assert any(checkpoint_path(exp, results).iterdir())
+    grid.store_returned(exp, returned, results)
+    assert result_path(exp, results).is_file() and not checkpoint_path(exp, results).exists()
+
+
 def test_memory_requests_never_exceed_the_largest_node(monkeypatch):
     class FakeRay:
         @staticmethod
