@@ -14,6 +14,9 @@ pixel cache of `pattlite.data.pixels` serves them) and resized to 224 inside the
 `pattlite.bench_inference.run_end_to_end_benchmark` (part `end_to_end`) measures the trained model end to
 end, on Keras and exported to ONNX Runtime and OpenVINO, with and without face detection.
 
+`pattlite.bench_parallel.run_parallel_benchmark` (part `parallel`) measures heads trained by several
+processes at once, one thread each (the grid's Ray trials on a CPU), against one process.
+
 `run_cached_benchmark` measures training and prediction of heads on cached features (random float16
 features of the cut's shape, 14x14x512, written to a file and read into memory once, as training holds
 its training and validation sets), on
@@ -209,7 +212,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-BENCH_PARTS = ("images", "cached", "end_to_end")  # end_to_end: pattlite.bench_inference
+BENCH_PARTS = ("images", "cached", "end_to_end", "parallel")  # end_to_end: pattlite.bench_inference, parallel: pattlite.bench_parallel
 CACHED_HEADS = ("published", "pattlite")
 CACHED_STAGES = ("stage1", "stage2_as_coded")
 DEFAULT_CACHED_SAMPLES = 1024

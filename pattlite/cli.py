@@ -281,6 +281,17 @@ def cmd_bench(args) -> int:
               f"({result['machine']['keras_backend']}); load average {result['machine']['load_average'][0]:.1f} "
               f"before, {result['machine']['load_average'][1]:.1f} after; {result['seconds']:.1f} s in all")
         _json_line(result)
+    if "parallel" in parts:
+        from pattlite.bench_parallel import format_parallel_table, run_parallel_benchmark
+
+        print(f"pattlite bench: heads on cached features trained by several processes at once, "
+              f"{args.cached_samples} random float16 features 14x14x512 each, {args.repeats} timed epochs "
+              "(median) after a warm-up epoch", flush=True)
+        result = run_parallel_benchmark(samples=args.cached_samples, repeats=args.repeats)
+        print(format_parallel_table(result))
+        print(f"{result['settings']['cpu_count']} CPUs visible; load average "
+              f"{result['settings']['load_average_before'][0]:.1f} before; {result['seconds']:.1f} s in all")
+        _json_line(result)
     return 0
 
 
@@ -375,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="which rows: images (full models on images), cached (heads on cached "
                                    "features, fast vs plain, and feature extraction), end_to_end (the trained "
                                    "model from decoded images, Keras vs ONNX Runtime vs OpenVINO, face detection "
-                                   "excluded and included); default images,cached")
+                                   "excluded and included), parallel (heads trained by several one-thread "
+                                   "processes at once vs one process, the grid's Ray trials on a CPU); default "
+                                   "images,cached")
     bench_parser.add_argument("--repeats", type=int, default=3,
                               help="timed runs per cached-head row, the median reported (default 3)")
     bench_parser.add_argument("--cached-samples", type=int, default=bench.DEFAULT_CACHED_SAMPLES,

@@ -130,6 +130,33 @@ def test_bench_cached_part_compares_fast_and_plain_paths(capsys):
     assert "| cached training published stage1 | 8 |" in out
 
 
+@pytest.mark.slow
+def test_bench_parallel_part_runs_processes_at_once(capsys, monkeypatch):
+    """Each row's processes each report their own rate; the aggregate is their sum; the one-thread rows
+    run their workers with JAX on one thread (the flag reaches them)."""
+    from pattlite import bench_parallel
+
+    seen = []
+    popen = bench_parallel.subprocess.Popen
+
+    def recording_popen(command, *args, **kwargs):
+        if "pattlite.bench_parallel" in command:
+            seen.append(kwargs["env"].get("XLA_FLAGS", ""))
+        return popen(command, *args, **kwargs)
+
+    monkeypatch.setattr(bench_parallel.subprocess, "Popen", recording_popen)
+    status, out, _ = run_cli(capsys, ["bench", "--parts", "parallel", "--cached-samples", "16", "--repeats", "1"])
+    assert status == 0
+    payload = last_json(out)
+    rows = payload["rows"]
+    assert [row["processes"] for row in rows.values()] == [1, 1, 2]
+    together = rows["2 processes, 1 thread each"]
+    assert together["samples_per_s"] == pytest.approx(sum(together["per_process_samples_per_s"]))
+    assert payload["speedup"] == pytest.approx(together["samples_per_s"] / rows["one process"]["samples_per_s"])
+    assert ["intra_op_parallelism_threads=1" in flags for flags in seen] == [False, True, True, True]
+    assert "| parallel training published stage 1, 2 processes, 1 thread each | 8 |" in out
+
+
 def test_bad_batch_sizes_exit_2(capsys):
     status, _, err = run_cli(capsys, ["bench", "--batch-sizes", "1,x"])
     assert status == 2 and "comma-separated integers" in err
