@@ -7,6 +7,7 @@
     pattlite publish --profile cpu   (after ./run_all.sh --profile cpu: docs/results/cpu/ and the README)
     pattlite predict photos/ [--format jsonl] [--no-detect]   (pattlite.predict: one row per face)
     pattlite export --format onnx|openvino|savedmodel OUT; pattlite export-head SOURCE OUT  (pattlite.export)
+    pattlite crossdataset --dataset ckplus|fer2013 [--head PATH] [--output FILE.json]  (pattlite.crossdataset)
 
 Every subcommand prints progress and a short human summary, and as its LAST stdout line one JSON object
 (accuracies as fractions), so scripts can read `tail -n 1`; except `predict`, whose stdout is its rows
@@ -33,7 +34,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import audit, bench, config, export, grid, pipeline, predict
+from pattlite import audit, bench, config, crossdataset, export, grid, pipeline, predict
 from pattlite.config import PROTOCOLS
 from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
@@ -146,6 +147,9 @@ def check_arguments(args) -> None:
                                "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
         if args.weights is not None:
             _weights_file("--weights", args.weights)
+    elif args.command == "crossdataset":
+        _choice("--dataset", "dataset", args.dataset, crossdataset.TARGETS)
+        _at_least("--batch-size", args.batch_size, 1)
 
 
 def _results_base(args) -> Path | None:
@@ -350,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid; "
                                      "predict with a trained model, export it.",
         epilog="The last stdout line of every subcommand but predict is one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish,predict,export,export-head}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish,predict,export,export-head,crossdataset}")
 
     train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
                            description="Train and evaluate one experiment under the published, shuffled "
@@ -435,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish_parser.set_defaults(handler=cmd_publish)
     predict.add_parser(sub)
     export.add_parsers(sub)
+    crossdataset.add_parser(sub)
     return parser
 
 
