@@ -520,7 +520,11 @@ def memory_estimate(exp) -> int | None:
 
     train = images if exp.train_limit is None else min(images, int(exp.train_limit))
     views = int(exp.train.get("train_views", 1))
-    per_image = _feature_bytes_per_image(variant_cut_layer(exp.variant, **exp.model_options), exp.resize_to)
+    try:
+        cut = variant_cut_layer(exp.variant, **exp.model_options)
+    except ValueError:  # a bad option: the trial's own error, reported by the trial
+        return None
+    per_image = _feature_bytes_per_image(cut, exp.resize_to)
     return TRIAL_OVERHEAD_BYTES + per_image * (train * views + images - train)
 
 
@@ -581,9 +585,22 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             log("[grid] memory reserved per trial (its cached features and the process): "
                 + ", ".join(f"{size / 2**30:.1f} GB x {count}" for size, count in
                             sorted(collections.Counter(memory.values()).items(), reverse=True)))
-        in_flight = {tasks[memory.get(exp.key())].remote(compute, pickle.dumps(exp)): exp for exp in pending}
+        queue = list(pending)   # in the grid's order (`_priority`): Ray itself keeps no order among tasks
+        in_flight = {}
+
+        def submit(count: int) -> None:
+            while queue and count > 0:
+                exp = queue.pop(0)
+                in_flight[tasks[memory.get(exp.key())].remote(compute, pickle.dumps(exp))] = exp
+                count -= 1
+
+        # A window of tasks beyond the trial slots: a trial that must wait for memory lets a later, smaller
+        # one start, and the order is kept otherwise.
+        slots = max(1, _trial_slots(ray, cpus_per_trial, gpus_per_trial))
+        submit(slots + QUEUE_WINDOW)
         try:
-            return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log)
+            return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log,
+                                total=len(pending), submit=submit)
         except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first
             _cancel(ray, in_flight)
             from pattlite.pipeline import as_interruption
@@ -597,6 +614,7 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             ray.shutdown()
 
 
+QUEUE_WINDOW = 4   # Ray tasks submitted beyond the trial slots (see `_run_ray`)
 CANCEL_GRACE_S = 3.0   # how long an interrupted grid lets its cancelled Ray tasks unwind
 
 
@@ -625,12 +643,13 @@ def _cancel(ray, in_flight: dict) -> None:
             pass
 
 
-def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log):
-    """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result."""
+def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log, total=None,
+                 submit=None):
+    """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result;
+    `submit(n)` adds up to n more tasks to `in_flight` (one per task ended), out of `total` in all."""
     from pattlite.pipeline import RunInterrupted, interruption
 
-    pending = list(in_flight.values())
-    progress = Progress(len(pending), log)
+    progress = Progress(len(in_flight) if total is None else total, log)
     trained, failed = [], {}
     progress.last_line = 0.0   # a line at once
     while in_flight:
@@ -643,6 +662,8 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=10.0)
         for ref in ready:
             exp = in_flight.pop(ref)
+            if submit is not None:
+                submit(1)
             try:
                 returned = ray.get(ref)
             except ray.exceptions.RayError as error:

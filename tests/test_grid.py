@@ -461,3 +461,56 @@ def test_plan_trains_the_headline_first_and_adopts_committed_results(tmp_path, m
     again = grid.plan("ci", {"datasets": "ferplus", "seeds": "0,1"})
     done = {p.experiment.key() for p in again.experiments if p.done}
     assert done == {first.key()} and result_file(again.results_dir, first.key()).is_file()
+
+
+def test_ray_tasks_are_submitted_in_the_grids_order_a_window_at_a_time(monkeypatch, tmp_path):
+    """Ray keeps no order among waiting tasks, so the grid submits its experiments in its own order,
+    at most the trial slots plus `QUEUE_WINDOW` at a time, one more as each ends (a fake Ray runtime:
+    2 CPUs, tasks end in submission order)."""
+    experiments = [make_experiment("ci", "rafdb", "published", seed=s) for s in range(10)]
+    submitted, in_flight_sizes = [], []
+
+    class Ref:
+        def __init__(self, exp):
+            self.exp = exp
+
+    class FakeTask:
+        def remote(self, compute, experiment_pickle):
+            import pickle
+
+            ref = Ref(pickle.loads(experiment_pickle))
+            submitted.append(ref)
+            return ref
+
+    class FakeRay:
+        class exceptions:
+            RayError = TaskCancelledError = RayTaskError = type("Never", (Exception,), {})
+
+        @staticmethod
+        def is_initialized():
+            return True
+
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+        @staticmethod
+        def wait(refs, num_returns, timeout):
+            in_flight_sizes.append(len(refs))
+            return [min(refs, key=submitted.index)], []
+
+        @staticmethod
+        def get(ref):
+            return {"seconds": 1.0, "host": "fake", "exp": ref.exp}
+
+    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
+    stored = []
+    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: stored.append(exp.key()))
+    grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    assert [ref.exp.key() for ref in submitted] == [e.key() for e in experiments]
+    assert max(in_flight_sizes) == 2 + grid.QUEUE_WINDOW
+    assert stored == [e.key() for e in experiments]
