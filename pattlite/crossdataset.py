@@ -49,6 +49,8 @@ CLASS_MAPS = {
     "fer2013": {**_SAME_7, "neutral": "neutral", "contempt": None},
 }
 FORMAT, FORMAT_VERSION = "pattlite-crossdataset", 1
+# The shipped model's numbers, committed (the model card and notebooks/09_use_the_model.ipynb read them).
+COMMITTED_RESULTS = config.PROJECT_ROOT / "docs" / "results" / "model" / "crossdataset.json"
 DEFAULT_BATCH_SIZE = 32
 
 

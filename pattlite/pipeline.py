@@ -44,7 +44,10 @@ NOTEBOOKS = (
     "06_gradcam",           # Figures 6-7
     "07_audit",             # batch-composition audit
     "08_report",            # the replication report
+    "09_use_the_model",     # the shipped model: predict, ONNX export, cross-dataset accuracy
 )
+# 01-08 build the replication and share most parameters; 09 takes only results_dir and weights.
+STUDY_NOTEBOOKS = NOTEBOOKS[:8]
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 # tf-keras-vis (Grad-CAM) runs on TensorFlow only, whatever backend a profile trains on.
 TENSORFLOW_ONLY = ("06_gradcam",)
@@ -144,7 +147,7 @@ class Parameter:
 
     expected: str
     check: Callable
-    notebooks: tuple = NOTEBOOKS
+    notebooks: tuple = STUDY_NOTEBOOKS
 
 
 _OUTPUT_FOLDER = "a folder (created when missing), or none for the default"
@@ -154,7 +157,7 @@ _DATASET_FOLDER = "an existing folder, or none for the default ($PATTLITE_<NAME>
 # cells declare them (papermill injects only declared names without a warning); `check_parameter_table`
 # and tests/test_pipeline.py keep this table and the cells the same.
 PARAMETERS = {
-    "results_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
+    "results_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder, NOTEBOOKS),
     "tables_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
     "figures_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
     "reports_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
@@ -162,7 +165,8 @@ PARAMETERS = {
                        "or none for the profile's", _check_seeds),
     "datasets": Parameter(f"a comma-separated list of {', '.join(config.REAL_DATASETS)}, or none for the "
                           "default", _check_datasets),
-    "weights": Parameter("imagenet, an existing .weights.h5 file, or none for the profile's", _check_weights),
+    "weights": Parameter("imagenet, an existing .weights.h5 file, or none for the profile's", _check_weights,
+                         NOTEBOOKS),
     "stage1": Parameter(f"one of {', '.join(config.STAGE1_MODES)}", _one_of(config.STAGE1_MODES)),
     "finetune": Parameter(f"one of {', '.join(config.FINETUNE_MODES)}", _one_of(config.FINETUNE_MODES)),
     **{f"{name}_root": Parameter(_DATASET_FOLDER, _check_dataset_folder) for name in config.REAL_DATASETS},
