@@ -9,7 +9,7 @@ another image, whatever the variant: the published head's batch mixing is switch
 are read by the project's readers and pixel cache (`pattlite.data.load_manifest`, `load_pixels`) at the
 head's image size, as its training images were. Targets (`TARGETS`): every CK+ image (981 in CK+48;
 CK+ has contempt and no neutral) and the FER2013 test split (PrivateTest, 3,589 images; no contempt).
-FER2013's test faces are FERPlus' test faces with the original single-annotator labels: that number
+FER2013's test faces are FERPlus' test faces with FER2013's original labels: that number
 measures agreement with those labels, not accuracy on unseen faces.
 
 Classes are matched by name (`CLASS_MAPS`, written out once; the readers have already turned the
