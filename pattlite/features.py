@@ -65,7 +65,9 @@ def features_dir(cache_dir=None) -> Path:
 
 
 def weights_identity(weights) -> dict:
-    """What identifies backbone weights in a cache key: a file's resolved path, size and mtime."""
+    """What identifies backbone weights in a cache key: a file's content (SHA-256, memoised by path, size
+    and mtime in `pattlite.data.fingerprint`), so the same weights copied anew or moved keep their cached
+    features, and changed weights never reuse them."""
     if weights is None:
         raise ValueError("weights=None cannot key a cache: a random backbone differs every build; make it "
                          "reproducible with random_backbone_weights(seed, calibration_images)")
@@ -74,8 +76,9 @@ def weights_identity(weights) -> dict:
     path = Path(weights).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist")
-    stat = path.stat()
-    return {"weights": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    from pattlite.data.fingerprint import file_digest
+
+    return {"sha256": file_digest(path)}
 
 
 def image_hashes(pixels, progress: bool = False) -> np.ndarray:
@@ -753,7 +756,9 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
                 _finish_shard(tmp, folder)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if that failed
-        meta = {"key": key, "size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
+        source = {} if weights == "imagenet" else {"file": str(Path(weights).expanduser().resolve())}
+        meta = {"key": key, "size": int(size), "resize_to": int(resize_to),
+                "weights": {**weights_identity(weights), **source},
                 "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION, "engine": engine,
                 "versions": _engine_versions(engine)}
         write_json_atomic(folder / "meta.json", meta)

@@ -72,10 +72,19 @@ def test_cache_reused_and_invalidated(env, count_extractions, tmp_path):
 
 
 def test_weights_identity_changes_with_file(env, tmp_path):
+    """The store's key follows the weights file's content: the same bytes copied anew, elsewhere or with
+    a new modification time keep the key (and the cached features); a changed byte changes it."""
+    import os
+
     copy = tmp_path / "copy.weights.h5"
     copy.write_bytes(env["weights"].read_bytes())
     key = F.feature_key(32, copy)
     assert F.feature_key(48, copy) != key and F.feature_key(32, copy, resize_to=160) != key
+    elsewhere = tmp_path / "elsewhere" / "mobilenet.weights.h5"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(copy.read_bytes())
+    os.utime(elsewhere, ns=(1, 1))
+    assert F.feature_key(32, elsewhere) == key
     with open(copy, "ab") as f:
         f.write(b"\0")
     assert F.feature_key(32, copy) != key
