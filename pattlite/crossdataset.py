@@ -120,7 +120,7 @@ def evaluation_images(dataset: str, root=None):
         manifest = manifest[manifest["split"] == split].reset_index(drop=True)
         manifest.attrs = attrs
     if manifest.empty:
-        raise ValueError(f"{dataset}: no {split or ''} images in {manifest.attrs.get('source')}")
+        raise ValueError(f"{dataset}: no {split + ' ' if split else ''}images in {manifest.attrs.get('source')}")
     return manifest
 
 
