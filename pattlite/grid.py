@@ -160,7 +160,8 @@ def plan(profile: str, parameters: dict | None = None) -> GridPlan:
 
 def _priority(planned: PlannedExperiment, first_seed: int) -> int:
     """The order a grid trains in: the headline heads (the audit's published, no-mixing and corrected
-    models) at the first seed, then at the other seeds, then the ablations and the rest; Table 5's own
+    models) at the first seed, then at the other seeds with the uncapped reference runs (`reference`
+    study), then the ablations and the rest; Table 5's own
     points last: each trains a large convolution (2-9M parameters), minutes apiece on a CPU (570 s for
     one point of the cpu profile). An interrupted run then has the numbers that matter most."""
     if planned.studies == ("table5",):
@@ -441,10 +442,8 @@ def compute_on_worker(exp) -> dict:
 
 def store_returned(exp, returned: dict, results_dir) -> Path:
     """Writes a Ray task's return into the results folder: logs, then weights and result (atomically)."""
-    from pattlite.experiments import logs_path, store_experiment
-
     from pattlite.checkpoints import TrainingCheckpoint
-    from pattlite.experiments import checkpoint_path
+    from pattlite.experiments import checkpoint_path, logs_path, store_experiment
 
     log_dir = logs_path(exp, results_dir)
     for name, payload in returned["logs"].items():
@@ -578,7 +577,9 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
         memory = _memory_requests(ray, pending)
         # On a runtime started for this machine, workers share the driver's results folder.
         local = address is None and started_here
-        checkpoints = Path(results_dir) / "checkpoints" if local else None
+        from pattlite.experiments import checkpoint_path
+
+        checkpoints = checkpoint_path(pending[0], results_dir).parent if local and pending else None
         tasks = {size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints)
                  for size in set(memory.values()) | {None}}
         if memory:
