@@ -527,10 +527,15 @@ def memory_estimate(exp) -> int | None:
     return TRIAL_OVERHEAD_BYTES + per_image * (train * views + images - train)
 
 
+def _largest_node_memory(ray) -> int:
+    """Bytes of Ray's `memory` resource on the largest live node (0: none reported)."""
+    return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+
+
 def _memory_requests(ray, pending) -> dict:
     """{key: bytes of Ray's `memory` resource} per experiment: its `memory_estimate`, at most the
     largest node's memory (all of it when unknown), so no trial is unschedulable."""
-    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    largest = _largest_node_memory(ray)
     if largest <= 0:
         return {}
     out = {}
@@ -538,6 +543,13 @@ def _memory_requests(ray, pending) -> dict:
         estimate = memory_estimate(exp)
         out[exp.key()] = int(largest if estimate is None else min(estimate, largest))
     return out
+
+
+def next_fitting(queue, running: list, memory: dict, capacity: int):
+    """The first experiment of `queue` whose memory (`memory[key]`) fits in `capacity` beside the
+    `running` reservations; None when none does."""
+    free = capacity - sum(running)
+    return next((exp for exp in queue if memory[exp.key()] <= free), None)
 
 
 def _physical_memory() -> int:
@@ -588,16 +600,27 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
                             sorted(collections.Counter(memory.values()).items(), reverse=True)))
         queue = list(pending)   # in the grid's order (`_priority`): Ray itself keeps no order among tasks
         in_flight = {}
+        slots = max(1, _trial_slots(ray, cpus_per_trial, gpus_per_trial))
+        # One machine (a runtime started here): the grid fills its trial slots itself, each with the
+        # first experiment in its order whose memory fits beside those running, so a slot never idles
+        # behind trials that wait for memory. A cluster: a window of tasks beyond the slots, which Ray
+        # places; a trial that waits for memory there lets one of the next few start.
+        capacity = _largest_node_memory(ray) if local and memory else None
 
         def submit(count: int) -> None:
-            while queue and count > 0:
-                exp = queue.pop(0)
+            """Up to `count` more tasks (a cluster's window); on one machine, as many as fit the free slots."""
+            while queue and (count > 0 or capacity is not None):
+                if capacity is None:
+                    exp = queue.pop(0)
+                else:
+                    running = [memory[e.key()] for e in in_flight.values()]
+                    exp = next_fitting(queue, running, memory, capacity) if len(running) < slots else None
+                    if exp is None:
+                        return
+                    queue.remove(exp)
                 in_flight[tasks[memory.get(exp.key())].remote(compute, pickle.dumps(exp))] = exp
                 count -= 1
 
-        # A window of tasks beyond the trial slots: a trial that must wait for memory lets a later, smaller
-        # one start, and the order is kept otherwise.
-        slots = max(1, _trial_slots(ray, cpus_per_trial, gpus_per_trial))
         submit(slots + QUEUE_WINDOW)
         try:
             return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log,

@@ -519,3 +519,67 @@ def test_ray_tasks_are_submitted_in_the_grids_order_a_window_at_a_time(monkeypat
     assert [ref.exp.key() for ref in submitted] == [e.key() for e in experiments]
     assert max(in_flight_sizes) == 2 + grid.QUEUE_WINDOW
     assert stored == [e.key() for e in experiments]
+
+
+def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(monkeypatch, tmp_path):
+    """A Ray runtime the grid starts itself (one machine): a free slot takes the first experiment in the
+    grid's order whose memory fits beside the trials running, so a slot never idles behind full-size
+    trials that wait for memory, and the reservations never exceed the machine's (a fake runtime:
+    2 CPUs, 20 GB; full-size trials 15 GB, small ones 2 GB; tasks end in submission order)."""
+    experiments = [make_experiment("ci", "rafdb", "published", seed=s) for s in range(6)]
+    big, small = 15 * 2**30, 2 * 2**30
+    sizes = {e.key(): (big if i in (0, 1, 4) else small) for i, e in enumerate(experiments)}
+    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
+    submitted, running = [], []
+
+    class FakeTask:
+        def remote(self, compute, experiment_pickle):
+            import pickle
+
+            exp = pickle.loads(experiment_pickle)
+            submitted.append(exp.key())
+            running.append(exp.key())
+            assert len(running) <= 2 and sum(sizes[k] for k in running) <= 20 * 2**30
+            return exp.key()
+
+    class FakeRay:
+        class exceptions:
+            RayError = TaskCancelledError = RayTaskError = type("Never", (Exception,), {})
+
+        initialized = False
+
+        @classmethod
+        def is_initialized(cls):
+            return cls.initialized
+
+        @classmethod
+        def init(cls, **options):
+            cls.initialized = True
+
+        @classmethod
+        def shutdown(cls):
+            cls.initialized = False
+
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0, "memory": 20.0 * 2**30}
+
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 20.0 * 2**30}}]
+
+        @staticmethod
+        def wait(refs, num_returns, timeout):
+            first = min(refs, key=submitted.index)
+            running.remove(first)
+            return [first], []
+
+        @staticmethod
+        def get(ref):
+            return {"seconds": 1.0, "host": "fake"}
+
+    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
+    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: None)
+    report = grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    order = [experiments[i].key() for i in (0, 2, 1, 3, 4, 5)]
+    assert submitted == order and sorted(report[0]) == sorted(sizes)
