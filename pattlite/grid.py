@@ -349,7 +349,7 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
     threads = str(max(1, int(cpus_per_trial)))
     env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
     # JAX's CPU thread pool too (XLA_FLAGS; the driver's own flags kept): at batch 8 one thread trains a
-    # head as fast as two, so two one-CPU trials on 2 cores train about twice as much (`pattlite bench`).
+    # head nearly as fast as two, so two one-CPU trials share 2 cores (`pattlite bench --parts parallel`).
     xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(
         ("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
     if threads == "1":
