@@ -188,14 +188,34 @@ def format_plan(grid_plan: GridPlan) -> str:
 # Progress
 
 
-class Progress:
-    """done / running / failed / left, and the time left from the mean time of this run's trainings."""
+def size_class(exp) -> tuple:
+    """Experiments of one class take about the same time: same dataset, training-set limit and stage 1."""
+    return (exp.dataset, exp.train_limit, exp.stage1)
 
-    def __init__(self, total: int, log=print):
+
+class Progress:
+    """done / running / failed / left, and the time left: with the experiments known, the sum over those
+    left of this run's mean time for their `size_class` (a CK+ fold and a full-size FERPlus training
+    differ 30-fold), else of its mean time per experiment."""
+
+    def __init__(self, total: int, log=print, experiments=()):
         self.total, self.log = total, log
         self.done = self.failed = self.running = 0
         self.seconds: list[float] = []
+        self.classes = {exp.key(): size_class(exp) for exp in experiments}
+        self.left = set(self.classes)
+        self.by_class: dict[tuple, list[float]] = {}
         self.start = self.last_line = time.time()
+
+    def finish(self, exp, seconds: float) -> None:
+        self.done += 1
+        self.seconds.append(seconds)
+        self.by_class.setdefault(size_class(exp), []).append(seconds)
+        self.left.discard(exp.key())
+
+    def fail(self, exp) -> None:
+        self.failed += 1
+        self.left.discard(exp.key())
 
     def eta(self, parallel: int) -> str:
         left = self.total - self.done - self.failed
@@ -205,6 +225,11 @@ class Progress:
             return "time left: estimated after the first experiment"
         mean = sum(self.seconds) / len(self.seconds)
         parallel = max(parallel, 1)
+        if self.classes:
+            means = {c: sum(t) / len(t) for c, t in self.by_class.items()}
+            seconds = sum(means.get(self.classes[key], mean) for key in self.left) / parallel
+            return (f"about {_duration(seconds)} left (this run's mean time per kind of experiment, "
+                    f"{parallel} at once)")
         waves = math.ceil(left / parallel)
         return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {parallel} at once)"
 
@@ -282,7 +307,7 @@ def _run_local(pending, results_dir, log):
     from pattlite.experiments import run_experiment
     from pattlite.pipeline import RunInterrupted, as_interruption, received_signal
 
-    progress = Progress(len(pending), log)
+    progress = Progress(len(pending), log, pending)
     trained, failed = [], {}
     try:
         for exp in pending:
@@ -298,12 +323,11 @@ def _run_local(pending, results_dir, log):
                 if not isinstance(error, Exception):
                     raise
                 failed[exp.key()] = f"{exp.label()}: {type(error).__name__}: {_first_lines(error)}"
-                progress.failed += 1
+                progress.fail(exp)
                 log(f"[grid] failed: {failed[exp.key()]}")
             else:
                 trained.append(exp.key())
-                progress.done += 1
-                progress.seconds.append(time.time() - t0)
+                progress.finish(exp, time.time() - t0)
                 log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
             progress.running = 0
             if received_signal():   # a signal whose KeyboardInterrupt something swallowed: stop all the same
@@ -624,7 +648,7 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
         submit(slots + QUEUE_WINDOW)
         try:
             return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log,
-                                total=len(pending), submit=submit)
+                                experiments=pending, submit=submit)
         except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first
             _cancel(ray, in_flight)
             from pattlite.pipeline import as_interruption
@@ -667,13 +691,15 @@ def _cancel(ray, in_flight: dict) -> None:
             pass
 
 
-def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log, total=None,
+def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log, experiments=None,
                  submit=None):
     """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result;
-    `submit(n)` adds up to n more tasks to `in_flight` (one per task ended), out of `total` in all."""
+    `submit(n)` adds up to n more tasks to `in_flight` (one per task ended), out of `experiments` in all
+    (default: those in flight)."""
     from pattlite.pipeline import RunInterrupted, interruption
 
-    progress = Progress(len(in_flight) if total is None else total, log)
+    experiments = list(in_flight.values()) if experiments is None else list(experiments)
+    progress = Progress(len(experiments), log, experiments)
     trained, failed = [], {}
     progress.last_line = 0.0   # a line at once
     while in_flight:
@@ -706,11 +732,10 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
             else:
                 store_returned(exp, returned, results_dir)
                 trained.append(exp.key())
-                progress.done += 1
-                progress.seconds.append(returned["seconds"])
+                progress.finish(exp, returned["seconds"])
                 log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']})")
                 continue
-            progress.failed += 1
+            progress.fail(exp)
             log(f"[grid] failed: {failed[exp.key()]}")
         if ready:
             progress.running = min(len(in_flight), _trial_slots(ray, cpus_per_trial, gpus_per_trial))

@@ -583,3 +583,20 @@ def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(
     report = grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
     order = [experiments[i].key() for i in (0, 2, 1, 3, 4, 5)]
     assert submitted == order and sorted(report[0]) == sorted(sizes)
+
+
+def test_time_left_sums_each_kind_of_experiments_own_mean_time():
+    """A CK+ fold and a full-size training differ many-fold: the time left is the sum, over the
+    experiments left, of this run's mean time for their kind, divided by the trainings at once."""
+    small = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(4)]
+    large = [make_experiment("ci", "fer2013", "published", seed=s) for s in range(2)]
+    lines = []
+    progress = grid.Progress(6, lines.append, small + large)
+    assert progress.eta(2) == "time left: estimated after the first experiment"
+    progress.finish(small[0], 10.0)
+    progress.finish(large[0], 1000.0)
+    progress.fail(small[1])
+    # left: 2 CK+ (10 s each) and 1 FER2013 (1000 s), 2 at once
+    assert progress.eta(2).startswith(f"about {grid._duration((2 * 10 + 1000) / 2)} left")
+    progress.line(2)
+    assert lines[-1].startswith("[grid] 2/6 done, 0 running, 1 failed, 3 left; about 8 min left")
