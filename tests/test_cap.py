@@ -42,7 +42,9 @@ def test_cap_cost_from_the_reference_runs(results):
     assert ckplus["at the cap"] == pytest.approx(94.0) and ckplus["uncapped"] == pytest.approx(93.0)
     table = cap.cap_table(cap.cap_numbers(results, PROFILE), 50).set_index(["dataset", "protocol"])
     assert table.loc[("CK+", "published"), "capped runs, same seed(s)"] == "not run yet"
-    assert table.loc[("FERPlus", "published"), "cost of the cap (points)"] == "+1.00"
+    assert table.loc[("FERPlus", "published"), "cost by the probe"] == "+1.00"
+    assert table.loc[("FERPlus", "published"), "cost by the capped runs"] == "+0.50"  # 90.5 - 90.0
+    assert table.loc[("CK+", "published"), "cost by the capped runs"] == "-"         # no capped twins yet
     assert table.loc[("CK+", "published"), "stage-2 epochs run uncapped"] == "30-70"
 
 

@@ -65,9 +65,13 @@ def test_a_stopped_training_resumes_to_the_same_result(tmp_path, monkeypatch, st
         np.testing.assert_allclose(resumed.history[name]["loss"], whole.history[name]["loss"], rtol=1e-5)
     for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    # The total counts the earlier process's seconds too (held by the stages' own times).
+    times = resumed.wall_time_s
+    assert times["total"] >= times["stage1"] + times["stage2"] - 1e-9
     # Every stage finished: a third call trains nothing and gives the same model.
     again = run(tmp_path / "ckpt")
     assert again.history == resumed.history
+    assert again.wall_time_s["total"] >= again.wall_time_s["stage1"] + again.wall_time_s["stage2"] - 1e-9
     for a, b in zip(resumed.model.get_weights(), again.model.get_weights()):
         np.testing.assert_array_equal(b, a)
 
