@@ -59,16 +59,6 @@ NOTE = ("heads trained on cached frozen-backbone features with the authors' stag
         "augmentation (the in-model flip/contrast cannot act on features), no stage 2")
 
 
-def _check_seeds(seeds) -> tuple:
-    seeds = tuple(seeds)
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed, e.g. 0 or 0,1")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed {seed!r}: expected a non-negative integer")
-    return tuple(int(s) for s in seeds)
-
-
 def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), profile=None):
     """The profile the audit's experiments are made from.
 
@@ -104,7 +94,7 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
         raise ValueError(f"the audit on real data ({dataset}) needs backbone weights: pass the path of "
                          "mobilenet_1_0_224_imagenet_no_top.weights.h5 (or 'imagenet' with internet)")
     resolve_weights(weights)  # a missing file fails here, before any data is read
-    overrides = {"stage1": "cached", "seeds": _check_seeds(seeds)}
+    overrides = {"stage1": "cached", "seeds": config.check_seeds(seeds)}
     if weights is not None or not synthetic:
         overrides["weights"] = None if weights is None else str(weights)
     if train_limit is not None:

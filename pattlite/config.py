@@ -117,6 +117,14 @@ def check_seed(seed, what: str = "seed") -> int:
     return int(seed)
 
 
+def check_seeds(seeds, what: str = "seeds") -> tuple:
+    """The seeds as a tuple of ints (`check_seed` each), or a ValueError: at least one."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError(f"{what} is empty: give at least one seed, e.g. 0 or 0,1")
+    return tuple(check_seed(seed, "seed") for seed in seeds)
+
+
 def check_name(kind: str, value: str, valid) -> str:
     """Raise a ValueError listing the valid names when `value` is not one of them."""
     if value not in valid:

@@ -78,8 +78,7 @@ def _check_seeds(value: str) -> None:
             seed = int(part)
         except ValueError:
             raise ValueError(f"{part!r} is not an integer") from None
-        if not 0 <= seed <= config.MAX_SEED:
-            raise ValueError(f"{seed} is out of range")
+        config.check_seed(seed)
 
 
 def _check_datasets(value: str) -> None:

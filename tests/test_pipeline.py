@@ -64,7 +64,7 @@ def test_run_all_sh_names_a_bad_parameter_in_a_fresh_process():
 
 @pytest.mark.parametrize("params, message", [
     ({"seeds": "0,-1"}, "-p seeds='0,-1': expected a comma-separated list of integers in 0..4294967295"),
-    ({"seeds": "4294967296"}, "(4294967296 is out of range)"),
+    ({"seeds": "4294967296"}, "(seed 4294967296: expected an integer in 0..4294967295 (2**32 - 1))"),
     ({"seeds": ""}, "-p seeds='': expected a comma-separated list of integers in 0..4294967295 (2**32 - 1), "
                     "e.g. 0,1,2, or none for the profile's (the value is empty)"),
     ({"datasets": "rafdb,affectnet"}, "('affectnet' is not one of them)"),

@@ -131,6 +131,12 @@ def test_plans_reject_bad_names():
         studies.table5_experiments(CI2, kernels=["P5"])
     with pytest.raises(ValueError, match="seed"):
         studies.table4_experiments(CI2, seeds=["zero"])
+    # One seed validator (config.check_seeds) for plans, the audit and the run's -p seeds: the same range.
+    for bad in ([-1], [2**32], [True]):
+        with pytest.raises(ValueError, match=r"expected an integer in 0\.\.4294967295"):
+            studies.table4_experiments(CI2, seeds=bad)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        studies.main_experiments(CI2, seeds=[])
 
 
 # ------------------------------------------------------------------------------- tables 4-6

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pattlite import config
@@ -41,13 +40,7 @@ EMPTY_RESULT_COLUMNS = ("key", "dataset", "variant", "seed", "fold", "subset", "
 
 
 def _seeds(profile, seeds):
-    seeds = tuple(profile.seeds) if seeds is None else tuple(seeds)
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed {seed!r}: expected an integer")
-    return tuple(int(s) for s in seeds)
+    return config.check_seeds(profile.seeds if seeds is None else seeds)
 
 
 def _folds(profile, dataset):
