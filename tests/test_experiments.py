@@ -291,8 +291,10 @@ def test_flip_augmentation_trains_on_the_mirror_images_features(tmp_path, monkey
     stacked = []
     original = X._with_mirror_features
 
-    def spy(*args, **kwargs):
-        stacked.append(original(*args, **kwargs))
+    def spy(features, pixels, train_rows, *args, **kwargs):
+        stacked.append(original(features, pixels, train_rows, *args, **kwargs))
+        # The first view is exactly the training rows' features, as without the flip.
+        np.testing.assert_array_equal(stacked[-1][:len(train_rows)], np.asarray(features[np.asarray(train_rows)]))
         return stacked[-1]
 
     monkeypatch.setattr(X, "_with_mirror_features", spy)
