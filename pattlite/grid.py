@@ -189,8 +189,9 @@ def format_plan(grid_plan: GridPlan) -> str:
 
 
 def size_class(exp) -> tuple:
-    """Experiments of one class take about the same time: same dataset, training-set limit and stage 1."""
-    return (exp.dataset, exp.train_limit, exp.stage1)
+    """Experiments of one class take about the same time: same dataset, training-set limit and stage 1
+    (None for what an object does not say)."""
+    return tuple(getattr(exp, name, None) for name in ("dataset", "train_limit", "stage1"))
 
 
 class Progress:
