@@ -266,7 +266,8 @@ PROFILES = {
         # benchmark: `reference_seeds`) measured what the cap costs with their test probes: at 50 epochs
         # vs their uncapped end, FER2013 -0.89 points under the authors' protocol (75.90 vs 76.79) and
         # +0.14 each image alone; FERPlus +0.42 and +0.08; CK+ (only fold 8 ran past 50) 0.00; the capped
-        # FER2013 run of seed 0 (best weights restored at the end): -0.58 and +0.28. Uncapped,
+        # FER2013 run of seed 0 (best weights restored at the end): -0.58 and +0.28; FERPlus +0.84 and
+        # -0.03. Uncapped,
         # stage 2 ran 124-141 epochs on FER2013/FERPlus, and the whole profile would take about twice
         # as long. The report shows these numbers (`pattlite.studies.cap`).
         stage2_max_epochs=50,
