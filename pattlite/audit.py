@@ -55,8 +55,10 @@ DEFAULT_TRAIN_LIMIT = 10_000
 DEFAULT_STAGE1_EPOCHS = 10
 REAL_PROFILE = "paper"
 SYNTHETIC_PROFILE = "ci"
-NOTE = ("heads trained on cached frozen-backbone features with the authors' stage-1 recipe only: NO "
-        "augmentation (the in-model flip/contrast cannot act on features), no stage 2")
+NOTE = (
+    "heads trained on cached frozen-backbone features with the authors' stage-1 recipe only: NO "
+    "augmentation (the in-model flip/contrast cannot act on features), no stage 2"
+)
 
 
 def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), profile=None):
@@ -88,11 +90,15 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
     if synthetic and not base.synthetic:
         raise ValueError(f"--dataset synthetic needs a synthetic profile (ci or demo), not {name!r}")
     if not synthetic and base.synthetic:
-        raise ValueError(f"profile {name!r} replaces {dataset!r} by a synthetic stand-in; use profile "
-                         f"'paper' for real data, or --dataset synthetic")
+        raise ValueError(
+            f"profile {name!r} replaces {dataset!r} by a synthetic stand-in; use profile "
+            f"'paper' for real data, or --dataset synthetic"
+        )
     if not synthetic and weights is None:
-        raise ValueError(f"the audit on real data ({dataset}) needs backbone weights: pass the path of "
-                         "mobilenet_1_0_224_imagenet_no_top.weights.h5 (or 'imagenet' with internet)")
+        raise ValueError(
+            f"the audit on real data ({dataset}) needs backbone weights: pass the path of "
+            "mobilenet_1_0_224_imagenet_no_top.weights.h5 (or 'imagenet' with internet)"
+        )
     resolve_weights(weights)  # a missing file fails here, before any data is read
     overrides = {"stage1": "cached", "seeds": config.check_seeds(seeds)}
     if weights is not None or not synthetic:
@@ -106,8 +112,9 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
     return get_profile(name, **overrides), (SYNTHETIC_SLOT if synthetic else dataset)
 
 
-def cached_head_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None,
-                      stage1_epochs=None, profile=None) -> list:
+def cached_head_experiments(
+    dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None, stage1_epochs=None, profile=None
+) -> list:
     """The audit's experiments: each head x seed, stage 1 on cached features, no stage 2.
 
     Args:
@@ -132,8 +139,9 @@ def cached_head_experiments(dataset: str, weights=None, train_limit=None, seeds=
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 16:
             raise ValueError(f"image_size {image_size!r}: expected an integer >= 16 (pixels)")
         overrides["image_size"] = int(image_size)
-    return [make_experiment(prof, benchmark, head, seed=seed, **overrides)
-            for head in AUDIT_HEADS for seed in prof.seeds]
+    return [
+        make_experiment(prof, benchmark, head, seed=seed, **overrides) for head in AUDIT_HEADS for seed in prof.seeds
+    ]
 
 
 def summarize(experiments, results, dataset: str, seconds: float) -> dict:
@@ -155,8 +163,7 @@ def summarize(experiments, results, dataset: str, seconds: float) -> dict:
         epochs_run[exp.variant].append(int(result.epochs["stage1"]))
         # run_experiment reports where it wrote or found the file (a re-bound root changes the key)
         paths.append(result.path)
-    heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()}
-             for head, by_protocol in per_seed.items()}
+    heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()} for head, by_protocol in per_seed.items()}
     first, first_result = experiments[0], results[0]
     return {
         "dataset": dataset,
@@ -182,9 +189,20 @@ def summarize(experiments, results, dataset: str, seconds: float) -> dict:
     }
 
 
-def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,), results_dir=None,
-              image_size=None, stage1_epochs=None, profile=None, force: bool = False,
-              progress: bool = True, log=print) -> dict:
+def run_audit(
+    dataset: str,
+    root=None,
+    weights=None,
+    train_limit=None,
+    seeds=(0,),
+    results_dir=None,
+    image_size=None,
+    stage1_epochs=None,
+    profile=None,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Runs (or loads) the batch-composition audit on one dataset.
 
     Args:
@@ -212,10 +230,11 @@ def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,
     say = log or (lambda *_: None)
     start = time.time()
     experiments = cached_head_experiments(dataset, weights, train_limit, seeds, image_size, stage1_epochs, profile)
-    say(f"audit of {dataset}: heads {', '.join(AUDIT_HEADS)} x seeds "
-        f"{', '.join(str(s) for s in sorted({e.seed for e in experiments}))}; {NOTE}")
-    results = run_experiments(experiments, results_dir=results_dir, force=force, root=root,
-                              progress=progress, log=say)
+    say(
+        f"audit of {dataset}: heads {', '.join(AUDIT_HEADS)} x seeds "
+        f"{', '.join(str(s) for s in sorted({e.seed for e in experiments}))}; {NOTE}"
+    )
+    results = run_experiments(experiments, results_dir=results_dir, force=force, root=root, progress=progress, log=say)
     return summarize(experiments, results, dataset, time.time() - start)
 
 

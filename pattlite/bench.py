@@ -88,9 +88,16 @@ def _timed_steps(batches, indices, call, steps: int) -> dict:
     }
 
 
-def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
-                  image_size: int = DEFAULT_IMAGE_SIZE, weights=None, train_batch_size: int = 8,
-                  resize_to: int = 224, seed: int = 0, log=print) -> dict:
+def run_benchmark(
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    steps: int = DEFAULT_STEPS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    weights=None,
+    train_batch_size: int = 8,
+    resize_to: int = 224,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """Measures training and inference throughput of the PAtt-Lite models on random data.
 
     Args:
@@ -132,11 +139,20 @@ def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
     n_images = max(max(batch_sizes), train_batch_size) * (steps + 1)
     labels = rng.integers(0, NUM_CLASSES, n_images)
     sample_weight = balanced_class_weights(labels, NUM_CLASSES)[labels].astype("float32")
-    result = {"settings": {"batch_sizes": list(batch_sizes), "steps": steps, "image_size": image_size,
-                           "resize_to": resize_to, "train_batch_size": train_batch_size,
-                           "weights": None if weights is None else str(weights), "data": "random uint8",
-                           "num_classes": NUM_CLASSES},
-              "training": {}, "inference": {}}
+    result = {
+        "settings": {
+            "batch_sizes": list(batch_sizes),
+            "steps": steps,
+            "image_size": image_size,
+            "resize_to": resize_to,
+            "train_batch_size": train_batch_size,
+            "weights": None if weights is None else str(weights),
+            "data": "random uint8",
+            "num_classes": NUM_CLASSES,
+        },
+        "training": {},
+        "inference": {},
+    }
 
     with tempfile.TemporaryDirectory(prefix="pattlite-bench-") as tmp:
         # A uint8 array on disk, read through a memory map like the pixel cache.
@@ -149,11 +165,11 @@ def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
         # Training: one model; stage 2 reuses its layers, as the recipe does.
         train_batches = OrderedBatches(images, order, train_batch_size, y=labels, sample_weight=sample_weight)
         train_indices = list(range(len(train_batches)))
-        net = model_lib.build_model("published", NUM_CLASSES, input_shape=shape, weights=weights,
-                                    resize_to=resize_to)
-        net.compile(optimizer=keras.optimizers.Adam(recipe.stage1_learning_rate,
-                                                    global_clipnorm=recipe.global_clipnorm),
-                    loss="sparse_categorical_crossentropy")
+        net = model_lib.build_model("published", NUM_CLASSES, input_shape=shape, weights=weights, resize_to=resize_to)
+        net.compile(
+            optimizer=keras.optimizers.Adam(recipe.stage1_learning_rate, global_clipnorm=recipe.global_clipnorm),
+            loss="sparse_categorical_crossentropy",
+        )
         stage_models = {"stage1_frozen": (net, None)}
         finetune_graph = model_lib.finetune_model(net, recipe.spatial_dropout, recipe.finetune_dropout)
         stage_models["stage2_as_coded"] = (finetune_graph, ("as_coded", None))
@@ -162,37 +178,45 @@ def run_benchmark(batch_sizes=DEFAULT_BATCH_SIZES, steps: int = DEFAULT_STEPS,
             if unfreeze is not None:
                 model_lib.set_finetune_trainable(graph, unfreeze[0], n_layers=unfreeze[1])
                 # Recompiling after changing `trainable` is what makes the change take effect.
-                graph.compile(optimizer=keras.optimizers.Adam(recipe.stage2_learning_rate,
-                                                              global_clipnorm=recipe.global_clipnorm),
-                              loss="sparse_categorical_crossentropy")
+                graph.compile(
+                    optimizer=keras.optimizers.Adam(
+                        recipe.stage2_learning_rate, global_clipnorm=recipe.global_clipnorm
+                    ),
+                    loss="sparse_categorical_crossentropy",
+                )
             if stage == "stage1_frozen":
                 call = graph.train_on_batch
             else:
                 # The authors' stage 2 uses no class weights.
                 def call(x, y, _w, graph=graph):
                     return graph.train_on_batch(x, y)
+
             timing = _timed_steps(train_batches, train_indices, call, steps)
             timing["trainable_params"] = model_lib.count_params(graph.trainable_weights)
             result["training"][stage] = timing
-            say(f"  training {stage:16s} batch {train_batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
-                f"feed {100 * timing['feed_share']:.1f}% ({timing['trainable_params']:,} trainable params)")
+            say(
+                f"  training {stage:16s} batch {train_batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
+                f"feed {100 * timing['feed_share']:.1f}% ({timing['trainable_params']:,} trainable params)"
+            )
         del net, finetune_graph, stage_models
 
         for variant in INFERENCE_VARIANTS:
-            net = model_lib.build_model(variant, NUM_CLASSES, input_shape=shape, weights=weights,
-                                        resize_to=resize_to)
+            net = model_lib.build_model(variant, NUM_CLASSES, input_shape=shape, weights=weights, resize_to=resize_to)
             result["inference"][variant] = {}
             for batch_size in batch_sizes:
                 batches = OrderedBatches(images, order, batch_size)
                 timing = _timed_steps(batches, list(range(len(batches))), net.predict_on_batch, steps)
                 result["inference"][variant][str(batch_size)] = timing
-                say(f"  inference {variant:15s} batch {batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
-                    f"feed {100 * timing['feed_share']:.1f}%")
+                say(
+                    f"  inference {variant:15s} batch {batch_size:3d}: {timing['images_per_s']:8.1f} images/s, "
+                    f"feed {100 * timing['feed_share']:.1f}%"
+                )
             del net
         del images
 
-    result["machine"] = {k: v for k, v in provenance().items()
-                         if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")}
+    result["machine"] = {
+        k: v for k, v in provenance().items() if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")
+    }
     result["machine"]["cpu_count"] = os.cpu_count()
     result["seconds"] = time.perf_counter() - started
     return result
@@ -203,16 +227,24 @@ def format_table(result: dict) -> str:
     lines = ["| measurement | batch | images/s | feed share |", "|---|---:|---:|---:|"]
     batch = result["settings"]["train_batch_size"]
     for stage, timing in result["training"].items():
-        lines.append(f"| training {stage} | {batch} | {timing['images_per_s']:.1f} | "
-                     f"{100 * timing['feed_share']:.1f}% |")
+        lines.append(
+            f"| training {stage} | {batch} | {timing['images_per_s']:.1f} | {100 * timing['feed_share']:.1f}% |"
+        )
     for variant, per_batch in result["inference"].items():
         for batch_size, timing in per_batch.items():
-            lines.append(f"| inference {variant} | {batch_size} | {timing['images_per_s']:.1f} | "
-                         f"{100 * timing['feed_share']:.1f}% |")
+            lines.append(
+                f"| inference {variant} | {batch_size} | {timing['images_per_s']:.1f} | "
+                f"{100 * timing['feed_share']:.1f}% |"
+            )
     return "\n".join(lines)
 
 
-BENCH_PARTS = ("images", "cached", "end_to_end", "parallel")  # end_to_end: pattlite.bench_inference, parallel: pattlite.bench_parallel
+BENCH_PARTS = (
+    "images",
+    "cached",
+    "end_to_end",
+    "parallel",
+)  # end_to_end: pattlite.bench_inference, parallel: pattlite.bench_parallel
 CACHED_HEADS = ("published", "pattlite")
 CACHED_STAGES = ("stage1", "stage2_as_coded")
 DEFAULT_CACHED_SAMPLES = 1024
@@ -254,8 +286,9 @@ def step_products(model, batch) -> list:
                 lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
                 (contract, _), _ = eqn.params["dimension_numbers"]
                 depth = int(np.prod([lhs.shape[d] for d in contract]))
-                products.append((lhs, rhs, eqn.params["dimension_numbers"],
-                                 int(np.prod(eqn.outvars[0].aval.shape)) * depth))
+                products.append(
+                    (lhs, rhs, eqn.params["dimension_numbers"], int(np.prod(eqn.outvars[0].aval.shape)) * depth)
+                )
             for value in eqn.params.values():  # sub-computations: loops, calls, custom gradients
                 for sub in value if isinstance(value, (tuple, list)) else (value,):
                     sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr (duck-typed: the
@@ -276,8 +309,10 @@ def products_only_rate(model, batch, repeats: int, steps: int = 256) -> dict:
 
     products = step_products(model, batch)
     rng = np.random.default_rng(0)
-    operands = [tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in (lhs, rhs))
-                for lhs, rhs, _, _ in products]
+    operands = [
+        tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in (lhs, rhs))
+        for lhs, rhs, _, _ in products
+    ]
 
     def one_step(_, carry):
         total = carry
@@ -297,10 +332,17 @@ def products_only_rate(model, batch, repeats: int, steps: int = 256) -> dict:
     return rate
 
 
-def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEADS,
-                         extract_images: int = DEFAULT_EXTRACT_IMAGES, image_size: int = DEFAULT_IMAGE_SIZE,
-                         weights=None, train_batch_size: int = 8, seed: int = 0, repeats: int = 3,
-                         log=print) -> dict:
+def run_cached_benchmark(
+    samples: int = DEFAULT_CACHED_SAMPLES,
+    heads=CACHED_HEADS,
+    extract_images: int = DEFAULT_EXTRACT_IMAGES,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    weights=None,
+    train_batch_size: int = 8,
+    seed: int = 0,
+    repeats: int = 3,
+    log=print,
+) -> dict:
     """Training and prediction rates of heads on cached features, fast path vs plain path, and the
     feature-extraction rate.
 
@@ -337,11 +379,21 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, NUM_CLASSES, samples)
     sample_weight = balanced_class_weights(labels, NUM_CLASSES)[labels].astype("float32")
-    result = {"settings": {"samples": samples, "heads": list(heads), "feature_shape": list(FEATURE_SHAPE),
-                           "train_batch_size": train_batch_size, "extract_images": extract_images,
-                           "image_size": image_size, "weights": None if weights is None else str(weights),
-                           "repeats": repeats, "data": "random float16 features / uint8 images"},
-              "training": {}, "prediction": {}}
+    result = {
+        "settings": {
+            "samples": samples,
+            "heads": list(heads),
+            "feature_shape": list(FEATURE_SHAPE),
+            "train_batch_size": train_batch_size,
+            "extract_images": extract_images,
+            "image_size": image_size,
+            "weights": None if weights is None else str(weights),
+            "repeats": repeats,
+            "data": "random float16 features / uint8 images",
+        },
+        "training": {},
+        "prediction": {},
+    }
     with tempfile.TemporaryDirectory(prefix="pattlite-bench-") as tmp:
         path = Path(tmp) / "features.npy"
         np.save(path, rng.normal(0, 1, (samples,) + FEATURE_SHAPE).astype("float16"))
@@ -355,24 +407,48 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
             result["training"][head_name] = {}
             enable_determinism(seed)
             head = build_head(head_name, NUM_CLASSES, FEATURE_SHAPE)
-            graphs = {"stage1": (head, sample_weight, recipe.stage1_learning_rate),
-                      "stage2_as_coded": (finetune_model(head, recipe.spatial_dropout, recipe.finetune_dropout),
-                                          None, recipe.stage2_learning_rate)}
+            graphs = {
+                "stage1": (head, sample_weight, recipe.stage1_learning_rate),
+                "stage2_as_coded": (
+                    finetune_model(head, recipe.spatial_dropout, recipe.finetune_dropout),
+                    None,
+                    recipe.stage2_learning_rate,
+                ),
+            }
             for stage, (graph, w, learning_rate) in graphs.items():
                 timings = {}
                 for path_name in ("plain", "fast"):
-                    graph.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=recipe.global_clipnorm),
-                                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                    graph.compile(
+                        optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=recipe.global_clipnorm),
+                        loss="sparse_categorical_crossentropy",
+                        metrics=["accuracy"],
+                    )
                     if path_name == "fast":
+
                         def fit(rows, graph=graph, w=w):
-                            fit_in_order(graph, features[rows], labels[rows], None if w is None else w[rows],
-                                         train_batch_size, 1, [], reshuffle_seed=seed)
+                            fit_in_order(
+                                graph,
+                                features[rows],
+                                labels[rows],
+                                None if w is None else w[rows],
+                                train_batch_size,
+                                1,
+                                [],
+                                reshuffle_seed=seed,
+                            )
                     else:
+
                         def fit(rows, graph=graph, w=w):
-                            batches = OrderedBatches(features[rows], np.arange(len(labels[rows])), train_batch_size,
-                                                     y=labels[rows], sample_weight=None if w is None else w[rows],
-                                                     reshuffle_seed=seed)
+                            batches = OrderedBatches(
+                                features[rows],
+                                np.arange(len(labels[rows])),
+                                train_batch_size,
+                                y=labels[rows],
+                                sample_weight=None if w is None else w[rows],
+                                reshuffle_seed=seed,
+                            )
                             graph.fit(batches, epochs=1, verbose=0, shuffle=False)
+
                     fit(warm)
                     timings[path_name] = _median_rate(samples, lambda: fit(slice(0, samples)), repeats)
                 timings["speedup"] = timings["fast"]["samples_per_s"] / timings["plain"]["samples_per_s"]
@@ -383,22 +459,28 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
                     timings["products_only"] = products_only_rate(graph, batch, repeats)
                     ceiling = f"; its matrix products alone {timings['products_only']['samples_per_s']:7.0f}"
                 result["training"][head_name][stage] = timings
-                say(f"  cached training {head_name:9s} {stage:15s} batch {train_batch_size}: "
+                say(
+                    f"  cached training {head_name:9s} {stage:15s} batch {train_batch_size}: "
                     f"fast {timings['fast']['samples_per_s']:7.0f} samples/s, plain "
-                    f"{timings['plain']['samples_per_s']:7.0f} ({timings['speedup']:.2f}x){ceiling}")
+                    f"{timings['plain']['samples_per_s']:7.0f} ({timings['speedup']:.2f}x){ceiling}"
+                )
             order = protocol_order(labels, "published")
             # Warm-up over the same rows: every call shape is traced (compiled, on JAX) before timing.
             predict(head, features, labels, "published")
             head.predict(OrderedBatches(features, order, 32), verbose=0)
             fast = _median_rate(samples, lambda: predict(head, features, labels, "published"), repeats)
-            plain = _median_rate(samples, lambda: head.predict(OrderedBatches(features, order, 32), verbose=0),
-                                 repeats)
-            result["prediction"][head_name] = {"fast": fast, "plain": plain,
-                                               "speedup": fast["samples_per_s"] / plain["samples_per_s"]}
-            say(f"  cached prediction {head_name:9s} published protocol, batch 32: fast "
+            plain = _median_rate(samples, lambda: head.predict(OrderedBatches(features, order, 32), verbose=0), repeats)
+            result["prediction"][head_name] = {
+                "fast": fast,
+                "plain": plain,
+                "speedup": fast["samples_per_s"] / plain["samples_per_s"],
+            }
+            say(
+                f"  cached prediction {head_name:9s} published protocol, batch 32: fast "
                 f"{fast['samples_per_s']:7.0f} samples/s, plain {plain['samples_per_s']:7.0f} "
-                f"({fast['samples_per_s'] / plain['samples_per_s']:.2f}x)")
-        del features
+                f"({fast['samples_per_s'] / plain['samples_per_s']:.2f}x)"
+            )
+        features = None  # free the memory before the extraction benchmark
 
         images = rng.integers(0, 256, (extract_images, image_size, image_size, 3), dtype=np.uint8)
         if weights is None:
@@ -416,16 +498,29 @@ def run_cached_benchmark(samples: int = DEFAULT_CACHED_SAMPLES, heads=CACHED_HEA
             extract_shard(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
             seconds = time.perf_counter() - start
         else:  # as backbone_features does on other backends: in a TensorFlow child process
-            _, seconds = extract_shard_in_tensorflow(images, np.arange(extract_images), image_size, weights, layers,
-                                                     224, EXTRACT_BATCH, False, folder, warm_up=True)
+            _, seconds = extract_shard_in_tensorflow(
+                images,
+                np.arange(extract_images),
+                image_size,
+                weights,
+                layers,
+                224,
+                EXTRACT_BATCH,
+                False,
+                folder,
+                warm_up=True,
+            )
         extraction = _rate(extract_images, seconds)
         extraction["images_per_s"] = extraction["samples_per_s"]
         extraction["engine"] = engine
         result["extraction"] = extraction
-        say(f"  feature extraction to conv_dw_9_relu, {image_size} px -> 224, batch {EXTRACT_BATCH}, {engine}: "
-            f"{extraction['images_per_s']:.0f} images/s")
-    result["machine"] = {k: v for k, v in provenance().items()
-                         if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")}
+        say(
+            f"  feature extraction to conv_dw_9_relu, {image_size} px -> 224, batch {EXTRACT_BATCH}, {engine}: "
+            f"{extraction['images_per_s']:.0f} images/s"
+        )
+    result["machine"] = {
+        k: v for k, v in provenance().items() if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")
+    }
     result["machine"]["cpu_count"] = os.cpu_count()
     result["seconds"] = time.perf_counter() - started
     return result
@@ -444,13 +539,19 @@ def format_cached_table(result: dict) -> str:
     for head, stages in result["training"].items():
         for stage, t in stages.items():
             products = f" {t['products_only']['samples_per_s']:.0f} |" if "products_only" in t else blank
-            lines.append(f"| cached training {head} {stage} | {batch} | {t['fast']['samples_per_s']:.0f} | "
-                         f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{products}")
+            lines.append(
+                f"| cached training {head} {stage} | {batch} | {t['fast']['samples_per_s']:.0f} | "
+                f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{products}"
+            )
     for head, t in result["prediction"].items():
-        lines.append(f"| cached prediction {head} (published protocol) | 32 | {t['fast']['samples_per_s']:.0f} | "
-                     f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{blank}")
+        lines.append(
+            f"| cached prediction {head} (published protocol) | 32 | {t['fast']['samples_per_s']:.0f} | "
+            f"{t['plain']['samples_per_s']:.0f} | {t['speedup']:.2f}x |{blank}"
+        )
     if "extraction" in result:
-        lines.append(f"| feature extraction to the cut ({result['settings']['image_size']} px -> 224; "
-                     f"{result['extraction'].get('engine', 'tensorflow')}) | 64 | "
-                     f"{result['extraction']['images_per_s']:.0f} images/s | | |{blank}")
+        lines.append(
+            f"| feature extraction to the cut ({result['settings']['image_size']} px -> 224; "
+            f"{result['extraction'].get('engine', 'tensorflow')}) | 64 | "
+            f"{result['extraction']['images_per_s']:.0f} images/s | | |{blank}"
+        )
     return "\n".join(lines)

@@ -28,8 +28,7 @@ DATASET_CLASSES = {
 
 # Model variant names (pattlite.model.VARIANTS describes each; kept here so that names can be checked
 # without importing Keras).
-VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "attention_only",
-            "patch_attention")
+VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "attention_only", "patch_attention")
 
 # Backbone layers the paper says were unfrozen for fine-tuning (Section IV-B).
 PAPER_FINETUNE_LAYERS = {"ckplus": 40, "rafdb": 59, "fer2013": 46, "ferplus": 49}
@@ -130,4 +129,3 @@ def check_name(kind: str, value: str, valid) -> str:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
     return value
-

@@ -24,6 +24,7 @@ import numpy as np
 
 from pattlite import config
 from pattlite.config import PROTOCOLS
+
 PUBLISHED_BATCH_SIZE = 32
 
 
@@ -79,7 +80,7 @@ class OrderedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         # Sorted reads are faster on memory maps; the batch's own order is restored after reading.
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         sort = np.argsort(rows, kind="stable")
         # float16 features are widened here: CPU kernels for half precision are slow or missing.
         dtype = "float32" if self.x.dtype == np.float16 else self.x.dtype
@@ -164,8 +165,9 @@ def _check_inputs(model, x, y):
         raise ValueError("cannot evaluate on an empty set (0 images)")
     expected = tuple(model.inputs[0].shape[1:])
     if tuple(x.shape[1:]) != expected:
-        raise ValueError(f"inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which "
-                         f"expects (N,) + {expected}")
+        raise ValueError(
+            f"inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which expects (N,) + {expected}"
+        )
 
 
 def batch_mixing_groups(model, group_size: int):
@@ -210,7 +212,7 @@ def in_memory(x, max_bytes: float = float("inf")):
     out = aligned_empty(x.shape, x.dtype)
     rows = max(1, (64 * 2**20) // max(1, nbytes // max(1, len(x))))  # reads of about 64 MB
     for start in range(0, len(x), rows):
-        out[start:start + rows] = x[start:start + rows]
+        out[start : start + rows] = x[start : start + rows]
     return out
 
 
@@ -265,7 +267,7 @@ def _predict_grouped(model, x, order, batch_size):
     with batch_mixing_groups(model, batch_size):
         step = _rows_per_call()
         for start in range(0, full, step):
-            rows = order[start:min(start + step, full)]
+            rows = order[start : min(start + step, full)]
             parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, rows))))
     if full < len(order):  # the last, smaller batch: a batch of its own
         parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, order[full:]))))
@@ -275,8 +277,7 @@ def _predict_grouped(model, x, order, batch_size):
 def _mixing_state(model) -> tuple:
     from pattlite.model import BatchMixingAttention
 
-    return tuple((layer.mixing, layer.group_size) for layer in model.layers
-                 if isinstance(layer, BatchMixingAttention))
+    return tuple((layer.mixing, layer.group_size) for layer in model.layers if isinstance(layer, BatchMixingAttention))
 
 
 # JAX: up to this many blocks of `_rows_per_call()` rows per compiled call, one `jax.lax.map` over them.
@@ -299,6 +300,7 @@ def _predict_grouped_on_jax(model, x, order, batch_size):
     def compiled(kind):
         key = (_mixing_state(model), kind)
         if key not in functions:
+
             def run(trainable, non_trainable, features, rows):
                 inputs = features[rows]
                 if inputs.dtype == np.float16:  # widened inside the call, as in training
@@ -322,7 +324,7 @@ def _predict_grouped_on_jax(model, x, order, batch_size):
         start = 0
         while start < full:
             blocks = min(JAX_BLOCKS_PER_CALL, 1 << ((full - start + step - 1) // step).bit_length() - 1)
-            chunk = rows[start:min(start + blocks * step, full)]
+            chunk = rows[start : min(start + blocks * step, full)]
             real = len(chunk)
             if real < blocks * step:  # whole batches of row 0, dropped below
                 chunk = np.concatenate([chunk, np.zeros(blocks * step - real, np.int32)])
@@ -388,8 +390,10 @@ def evaluate(model, x, y, classes, protocol: str, seed: int = 0, batch_size: int
     config.check_name("evaluation protocol", protocol, PROTOCOLS)
     probs = predict(model, x, y, protocol, seed=seed, batch_size=batch_size)
     if probs.shape[1] != len(classes):
-        raise ValueError(f"model {model.name!r} predicts {probs.shape[1]} classes but {len(classes)} "
-                         f"class names were given: {tuple(classes)}")
+        raise ValueError(
+            f"model {model.name!r} predicts {probs.shape[1]} classes but {len(classes)} "
+            f"class names were given: {tuple(classes)}"
+        )
     predictions = probs.argmax(axis=1)
     result = {"protocol": protocol, "seed": int(seed), "batch_size": int(batch_size)}
     result.update(metrics_from_predictions(y, predictions, classes))

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
+from pattlite.checkpoints import TrainingCheckpoint
 from pattlite.config import PROTOCOLS, SUBSETS
 from pattlite.data import load_manifest, load_pixels
 from pattlite.data.fingerprint import dataset_identity
@@ -50,19 +51,22 @@ from pattlite.files import json_digest, write_atomic
 from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
 from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
-from pattlite.checkpoints import TrainingCheckpoint
 from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
 
 # Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
 MODEL_OPTIONS = tuple(dict.fromkeys(o for v in VARIANTS.values() for o in v.options)) + ("augment",)
 SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
-CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
-               "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
-               "features too")
-CACHED_FLIP_NOTE = ("trained on cached frozen-backbone features with the authors' horizontal flip (each "
-                    "epoch every training image or its mirror image, probability 1/2, features of both "
-                    "cached); no random contrast (it cannot be cached exactly); stage 2 as coded changes "
-                    "no backbone weight, so it runs on features too")
+CACHED_NOTE = (
+    "stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
+    "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
+    "features too"
+)
+CACHED_FLIP_NOTE = (
+    "trained on cached frozen-backbone features with the authors' horizontal flip (each "
+    "epoch every training image or its mirror image, probability 1/2, features of both "
+    "cached); no random contrast (it cannot be cached exactly); stage 2 as coded changes "
+    "no backbone weight, so it runs on features too"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +162,9 @@ def bind_root(exp: Experiment, root) -> Experiment:
     return dataclasses.replace(exp, data=data_identity(exp.source, root))
 
 
-def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: int | None = None,
-                    root=None, **overrides) -> Experiment:
+def make_experiment(
+    profile, dataset: str, variant: str, seed: int = 0, fold: int | None = None, root=None, **overrides
+) -> Experiment:
     """An `Experiment` with every field filled from a profile.
 
     Args:
@@ -188,8 +193,14 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
     elif fold is not None:
         raise ValueError(f"fold={fold!r} given for {dataset!r}; only ckplus is cross-validated")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "finetune", "verbose"}
-    exp_fields = {f.name for f in dataclasses.fields(Experiment)} - {"profile", "dataset", "variant",
-                                                                      "seed", "fold", "train"}
+    exp_fields = {f.name for f in dataclasses.fields(Experiment)} - {
+        "profile",
+        "dataset",
+        "variant",
+        "seed",
+        "fold",
+        "train",
+    }
     model_options, train_overrides, exp_overrides = {}, {}, {}
     for name, value in overrides.items():
         if name in MODEL_OPTIONS:
@@ -199,26 +210,44 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         elif name in train_fields:
             train_overrides[name] = value
         else:
-            raise ValueError(f"unknown experiment override {name!r}; valid: experiment fields "
-                             f"{sorted(exp_fields)}, model options {list(MODEL_OPTIONS)}, TrainConfig "
-                             f"fields {sorted(train_fields)}")
+            raise ValueError(
+                f"unknown experiment override {name!r}; valid: experiment fields "
+                f"{sorted(exp_fields)}, model options {list(MODEL_OPTIONS)}, TrainConfig "
+                f"fields {sorted(train_fields)}"
+            )
     train_settings = {
-        "stage1_epochs": profile.stage1_epochs, "stage2_epochs": profile.stage2_epochs,
-        "stage2_max_epochs": profile.stage2_max_epochs, "validation": profile.validation,
-        "steps_per_execution": profile.steps_per_execution, "deterministic": profile.deterministic,
-        "train_views": profile.train_views, "test_probe_epochs": tuple(profile.test_probe_epochs),
+        "stage1_epochs": profile.stage1_epochs,
+        "stage2_epochs": profile.stage2_epochs,
+        "stage2_max_epochs": profile.stage2_max_epochs,
+        "validation": profile.validation,
+        "steps_per_execution": profile.steps_per_execution,
+        "deterministic": profile.deterministic,
+        "train_views": profile.train_views,
+        "test_probe_epochs": tuple(profile.test_probe_epochs),
         **train_overrides,
     }
     source = profile.source(dataset)
     fields = dict(
-        profile=profile.name, dataset=dataset, source=source, synthetic=profile.synthetic,
+        profile=profile.name,
+        dataset=dataset,
+        source=source,
+        synthetic=profile.synthetic,
         data=exp_overrides.pop("data") if "data" in exp_overrides else data_identity(source, root),
-        fold=fold, variant=variant, model_options=dict(sorted(model_options.items())), seed=int(seed),
-        image_size=profile.image_size(dataset), resize_to=profile.resize_to,
+        fold=fold,
+        variant=variant,
+        model_options=dict(sorted(model_options.items())),
+        seed=int(seed),
+        image_size=profile.image_size(dataset),
+        resize_to=profile.resize_to,
         weights=None if profile.weights is None else str(profile.weights),
-        weights_seed=profile.weights_seed, bn_calibration_images=profile.bn_calibration_images,
-        stage1=profile.stage1, extraction_engine=None, finetune=profile.finetune,
-        train_limit=profile.train_limit, protocols=tuple(PROTOCOLS), train=train_settings,
+        weights_seed=profile.weights_seed,
+        bn_calibration_images=profile.bn_calibration_images,
+        stage1=profile.stage1,
+        extraction_engine=None,
+        finetune=profile.finetune,
+        train_limit=profile.train_limit,
+        protocols=tuple(PROTOCOLS),
+        train=train_settings,
     )
     fields.update(exp_overrides)
     if fields["stage1"] == "cached" and fields["extraction_engine"] is None:
@@ -230,11 +259,15 @@ def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: in
         config.check_name("evaluation protocol", protocol, PROTOCOLS)
     exp = Experiment(**fields)
     if exp.train_config().train_views not in (1, 2):  # validates the TrainConfig fields now too
-        raise ValueError(f"train_views={exp.train['train_views']!r}: expected 1 (no augmentation) or 2 "
-                         "(each training image or its mirror image, the authors' horizontal flip)")
+        raise ValueError(
+            f"train_views={exp.train['train_views']!r}: expected 1 (no augmentation) or 2 "
+            "(each training image or its mirror image, the authors' horizontal flip)"
+        )
     if exp.train_config().train_views > 1 and exp.stage1 != "cached":
-        raise ValueError(f"train_views={exp.train['train_views']} mirrors cached features (stage1='cached'); "
-                         "stage1='exact' augments inside the model (model option augment)")
+        raise ValueError(
+            f"train_views={exp.train['train_views']} mirrors cached features (stage1='cached'); "
+            "stage1='exact' augments inside the model (model option augment)"
+        )
     return exp
 
 
@@ -266,7 +299,7 @@ def limit_training_rows(y_train, limit: int | None, seed: int = SUBSET_SEED) -> 
     chosen = []
     for label in np.unique(y_train):
         members = rng.permutation(np.flatnonzero(y_train == label))
-        chosen.append(members[:max(1, int(round(limit * len(members) / n)))])
+        chosen.append(members[: max(1, int(round(limit * len(members) / n)))])
     return np.sort(np.concatenate(chosen))
 
 
@@ -301,11 +334,14 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
             raise DataChangedError(
                 f"{exp.dataset}: the files under {root} changed after this experiment was made "
                 f"(content digest {exp.data['content']}, now {now}); make the experiment again "
-                "(rerun the command or the notebook cell) so that its key names the current files")
+                "(rerun the command or the notebook cell) so that its key names the current files"
+            )
     classes = tuple(manifest.attrs["classes"])
     if len(classes) != len(config.DATASET_CLASSES[exp.dataset]):
-        raise ValueError(f"{exp.dataset}: source {exp.source} gives {len(classes)} classes, expected "
-                         f"{len(config.DATASET_CLASSES[exp.dataset])}")
+        raise ValueError(
+            f"{exp.dataset}: source {exp.source} gives {len(classes)} classes, expected "
+            f"{len(config.DATASET_CLASSES[exp.dataset])}"
+        )
     split = manifest["split"].to_numpy()
     index = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
     for s in ("train", "val", "test"):
@@ -316,9 +352,14 @@ def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> d
     try:
         pixels = load_pixels(manifest, exp.image_size, progress=progress)
     except UnreadableImagesError as error:  # experiments never drop images: no skip_unreadable here
-        raise UnreadableImagesError(error.unreadable, error.total, hint=(
-            "Fix or replace these files and run again (edited files are read again); an experiment "
-            "never skips images.")) from None
+        raise UnreadableImagesError(
+            error.unreadable,
+            error.total,
+            hint=(
+                "Fix or replace these files and run again (edited files are read again); an experiment "
+                "never skips images."
+            ),
+        ) from None
     return {"manifest": manifest, "classes": classes, "pixels": pixels, "y": y_all, "index": index}
 
 
@@ -342,7 +383,7 @@ def _take(array, positions):
     """Rows of a (possibly memory-mapped) array; a contiguous range stays a view, not a copy."""
     positions = np.asarray(positions)
     if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
-        return array[positions[0]:positions[0] + len(positions)]
+        return array[positions[0] : positions[0] + len(positions)]
     return np.asarray(array[positions])
 
 
@@ -352,7 +393,7 @@ def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
         return resolve_weights(exp.weights)
     train_rows = data["index"]["train"]
     rng = np.random.default_rng(exp.weights_seed)
-    chosen = np.sort(rng.permutation(train_rows)[:exp.bn_calibration_images])
+    chosen = np.sort(rng.permutation(train_rows)[: exp.bn_calibration_images])
     return random_backbone_weights(exp.weights_seed, np.asarray(data["pixels"][chosen]), exp.resize_to)
 
 
@@ -418,27 +459,57 @@ def _weights_bytes(model) -> bytes:
         return path.read_bytes()
 
 
-def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool, log_dir=None,
-                     tensorboard: bool = False, checkpoint_dir=None):
+def _build_and_train(
+    exp: Experiment,
+    cfg: TrainConfig,
+    data: dict,
+    weights,
+    progress: bool,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint_dir=None,
+):
     """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
     index, y = data["index"], data["y"]
     num_classes = len(data["classes"])
     model_kwargs = dict(exp.model_options, resize_to=exp.resize_to)
     if exp.stage1 == "exact":
         enable_determinism(exp.seed, cfg.deterministic)  # seeds the head's initialisation too
-        model = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
-                            weights=weights, **model_kwargs)
+        model = build_model(
+            exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **model_kwargs
+        )
         inputs = data["pixels"]
-        result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
-                       y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                       checkpoint_dir=checkpoint_dir, test_probe=_test_probe(exp, cfg, data, inputs))
+        result = train(
+            model,
+            _take(inputs, index["train"]),
+            y[index["train"]],
+            _take(inputs, index["val"]),
+            y[index["val"]],
+            cfg,
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint_dir=checkpoint_dir,
+            test_probe=_test_probe(exp, cfg, data, inputs),
+        )
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
     used = np.unique(np.concatenate([index["train"], index["val"], index["test"]]))
-    features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
-                                         resize_to=exp.resize_to, progress=progress, rows=used,
-                                         pixels=data["pixels"], engine=exp.extraction_engine)[cut], used)
+    features = _RowsOf(
+        backbone_features(
+            data["manifest"],
+            exp.image_size,
+            weights,
+            cut_layers=[cut],
+            resize_to=exp.resize_to,
+            progress=progress,
+            rows=used,
+            pixels=data["pixels"],
+            engine=exp.extraction_engine,
+        )[cut],
+        used,
+    )
     if cfg.train_views == 2:
         x_train = _with_mirror_features(features, data["pixels"], index["train"], exp, weights, cut, progress)
     else:
@@ -447,21 +518,51 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
     if not exp.evaluated_on_features():
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
-        result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]],
-                       dataclasses.replace(cfg, stage2=False), dataset=exp.dataset, log_dir=log_dir,
-                       tensorboard=tensorboard, checkpoint_dir=checkpoint_dir)
-        full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
-                           weights=weights, **model_kwargs)
+        result = train(
+            head,
+            x_train,
+            y[index["train"]],
+            _take(features, index["val"]),
+            y[index["val"]],
+            dataclasses.replace(cfg, stage2=False),
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint_dir=checkpoint_dir,
+        )
+        full = build_model(
+            exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **model_kwargs
+        )
         copy_head_weights(head, full)
         pixels = data["pixels"]
-        add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
-                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                   checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
-                   test_probe=_test_probe(exp, cfg, data, pixels))
+        add_stage2(
+            result,
+            full,
+            _take(pixels, index["train"]),
+            y[index["train"]],
+            _take(pixels, index["val"]),
+            y[index["val"]],
+            cfg,
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
+            test_probe=_test_probe(exp, cfg, data, pixels),
+        )
         return full, pixels, result
-    result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]], cfg,
-                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard, checkpoint_dir=checkpoint_dir,
-                   test_probe=_test_probe(exp, cfg, data, features))
+    result = train(
+        head,
+        x_train,
+        y[index["train"]],
+        _take(features, index["val"]),
+        y[index["val"]],
+        cfg,
+        dataset=exp.dataset,
+        log_dir=log_dir,
+        tensorboard=tensorboard,
+        checkpoint_dir=checkpoint_dir,
+        test_probe=_test_probe(exp, cfg, data, features),
+    )
     return result.stage1_model, features, result
 
 
@@ -474,8 +575,10 @@ def _test_probe(exp: Experiment, cfg: TrainConfig, data: dict, inputs):
     x, y = _take(inputs, rows), data["y"][rows]
 
     def probe(model):
-        return {protocol: evaluate(model, x, y, data["classes"], protocol, seed=exp.seed)["accuracy"]
-                for protocol in exp.protocols}
+        return {
+            protocol: evaluate(model, x, y, data["classes"], protocol, seed=exp.seed)["accuracy"]
+            for protocol in exp.protocols
+        }
 
     return probe
 
@@ -493,8 +596,16 @@ def _with_mirror_features(features, pixels, train_rows, exp: Experiment, weights
 
     train_rows = np.asarray(train_rows)
     mirrored_pixels = np.ascontiguousarray(_take(pixels, train_rows)[:, :, ::-1])
-    mirrored = backbone_features(None, exp.image_size, weights, cut_layers=[cut], resize_to=exp.resize_to,
-                                 progress=progress, pixels=mirrored_pixels, engine=exp.extraction_engine)[cut]
+    mirrored = backbone_features(
+        None,
+        exp.image_size,
+        weights,
+        cut_layers=[cut],
+        resize_to=exp.resize_to,
+        progress=progress,
+        pixels=mirrored_pixels,
+        engine=exp.extraction_engine,
+    )[cut]
     del mirrored_pixels
     n = len(train_rows)
     first = np.asarray(features[train_rows[:1]])
@@ -503,12 +614,13 @@ def _with_mirror_features(features, pixels, train_rows, exp: Experiment, weights
     for start in range(0, n, step):
         stop = min(n, start + step)
         both[start:stop] = features[train_rows[start:stop]]
-        both[n + start:n + stop] = mirrored[np.arange(start, stop)]
+        both[n + start : n + stop] = mirrored[np.arange(start, stop)]
     return both
 
 
-def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
-                   progress: bool = True, tensorboard: bool = False) -> ExperimentResult:
+def run_experiment(
+    exp: Experiment, results_dir=None, force: bool = False, root=None, progress: bool = True, tensorboard: bool = False
+) -> ExperimentResult:
     """Trains and evaluates one experiment, or loads its result file.
 
     Args:
@@ -538,15 +650,22 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     if path.is_file() and not force:
         return ExperimentResult.read(path, exp.key())
     checkpoints = checkpoint_path(exp, results_dir)
-    result, weights = compute_experiment(exp, root=root, progress=progress, log_dir=logs_path(exp, results_dir),
-                                         tensorboard=tensorboard, checkpoint_dir=checkpoints)
+    result, weights = compute_experiment(
+        exp,
+        root=root,
+        progress=progress,
+        log_dir=logs_path(exp, results_dir),
+        tensorboard=tensorboard,
+        checkpoint_dir=checkpoints,
+    )
     store_experiment(exp, result, weights, results_dir)
     TrainingCheckpoint(checkpoints).remove()
     return result
 
 
-def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_dir=None,
-                       tensorboard: bool = False, checkpoint_dir=None) -> tuple[ExperimentResult, bytes]:
+def compute_experiment(
+    exp: Experiment, root=None, progress: bool = True, log_dir=None, tensorboard: bool = False, checkpoint_dir=None
+) -> tuple[ExperimentResult, bytes]:
     """Trains and evaluates one experiment; writes nothing into a results folder.
 
     The half of `run_experiment` that a remote worker runs (`pattlite.grid`): per-epoch logs go to
@@ -562,8 +681,7 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     data = load_experiment_data(exp, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
-    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard,
-                                              checkpoint_dir)
+    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard, checkpoint_dir)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
     groups = {WHOLE_TEST: test_rows}
@@ -575,8 +693,10 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     metrics, predictions = {}, {}
     for subset, rows in groups.items():
         x = _take(inputs, rows)
-        metrics[subset], predictions[subset] = {}, {
-            "image_id": manifest["image_id"].to_numpy()[rows].tolist(), "y": y[rows].tolist()}
+        metrics[subset], predictions[subset] = (
+            {},
+            {"image_id": manifest["image_id"].to_numpy()[rows].tolist(), "y": y[rows].tolist()},
+        )
         for protocol in exp.protocols:
             scores = evaluate(model, x, y[rows], classes, protocol, seed=exp.seed)
             predictions[subset][protocol] = scores.pop("predictions").tolist()
@@ -616,8 +736,9 @@ def store_experiment(exp: Experiment, result: ExperimentResult, weights: bytes, 
     return result.write(result_path(exp, results_dir))
 
 
-def run_experiments(experiments, results_dir=None, force: bool = False, root=None, progress: bool = False,
-                    log=print) -> list[ExperimentResult]:
+def run_experiments(
+    experiments, results_dir=None, force: bool = False, root=None, progress: bool = False, log=print
+) -> list[ExperimentResult]:
     """Runs (or loads) experiments in order, one progress line each: "[3/65] rafdb published seed 0 ... 12.3 s".
 
     An interruption leaves the finished experiments' files in place; rerunning loads them and resumes at

@@ -46,13 +46,27 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import pattlite
 from pattlite import config
-from pattlite.files import (DamagedCacheError, NpyWriter, check_file, file_record, json_digest, mark_verified,
-                            read_json, remove_stale_temporaries, temporary_path, write_json_atomic)
+from pattlite.files import (
+    DamagedCacheError,
+    NpyWriter,
+    check_file,
+    file_record,
+    json_digest,
+    mark_verified,
+    read_json,
+    remove_stale_temporaries,
+    temporary_path,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:  # annotations only: keras is imported where it is used
+    import keras
 
 # 2: every shard carries digest.json, and the key names the extraction engine (older stores are not read).
 FEATURE_FORMAT_VERSION = 2
@@ -69,8 +83,10 @@ def weights_identity(weights) -> dict:
     and mtime in `pattlite.data.fingerprint`), so the same weights copied anew or moved keep their cached
     features, and changed weights never reuse them."""
     if weights is None:
-        raise ValueError("weights=None cannot key a cache: a random backbone differs every build; make it "
-                         "reproducible with random_backbone_weights(seed, calibration_images)")
+        raise ValueError(
+            "weights=None cannot key a cache: a random backbone differs every build; make it "
+            "reproducible with random_backbone_weights(seed, calibration_images)"
+        )
     if weights == "imagenet":
         return {"weights": "imagenet", "keras": _library_version("keras")}
     path = Path(weights).expanduser().resolve()
@@ -92,7 +108,7 @@ def image_hashes(pixels, progress: bool = False) -> np.ndarray:
     out = np.empty(len(pixels), dtype="S16")
     shape = repr(tuple(pixels.shape[1:])).encode()
     for start in tqdm(range(0, len(pixels), 1024), desc="image hashes", disable=not progress):
-        block = np.ascontiguousarray(pixels[start:start + 1024], dtype=np.uint8)
+        block = np.ascontiguousarray(pixels[start : start + 1024], dtype=np.uint8)
         for i, image in enumerate(block):
             digest = hashlib.blake2b(shape, digest_size=16)
             digest.update(image)
@@ -108,9 +124,18 @@ def feature_key(size: int, weights, resize_to: int = 224, engine: str | None = N
     The images are not part of it: inside a store every image is found by its content hash.
     """
     engine = engine or extraction_engine()
-    return json_digest({"size": int(size), "resize_to": int(resize_to), "weights": weights_identity(weights),
-                        "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION, "dtype": FEATURE_DTYPE,
-                        "engine": engine, "versions": _engine_versions(engine)})
+    return json_digest(
+        {
+            "size": int(size),
+            "resize_to": int(resize_to),
+            "weights": weights_identity(weights),
+            "pattlite": pattlite.__version__,
+            "format": FEATURE_FORMAT_VERSION,
+            "dtype": FEATURE_DTYPE,
+            "engine": engine,
+            "versions": _engine_versions(engine),
+        }
+    )
 
 
 def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224, cache_dir=None) -> Path:
@@ -139,9 +164,17 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     images = np.ascontiguousarray(calibration_images)
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise ValueError(f"calibration_images of shape {images.shape}: expected (N>0, height, width, 3)")
-    key = json_digest({"seed": int(seed), "images": hashlib.sha256(images.tobytes()).hexdigest(),
-                 "shape": images.shape, "dtype": str(images.dtype), "resize_to": int(resize_to),
-                 "pattlite": pattlite.__version__, "keras": keras.__version__})
+    key = json_digest(
+        {
+            "seed": int(seed),
+            "images": hashlib.sha256(images.tobytes()).hexdigest(),
+            "shape": images.shape,
+            "dtype": str(images.dtype),
+            "resize_to": int(resize_to),
+            "pattlite": pattlite.__version__,
+            "keras": keras.__version__,
+        }
+    )
     folder = features_dir(cache_dir) / "weights"
     path = folder / f"random_seed{int(seed)}_{key}.weights.h5"
     if path.is_file():
@@ -150,8 +183,9 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     from pattlite.train import enable_determinism
 
     enable_determinism(int(seed))
-    backbone = build_backbone(weights=None, cut_layer=FULL_BACKBONE_LAYER, resize_to=resize_to,
-                              input_shape=images.shape[1:])
+    backbone = build_backbone(
+        weights=None, cut_layer=FULL_BACKBONE_LAYER, resize_to=resize_to, input_shape=images.shape[1:]
+    )
     calibrate_batchnorm(backbone, images)
     # Saved as a plain include_top=False MobileNet so build_model/build_backbone load it like ImageNet weights.
     net = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(resize_to, resize_to, 3))
@@ -179,7 +213,7 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     offset = -raw.ctypes.data % ALIGNMENT
-    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 class FeatureRows:
@@ -218,7 +252,7 @@ class FeatureRows:
             sort = np.argsort(rows, kind="stable")
             ordered = rows[sort]
             if ordered[-1] - ordered[0] + 1 == len(ordered):  # a contiguous range: one sequential read
-                block = self._shards[s][ordered[0]:ordered[-1] + 1]
+                block = self._shards[s][ordered[0] : ordered[-1] + 1]
             else:
                 block = self._shards[s][ordered]
             out[where[sort]] = block
@@ -230,8 +264,10 @@ class FeatureRows:
 
 
 def _shard_hint(shard: Path) -> str:
-    return (f"delete the folder {shard} (rm -r '{shard}'): the next run computes its images again, the "
-            "store's other shards are kept")
+    return (
+        f"delete the folder {shard} (rm -r '{shard}'): the next run computes its images again, the "
+        "store's other shards are kept"
+    )
 
 
 def _shard_records(shard: Path) -> dict:
@@ -287,11 +323,13 @@ def feature_extractor(size: int, weights, layer_names, resize_to: int = 224) -> 
 
     from pattlite.model import build_backbone
 
-    backbone = build_backbone(weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to,
-                              input_shape=(size, size, 3))
+    backbone = build_backbone(
+        weights=weights, cut_layer=_deepest(layer_names), resize_to=resize_to, input_shape=(size, size, 3)
+    )
     # Stored as FEATURE_DTYPE, cast inside the compiled call: 6 ms a batch of 64 against 97 ms in NumPy.
-    return keras.Model(backbone.inputs, [keras.ops.cast(backbone.get_layer(n).output, FEATURE_DTYPE)
-                                         for n in layer_names])
+    return keras.Model(
+        backbone.inputs, [keras.ops.cast(backbone.get_layer(n).output, FEATURE_DTYPE) for n in layer_names]
+    )
 
 
 # Which library runs the backbone for the feature cache: "auto" (OpenVINO when installed, else
@@ -308,13 +346,15 @@ def extraction_engine(choice: str = "auto") -> str:
     """
     import importlib.util
 
-    engine = config.check_name("extraction engine", os.environ.get("PATTLITE_EXTRACTION_ENGINE") or choice,
-                               EXTRACTION_ENGINES)
+    engine = config.check_name(
+        "extraction engine", os.environ.get("PATTLITE_EXTRACTION_ENGINE") or choice, EXTRACTION_ENGINES
+    )
     if engine == "auto":
         return "openvino" if importlib.util.find_spec("openvino") is not None else "tensorflow"
     if engine == "openvino" and importlib.util.find_spec("openvino") is None:
-        raise ModuleNotFoundError("PATTLITE_EXTRACTION_ENGINE=openvino, but the openvino package is not "
-                                  "installed (pip install -e '.[jax]')")
+        raise ModuleNotFoundError(
+            "PATTLITE_EXTRACTION_ENGINE=openvino, but the openvino package is not installed (pip install -e '.[jax]')"
+        )
     return engine
 
 
@@ -332,14 +372,21 @@ def extraction_identity(engine: str | None = None) -> dict:
         engine = extraction_engine()
     engine = config.check_name("extraction engine", engine, EXTRACTION_ENGINES[1:])
     if engine == "openvino" and importlib.util.find_spec("openvino") is None:
-        raise ModuleNotFoundError("extraction engine openvino: the openvino package is not installed "
-                                  "(pip install -e '.[jax]')")
+        raise ModuleNotFoundError(
+            "extraction engine openvino: the openvino package is not installed (pip install -e '.[jax]')"
+        )
     return {"engine": engine, "version": _library_version(engine)}
 
 
 # Distributions that install the `tensorflow` module (tried in this order for its version).
-_TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel",
-                             "tf-nightly", "tf-nightly-cpu")
+_TENSORFLOW_DISTRIBUTIONS = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-macos",
+    "tensorflow-intel",
+    "tf-nightly",
+    "tf-nightly-cpu",
+)
 
 
 def _library_version(name: str) -> str:
@@ -358,7 +405,8 @@ def _library_version(name: str) -> str:
 def _engine_versions(engine: str) -> dict:
     # The extractor is a TensorFlow-backend Keras model on either engine (OpenVINO converts its export).
     return {"keras": _library_version("keras"), "tensorflow": _library_version("tensorflow")} | (
-        {"openvino": _library_version("openvino")} if engine == "openvino" else {})
+        {"openvino": _library_version("openvino")} if engine == "openvino" else {}
+    )
 
 
 def _raise_interrupt(signum, frame):
@@ -430,16 +478,18 @@ class OpenVinoExtractor:
 
         # The export's folder is named by this process, so one left by a killed run can be removed.
         remove_stale_temporaries(tempfile.gettempdir(), prefix=self.TEMPORARY_PREFIX)
-        with interrupts_honoured(), tempfile.TemporaryDirectory(
-                prefix=f"{self.TEMPORARY_PREFIX}{os.getpid()}-") as tmp:
+        with interrupts_honoured(), tempfile.TemporaryDirectory(prefix=f"{self.TEMPORARY_PREFIX}{os.getpid()}-") as tmp:
             keras_model.export(os.path.join(tmp, "saved_model"), format="tf_saved_model", verbose=False)
             self._model = openvino.convert_model(os.path.join(tmp, "saved_model"))
         if len(self._model.outputs) != len(keras_model.outputs):
-            raise RuntimeError(f"OpenVINO converted {len(self._model.outputs)} outputs, the Keras extractor "
-                               f"has {len(keras_model.outputs)}")
+            raise RuntimeError(
+                f"OpenVINO converted {len(self._model.outputs)} outputs, the Keras extractor "
+                f"has {len(keras_model.outputs)}"
+            )
         # The SavedModel names its outputs output_0, output_1, ... in the Keras model's order.
-        self._order = sorted(range(len(self._model.outputs)),
-                             key=lambda i: int(self._model.outputs[i].get_any_name().rsplit("_", 1)[-1]))
+        self._order = sorted(
+            range(len(self._model.outputs)), key=lambda i: int(self._model.outputs[i].get_any_name().rsplit("_", 1)[-1])
+        )
         self._core = openvino.Core()
         self._requests = {}
 
@@ -448,8 +498,9 @@ class OpenVinoExtractor:
         request = self._requests.get(len(batch))
         if request is None:
             self._model.reshape([len(batch), *batch.shape[1:]])
-            compiled = self._core.compile_model(self._model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                                     "INFERENCE_PRECISION_HINT": "f32"})
+            compiled = self._core.compile_model(
+                self._model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            )
             request = self._requests[len(batch)] = compiled.create_infer_request()
         results = request.infer([batch])
         values = [results[request.model_outputs[i]] for i in range(len(request.model_outputs))]
@@ -468,8 +519,9 @@ def _engine_of(extractor) -> str:
     return "openvino" if isinstance(extractor, OpenVinoExtractor) else "tensorflow"
 
 
-def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, folder, hashes=None,
-                  engine: str | None = None):
+def extract_shard(
+    pixels, rows, extractor, layer_names, batch_size, progress, folder, hashes=None, engine: str | None = None
+):
     """One pass of the images `pixels[rows]` through `extractor`, written as a new shard of `folder`.
 
     Every requested layer comes out of the same pass. The shard is written under a temporary name
@@ -489,11 +541,12 @@ def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, fo
     writers, records = {}, {}
     n = len(rows)
     try:
-        with tqdm(total=n, desc=f"backbone features ({', '.join(layer_names)}; {engine})", unit="img",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=n, desc=f"backbone features ({', '.join(layer_names)}; {engine})", unit="img", disable=not progress
+        ) as bar:
             for start in range(0, n, batch_size):
                 # uint8 as it is: the model casts to float32 inside the compiled call.
-                batch = np.asarray(pixels[rows[start:start + batch_size]])
+                batch = np.asarray(pixels[rows[start : start + batch_size]])
                 values = extractor.predict_on_batch(batch)
                 if not isinstance(values, (list, tuple)):
                     values = [values]
@@ -501,8 +554,7 @@ def extract_shard(pixels, rows, extractor, layer_names, batch_size, progress, fo
                     value = keras.ops.convert_to_numpy(value)
                     if name not in writers:
                         # Written straight to disk: a real dataset's features do not fit in memory.
-                        writers[name] = NpyWriter(tmp / f"{name}.npy", (n,) + tuple(value.shape[1:]),
-                                                  FEATURE_DTYPE)
+                        writers[name] = NpyWriter(tmp / f"{name}.npy", (n,) + tuple(value.shape[1:]), FEATURE_DTYPE)
                     writers[name].append(value)
                 bar.update(len(batch))
         for name in list(writers):
@@ -542,9 +594,20 @@ def _stop_child(child) -> None:
             child.wait()
 
 
-def extract_shard_in_tensorflow(pixels, rows, size, weights, layer_names, resize_to, batch_size, progress,
-                                folder, warm_up: bool = False, hashes=None,
-                                engine: str | None = None) -> tuple[Path, float]:
+def extract_shard_in_tensorflow(
+    pixels,
+    rows,
+    size,
+    weights,
+    layer_names,
+    resize_to,
+    batch_size,
+    progress,
+    folder,
+    warm_up: bool = False,
+    hashes=None,
+    engine: str | None = None,
+) -> tuple[Path, float]:
     """`extract_shard` run by a TensorFlow child process, for callers on another Keras backend.
     Returns the shard's temporary folder and the seconds of the pass itself (after an untimed first
     batch when `warm_up`), without the child's start-up.
@@ -569,18 +632,28 @@ def extract_shard_in_tensorflow(pixels, rows, size, weights, layer_names, resize
         writer = NpyWriter(job / "pixels.npy", (len(rows),) + tuple(pixels.shape[1:]), np.uint8)
         try:
             for start in range(0, len(rows), 1024):
-                writer.append(pixels[rows[start:start + 1024]])
+                writer.append(pixels[rows[start : start + 1024]])
             writer.close()
         except BaseException:
             writer.discard()
             raise
         if hashes is not None:
             np.save(job / "hashes.npy", np.asarray(hashes))
-        spec = {"size": int(size), "weights": None if weights is None else str(weights),
-                "layers": list(layer_names), "resize_to": int(resize_to), "batch_size": int(batch_size),
-                "progress": bool(progress), "folder": str(folder), "pixels": str(job / "pixels.npy"),
-                "hashes": None if hashes is None else str(job / "hashes.npy"), "warm_up": bool(warm_up),
-                "out": str(job / "out.json"), "engine": engine or extraction_engine(), "parent": os.getpid()}
+        spec = {
+            "size": int(size),
+            "weights": None if weights is None else str(weights),
+            "layers": list(layer_names),
+            "resize_to": int(resize_to),
+            "batch_size": int(batch_size),
+            "progress": bool(progress),
+            "folder": str(folder),
+            "pixels": str(job / "pixels.npy"),
+            "hashes": None if hashes is None else str(job / "hashes.npy"),
+            "warm_up": bool(warm_up),
+            "out": str(job / "out.json"),
+            "engine": engine or extraction_engine(),
+            "parent": os.getpid(),
+        }
         (job / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         # oneDNN's CPU kernels: TensorFlow turns them on by default only on CPUs with AVX-512; measured
@@ -594,15 +667,18 @@ def extract_shard_in_tensorflow(pixels, rows, size, weights, layer_names, resize
             except subprocess.TimeoutExpired:
                 os.utime(job)  # a live job: not taken for a killed run's leftover by another machine
         if returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-            raise KeyboardInterrupt(f"the feature-extraction child process was interrupted (exit status "
-                                    f"{returncode})")
+            raise KeyboardInterrupt(f"the feature-extraction child process was interrupted (exit status {returncode})")
         if returncode < 0:
-            raise RuntimeError(f"the feature-extraction child process was killed by "
-                               f"{signal.Signals(-returncode).name} (out of memory, if the system's log "
-                               "says so)")
+            raise RuntimeError(
+                f"the feature-extraction child process was killed by "
+                f"{signal.Signals(-returncode).name} (out of memory, if the system's log "
+                "says so)"
+            )
         if returncode != 0 or not (job / "out.json").is_file():
-            raise RuntimeError(f"feature extraction in the TensorFlow child process failed (exit status "
-                               f"{returncode}); its error is printed above")
+            raise RuntimeError(
+                f"feature extraction in the TensorFlow child process failed (exit status "
+                f"{returncode}); its error is printed above"
+            )
         out = json.loads((job / "out.json").read_text())
         return Path(out["shard"]), out["seconds"]
     except BaseException:
@@ -633,11 +709,19 @@ def _extract_from_spec(spec_path: str) -> None:
     hashes = None if spec.get("hashes") is None else np.load(spec["hashes"])
     extractor = make_extractor(spec["size"], spec["weights"], spec["layers"], spec["resize_to"], spec["engine"])
     if spec["warm_up"]:
-        extractor.predict_on_batch(np.asarray(pixels[:spec["batch_size"]]))
+        extractor.predict_on_batch(np.asarray(pixels[: spec["batch_size"]]))
     start = time.perf_counter()
-    tmp = extract_shard(pixels, np.arange(len(pixels)), _StopWithParent(extractor, spec["parent"]),
-                        spec["layers"], spec["batch_size"], spec["progress"], Path(spec["folder"]), hashes=hashes,
-                        engine=_engine_of(extractor))
+    tmp = extract_shard(
+        pixels,
+        np.arange(len(pixels)),
+        _StopWithParent(extractor, spec["parent"]),
+        spec["layers"],
+        spec["batch_size"],
+        spec["progress"],
+        Path(spec["folder"]),
+        hashes=hashes,
+        engine=_engine_of(extractor),
+    )
     Path(spec["out"]).write_text(json.dumps({"shard": str(tmp), "seconds": time.perf_counter() - start}))
 
 
@@ -658,8 +742,10 @@ def _child_main(spec_path: str) -> int:
     try:
         _extract_from_spec(spec_path)
     except KeyboardInterrupt as error:
-        print(f"pattlite.features: feature extraction stopped ({error or 'SIGINT'}); its temporary files "
-              "were removed", file=sys.stderr)
+        print(
+            f"pattlite.features: feature extraction stopped ({error or 'SIGINT'}); its temporary files were removed",
+            file=sys.stderr,
+        )
         return 143 if stopping == [signal.SIGTERM] else 130
     return 0
 
@@ -671,9 +757,19 @@ def _deepest(layer_names) -> str:
     return max(layer_names, key=order.index)
 
 
-def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to: int = 224,
-                      batch_size: int = 64, progress: bool = True, cache_dir=None, rows=None,
-                      pixels=None, engine: str | None = None) -> dict:
+def backbone_features(
+    manifest,
+    size: int,
+    weights,
+    cut_layers=(29,),
+    resize_to: int = 224,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache_dir=None,
+    rows=None,
+    pixels=None,
+    engine: str | None = None,
+) -> dict:
     """Frozen-backbone features of the images of a manifest, from the cache or computed once.
 
     The store for (weights, size, resize, engine) finds each image by the hash of its uint8 pixels
@@ -746,21 +842,45 @@ def backbone_features(manifest, size: int, weights, cut_layers=(29,), resize_to:
         layers = list(missing)
         with interrupts_honoured():
             if keras.config.backend() == "tensorflow":
-                tmp = extract_shard(pixels, rows[unique], make_extractor(size, weights, layers, resize_to, engine),
-                                    layers, batch_size, progress, folder, hashes=hashes[unique])
+                tmp = extract_shard(
+                    pixels,
+                    rows[unique],
+                    make_extractor(size, weights, layers, resize_to, engine),
+                    layers,
+                    batch_size,
+                    progress,
+                    folder,
+                    hashes=hashes[unique],
+                )
             else:
-                tmp, _ = extract_shard_in_tensorflow(pixels, rows[unique], size, weights, layers, resize_to,
-                                                     batch_size, progress, folder, hashes=hashes[unique],
-                                                     engine=engine)
+                tmp, _ = extract_shard_in_tensorflow(
+                    pixels,
+                    rows[unique],
+                    size,
+                    weights,
+                    layers,
+                    resize_to,
+                    batch_size,
+                    progress,
+                    folder,
+                    hashes=hashes[unique],
+                    engine=engine,
+                )
             try:
                 _finish_shard(tmp, folder)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if that failed
         source = {} if weights == "imagenet" else {"file": str(Path(weights).expanduser().resolve())}
-        meta = {"key": key, "size": int(size), "resize_to": int(resize_to),
-                "weights": {**weights_identity(weights), **source},
-                "pattlite": pattlite.__version__, "format": FEATURE_FORMAT_VERSION, "engine": engine,
-                "versions": _engine_versions(engine)}
+        meta = {
+            "key": key,
+            "size": int(size),
+            "resize_to": int(resize_to),
+            "weights": {**weights_identity(weights), **source},
+            "pattlite": pattlite.__version__,
+            "format": FEATURE_FORMAT_VERSION,
+            "engine": engine,
+            "versions": _engine_versions(engine),
+        }
         write_json_atomic(folder / "meta.json", meta)
     features = {}
     for name in names:

@@ -40,8 +40,8 @@ from pattlite import config
 from pattlite.files import pid_alive, write_atomic
 
 EXECUTORS = ("local", "ray")
-DEFAULT_MAX_RETRIES = 2           # retries of a task whose worker died (not of an experiment's own error)
-PROGRESS_EVERY_S = 60.0           # a progress line at least this often while tasks run
+DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker died (not of an experiment's own error)
+PROGRESS_EVERY_S = 60.0  # a progress line at least this often while tasks run
 RAY_INSTALL_HINT = "pip install -e .[ray]"
 # Environment variables a Ray worker gets from the driver: dataset roots, weights, cache, backend.
 FORWARDED_ENV_PREFIXES = ("PATTLITE_", "KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
@@ -55,23 +55,29 @@ class RayNotInstalled(ValueError):
 class PlannedExperiment:
     """One experiment of the grid: which studies use it, and whether its result file exists."""
 
-    experiment: object   # pattlite.experiments.Experiment
+    experiment: object  # pattlite.experiments.Experiment
     studies: tuple
     done: bool
 
     def row(self) -> dict:
         exp = self.experiment
-        return {"key": exp.key(), "studies": ",".join(self.studies), "dataset": exp.dataset,
-                "variant": exp.variant,
-                "options": " ".join(f"{k}={v}" for k, v in sorted(exp.model_options.items())),
-                "seed": exp.seed, "fold": exp.fold, "done": self.done}
+        return {
+            "key": exp.key(),
+            "studies": ",".join(self.studies),
+            "dataset": exp.dataset,
+            "variant": exp.variant,
+            "options": " ".join(f"{k}={v}" for k, v in sorted(exp.model_options.items())),
+            "seed": exp.seed,
+            "fold": exp.fold,
+            "done": self.done,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
 class GridPlan:
     profile: str
     results_dir: Path
-    experiments: tuple   # of PlannedExperiment, in the notebooks' order, Table 5's own points last
+    experiments: tuple  # of PlannedExperiment, in the notebooks' order, Table 5's own points last
 
     @property
     def pending(self) -> list:
@@ -89,9 +95,14 @@ class GridReport:
     seconds: float
 
     def summary(self) -> dict:
-        return {"executor": self.executor, "trained": len(self.trained),
-                "already_done": len(self.already_done), "failed": len(self.failed),
-                "failures": self.failed, "seconds": round(self.seconds, 1)}
+        return {
+            "executor": self.executor,
+            "trained": len(self.trained),
+            "already_done": len(self.already_done),
+            "failed": len(self.failed),
+            "failures": self.failed,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,13 +133,13 @@ def notebook_context(profile: str, parameters: dict | None = None):
     from pattlite import studies
 
     known = notebook_parameters()
-    known.pop("profile")   # --profile, not a -p parameter
+    known.pop("profile")  # --profile, not a -p parameter
     values = {name: params.get(name, default) for name, default in known.items()}
     roots = {name: values.pop(f"{name}_root", None) for name in studies.BENCHMARKS}
     gradcam = (values.pop("gradcam_dataset"), values.pop("gradcam_variant"))
     for name in [n for n in values if n.startswith("gradcam_")] + ["include_faces"]:
-        values.pop(name)   # figure sizes and what the report links: they decide no experiment
-    values["run_experiments"] = False   # planning trains nothing (and prints no CPU warning)
+        values.pop(name)  # figure sizes and what the report links: they decide no experiment
+    values["run_experiments"] = False  # planning trains nothing (and prints no CPU warning)
     return studies.notebook_context(profile, dataset_roots=roots, **values), gradcam
 
 
@@ -151,9 +162,14 @@ def plan(profile: str, parameters: dict | None = None) -> GridPlan:
             users.setdefault(exp.key(), []).append(study)
     # Results a published run committed (docs/results/<profile>/results/) are this run's too: keys hold
     # what the data are, so a fresh clone resumes the published run without retraining it.
-    planned = [PlannedExperiment(exp, tuple(dict.fromkeys(users[key])),
-                                 adopt_committed(exp, ctx.results_dir) or result_path(exp, ctx.results_dir).is_file())
-               for key, exp in by_key.items()]
+    planned = [
+        PlannedExperiment(
+            exp,
+            tuple(dict.fromkeys(users[key])),
+            adopt_committed(exp, ctx.results_dir) or result_path(exp, ctx.results_dir).is_file(),
+        )
+        for key, exp in by_key.items()
+    ]
     planned.sort(key=lambda p: _priority(p, ctx.seeds[0]))
     return GridPlan(ctx.profile.name, Path(ctx.results_dir), tuple(planned))
 
@@ -229,15 +245,16 @@ class Progress:
         if self.classes:
             means = {c: sum(t) / len(t) for c, t in self.by_class.items()}
             seconds = sum(means.get(self.classes[key], mean) for key in self.left) / parallel
-            return (f"about {_duration(seconds)} left (this run's mean time per kind of experiment, "
-                    f"{parallel} at once)")
+            return f"about {_duration(seconds)} left (this run's mean time per kind of experiment, {parallel} at once)"
         waves = math.ceil(left / parallel)
         return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {parallel} at once)"
 
     def line(self, parallel: int = 1) -> None:
         left = self.total - self.done - self.failed - self.running
-        self.log(f"[grid] {self.done}/{self.total} done, {self.running} running, {self.failed} failed, "
-                 f"{left} left; {self.eta(parallel)}")
+        self.log(
+            f"[grid] {self.done}/{self.total} done, {self.running} running, {self.failed} failed, "
+            f"{left} left; {self.eta(parallel)}"
+        )
         self.last_line = time.time()
 
 
@@ -258,9 +275,16 @@ def _first_lines(text: str, n: int = 6) -> str:
 # Executors
 
 
-def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None = None,
-             gpus_per_trial: float | None = None, cpus_per_trial: float = 1.0,
-             max_retries: int = DEFAULT_MAX_RETRIES, log=print, compute=None) -> GridReport:
+def run_grid(
+    grid_plan: GridPlan,
+    executor: str = "local",
+    address: str | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float = 1.0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    log=print,
+    compute=None,
+) -> GridReport:
     """Runs the unfinished experiments of a plan.
 
     Args:
@@ -282,23 +306,36 @@ def run_grid(grid_plan: GridPlan, executor: str = "local", address: str | None =
     start = time.time()
     already = [p.experiment.key() for p in grid_plan.experiments if p.done]
     pending = grid_plan.pending
-    log(f"[grid] profile {grid_plan.profile}: {len(grid_plan.experiments)} experiments, {len(already)} "
-        f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}")
+    log(
+        f"[grid] profile {grid_plan.profile}: {len(grid_plan.experiments)} experiments, {len(already)} "
+        f"already done, {len(pending)} to run ({executor} executor); results in {grid_plan.results_dir}"
+    )
     if executor == "ray":
         ray = import_ray()  # before anything else: a missing Ray is a clear message, not a traceback
-        remove_stale_temporary(log)   # of this machine's killed workers; each task cleans its own machine
+        remove_stale_temporary(log)  # of this machine's killed workers; each task cleans its own machine
     elif address is not None or gpus_per_trial is not None:
         log("[grid] note: --address and --gpus-per-trial apply to --executor ray only; ignored")
     if not pending:
         trained, failed = [], {}
     elif executor == "ray":
-        trained, failed = _run_ray(ray, pending, grid_plan.results_dir, address, gpus_per_trial,
-                                   cpus_per_trial, max_retries, log, compute or compute_on_worker)
+        trained, failed = _run_ray(
+            ray,
+            pending,
+            grid_plan.results_dir,
+            address,
+            gpus_per_trial,
+            cpus_per_trial,
+            max_retries,
+            log,
+            compute or compute_on_worker,
+        )
     else:
         trained, failed = _run_local(pending, grid_plan.results_dir, log)
     report = GridReport(executor, trained, already, failed, time.time() - start)
-    log(f"[grid] finished in {_duration(report.seconds)}: {len(trained)} trained, {len(already)} already "
-        f"done, {len(failed)} failed")
+    log(
+        f"[grid] finished in {_duration(report.seconds)}: {len(trained)} trained, {len(already)} already "
+        f"done, {len(failed)} failed"
+    )
     for key, error in failed.items():
         log(f"[grid] FAILED {key}: {error}")
     return report
@@ -331,13 +368,14 @@ def _run_local(pending, results_dir, log):
                 progress.finish(exp, time.time() - t0)
                 log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
             progress.running = 0
-            if received_signal():   # a signal whose KeyboardInterrupt something swallowed: stop all the same
+            if received_signal():  # a signal whose KeyboardInterrupt something swallowed: stop all the same
                 raise RunInterrupted(received_signal(), "grid", experiment=exp.label(), key=exp.key())
         if pending:
             progress.line()
-    except KeyboardInterrupt as error:   # between two experiments (a progress line): none was cut short
-        stopped = as_interruption(error, "grid", step=f"between experiments, {progress.done + progress.failed} "
-                                                      f"of {len(pending)} run")
+    except KeyboardInterrupt as error:  # between two experiments (a progress line): none was cut short
+        stopped = as_interruption(
+            error, "grid", step=f"between experiments, {progress.done + progress.failed} of {len(pending)} run"
+        )
         raise stopped from (None if stopped is error else error)
     return trained, failed
 
@@ -347,9 +385,11 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise RayNotInstalled(f"--executor ray needs Ray, which is not installed in this environment "
-                              f"({sys.executable}); install the extra: {RAY_INSTALL_HINT}  (or "
-                              "pip install 'ray>=2.40,<3'), or use --executor local") from None
+        raise RayNotInstalled(
+            f"--executor ray needs Ray, which is not installed in this environment "
+            f"({sys.executable}); install the extra: {RAY_INSTALL_HINT}  (or "
+            "pip install 'ray>=2.40,<3'), or use --executor local"
+        ) from None
     return ray
 
 
@@ -369,14 +409,18 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     package_parent = str(Path(pattlite.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(
-        os.pathsep) if p and p != package_parent])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_parent]
+    )
     threads = str(max(1, int(cpus_per_trial)))
     env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)
     # JAX's CPU thread pool too (XLA_FLAGS; the driver's own flags kept): at batch 8 one thread trains a
     # head nearly as fast as two, so two one-CPU trials share 2 cores (`pattlite bench --parts parallel`).
-    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(
-        ("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
+    xla = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))
+    ]
     if threads == "1":
         xla.append("--xla_cpu_multi_thread_eigen=false")
     env["XLA_FLAGS"] = " ".join(xla + [f"intra_op_parallelism_threads={threads}"])
@@ -390,8 +434,9 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
 CHECKPOINTS_ENV_VAR = "PATTLITE_GRID_CHECKPOINTS"  # set for Ray workers on the driver's machine
 
 
-def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None,
-             checkpoint_root=None):
+def ray_task(
+    ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None, checkpoint_root=None
+):
     """The Ray remote function of one trial: its CPU/GPU share, the memory it reserves (bytes; None:
     none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`).
     `checkpoint_root`: a folder the workers share with the driver (a Ray runtime on the driver's
@@ -401,9 +446,13 @@ def ray_task(ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int
     if checkpoint_root is not None:
         env[CHECKPOINTS_ENV_VAR] = str(checkpoint_root)
     return ray.remote(_ray_task).options(
-        num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=max_retries,
-        retry_exceptions=False, runtime_env={"env_vars": env},
-        **({} if memory is None else {"memory": int(memory)}))
+        num_cpus=cpus_per_trial,
+        num_gpus=gpus_per_trial,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        runtime_env={"env_vars": env},
+        **({} if memory is None else {"memory": int(memory)}),
+    )
 
 
 def _ray_task(compute, experiment_pickle: bytes) -> dict:
@@ -415,7 +464,7 @@ def _ray_task(compute, experiment_pickle: bytes) -> dict:
     return compute(pickle.loads(experiment_pickle))
 
 
-TEMP_PREFIX = "pattlite-grid-"   # + the worker's PID + "-": a folder whose process is gone is stale
+TEMP_PREFIX = "pattlite-grid-"  # + the worker's PID + "-": a folder whose process is gone is stale
 
 
 def remove_stale_temporary(log=None) -> list:
@@ -432,14 +481,16 @@ def remove_stale_temporary(log=None) -> list:
                 continue
         except OSError:
             continue
-        pid = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     if removed and log is not None:
-        log(f"[grid] removed {len(removed)} temporary folder(s) left by killed workers: "
-            f"{', '.join(str(p) for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
+        log(
+            f"[grid] removed {len(removed)} temporary folder(s) left by killed workers: "
+            f"{', '.join(str(p) for p in removed[:3])}{', ...' if len(removed) > 3 else ''}"
+        )
     return removed
 
 
@@ -457,12 +508,17 @@ def compute_on_worker(exp) -> dict:
     root = os.environ.get(CHECKPOINTS_ENV_VAR)
     with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         log_dir = Path(tmp) / "logs"
-        result, weights = compute_experiment(exp, progress=False, log_dir=log_dir,
-                                             checkpoint_dir=None if root is None else Path(root) / exp.key())
-        logs = {str(p.relative_to(log_dir)): p.read_bytes()
-                for p in sorted(log_dir.rglob("*")) if p.is_file()}
-    return {"result": result, "weights": weights, "logs": logs, "host": socket.gethostname(),
-            "seconds": time.time() - start}
+        result, weights = compute_experiment(
+            exp, progress=False, log_dir=log_dir, checkpoint_dir=None if root is None else Path(root) / exp.key()
+        )
+        logs = {str(p.relative_to(log_dir)): p.read_bytes() for p in sorted(log_dir.rglob("*")) if p.is_file()}
+    return {
+        "result": result,
+        "weights": weights,
+        "logs": logs,
+        "host": socket.gethostname(),
+        "seconds": time.time() - start,
+    }
 
 
 def store_returned(exp, returned: dict, results_dir) -> Path:
@@ -491,15 +547,17 @@ def _check_feasible(ray, cpus: float, gpus: float) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no node"
-        raise ValueError(f"no node of the Ray cluster has {cpus:g} CPU and {gpus:g} GPU for one trial "
-                         f"(nodes: {have}); lower --cpus-per-trial / --gpus-per-trial")
+        raise ValueError(
+            f"no node of the Ray cluster has {cpus:g} CPU and {gpus:g} GPU for one trial "
+            f"(nodes: {have}); lower --cpus-per-trial / --gpus-per-trial"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Memory: trials that share a machine must fit its memory together
 
-TRIAL_OVERHEAD_BYTES = 2 * 2**30   # a trial's process besides its features (libraries, model, buffers)
-LOCAL_RAY_MEMORY_FRACTION = 0.85   # of this machine's memory, what a Ray runtime started here may reserve
+TRIAL_OVERHEAD_BYTES = 2 * 2**30  # a trial's process besides its features (libraries, model, buffers)
+LOCAL_RAY_MEMORY_FRACTION = 0.85  # of this machine's memory, what a Ray runtime started here may reserve
 
 
 @functools.lru_cache(maxsize=None)
@@ -598,8 +656,14 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             # Ray's default reserves about 65% of the memory for tasks; trials here are sized by their
             # features (`memory_estimate`), so let them use most of it.
             options["_memory"] = int(LOCAL_RAY_MEMORY_FRACTION * _physical_memory())
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 logging_level="WARNING", configure_logging=True, **options)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level="WARNING",
+            configure_logging=True,
+            **options,
+        )
     elif address is not None:
         log(f"[grid] note: Ray is already initialised in this process; --address {address} is not used")
     try:
@@ -607,23 +671,31 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
         if gpus_per_trial is None:
             gpus_per_trial = 1.0 if resources.get("GPU", 0) > 0 else 0.0
         _check_feasible(ray, cpus_per_trial, gpus_per_trial)
-        log(f"[grid] Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; each "
+        log(
+            f"[grid] Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU; each "
             f"trial reserves {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU; "
             f"{_trial_slots(ray, cpus_per_trial, gpus_per_trial)} at once; worker deaths retried up to "
-            f"{max_retries} times")
+            f"{max_retries} times"
+        )
         memory = _memory_requests(ray, pending)
         # On a runtime started for this machine, workers share the driver's results folder.
         local = address is None and started_here
         from pattlite.experiments import checkpoint_path
 
         checkpoints = checkpoint_path(pending[0], results_dir).parent if local and pending else None
-        tasks = {size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints)
-                 for size in set(memory.values()) | {None}}
+        tasks = {
+            size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints)
+            for size in set(memory.values()) | {None}
+        }
         if memory:
-            log("[grid] memory reserved per trial (its cached features and the process): "
-                + ", ".join(f"{size / 2**30:.1f} GB x {count}" for size, count in
-                            sorted(collections.Counter(memory.values()).items(), reverse=True)))
-        queue = list(pending)   # in the grid's order (`_priority`): Ray itself keeps no order among tasks
+            log(
+                "[grid] memory reserved per trial (its cached features and the process): "
+                + ", ".join(
+                    f"{size / 2**30:.1f} GB x {count}"
+                    for size, count in sorted(collections.Counter(memory.values()).items(), reverse=True)
+                )
+            )
+        queue = list(pending)  # in the grid's order (`_priority`): Ray itself keeps no order among tasks
         in_flight = {}
         slots = max(1, _trial_slots(ray, cpus_per_trial, gpus_per_trial))
         # One machine (a runtime started here): the grid fills its trial slots itself, each with the
@@ -648,8 +720,17 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
 
         submit(slots + QUEUE_WINDOW)
         try:
-            return _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log,
-                                experiments=pending, submit=submit)
+            return _collect_ray(
+                ray,
+                in_flight,
+                results_dir,
+                cpus_per_trial,
+                gpus_per_trial,
+                max_retries,
+                log,
+                experiments=pending,
+                submit=submit,
+            )
         except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first
             _cancel(ray, in_flight)
             from pattlite.pipeline import as_interruption
@@ -663,8 +744,8 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             ray.shutdown()
 
 
-QUEUE_WINDOW = 4   # Ray tasks submitted beyond the trial slots (see `_run_ray`)
-CANCEL_GRACE_S = 3.0   # how long an interrupted grid lets its cancelled Ray tasks unwind
+QUEUE_WINDOW = 4  # Ray tasks submitted beyond the trial slots (see `_run_ray`)
+CANCEL_GRACE_S = 3.0  # how long an interrupted grid lets its cancelled Ray tasks unwind
 
 
 def _cancel(ray, in_flight: dict) -> None:
@@ -682,7 +763,7 @@ def _cancel(ray, in_flight: dict) -> None:
         except Exception:  # already finished, or the runtime is going away: nothing to stop
             pass
     try:
-        time.sleep(CANCEL_GRACE_S)   # ray.wait would not do: a cancelled task counts as ready at once
+        time.sleep(CANCEL_GRACE_S)  # ray.wait would not do: a cancelled task counts as ready at once
     except BaseException:  # noqa: B036 - a second Ctrl-C: stop waiting
         pass
     for ref in refs:
@@ -692,8 +773,9 @@ def _cancel(ray, in_flight: dict) -> None:
             pass
 
 
-def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log, experiments=None,
-                 submit=None):
+def _collect_ray(
+    ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, max_retries, log, experiments=None, submit=None
+):
     """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result;
     `submit(n)` adds up to n more tasks to `in_flight` (one per task ended), out of `experiments` in all
     (default: those in flight)."""
@@ -702,7 +784,7 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
     experiments = list(in_flight.values()) if experiments is None else list(experiments)
     progress = Progress(len(experiments), log, experiments)
     trained, failed = [], {}
-    progress.last_line = 0.0   # a line at once
+    progress.last_line = 0.0  # a line at once
     while in_flight:
         # Ray tells which tasks are running only through its state API (the dashboard); here
         # "running" is the tasks in flight that the cluster has trial slots for.
@@ -720,16 +802,19 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
             except ray.exceptions.RayError as error:
                 # A KeyboardInterrupt in the task (Ray reports it as the task's cancellation), or any error
                 # once this process got SIGINT/SIGTERM: the run is interrupted, not the experiment failed.
-                cancelled = any(isinstance(e, ray.exceptions.TaskCancelledError)
-                                for e in (error, getattr(error, "cause", None)))
+                cancelled = any(
+                    isinstance(e, ray.exceptions.TaskCancelledError) for e in (error, getattr(error, "cause", None))
+                )
                 if cancelled or interruption(error):
-                    raise RunInterrupted(interruption(error) or "SIGINT", "grid", experiment=exp.label(),
-                                         key=exp.key()) from error
-                if isinstance(error, ray.exceptions.RayTaskError):   # the experiment raised: not retried
+                    raise RunInterrupted(
+                        interruption(error) or "SIGINT", "grid", experiment=exp.label(), key=exp.key()
+                    ) from error
+                if isinstance(error, ray.exceptions.RayTaskError):  # the experiment raised: not retried
                     failed[exp.key()] = f"{exp.label()}: {_first_lines(error)}"
-                else:                                                # the worker died, retries used up
-                    failed[exp.key()] = (f"{exp.label()}: {type(error).__name__} after {max_retries} "
-                                         f"retries: {_first_lines(error, 3)}")
+                else:  # the worker died, retries used up
+                    failed[exp.key()] = (
+                        f"{exp.label()}: {type(error).__name__} after {max_retries} retries: {_first_lines(error, 3)}"
+                    )
             else:
                 store_returned(exp, returned, results_dir)
                 trained.append(exp.key())
@@ -750,36 +835,59 @@ def _collect_ray(ray, in_flight, results_dir, cpus_per_trial, gpus_per_trial, ma
 
 def add_run_options(parser) -> None:
     """The options of `pattlite grid run` that ./run_all.sh takes too."""
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join, e.g. auto or HEAD_IP:6379 (default: start a Ray runtime "
-                             "on this machine)")
-    parser.add_argument("--gpus-per-trial", type=float, default=None,
-                        help="GPUs each Ray trial reserves (0.5: two trials share a GPU); default 1 when the "
-                             "cluster has GPUs, else 0")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
-                        help="CPUs each Ray trial reserves, also its TensorFlow thread count (default 1)")
-    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES,
-                        help=f"retries of a Ray trial whose worker died (default {DEFAULT_MAX_RETRIES}); an "
-                             "experiment's own error is reported, not retried")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join, e.g. auto or HEAD_IP:6379 (default: start a Ray runtime on this machine)",
+    )
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs each Ray trial reserves (0.5: two trials share a GPU); default 1 when the cluster has GPUs, else 0",
+    )
+    parser.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="CPUs each Ray trial reserves, also its TensorFlow thread count (default 1)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries of a Ray trial whose worker died (default {DEFAULT_MAX_RETRIES}); an "
+        "experiment's own error is reported, not retried",
+    )
 
 
 def add_parser(subparsers) -> None:
     """`pattlite grid plan|run` (see the module docstring)."""
     grid_parser = subparsers.add_parser(
-        "grid", help="plan or run every experiment the notebooks need (locally or on Ray)",
+        "grid",
+        help="plan or run every experiment the notebooks need (locally or on Ray)",
         description="The experiment grid: the experiments of the notebooks for a profile and notebook "
-                    "parameters, run one after another or as Ray tasks over every GPU of a machine or cluster.")
+        "parameters, run one after another or as Ray tasks over every GPU of a machine or cluster.",
+    )
     actions = grid_parser.add_subparsers(dest="grid_command", required=True, metavar="{plan,run}")
-    for name, help_text in (("plan", "list every experiment of the notebooks and whether it is done"),
-                            ("run", "run the experiments that are not done yet")):
+    for name, help_text in (
+        ("plan", "list every experiment of the notebooks and whether it is done"),
+        ("run", "run the experiments that are not done yet"),
+    ):
         p = actions.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
-        p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                       help="notebook parameter as for ./run_all.sh (repeatable), e.g. -p seeds=0,1 "
-                            "-p datasets=rafdb")
+        p.add_argument(
+            "-p",
+            "--parameter",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="notebook parameter as for ./run_all.sh (repeatable), e.g. -p seeds=0,1 -p datasets=rafdb",
+        )
         if name == "run":
-            p.add_argument("--executor", choices=EXECUTORS, default="local",
-                           help="local (default: one after another here) or ray")
+            p.add_argument(
+                "--executor", choices=EXECUTORS, default="local", help="local (default: one after another here) or ray"
+            )
             add_run_options(p)
         p.set_defaults(handler=cmd_grid)
 
@@ -797,15 +905,31 @@ def cmd_grid(args) -> int:
         grid_plan = plan(args.profile, params)
         print(format_plan(grid_plan))
         done = sum(p.done for p in grid_plan.experiments)
-        print(f"{len(grid_plan.experiments)} experiments: {done} done, {len(grid_plan.experiments) - done} to "
-              f"run; results folder {grid_plan.results_dir}")
-        print(json.dumps({"profile": grid_plan.profile, "results_dir": str(grid_plan.results_dir),
-                          "experiments": [p.row() for p in grid_plan.experiments]}))
+        print(
+            f"{len(grid_plan.experiments)} experiments: {done} done, {len(grid_plan.experiments) - done} to "
+            f"run; results folder {grid_plan.results_dir}"
+        )
+        print(
+            json.dumps(
+                {
+                    "profile": grid_plan.profile,
+                    "results_dir": str(grid_plan.results_dir),
+                    "experiments": [p.row() for p in grid_plan.experiments],
+                }
+            )
+        )
         return 0
     if args.executor == "ray":
-        import_ray()   # says how to install Ray before the plan is made
-    argv = ["grid", "run", "--profile", args.profile, "--executor", args.executor,
-            *[a for item in args.parameter for a in ("-p", item)]]
+        import_ray()  # says how to install Ray before the plan is made
+    argv = [
+        "grid",
+        "run",
+        "--profile",
+        args.profile,
+        "--executor",
+        args.executor,
+        *[a for item in args.parameter for a in ("-p", item)],
+    ]
     results_dir = pipeline.results_folder(args.profile, params)
     started = time.time()
     report, stopped, failed, at = None, None, None, {"step": "planning the experiments"}
@@ -813,8 +937,14 @@ def cmd_grid(args) -> int:
         try:
             grid_plan = plan(args.profile, params)
             at = {}
-            report = run_grid(grid_plan, args.executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
-                              cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
+            report = run_grid(
+                grid_plan,
+                args.executor,
+                address=args.address,
+                gpus_per_trial=args.gpus_per_trial,
+                cpus_per_trial=args.cpus_per_trial,
+                max_retries=args.max_retries,
+            )
             if report.failed:
                 failed = f"{len(report.failed)} experiment(s) of the grid failed"
         except BaseException as error:  # noqa: B036 - recorded, then reported
@@ -825,14 +955,22 @@ def cmd_grid(args) -> int:
             pipeline.say_interrupted("pattlite grid run", stopped)
         finally:
             with pipeline.deferred_signals():
-                path = pipeline.record_run(results_dir, {
-                    "command": "pattlite grid run", "profile": args.profile, "argv": argv,
-                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                    "seconds": round(time.time() - started, 1),
-                    "grid_seconds": round(report.seconds, 1) if report else None, "notebook_seconds": {},
-                    "keras_backends": {"grid": _keras_backend()}, "executor": args.executor,
-                    **({"grid": report.summary()} if report else {}),
-                    **pipeline.outcome_fields(failed, stopped)})
+                path = pipeline.record_run(
+                    results_dir,
+                    {
+                        "command": "pattlite grid run",
+                        "profile": args.profile,
+                        "argv": argv,
+                        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                        "seconds": round(time.time() - started, 1),
+                        "grid_seconds": round(report.seconds, 1) if report else None,
+                        "notebook_seconds": {},
+                        "keras_backends": {"grid": _keras_backend()},
+                        "executor": args.executor,
+                        **({"grid": report.summary()} if report else {}),
+                        **pipeline.outcome_fields(failed, stopped),
+                    },
+                )
                 print(f"run recorded in {path}", file=sys.stderr if stopped or failed else sys.stdout)
     if stopped is not None:
         print(json.dumps({"interrupted": stopped.record()}))

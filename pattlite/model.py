@@ -30,12 +30,33 @@ from keras import ops
 from pattlite import config
 
 __all__ = [
-    "Variant", "VARIANTS", "COMMON_OPTIONS", "KERNEL_CODES", "DEFAULT_CUT_LAYER", "FULL_BACKBONE_LAYER",
-    "AUTHORS_FINETUNE_REQUEST", "WeightsError", "WeightsNotFoundError",
-    "BatchMixingAttention", "TokenSelfAttention", "PatchSeparableConv2D", "PatchConv2D",
-    "mobilenet_layer_names", "cut_layer_name", "count_params", "variant_cut_layer", "build_model", "build_backbone", "build_head",
-    "copy_head_weights", "backbone_layers", "head_layers", "finetune_model", "set_finetune_trainable",
-    "calibrate_batchnorm", "set_batch_mixing",
+    "Variant",
+    "VARIANTS",
+    "COMMON_OPTIONS",
+    "KERNEL_CODES",
+    "DEFAULT_CUT_LAYER",
+    "FULL_BACKBONE_LAYER",
+    "AUTHORS_FINETUNE_REQUEST",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "BatchMixingAttention",
+    "TokenSelfAttention",
+    "PatchSeparableConv2D",
+    "PatchConv2D",
+    "mobilenet_layer_names",
+    "cut_layer_name",
+    "count_params",
+    "variant_cut_layer",
+    "build_model",
+    "build_backbone",
+    "build_head",
+    "copy_head_weights",
+    "backbone_layers",
+    "head_layers",
+    "finetune_model",
+    "set_finetune_trainable",
+    "calibrate_batchnorm",
+    "set_batch_mixing",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -79,29 +100,56 @@ VARIANTS = {
     "published": Variant(
         "the authors' code: 3-layer patch extraction, GAP, Dense(32), BN, attention across the batch "
         "(each image's 32-vector mixed with every image in its batch), softmax",
-        DEFAULT_CUT_LAYER, patch=True, attention="batch", options=_TRUNCATED),
+        DEFAULT_CUT_LAYER,
+        patch=True,
+        attention="batch",
+        options=_TRUNCATED,
+    ),
     "no_mixing": Variant(
         "as 'published', but the attention sees one token per image: exactly the identity, same "
         "parameters (the batch-composition audit's control)",
-        DEFAULT_CUT_LAYER, patch=True, attention="single", options=_TRUNCATED),
+        DEFAULT_CUT_LAYER,
+        patch=True,
+        attention="single",
+        options=_TRUNCATED,
+    ),
     "pattlite": Variant(
         "corrected PAtt-Lite: self-attention of each image over its own 2x2 = 4 patch tokens, then the "
         "token mean; a prediction never depends on other images",
-        DEFAULT_CUT_LAYER, patch=True, attention="tokens", options=_TRUNCATED),
+        DEFAULT_CUT_LAYER,
+        patch=True,
+        attention="tokens",
+        options=_TRUNCATED,
+    ),
     "baseline": Variant(
         "Table 4 row 1: full MobileNetV1 (to conv_pw_13_relu), GAP, plain classifier",
-        FULL_BACKBONE_LAYER, patch=False, attention=None),
+        FULL_BACKBONE_LAYER,
+        patch=False,
+        attention=None,
+    ),
     "patch_only": Variant(
         "Table 4 row 2: truncated MobileNetV1 + patch extraction, plain classifier",
-        DEFAULT_CUT_LAYER, patch=True, attention=None, options=_TRUNCATED),
+        DEFAULT_CUT_LAYER,
+        patch=True,
+        attention=None,
+        options=_TRUNCATED,
+    ),
     "attention_only": Variant(
         "Table 4 row 3: full MobileNetV1, GAP, attention classifier (option attention)",
-        FULL_BACKBONE_LAYER, patch=False, attention="batch", options=("attention",)),
+        FULL_BACKBONE_LAYER,
+        patch=False,
+        attention="batch",
+        options=("attention",),
+    ),
     "patch_attention": Variant(
         "Table 6: gACNN/pACNN-style patch attention (2x2 regions weighted by a sigmoid attention net "
         "each) instead of patch extraction, attention classifier",
-        DEFAULT_CUT_LAYER, patch=False, attention="batch", region_attention=True,
-        options=("cut_layer", "attention")),
+        DEFAULT_CUT_LAYER,
+        patch=False,
+        attention="batch",
+        region_attention=True,
+        options=("cut_layer", "attention"),
+    ),
 }
 # Values of option `attention`.
 ATTENTION_OPTIONS = ("batch", "tokens")
@@ -111,10 +159,10 @@ ATTENTION_OPTIONS = ("batch", "tokens")
 # stride), NP = no padding ('valid'), O = overlapping windows (stride = kernel - 1), the number = kernel.
 KERNEL_CODES = {
     "NP7": {"kernel_size": 7, "strides": 7, "padding": "valid"},  # 14x14 -> 2x2
-    "OP3": {"kernel_size": 3, "strides": 2, "padding": "same"},   # 14x14 -> 7x7
-    "OP5": {"kernel_size": 5, "strides": 4, "padding": "same"},   # 14x14 -> 4x4
-    "P4": {"kernel_size": 4, "strides": 4, "padding": "same"},    # 14x14 (padded to 16x16) -> 4x4
-    "P8": {"kernel_size": 8, "strides": 8, "padding": "same"},    # 14x14 (padded to 16x16) -> 2x2
+    "OP3": {"kernel_size": 3, "strides": 2, "padding": "same"},  # 14x14 -> 7x7
+    "OP5": {"kernel_size": 5, "strides": 4, "padding": "same"},  # 14x14 -> 4x4
+    "P4": {"kernel_size": 4, "strides": 4, "padding": "same"},  # 14x14 (padded to 16x16) -> 4x4
+    "P8": {"kernel_size": 8, "strides": 8, "padding": "same"},  # 14x14 (padded to 16x16) -> 2x2
 }
 
 # The number of layers the authors' notebook asks to unfreeze (their RAF-DB setting).
@@ -208,9 +256,7 @@ class TokenSelfAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 3:
-            raise ValueError(
-                f"{self.name}: expected a 3-D input (batch, tokens, dim), got shape {input_shape}"
-            )
+            raise ValueError(f"{self.name}: expected a 3-D input (batch, tokens, dim), got shape {input_shape}")
         self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
 
     def call(self, inputs):
@@ -242,8 +288,10 @@ class PatchSeparableConv2D(keras.layers.SeparableConv2D):
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
         if tuple(self.strides) != tuple(self.kernel_size) or tuple(self.dilation_rate) != (1, 1):
-            raise ValueError(f"{self.name}: strides {self.strides} must equal kernel_size "
-                             f"{self.kernel_size}, without dilation (non-overlapping patches)")
+            raise ValueError(
+                f"{self.name}: strides {self.strides} must equal kernel_size "
+                f"{self.kernel_size}, without dilation (non-overlapping patches)"
+            )
         if self.data_format != "channels_last" or self.depth_multiplier != 1:
             raise ValueError(f"{self.name}: expected channels_last and depth_multiplier 1")
 
@@ -263,12 +311,14 @@ class PatchSeparableConv2D(keras.layers.SeparableConv2D):
 def _patches(padding, inputs, kh, kw):
     """(batch, h, w, c) -> (batch, out_h, kh, out_w, kw, c): padded as TensorFlow pads, cut into
     non-overlapping kh x kw patches (a reshape)."""
-    (out_h, top, bottom), (out_w, left, right) = (_conv_padding(int(inputs.shape[1]), kh, kh, padding),
-                                                  _conv_padding(int(inputs.shape[2]), kw, kw, padding))
+    (out_h, top, bottom), (out_w, left, right) = (
+        _conv_padding(int(inputs.shape[1]), kh, kh, padding),
+        _conv_padding(int(inputs.shape[2]), kw, kw, padding),
+    )
     if top or bottom or left or right:
         inputs = ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
     channels = int(inputs.shape[-1])
-    return ops.reshape(inputs[:, :out_h * kh, :out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
+    return ops.reshape(inputs[:, : out_h * kh, : out_w * kw, :], (-1, out_h, kh, out_w, kw, channels))
 
 
 @functools.lru_cache(maxsize=None)
@@ -298,7 +348,7 @@ def _patch_depthwise():
             for j, (col, n_cols, cols_before, cols_after) in enumerate(cols):
                 if n_rows == 0 or n_cols == 0:
                     continue  # this kernel tap only ever sees padding
-                taps = inputs[:, row:row + (n_rows - 1) * kh + 1:kh, col:col + (n_cols - 1) * kw + 1:kw, :]
+                taps = inputs[:, row : row + (n_rows - 1) * kh + 1 : kh, col : col + (n_cols - 1) * kw + 1 : kw, :]
                 taps = taps * kernel[i, j, :, 0]
                 if rows_before or rows_after or cols_before or cols_after:
                     taps = ops.pad(taps, [[0, 0], [rows_before, rows_after], [cols_before, cols_after], [0, 0]])
@@ -317,9 +367,11 @@ def _patch_depthwise():
         kernel_gradient = ops.reshape(ops.sum(patches * gradient, axis=(0, 1, 3)), kernel.shape)
         # The input's gradient: each patch pixel's, back in place; padding dropped, unread pixels zero.
         (_, out_h, _, out_w, _, _) = patches.shape
-        grid = ops.reshape(gradient * ops.reshape(kernel, (kh, 1, kw, channels)), (-1, out_h * kh, out_w * kw, channels))
+        grid = ops.reshape(
+            gradient * ops.reshape(kernel, (kh, 1, kw, channels)), (-1, out_h * kh, out_w * kw, channels)
+        )
         (_, top, _), (_, left, _) = (_conv_padding(height, kh, kh, padding), _conv_padding(width, kw, kw, padding))
-        grid = grid[:, top:top + height, left:left + width, :]
+        grid = grid[:, top : top + height, left : left + width, :]
         missing_h, missing_w = height - int(grid.shape[1]), width - int(grid.shape[2])
         if missing_h or missing_w:  # 'valid' leaves the last rows or columns unread
             grid = ops.pad(grid, [[0, 0], [0, missing_h], [0, missing_w], [0, 0]])
@@ -367,15 +419,22 @@ class PatchConv2D(keras.layers.Conv2D):
         (kh, kw), (sh, sw), channels = self.kernel_size, self.strides, int(inputs.shape[-1])
         (out_h, top, bottom), (out_w, left, right) = (
             _conv_padding(int(inputs.shape[1]), kh, sh, self.padding),
-            _conv_padding(int(inputs.shape[2]), kw, sw, self.padding))
+            _conv_padding(int(inputs.shape[2]), kw, sw, self.padding),
+        )
         if (kh, kw) == (sh, sw):  # non-overlapping patches: a reshape
             x = ops.transpose(_patches(self.padding, inputs, kh, kw), (0, 1, 3, 2, 4, 5))
         else:
             x = inputs
             if top or bottom or left or right:
                 x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-            x = ops.stack([x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
-                           for i in range(kh) for j in range(kw)], axis=3)
+            x = ops.stack(
+                [
+                    x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+                    for i in range(kh)
+                    for j in range(kw)
+                ],
+                axis=3,
+            )
         # (batch, out_h, out_w, kh * kw * channels) in the kernel's (i, j, c) order
         x = ops.reshape(x, (-1, out_h, out_w, kh * kw * channels))
         outputs = ops.matmul(x, ops.reshape(self.kernel, (kh * kw * channels, self.filters)))
@@ -440,8 +499,7 @@ def _check_weights_argument(weights):
             )
         return path
     raise WeightsError(
-        f"weights={weights!r}: expected None (random init), 'imagenet' or the path of a file of "
-        f"{_WEIGHTS_EXPECTED}"
+        f"weights={weights!r}: expected None (random init), 'imagenet' or the path of a file of {_WEIGHTS_EXPECTED}"
     )
 
 
@@ -462,8 +520,11 @@ def _mobilenet(weights, resize_to: int) -> keras.Model:
                 f"cannot load backbone weights from {str(weights)!r} ({type(error).__name__}: "
                 f"{str(error).splitlines()[0][:300]}); expected {_WEIGHTS_EXPECTED}"
             ) from error
-    problems = [str(w.message).splitlines()[0] for w in caught
-                if "load" in str(w.message).lower() or "skipping" in str(w.message).lower()]
+    problems = [
+        str(w.message).splitlines()[0]
+        for w in caught
+        if "load" in str(w.message).lower() or "skipping" in str(w.message).lower()
+    ]
     if problems:
         raise WeightsError(
             f"backbone weights file {str(weights)!r} does not fit MobileNetV1: {problems[0][:300]}; "
@@ -507,8 +568,9 @@ def _check_input_shape(input_shape):
     return shape
 
 
-def build_backbone(weights=None, cut_layer=DEFAULT_CUT_LAYER, resize_to: int = 224,
-                   input_shape=(120, 120, 3), augment: bool = False) -> keras.Model:
+def build_backbone(
+    weights=None, cut_layer=DEFAULT_CUT_LAYER, resize_to: int = 224, input_shape=(120, 120, 3), augment: bool = False
+) -> keras.Model:
     """Builds the frozen feature extractor: input -> resize -> preprocessing -> MobileNetV1 to the cut.
 
     Its output is exactly what the head of `build_model` sees in inference for the same weights, so
@@ -557,8 +619,7 @@ def _resolve(variant, num_classes, options) -> _Spec:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for variant {variant!r}; valid options: "
-            f"{', '.join(valid)}"
+            f"unknown option(s) {', '.join(unknown)} for variant {variant!r}; valid options: {', '.join(valid)}"
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes {num_classes!r}: expected an int >= 2")
@@ -575,8 +636,9 @@ def _resolve(variant, num_classes, options) -> _Spec:
     if "attention" in options:
         config.check_name("attention", attention, ATTENTION_OPTIONS)
     # A variant without option cut_layer names its layer; no lookup (it would build a MobileNet).
-    cut_name = (cut_layer_name(options.get("cut_layer", entry.cut_layer)) if "cut_layer" in entry.options
-                else entry.cut_layer)
+    cut_name = (
+        cut_layer_name(options.get("cut_layer", entry.cut_layer)) if "cut_layer" in entry.options else entry.cut_layer
+    )
     patch = (kernel or "final") if entry.patch else None
     return _Spec(variant, num_classes, cut_name, patch, entry.region_attention, attention, resize_to, augment)
 
@@ -597,13 +659,26 @@ class _Layers:
 
 def _patch_extraction(x, patch, L):
     if patch == "final":
-        x = L("patch_extraction_sepconv1", PatchSeparableConv2D, PATCH_FILTERS, 4, strides=4,
-              padding="same", activation="relu")(x)
-        x = L("patch_extraction_sepconv2", PatchSeparableConv2D, PATCH_FILTERS, 2, strides=2,
-              padding="valid", activation="relu")(x)
+        x = L(
+            "patch_extraction_sepconv1",
+            PatchSeparableConv2D,
+            PATCH_FILTERS,
+            4,
+            strides=4,
+            padding="same",
+            activation="relu",
+        )(x)
+        x = L(
+            "patch_extraction_sepconv2",
+            PatchSeparableConv2D,
+            PATCH_FILTERS,
+            2,
+            strides=2,
+            padding="valid",
+            activation="relu",
+        )(x)
     else:
-        x = L("patch_extraction_conv", PatchConv2D, PATCH_FILTERS, activation="relu",
-              **KERNEL_CODES[patch])(x)
+        x = L("patch_extraction_conv", PatchConv2D, PATCH_FILTERS, activation="relu", **KERNEL_CODES[patch])(x)
     return L("patch_extraction_pointwise", PatchConv2D, PATCH_FILTERS, 1, activation="relu")(x)
 
 
@@ -618,8 +693,9 @@ def _region_attention(x, L):
     for index, (row, col) in enumerate((r, c) for r in rows for c in cols):
         region = L(f"region{index}_crop", keras.layers.Cropping2D, (row, col))(x)
         feature = L(f"region{index}_gap", keras.layers.GlobalAveragePooling2D)(region)
-        hidden = L(f"region{index}_attention_hidden", keras.layers.Dense, REGION_ATTENTION_UNITS,
-                   activation="relu")(feature)
+        hidden = L(f"region{index}_attention_hidden", keras.layers.Dense, REGION_ATTENTION_UNITS, activation="relu")(
+            feature
+        )
         weight = L(f"region{index}_attention_weight", keras.layers.Dense, 1, activation="sigmoid")(hidden)
         weighted = L(f"region{index}_weighted", keras.layers.Multiply)([feature, weight])
         tokens.append(L(f"region{index}_token", keras.layers.Reshape, (1, int(x.shape[-1])))(weighted))
@@ -673,8 +749,7 @@ def variant_cut_layer(variant: str, **options) -> str:
     return _resolve(variant, 2, options).cut_name
 
 
-def build_model(variant: str, num_classes: int, input_shape=(120, 120, 3), weights=None,
-                **options) -> keras.Model:
+def build_model(variant: str, num_classes: int, input_shape=(120, 120, 3), weights=None, **options) -> keras.Model:
     """Builds a PAtt-Lite family model as one flat Keras functional graph.
 
     image -> Resizing(resize_to) -> RandomFlip("horizontal") -> RandomContrast(0.3) (training only)
@@ -746,9 +821,11 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers after the backbone: everything but the input, pre-processing and MobileNet layers."""
     return [
-        layer for layer in model.layers
+        layer
+        for layer in model.layers
         if not isinstance(layer, keras.layers.InputLayer)
-        and layer.name not in PRE_HEAD_LAYER_NAMES and not _BACKBONE_NAME.match(layer.name)
+        and layer.name not in PRE_HEAD_LAYER_NAMES
+        and not _BACKBONE_NAME.match(layer.name)
     ]
 
 
@@ -815,8 +892,9 @@ def count_params(weights) -> int:
     return int(sum(math.prod(int(d) for d in w.shape) for w in weights))
 
 
-def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None = None,
-                           dataset: str | None = None) -> dict:
+def set_finetune_trainable(
+    model: keras.Model, mode: str, n_layers: int | None = None, dataset: str | None = None
+) -> dict:
     """Unfreezes the last backbone layers for fine-tuning, as coded or as the paper says.
 
     The authors' truncated backbone is a Keras model whose layer list starts with its input layer
@@ -847,8 +925,9 @@ def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None =
             n_layers = AUTHORS_FINETUNE_REQUEST
         else:
             if dataset is None:
-                raise ValueError("mode 'paper' needs n_layers or dataset "
-                                 f"(one of {', '.join(config.PAPER_FINETUNE_LAYERS)})")
+                raise ValueError(
+                    f"mode 'paper' needs n_layers or dataset (one of {', '.join(config.PAPER_FINETUNE_LAYERS)})"
+                )
             config.check_name("dataset", dataset, list(config.PAPER_FINETUNE_LAYERS))
             n_layers = config.PAPER_FINETUNE_LAYERS[dataset]
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
@@ -858,11 +937,9 @@ def set_finetune_trainable(model: keras.Model, mode: str, n_layers: int | None =
     if mode == "paper":
         start = max(start, 0)
     frozen = as_keras_model[:start]  # Python slicing, negative start included: the authors' bug
-    unfrozen = [layer for layer in as_keras_model if layer is not None and
-                not any(layer is f for f in frozen)]
+    unfrozen = [layer for layer in as_keras_model if layer is not None and not any(layer is f for f in frozen)]
     for layer in backbone:
-        layer.trainable = any(layer is u for u in unfrozen) and not isinstance(
-            layer, keras.layers.BatchNormalization)
+        layer.trainable = any(layer is u for u in unfrozen) and not isinstance(layer, keras.layers.BatchNormalization)
     backbone_trainable = [w for layer in backbone for w in layer.trainable_weights]
     backbone_all = [w for layer in backbone for w in layer.weights]
     return {

@@ -36,15 +36,15 @@ from typing import Callable
 from . import config
 
 NOTEBOOKS = (
-    "01_datasets",          # Tables 1-3
-    "02_ablation",          # Table 4
-    "03_patch_grid",        # Table 5
-    "04_patch_attention",   # Table 6, Figures 2-5
-    "05_main_results",      # Tables 7-11, Figures 8-10
-    "06_gradcam",           # Figures 6-7
-    "07_audit",             # batch-composition audit
-    "08_report",            # the replication report
-    "09_use_the_model",     # the shipped model: predict, ONNX export, cross-dataset accuracy
+    "01_datasets",  # Tables 1-3
+    "02_ablation",  # Table 4
+    "03_patch_grid",  # Table 5
+    "04_patch_attention",  # Table 6, Figures 2-5
+    "05_main_results",  # Tables 7-11, Figures 8-10
+    "06_gradcam",  # Figures 6-7
+    "07_audit",  # batch-composition audit
+    "08_report",  # the replication report
+    "09_use_the_model",  # the shipped model: predict, ONNX export, cross-dataset accuracy
 )
 # 01-08 build the replication and share most parameters; 09 takes only results_dir and weights.
 STUDY_NOTEBOOKS = NOTEBOOKS[:8]
@@ -119,6 +119,7 @@ def _one_of(valid) -> Callable:
     def check(value: str) -> None:
         if value not in valid:
             raise ValueError("")
+
     return check
 
 
@@ -160,20 +161,25 @@ PARAMETERS = {
     "tables_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
     "figures_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
     "reports_dir": Parameter(_OUTPUT_FOLDER, _check_output_folder),
-    "seeds": Parameter(f"a comma-separated list of integers in 0..{config.MAX_SEED} (2**32 - 1), e.g. 0,1,2, "
-                       "or none for the profile's", _check_seeds),
-    "datasets": Parameter(f"a comma-separated list of {', '.join(config.REAL_DATASETS)}, or none for the "
-                          "default", _check_datasets),
-    "weights": Parameter("imagenet, an existing .weights.h5 file, or none for the profile's", _check_weights,
-                         NOTEBOOKS),
+    "seeds": Parameter(
+        f"a comma-separated list of integers in 0..{config.MAX_SEED} (2**32 - 1), e.g. 0,1,2, "
+        "or none for the profile's",
+        _check_seeds,
+    ),
+    "datasets": Parameter(
+        f"a comma-separated list of {', '.join(config.REAL_DATASETS)}, or none for the default", _check_datasets
+    ),
+    "weights": Parameter(
+        "imagenet, an existing .weights.h5 file, or none for the profile's", _check_weights, NOTEBOOKS
+    ),
     "stage1": Parameter(f"one of {', '.join(config.STAGE1_MODES)}", _one_of(config.STAGE1_MODES)),
     "finetune": Parameter(f"one of {', '.join(config.FINETUNE_MODES)}", _one_of(config.FINETUNE_MODES)),
     **{f"{name}_root": Parameter(_DATASET_FOLDER, _check_dataset_folder) for name in config.REAL_DATASETS},
     "run_experiments": Parameter("true or false (or 1/0, yes/no)", _check_bool),
-    "gradcam_dataset": Parameter(f"one of {', '.join(config.REAL_DATASETS)}", _one_of(config.REAL_DATASETS),
-                                 ("06_gradcam",)),
-    "gradcam_variant": Parameter(f"one of {', '.join(config.VARIANTS)}", _one_of(config.VARIANTS),
-                                 ("06_gradcam",)),
+    "gradcam_dataset": Parameter(
+        f"one of {', '.join(config.REAL_DATASETS)}", _one_of(config.REAL_DATASETS), ("06_gradcam",)
+    ),
+    "gradcam_variant": Parameter(f"one of {', '.join(config.VARIANTS)}", _one_of(config.VARIANTS), ("06_gradcam",)),
     "gradcam_true": Parameter("an integer >= 0", _check_count, ("06_gradcam",)),
     "gradcam_false": Parameter("an integer >= 0", _check_count, ("06_gradcam",)),
     "include_faces": Parameter("true or false (or 1/0, yes/no)", _check_bool, ("08_report",)),
@@ -199,12 +205,15 @@ def check_parameters(params: dict) -> dict:
             (one line each: `-p seeds='abc': expected ...`).
     """
     if "profile" in params:
-        raise ParameterError(f"-p profile={params['profile']!r}: the profile is chosen with --profile, "
-                             "not as a parameter")
+        raise ParameterError(
+            f"-p profile={params['profile']!r}: the profile is chosen with --profile, not as a parameter"
+        )
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
-        raise ParameterError(f"unknown notebook parameter(s) {unknown}; the notebooks take "
-                             f"{', '.join(sorted(PARAMETERS))} (and --profile)")
+        raise ParameterError(
+            f"unknown notebook parameter(s) {unknown}; the notebooks take "
+            f"{', '.join(sorted(PARAMETERS))} (and --profile)"
+        )
     errors = []
     for name, value in params.items():
         spec = PARAMETERS[name]
@@ -252,11 +261,16 @@ def check_parameter_table(notebooks=NOTEBOOKS) -> None:
         declared = set(declared) - {"profile"}
         listed = {name for name, spec in PARAMETERS.items() if notebook in spec.notebooks}
         if declared != listed:
-            problems.append(f"{notebook}: declared but not listed {sorted(declared - listed)}, listed but not "
-                            f"declared {sorted(listed - declared)}")
+            problems.append(
+                f"{notebook}: declared but not listed {sorted(declared - listed)}, listed but not "
+                f"declared {sorted(listed - declared)}"
+            )
     if problems:
-        raise RuntimeError("pattlite.pipeline.PARAMETERS disagrees with the notebooks' parameters cells: "
-                           + "; ".join(problems) + ". Update the table beside the cells.")
+        raise RuntimeError(
+            "pattlite.pipeline.PARAMETERS disagrees with the notebooks' parameters cells: "
+            + "; ".join(problems)
+            + ". Update the table beside the cells."
+        )
 
 
 def notebook_parameters(notebook: str, profile: str, params: dict) -> dict:
@@ -311,13 +325,17 @@ class RunInterrupted(KeyboardInterrupt):
         if "notebook" in w:
             text = f"in notebook {w['notebook']}" + (f", {w['cell']}" if "cell" in w else "")
         else:
-            text = {"grid": "during the grid", "notebooks": "during the notebooks",
-                    "start": "before the grid or a notebook started"}.get(self.stage, f"during {self.stage}")
+            text = {
+                "grid": "during the grid",
+                "notebooks": "during the notebooks",
+                "start": "before the grid or a notebook started",
+            }.get(self.stage, f"during {self.stage}")
         if "experiment" in w:
             text += f", training {w['experiment']}" + (f" (key {w['key']})" if "key" in w else "")
         elif w.get("in_flight"):
-            text += (f", {len(w['in_flight'])} experiment(s) in flight: {', '.join(w['in_flight'][:5])}"
-                     + (", ..." if len(w["in_flight"]) > 5 else ""))
+            text += f", {len(w['in_flight'])} experiment(s) in flight: {', '.join(w['in_flight'][:5])}" + (
+                ", ..." if len(w["in_flight"]) > 5 else ""
+            )
         elif "step" in w:
             text += f", {w['step']}"
         return f"{text} ({self.signal_name})"
@@ -350,7 +368,7 @@ def handle_signals():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _received.clear()   # outside, errors are judged by their own chain again
+        _received.clear()  # outside, errors are judged by their own chain again
 
 
 @contextlib.contextmanager
@@ -394,7 +412,7 @@ def interruption(error: BaseException | None) -> str | None:
             return _SIGNAL_STATUSES[status]
         if getattr(e, "ename", None) == "KeyboardInterrupt":
             return "SIGINT"
-        cause = getattr(e, "cause", None)   # ray.exceptions.RayTaskError: the task's own exception
+        cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError: the task's own exception
         stack += [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
     return None
 
@@ -439,17 +457,29 @@ def results_lock(results_dir, command: str):
             raise ResultsFolderBusy(
                 f"results folder {folder} is in use by another run ({_lock_holder(path)}; lock file {path}); "
                 "wait for it to end or stop it, or give this run another folder (-p results_dir=DIR, or "
-                "--results for pattlite train)") from None
+                "--results for pattlite train)"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps({"pid": os.getpid(), "command": command,
-                                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n").encode())
+        os.write(
+            fd,
+            (
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "command": command,
+                        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                )
+                + "\n"
+            ).encode(),
+        )
         yield path
     finally:
-        os.close(fd)   # releases the lock
+        os.close(fd)  # releases the lock
 
 
 def _lock_holder(path: Path) -> str:
-    for _ in range(20):   # the holder writes its PID right after taking the lock
+    for _ in range(20):  # the holder writes its PID right after taking the lock
         try:
             holder = json.loads(path.read_text())
             return f"PID {holder['pid']}: {holder['command']}, started {holder['started_utc']}"
@@ -506,8 +536,11 @@ def _running_cell(nb_path: Path) -> str | None:
         cells = _code_cells(nb_path)
     except Exception:  # a copy saved half-way: where is a detail, the interruption is recorded anyway
         return None
-    started = [(index, cell) for index, cell in enumerate(cells, 1)
-               if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    started = [
+        (index, cell)
+        for index, cell in enumerate(cells, 1)
+        if cell.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
     return _cell_name(*started[-1]) if started else "the kernel's start"
 
 
@@ -534,14 +567,17 @@ def resolve_notebooks(only) -> list[str]:
     for w in wanted:
         match = [n for n in NOTEBOOKS if n == w or n.split("_", 1)[1] == w or n.startswith(w + "_")]
         if not match:
-            raise ValueError(f"unknown notebook {w!r}; valid: {', '.join(NOTEBOOKS)} "
-                             "(full name, number or the part after the number)")
+            raise ValueError(
+                f"unknown notebook {w!r}; valid: {', '.join(NOTEBOOKS)} "
+                "(full name, number or the part after the number)"
+            )
         resolved += match
     return [n for n in NOTEBOOKS if n in resolved]
 
 
-def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = None,
-                  output_dir: Path | None = None, log=print) -> list[tuple[str, float]]:
+def run_notebooks(
+    profile: str = "demo", only=None, parameters: dict | None = None, output_dir: Path | None = None, log=print
+) -> list[tuple[str, float]]:
     """Execute the notebooks (all, or those named in `only`) for `profile`; return (name, seconds).
 
     Each notebook gets `profile` and the parameters it declares (`notebook_parameters`). The executed
@@ -555,6 +591,7 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
     import papermill as pm
 
     from .profiles import PROFILES
+
     config.check_name("profile", profile, tuple(PROFILES))
     names = resolve_notebooks(only)
     params = check_parameters(dict(parameters or {}))
@@ -584,12 +621,19 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
         if backend:
             os.environ["KERAS_BACKEND"] = backend  # the kernel inherits it
         try:
-            pm.execute_notebook(str(src), str(dst), parameters=notebook_parameters(name, profile, params),
-                                cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False,
-                                log_output=False)
+            pm.execute_notebook(
+                str(src),
+                str(dst),
+                parameters=notebook_parameters(name, profile, params),
+                cwd=str(NOTEBOOKS_DIR),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
         except BaseException as err:  # noqa: B036 - an interruption is told from a failure here
-            stopped = as_interruption(err, "notebooks", notebook=name,
-                                      cell=_running_cell(dst) if dst.exists() else None)
+            stopped = as_interruption(
+                err, "notebooks", notebook=name, cell=_running_cell(dst) if dst.exists() else None
+            )
             if stopped is not None:
                 _quiet_event_loop()
                 stopped.timings = timings
@@ -608,8 +652,7 @@ def run_notebooks(profile: str = "demo", only=None, parameters: dict | None = No
         elapsed = time.time() - start
         timings.append((name, elapsed))
         log(f"[{i}/{len(names)}] {name} done in {elapsed:.1f} s")
-    log(f"all {len(names)} notebooks done in {time.time() - total_start:.1f} s; "
-        f"executed notebooks in {output_dir}")
+    log(f"all {len(names)} notebooks done in {time.time() - total_start:.1f} s; executed notebooks in {output_dir}")
     if "08_report" in names:
         reports = _optional_path(params.get("reports_dir")) or config.reports_dir(profile)
         log(f"report: {reports / 'replication_report.md'} (and .html)")
@@ -652,17 +695,25 @@ def _machine() -> dict:
     commit = report._git("rev-parse", "HEAD")
     status = report._git("status", "--porcelain", "--untracked-files=no") if commit else None
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         gpus = [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
     except (OSError, subprocess.SubprocessError):
         gpus = []
-    return {"git_commit": commit or "unknown", "git_dirty": None if status is None else bool(status),
-            "python": platform.python_version(), **{name: report._version(name) for name in
-                                                    ("keras", "tensorflow", "numpy", "pandas", "pattlite")},
-            "device": ", ".join(gpus) if gpus else f"CPU: {report._cpu_model()}",
-            "platform": f"{platform.system()} {platform.machine()}; {sys.implementation.name}",
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        **{name: report._version(name) for name in ("keras", "tensorflow", "numpy", "pandas", "pattlite")},
+        "device": ", ".join(gpus) if gpus else f"CPU: {report._cpu_model()}",
+        "platform": f"{platform.system()} {platform.machine()}; {sys.implementation.name}",
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+    }
 
 
 def outcome_fields(failed: str | None, interrupted: RunInterrupted | None) -> dict:
@@ -676,8 +727,11 @@ def outcome_fields(failed: str | None, interrupted: RunInterrupted | None) -> di
 
 
 def say_interrupted(command: str, stopped: RunInterrupted) -> None:
-    print(f"{command}: interrupted {stopped.describe()}; the same command resumes it (finished experiments "
-          "are kept)", file=sys.stderr, flush=True)
+    print(
+        f"{command}: interrupted {stopped.describe()}; the same command resumes it (finished experiments are kept)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -690,16 +744,28 @@ def main(argv=None) -> int:
 
     quiet_backend_logs()  # the kernels inherit the filtered stderr
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo",
-                        help="demo (default, synthetic data), cpu (real data on a CPU), paper (GPU) or ci")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08")
-    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                        help="notebook parameter (repeatable), e.g. -p rafdb_root=/data/raf; each notebook "
-                             "gets those its parameters cell declares")
-    parser.add_argument("--executor", choices=grid.EXECUTORS, default=None,
-                        help="run the experiment grid first (pattlite grid run) with this executor; "
-                             "default: the notebooks train what they miss, one after another")
+    parser.add_argument(
+        "--profile", default="demo", help="demo (default, synthetic data), cpu (real data on a CPU), paper (GPU) or ci"
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08"
+    )
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="notebook parameter (repeatable), e.g. -p rafdb_root=/data/raf; each notebook "
+        "gets those its parameters cell declares",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=grid.EXECUTORS,
+        default=None,
+        help="run the experiment grid first (pattlite grid run) with this executor; "
+        "default: the notebooks train what they miss, one after another",
+    )
     grid.add_run_options(parser)
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -739,19 +805,26 @@ def main(argv=None) -> int:
                                 grid_plan = grid.plan(args.profile, params)
                                 at = {}
                                 report = grid.run_grid(
-                                    grid_plan, executor, address=args.address, gpus_per_trial=args.gpus_per_trial,
-                                    cpus_per_trial=args.cpus_per_trial, max_retries=args.max_retries)
+                                    grid_plan,
+                                    executor,
+                                    address=args.address,
+                                    gpus_per_trial=args.gpus_per_trial,
+                                    cpus_per_trial=args.cpus_per_trial,
+                                    max_retries=args.max_retries,
+                                )
                         finally:
                             if users_backend is None:
                                 os.environ.pop("KERAS_BACKEND", None)
                         if report.failed:
-                            raise NotebookFailed(f"{len(report.failed)} experiment(s) of the grid failed (listed "
-                                                 "above); the notebooks did not run")
+                            raise NotebookFailed(
+                                f"{len(report.failed)} experiment(s) of the grid failed (listed "
+                                "above); the notebooks did not run"
+                            )
                         grid_seconds = report.seconds
                     stage = "notebooks"
                     timings = run_notebooks(args.profile, args.only, params)
                 except BaseException as err:  # noqa: B036 - recorded, then reported
-                    timings = getattr(err, "timings", timings)   # the notebooks done before it
+                    timings = getattr(err, "timings", timings)  # the notebooks done before it
                     stopped = as_interruption(err, stage, **at)
                     if stopped is not None:
                         say_interrupted("run_all.sh", stopped)
@@ -770,15 +843,23 @@ def main(argv=None) -> int:
                             traceback.print_exc()
                 finally:
                     with deferred_signals():
-                        path = record_run(results_dir, {
-                            "command": "run_all.sh", "profile": args.profile, "argv": argv,
-                            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                            "seconds": round(time.time() - started, 1), "grid_seconds": grid_seconds,
-                            "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings},
-                            "keras_backends": {"grid": grid_backend if executor is not None else None,
-                                               **{name: notebook_backend(profile, name) or "default"
-                                                  for name, _ in timings}},
-                            **outcome_fields(failed, stopped)})
+                        path = record_run(
+                            results_dir,
+                            {
+                                "command": "run_all.sh",
+                                "profile": args.profile,
+                                "argv": argv,
+                                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                                "seconds": round(time.time() - started, 1),
+                                "grid_seconds": grid_seconds,
+                                "notebook_seconds": {name: round(seconds, 1) for name, seconds in timings},
+                                "keras_backends": {
+                                    "grid": grid_backend if executor is not None else None,
+                                    **{name: notebook_backend(profile, name) or "default" for name, _ in timings},
+                                },
+                                **outcome_fields(failed, stopped),
+                            },
+                        )
                         print(f"run recorded in {path} ({time.time() - started:.0f} s)")
         except ResultsFolderBusy as err:
             print(f"run_all.sh: error: {err}", file=sys.stderr)

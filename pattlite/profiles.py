@@ -181,14 +181,22 @@ def _synthetic_sources(n_train, n_val, n_test, image_size, ckplus_images) -> dic
     return {
         # CK+ is small and cross-validated over subject folds; its stand-in keeps every image in one pool
         # that the folds re-split (see pattlite.experiments).
-        "ckplus": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=11, n_train=ckplus_images, n_val=0, n_test=0, **common)},
-        "rafdb": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=12, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
-        "fer2013": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=13, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
-        "ferplus": {"dataset": "synthetic", "options": dict(
-            num_classes=8, seed=14, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
+        "ckplus": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=11, n_train=ckplus_images, n_val=0, n_test=0, **common),
+        },
+        "rafdb": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=12, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
+        "fer2013": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=13, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
+        "ferplus": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=8, seed=14, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
     }
 
 
@@ -210,8 +218,8 @@ PROFILES = {
     "cpu": Profile(
         name="cpu",
         description="real data on a CPU: heads on cached ImageNet-backbone features (no augmentation; "
-                    "stage 2 as coded, which fine-tunes no backbone weight), 5,000-image training subsets, "
-                    "stage-1 cap 30 epochs, stage-2 cap 5 epochs",  # the seeds: `seeds` (a run's -p seeds= changes them)
+        "stage 2 as coded, which fine-tunes no backbone weight), 5,000-image training subsets, "
+        "stage-1 cap 30 epochs, stage-2 cap 5 epochs",  # the seeds: `seeds` (a run's -p seeds= changes them)
         synthetic=False,
         sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
@@ -240,16 +248,16 @@ PROFILES = {
         sized_for_cpu=True,
         train_first=True,
         table_note="Profile cpu: heads trained on cached ImageNet-backbone features, so without the "
-                   "flip/contrast augmentation; stage 2 as coded fine-tunes no backbone weight, as in the "
-                   "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
-                   "epochs, stage 2 at 5; mean ± sd over the seeds run.",
+        "flip/contrast augmentation; stage 2 as coded fine-tunes no backbone weight, as in the "
+        "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
+        "epochs, stage 2 at 5; mean ± sd over the seeds run.",
     ),
     "cpu_full": Profile(
         name="cpu_full",
         description="the authors' recipe at full size on a CPU: heads on cached ImageNet-backbone features "
-                    "with the authors' horizontal flip (random contrast left out), stage 2 as coded (no "
-                    "backbone weight fine-tuned), every training image, the authors' epoch limits and "
-                    "callbacks with stage 2 capped at 50 epochs",
+        "with the authors' horizontal flip (random contrast left out), stage 2 as coded (no "
+        "backbone weight fine-tuned), every training image, the authors' epoch limits and "
+        "callbacks with stage 2 capped at 50 epochs",
         synthetic=False,
         sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
@@ -289,16 +297,16 @@ PROFILES = {
         sized_for_cpu=True,
         train_first=True,
         table_note="Profile cpu_full: the authors' recipe at full size, heads trained on cached "
-                   "ImageNet-backbone features with the horizontal flip (each epoch every training image "
-                   "or its mirror image) and without the random contrast; stage 2 as coded fine-tunes no "
-                   "backbone weight, as in the authors' code; every training image; the authors' epoch "
-                   "limits and callbacks, stage 2 capped at 50 epochs (what the cap costs: the report's "
-                   "cap table); mean ± sd over the seeds run.",
+        "ImageNet-backbone features with the horizontal flip (each epoch every training image "
+        "or its mirror image) and without the random contrast; stage 2 as coded fine-tunes no "
+        "backbone weight, as in the authors' code; every training image; the authors' epoch "
+        "limits and callbacks, stage 2 capped at 50 epochs (what the cap costs: the report's "
+        "cap table); mean ± sd over the seeds run.",
     ),
     "demo": Profile(
         name="demo",
         description="synthetic stand-ins, ImageNet backbone, heads on cached features; shows the "
-                    "pipeline and the batch-composition effect, not the paper's numbers",
+        "pipeline and the batch-composition effect, not the paper's numbers",
         synthetic=True,
         sources=_synthetic_sources(n_train=280, n_val=70, n_test=140, image_size=48, ckplus_images=280),
         image_sizes={name: 48 for name in BENCHMARKS},
@@ -365,15 +373,19 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
     for field in ("table5_datasets", "gradcam_datasets"):
         order = getattr(profile, field)
         if isinstance(order, str) or not isinstance(order, (tuple, list)) or not order:
-            raise ValueError(f"profile field {field}={order!r}: expected a non-empty tuple of benchmarks in order "
-                             f"of preference, e.g. ('rafdb', 'ferplus')")
+            raise ValueError(
+                f"profile field {field}={order!r}: expected a non-empty tuple of benchmarks in order "
+                f"of preference, e.g. ('rafdb', 'ferplus')"
+            )
         for dataset in order:
             config.check_name("benchmark", dataset, BENCHMARKS)
         if len(set(order)) != len(order):
             raise ValueError(f"profile field {field}={order!r}: a benchmark is listed twice")
     if profile.train_views not in (1, 2) or (profile.train_views == 2 and profile.stage1 != "cached"):
-        raise ValueError(f"profile field train_views={profile.train_views!r}: expected 1, or 2 (mirror "
-                         "images' features) with stage1='cached'")
+        raise ValueError(
+            f"profile field train_views={profile.train_views!r}: expected 1, or 2 (mirror "
+            "images' features) with stage1='cached'"
+        )
     config.check_name("extraction engine", profile.extraction_engine, ("auto", "openvino", "tensorflow"))
     if profile.keras_backend is not None:
         config.check_name("Keras backend", profile.keras_backend, ("tensorflow", "jax"))
@@ -393,8 +405,10 @@ def weights_search_paths() -> list[Path]:
     """Where a local copy of the ImageNet weights is looked for, in order (after $PATTLITE_WEIGHTS):
     `<data dir>/weights/`, then `../shared/weights/` beside the project (this project's development
     machines keep the file there)."""
-    return [config.data_dir() / "weights" / WEIGHTS_FILE_NAME,
-            config.PROJECT_ROOT.parent / "shared" / "weights" / WEIGHTS_FILE_NAME]
+    return [
+        config.data_dir() / "weights" / WEIGHTS_FILE_NAME,
+        config.PROJECT_ROOT.parent / "shared" / "weights" / WEIGHTS_FILE_NAME,
+    ]
 
 
 def resolve_weights(weights):
@@ -419,6 +433,8 @@ def resolve_weights(weights):
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist; expected a "
-                                f"{WEIGHTS_FILE_NAME}-style Keras weights file")
+        raise FileNotFoundError(
+            f"backbone weights file {str(path)!r} does not exist; expected a "
+            f"{WEIGHTS_FILE_NAME}-style Keras weights file"
+        )
     return path

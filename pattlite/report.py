@@ -54,8 +54,12 @@ VERDICTS = ("reproduced", "not reproduced", "not comparable", "no result")
 # The mark in front of each of our numbers in the report's tables (Markdown: coloured emoji squares, which
 # GitHub shows); in the HTML each becomes a CSS-drawn square and colours its table cell, so the verdict
 # shows in a browser without an emoji font too: (mark, square colour, cell colour).
-VERDICT_MARKS = {"reproduced": ("🟩", "#2e7d32", "#e3f2e4"), "not reproduced": ("🟥", "#c62828", "#fbe4e4"),
-                 "not comparable": ("⬜", "#ffffff", "#f4f4f4"), "no result": ("⬛", "#212121", "#e6e6e6")}
+VERDICT_MARKS = {
+    "reproduced": ("🟩", "#2e7d32", "#e3f2e4"),
+    "not reproduced": ("🟥", "#c62828", "#fbe4e4"),
+    "not comparable": ("⬜", "#ffffff", "#f4f4f4"),
+    "no result": ("⬛", "#212121", "#e6e6e6"),
+}
 SYNTHETIC_BANNER = "SYNTHETIC DATA — not comparable with the paper"
 
 # Float comparisons of numbers printed with 2 decimals: 95.05 - 94.05 is 1.0000000000000142.
@@ -100,13 +104,23 @@ def _duplicated_keys(df: pd.DataFrame, on: list[str], what: str) -> None:
     dup = df.duplicated(subset=on, keep=False)
     if dup.any():
         rows = df.loc[dup, on].drop_duplicates().head(5).to_dict("records")
-        raise ValueError(f"{what} has several rows for the same keys {on}: {rows}; "
-                         f"add the distinguishing column to `on`")
+        raise ValueError(
+            f"{what} has several rows for the same keys {on}: {rows}; add the distinguishing column to `on`"
+        )
 
 
-def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolerance: float | None = None,
-            synthetic: bool = False, paper_col: str = "value", ours_col: str = "value",
-            how: str = "left", sd_col: str = "sd", runs_col: str = "runs") -> pd.DataFrame:
+def compare(
+    paper_df: pd.DataFrame,
+    ours_df: pd.DataFrame,
+    on: list[str],
+    tolerance: float | None = None,
+    synthetic: bool = False,
+    paper_col: str = "value",
+    ours_col: str = "value",
+    how: str = "left",
+    sd_col: str = "sd",
+    runs_col: str = "runs",
+) -> pd.DataFrame:
     """Join published numbers with ours and give each a verdict.
 
     Args:
@@ -150,8 +164,9 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
     elif "quantity" in merged.columns:
         unknown = sorted(set(merged["quantity"].dropna()) - set(TOLERANCE_BY_QUANTITY))
         if unknown:
-            raise ValueError(f"no default tolerance for quantity {unknown}; known: {list(TOLERANCE_BY_QUANTITY)}"
-                             f"; pass tolerance=")
+            raise ValueError(
+                f"no default tolerance for quantity {unknown}; known: {list(TOLERANCE_BY_QUANTITY)}; pass tolerance="
+            )
         merged["tolerance"] = merged["quantity"].map(TOLERANCE_BY_QUANTITY).fillna(ACCURACY_TOLERANCE)
     else:
         merged["tolerance"] = ACCURACY_TOLERANCE
@@ -160,8 +175,10 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         runs = merged.pop("_runs").astype(float).clip(lower=1.0) if with_runs else 1.0
         widened = (SPREAD_FACTOR * merged["ours_sd"] / np.sqrt(runs)).where(merged["ours_sd"].notna(), 0.0)
         merged["tolerance"] = np.maximum(merged["tolerance"].astype(float), widened)
-    merged["verdict"] = [verdict(p, o, t, comparable=not synthetic)
-                         for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])]
+    merged["verdict"] = [
+        verdict(p, o, t, comparable=not synthetic)
+        for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])
+    ]
     tail = ["paper", "ours"] + (["ours_sd"] if with_sd else []) + ["diff", "tolerance", "verdict"]
     head = on + [c for c in merged.columns if c not in on and c not in tail]
     out = merged[head + tail].reset_index(drop=True)
@@ -177,8 +194,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def _check_file_stem(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"file name stem {name!r} must be letters, digits, '.', '_' or '-' "
-                         f"(no folders, no spaces), e.g. 'table4_ablation'")
+        raise ValueError(
+            f"file name stem {name!r} must be letters, digits, '.', '_' or '-' "
+            f"(no folders, no spaces), e.g. 'table4_ablation'"
+        )
     return name
 
 
@@ -199,8 +218,14 @@ def _latex_table(df: pd.DataFrame, caption: str, synthetic: bool, float_format: 
     # check marks) needs a Unicode-aware LaTeX (any since 2018).
     if synthetic:
         caption = f"{caption} ({SYNTHETIC_BANNER})"
-    return df.to_latex(index=False, na_rep="-", float_format=float_format, escape=True, position="ht",
-                       caption=caption.translate(_LATEX_CAPTION_ESCAPES))
+    return df.to_latex(
+        index=False,
+        na_rep="-",
+        float_format=float_format,
+        escape=True,
+        position="ht",
+        caption=caption.translate(_LATEX_CAPTION_ESCAPES),
+    )
 
 
 def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
@@ -214,8 +239,9 @@ def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
     return text.to_markdown(index=False, disable_numparse=True)
 
 
-def save_table(df: pd.DataFrame, name: str, out_dir, caption: str, synthetic: bool = False,
-               float_format: str = "%.2f") -> dict[str, Path]:
+def save_table(
+    df: pd.DataFrame, name: str, out_dir, caption: str, synthetic: bool = False, float_format: str = "%.2f"
+) -> dict[str, Path]:
     """Write `df` as `<name>.csv`, `<name>.md` and `<name>.tex` in `out_dir`.
 
     Each file starts with the caption (e.g. "Table 4. Ablation study ...") and, when `synthetic`, the
@@ -263,10 +289,20 @@ def add_synthetic_banner(fig) -> None:
     """Write the synthetic-data banner across `fig` (once) so no copy of the image loses it."""
     if any(t.get_text() == SYNTHETIC_BANNER for t in fig.texts):
         return
-    fig.text(0.5, 0.5, SYNTHETIC_BANNER, ha="center", va="center", rotation=25, fontsize=16,
-             color="red", alpha=0.35, fontweight="bold", zorder=1000)
-    fig.text(0.5, 0.995, SYNTHETIC_BANNER, ha="center", va="top", fontsize=9, color="red",
-             fontweight="bold")
+    fig.text(
+        0.5,
+        0.5,
+        SYNTHETIC_BANNER,
+        ha="center",
+        va="center",
+        rotation=25,
+        fontsize=16,
+        color="red",
+        alpha=0.35,
+        fontweight="bold",
+        zorder=1000,
+    )
+    fig.text(0.5, 0.995, SYNTHETIC_BANNER, ha="center", va="top", fontsize=9, color="red", fontweight="bold")
 
 
 def save_figure(fig, name: str, out_dir, synthetic: bool = False, dpi: int = 150) -> dict[str, Path]:
@@ -329,10 +365,20 @@ def plot_confusion_matrix(cm, classes, title: str, normalize: bool = True, ax=No
         _, ax = plt.subplots(figsize=(size + 1.0, size))
     vmax = 100.0 if normalize else max(float(np.nanmax(shown)) if shown.size else 1.0, 1.0)
     labels = [["-" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v)}") for v in row] for row in shown]
-    seaborn.heatmap(np.nan_to_num(shown, nan=0.0), annot=np.array(labels, dtype=object), fmt="", cmap="Blues",
-                    vmin=0.0, vmax=vmax, square=True, ax=ax, annot_kws={"fontsize": 8},
-                    cbar_kws={"fraction": 0.046, "pad": 0.04},
-                    xticklabels=list(classes), yticklabels=list(classes))
+    seaborn.heatmap(
+        np.nan_to_num(shown, nan=0.0),
+        annot=np.array(labels, dtype=object),
+        fmt="",
+        cmap="Blues",
+        vmin=0.0,
+        vmax=vmax,
+        square=True,
+        ax=ax,
+        annot_kws={"fontsize": 8},
+        cbar_kws={"fraction": 0.046, "pad": 0.04},
+        xticklabels=list(classes),
+        yticklabels=list(classes),
+    )
     ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
     ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
     ax.set_xlabel("Predicted")
@@ -371,8 +417,11 @@ def plot_accuracy_vs_params(methods_df, ours_rows, title: str, ax=None):
     ours_pts = _points_frame(ours_rows, "ours_rows")
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 5.0))
-    is_pattlite = (paper_pts["is_pattlite"].astype(bool) if "is_pattlite" in paper_pts
-                   else paper_pts["method"].astype(str).str.startswith("PAtt-Lite"))
+    is_pattlite = (
+        paper_pts["is_pattlite"].astype(bool)
+        if "is_pattlite" in paper_pts
+        else paper_pts["method"].astype(str).str.startswith("PAtt-Lite")
+    )
     placeable = paper_pts["params"].notna()
     groups = (
         (paper_pts[placeable & ~is_pattlite], dict(marker="o", color="tab:gray"), "published methods"),
@@ -382,11 +431,17 @@ def plot_accuracy_vs_params(methods_df, ours_rows, title: str, ax=None):
     for pts, style, label in groups:
         if len(pts) == 0:
             continue
-        ax.scatter(pts["params"].astype(float), pts["accuracy"].astype(float), label=label, zorder=3,
-                   **{"s": 40, **style})
+        ax.scatter(
+            pts["params"].astype(float), pts["accuracy"].astype(float), label=label, zorder=3, **{"s": 40, **style}
+        )
         for row in pts.itertuples(index=False):
-            ax.annotate(str(row.method), (float(row.params), float(row.accuracy)), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
+            ax.annotate(
+                str(row.method),
+                (float(row.params), float(row.accuracy)),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+            )
     ax.set_xscale("log")
     ax.set_xlabel("Parameters (log scale)")
     ax.set_ylabel("Accuracy (%)")
@@ -395,16 +450,27 @@ def plot_accuracy_vs_params(methods_df, ours_rows, title: str, ax=None):
     ax.legend(loc="lower right", fontsize=8)
     unplaced = list(paper_pts.loc[~placeable, "method"]) + list(ours_pts.loc[ours_pts["params"].isna(), "method"])
     if unplaced:
-        ax.text(0.0, -0.16, "Not plotted (no parameter count): " + ", ".join(map(str, unplaced)),
-                transform=ax.transAxes, fontsize=7, va="top")
+        ax.text(
+            0.0,
+            -0.16,
+            "Not plotted (no parameter count): " + ", ".join(map(str, unplaced)),
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+        )
     return ax
 
 
 # ---------------------------------------------------------------------------------------------------
 # The report
 
-_IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".svg": "image/svg+xml"}
+_IMAGE_MIME = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+}
 
 
 def _check_block(block, where: str):
@@ -417,8 +483,10 @@ def _check_block(block, where: str):
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image file {path} does not exist")
         return path
-    raise TypeError(f"{where}: a block must be markdown text (str), a pandas DataFrame or an image path "
-                    f"(pathlib.Path), got {type(block).__name__}")
+    raise TypeError(
+        f"{where}: a block must be markdown text (str), a pandas DataFrame or an image path "
+        f"(pathlib.Path), got {type(block).__name__}"
+    )
 
 
 def section_anchors(names) -> list[str]:
@@ -432,8 +500,14 @@ def section_anchors(names) -> list[str]:
     return anchors
 
 
-def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite replication report",
-                  synthetic: bool = False, provenance_info: dict | None = None) -> tuple[Path, Path]:
+def render_report(
+    markdown_path,
+    html_path,
+    sections,
+    title: str = "PAtt-Lite replication report",
+    synthetic: bool = False,
+    provenance_info: dict | None = None,
+) -> tuple[Path, Path]:
     """Write the report as Markdown and as one standalone HTML file (nbconvert's HTML export of the same
     Markdown, images embedded as base64).
 
@@ -470,8 +544,9 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
     anchors = section_anchors(name for name, _ in checked)
     head = [f"# {title}"] + ([f"> **{SYNTHETIC_BANNER}**"] if synthetic else [])
     if checked:
-        head.append("**Contents**\n\n" + "\n".join(f"- [{name}](#{anchor})"
-                                                    for (name, _), anchor in zip(checked, anchors)))
+        head.append(
+            "**Contents**\n\n" + "\n".join(f"- [{name}](#{anchor})" for (name, _), anchor in zip(checked, anchors))
+        )
     md_parts, cells = ["\n\n".join(head)], [nbformat.v4.new_markdown_cell("\n\n".join(head))]
     for (name, blocks), anchor in zip(checked, anchors):
         heading = f'<a id="{anchor}"></a>\n\n## {name}'
@@ -486,8 +561,9 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
             else:
                 rel = os.path.relpath(block.resolve(), markdown_path.resolve().parent)
                 md.append(f"![{block.stem}]({Path(rel).as_posix()})")
-                attachments[block.name] = {_IMAGE_MIME[block.suffix.lower()]:
-                                           base64.b64encode(block.read_bytes()).decode("ascii")}
+                attachments[block.name] = {
+                    _IMAGE_MIME[block.suffix.lower()]: base64.b64encode(block.read_bytes()).decode("ascii")
+                }
                 cell_md.append(f"![{block.stem}](attachment:{block.name})")
         md_parts.append("\n\n".join(md))
         cell = nbformat.v4.new_markdown_cell("\n\n".join(cell_md))
@@ -499,10 +575,12 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
         md_parts.append(text)
         cells.append(nbformat.v4.new_markdown_cell(text))
 
-    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True,
-                            exclude_anchor_links=True)
-    page, _ = exporter.from_notebook_node(nbformat.v4.new_notebook(cells=cells),
-                                          resources={"metadata": {"name": title}})
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True, exclude_anchor_links=True
+    )
+    page, _ = exporter.from_notebook_node(
+        nbformat.v4.new_notebook(cells=cells), resources={"metadata": {"name": title}}
+    )
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text("\n\n".join(md_parts) + "\n", encoding="utf-8")
@@ -518,9 +596,11 @@ def html_verdict_marks(page: str) -> str:
 
     def square(mark: str) -> str:
         verdict, colour, _ = by_mark[mark]
-        return (f'<span class="verdict-mark" title="{verdict}" aria-label="{verdict}" style="display:inline-block;'
-                f'width:0.75em;height:0.75em;margin-right:0.2em;vertical-align:-0.05em;background:{colour};'
-                f'border:1px solid #555"></span>')
+        return (
+            f'<span class="verdict-mark" title="{verdict}" aria-label="{verdict}" style="display:inline-block;'
+            f"width:0.75em;height:0.75em;margin-right:0.2em;vertical-align:-0.05em;background:{colour};"
+            f'border:1px solid #555"></span>'
+        )
 
     marks = "|".join(map(re.escape, by_mark))
 
@@ -542,8 +622,9 @@ def html_verdict_marks(page: str) -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True,
-                              timeout=20, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

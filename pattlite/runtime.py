@@ -59,7 +59,8 @@ class OpenVinoModel:
             model = self.model.clone()
             model.reshape([*batch.shape])
             request = self.requests[batch.shape] = self.core.compile_model(
-                model, "CPU", self.settings).create_infer_request()
+                model, "CPU", self.settings
+            ).create_infer_request()
         request.infer([batch])
         return np.array(request.get_output_tensor(0).data)
 

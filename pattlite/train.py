@@ -40,8 +40,7 @@ import numpy as np
 from pattlite import config
 from pattlite.checkpoints import TrainingCheckpoint
 from pattlite.evaluate import OrderedBatches, epoch_order, in_memory, is_in_memory, predict
-from pattlite.model import (backbone_layers, count_params, cut_layer_name, finetune_model,
-                            set_finetune_trainable)
+from pattlite.model import backbone_layers, count_params, cut_layer_name, finetune_model, set_finetune_trainable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +128,22 @@ class TrainConfig:
         config.check_name("fine-tuning mode", self.finetune, config.FINETUNE_MODES)
         if self.class_weight not in ("balanced", None):
             raise ValueError(f"class_weight {self.class_weight!r}: expected 'balanced' or None")
-        for name in ("batch_size", "validation_batch_size", "stage1_epochs", "stage2_epochs",
-                     "steps_per_execution", "stage2_start_offset", "train_views"):
+        for name in (
+            "batch_size",
+            "validation_batch_size",
+            "stage1_epochs",
+            "stage2_epochs",
+            "steps_per_execution",
+            "stage2_start_offset",
+            "train_views",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name}={value!r}: expected a positive int")
         probes = self.test_probe_epochs
         if not isinstance(probes, (tuple, list)) or any(
-                isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in probes):
+            isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in probes
+        ):
             raise ValueError(f"TrainConfig.test_probe_epochs={probes!r}: expected a tuple of positive ints")
         object.__setattr__(self, "test_probe_epochs", tuple(sorted(set(probes))))
 
@@ -201,8 +208,9 @@ def balanced_class_weights(y, num_classes: int) -> np.ndarray:
     return weights
 
 
-def inverse_time_decay(epoch: int, learning_rate: float = 1e-5, decay_steps: float = 80.0,
-                       decay_rate: float = 1.0) -> float:
+def inverse_time_decay(
+    epoch: int, learning_rate: float = 1e-5, decay_steps: float = 80.0, decay_rate: float = 1.0
+) -> float:
     """The authors' stage-2 learning rate at an epoch index: lr / (1 + rate * epoch / steps)."""
     return float(learning_rate / (1.0 + decay_rate * epoch / decay_steps))
 
@@ -265,13 +273,17 @@ class EpochLine(keras.callbacks.Callback):
         logs = logs or {}
         parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        print(f"  {self.stage} epoch {epoch + 1}: " + ", ".join(parts) + f", lr {lr:.2e}, "
-              f"{time.time() - self._start:.1f} s", flush=True)
+        print(
+            f"  {self.stage} epoch {epoch + 1}: " + ", ".join(parts) + f", lr {lr:.2e}, "
+            f"{time.time() - self._start:.1f} s",
+            flush=True,
+        )
 
 
 def _history_dict(history) -> dict:
     return {k: [float(v) for v in values] for k, values in history.history.items()} | {
-        "epoch": [int(e) for e in history.epoch]}
+        "epoch": [int(e) for e in history.epoch]
+    }
 
 
 def _logging_callbacks(log_dir, stage: str, tensorboard: bool, append: bool = False) -> list:
@@ -289,14 +301,14 @@ def _logging_callbacks(log_dir, stage: str, tensorboard: bool, append: bool = Fa
 def _check_data(model, x, y, what: str, views: int = 1):
     if len(x) != views * len(y):
         per = f" ({views} views of each image)" if views > 1 else ""
-        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels; expected "
-                         f"{views * len(y)}{per}")
+        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels; expected {views * len(y)}{per}")
     if len(x) == 0:
         raise ValueError(f"{what}: empty (0 images)")
     expected = tuple(model.inputs[0].shape[1:])
     if tuple(x.shape[1:]) != expected:
-        raise ValueError(f"{what}: inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, "
-                         f"which expects (N,) + {expected}")
+        raise ValueError(
+            f"{what}: inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which expects (N,) + {expected}"
+        )
 
 
 def _physical_memory() -> int:
@@ -351,7 +363,7 @@ def _tensorflow_steps(model, batch_size):
     def run(arrays, rows):
         chunk = tuple(_gather(a, rows) for a in arrays)
         for start in range(0, len(rows), batch_size):
-            step(tuple(a[start:start + batch_size] for a in chunk))
+            step(tuple(a[start : start + batch_size] for a in chunk))
 
     return (lambda arrays: arrays), run
 
@@ -359,8 +371,12 @@ def _tensorflow_steps(model, batch_size):
 def train_step_variables(model) -> tuple:
     """The four variable lists whose values make the state of Keras' stateless JAX `train_step`:
     trainable, non-trainable, optimizer and metric variables, in that order."""
-    return (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
-            model.metrics_variables)
+    return (
+        model.trainable_variables,
+        model.non_trainable_variables,
+        model.optimizer.variables,
+        model.metrics_variables,
+    )
 
 
 def _jax_steps(model, batch_size):
@@ -384,8 +400,9 @@ def _jax_steps(model, batch_size):
     @jax.jit
     def run_full(state, arrays, rows, steps):
         def body(i, state):
-            _, state = model.train_step(state, batch_of(arrays, jax.lax.dynamic_slice_in_dim(
-                rows, i * batch_size, batch_size)))
+            _, state = model.train_step(
+                state, batch_of(arrays, jax.lax.dynamic_slice_in_dim(rows, i * batch_size, batch_size))
+            )
             return state
 
         return jax.lax.fori_loop(0, steps, body, state)
@@ -411,8 +428,7 @@ def _jax_steps(model, batch_size):
         if not isinstance(arrays[0], jax.Array):
             arrays = tuple(_gather(a, rows) for a in arrays)
             if len(rows) < chunk:  # one input shape, one compilation
-                arrays = tuple(np.concatenate([a, np.zeros((chunk - len(a),) + a.shape[1:], a.dtype)])
-                               for a in arrays)
+                arrays = tuple(np.concatenate([a, np.zeros((chunk - len(a),) + a.shape[1:], a.dtype)]) for a in arrays)
             rows = np.arange(len(rows))
         rows = np.asarray(rows, dtype=np.int32)
         state = tuple([v.value for v in vs] for vs in train_step_variables(model))
@@ -429,8 +445,19 @@ def _jax_steps(model, batch_size):
     return prepare, run
 
 
-def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callbacks, reshuffle_seed: int,
-                 initial_epoch: int = 0, views: int = 1, runs_before: int = 0):
+def fit_in_order(
+    model,
+    x,
+    y,
+    sample_weight,
+    batch_size: int,
+    epochs: int,
+    callbacks,
+    reshuffle_seed: int,
+    initial_epoch: int = 0,
+    views: int = 1,
+    runs_before: int = 0,
+):
     """What `model.fit(OrderedBatches(x, ..., reshuffle_seed, views), epochs, callbacks, shuffle=False)`
     does, faster.
 
@@ -441,7 +468,8 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     epoch logs, so EarlyStopping, ReduceLROnPlateau, CSVLogger and validation callbacks work as in
     `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
     into memory once when they fit (`IN_MEMORY_BYTES`; on JAX held as device arrays, each step
-    gathering its own batch; else gathered chunk by chunk from the memory map), float16 widened inside the compiled step. The per-batch loop is a backend edge: a traced step
+    gathering its own batch; else gathered chunk by chunk from the memory map), float16 widened inside
+    the compiled step. The per-batch loop is a backend edge: a traced step
     per batch on TensorFlow, a compiled loop over `CHUNK_BATCHES` batches on JAX; other backends use
     the plain `fit`. `tests/test_train.py` checks that both paths give the same weights.
 
@@ -452,10 +480,12 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     y = np.asarray(y)
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype="float32")
     if backend not in ("tensorflow", "jax"):
-        batches = OrderedBatches(x, np.arange(len(y)), batch_size, y=y, sample_weight=weights,
-                                 reshuffle_seed=reshuffle_seed, views=views)
-        return model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
-                         shuffle=False)
+        batches = OrderedBatches(
+            x, np.arange(len(y)), batch_size, y=y, sample_weight=weights, reshuffle_seed=reshuffle_seed, views=views
+        )
+        return model.fit(
+            batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0, shuffle=False
+        )
     x = _in_memory(x)
     # The traced step is kept on the model, so a second fit does not trace again; a new compile (new
     # optimizer, loss and metric objects, which the trace captured) makes a new one.
@@ -473,8 +503,9 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     inputs = prepare((x, y) + (() if weights is None else (weights,)))
     del x  # the in-memory copy is now the device's (or was the caller's)
     steps = math.ceil(n / batch_size)
-    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=False, model=model,
-                                                 epochs=epochs, steps=steps, verbose=0)
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=False, model=model, epochs=epochs, steps=steps, verbose=0
+    )
     model.stop_training = False
     callback_list.on_train_begin()
     logs = {}
@@ -486,9 +517,8 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for start in range(0, n, chunk):
-            run(inputs, order[start:start + chunk])
-        logs = {name: float(keras.ops.convert_to_numpy(value))
-                for name, value in model.get_metrics_result().items()}
+            run(inputs, order[start : start + chunk])
+        logs = {name: float(keras.ops.convert_to_numpy(value)) for name, value in model.get_metrics_result().items()}
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
@@ -496,8 +526,17 @@ def fit_in_order(model, x, y, sample_weight, batch_size: int, epochs: int, callb
     return model.history
 
 
-def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfig, log_dir=None,
-                 tensorboard: bool = False, checkpoint=None):
+def train_stage1(
+    model,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    train_config: TrainConfig,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint=None,
+):
     """Stage 1 on a model whose backbone is frozen; returns (Keras History, seconds).
 
     Compiles the model, trains it with the stage-1 callbacks and leaves it with the best weights on the
@@ -514,17 +553,27 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
         sample_weight = balanced_class_weights(y_train, num_classes)[y_train].astype("float32")
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.stage1_learning_rate, global_clipnorm=cfg.global_clipnorm),
-        loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
         steps_per_execution=cfg.steps_per_execution,
     )
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
-        keras.callbacks.EarlyStopping(monitor=cfg.stage1_monitor, patience=cfg.stage1_patience,
-                                      min_delta=cfg.stage1_min_delta, mode="max",
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=cfg.stage1_monitor, patience=cfg.lr_patience,
-                                          min_delta=cfg.lr_min_delta, factor=cfg.lr_factor,
-                                          min_lr=cfg.min_learning_rate, mode="max"),
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.stage1_monitor,
+            patience=cfg.stage1_patience,
+            min_delta=cfg.stage1_min_delta,
+            mode="max",
+            restore_best_weights=True,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=cfg.stage1_monitor,
+            patience=cfg.lr_patience,
+            min_delta=cfg.lr_min_delta,
+            factor=cfg.lr_factor,
+            min_lr=cfg.min_learning_rate,
+            mode="max",
+        ),
     ]
     stage = None if checkpoint is None else checkpoint.stage("stage1", model, callbacks)
     callbacks += _logging_callbacks(log_dir, "stage1", tensorboard, append=stage is not None and stage.runs > 0)
@@ -535,8 +584,9 @@ def train_stage1(model, x_train, y_train, x_val, y_val, train_config: TrainConfi
     return history, time.time() - start + (0.0 if stage is None else stage.seconds_before)
 
 
-def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int,
-         checkpoint=None):
+def _fit(
+    model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoch: int, callbacks, seed: int, checkpoint=None
+):
     """`fit_in_order` (cfg.fast) or the plain Keras `fit` over `OrderedBatches`: the same updates.
 
     With a `pattlite.checkpoints.StageCheckpoint`, the stage's state is saved after every epoch, and a
@@ -549,17 +599,36 @@ def _fit(model, x, y, sample_weight, cfg: TrainConfig, epochs: int, initial_epoc
             runs_before = checkpoint.runs
             initial_epoch = epochs if checkpoint.stopped else checkpoint.next_epoch
     if cfg.fast:
-        history = fit_in_order(model, x, y, sample_weight, cfg.batch_size, epochs, callbacks, seed,
-                               initial_epoch, cfg.train_views, runs_before)
+        history = fit_in_order(
+            model,
+            x,
+            y,
+            sample_weight,
+            cfg.batch_size,
+            epochs,
+            callbacks,
+            seed,
+            initial_epoch,
+            cfg.train_views,
+            runs_before,
+        )
     else:
-        batches = OrderedBatches(x, np.arange(len(y)), cfg.batch_size, y=y, sample_weight=sample_weight,
-                                 reshuffle_seed=seed, views=cfg.train_views)
+        batches = OrderedBatches(
+            x,
+            np.arange(len(y)),
+            cfg.batch_size,
+            y=y,
+            sample_weight=sample_weight,
+            reshuffle_seed=seed,
+            views=cfg.train_views,
+        )
         batches.epoch = runs_before  # fit advances it once before its first epoch, as fit_in_order does
         batches._reshuffle()
         # shuffle=False: the order is OrderedBatches' seeded permutation alone (Keras would otherwise also
         # shuffle the batch order of a PyDataset with Python's global `random`).
-        history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
-                            shuffle=False)
+        history = model.fit(
+            batches, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0, shuffle=False
+        )
     if checkpoint is not None:
         history.history = {k: v for k, v in checkpoint.history.items() if k != "epoch"}
         history.epoch = list(checkpoint.history.get("epoch", []))
@@ -571,9 +640,20 @@ def stage2_initial_epoch(stage1_epochs_run: int, offset: int = 5) -> int:
     return max(0, int(stage1_epochs_run) - int(offset))
 
 
-def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, train_config: TrainConfig,
-                 dataset: str | None = None, log_dir=None, tensorboard: bool = False, checkpoint=None,
-                 test_probe=None):
+def train_stage2(
+    model,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    stage1_epochs_run: int,
+    train_config: TrainConfig,
+    dataset: str | None = None,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint=None,
+    test_probe=None,
+):
     """Stage 2 on the authors' fine-tuning graph built from `model` (a full model or a head).
 
     Returns (stage-2 model, Keras History, `set_finetune_trainable` report or None, initial epoch,
@@ -585,8 +665,7 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     finetune_graph = finetune_model(model, spatial_dropout=cfg.spatial_dropout, dropout=cfg.finetune_dropout)
     report = None
     if backbone_layers(finetune_graph):
-        report = set_finetune_trainable(finetune_graph, cfg.finetune, n_layers=cfg.finetune_layers,
-                                        dataset=dataset)
+        report = set_finetune_trainable(finetune_graph, cfg.finetune, n_layers=cfg.finetune_layers, dataset=dataset)
     elif cfg.finetune == "paper":
         raise ValueError(
             f"fine-tuning mode 'paper' unfreezes backbone layers, but {model.name!r} is a head on cached "
@@ -595,7 +674,8 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
         )
     finetune_graph.compile(
         optimizer=keras.optimizers.Adam(cfg.stage2_learning_rate, global_clipnorm=cfg.global_clipnorm),
-        loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
         steps_per_execution=cfg.steps_per_execution,
     )
     initial_epoch = stage2_initial_epoch(stage1_epochs_run, cfg.stage2_start_offset)
@@ -614,11 +694,18 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
     callbacks = [
         ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
         probe,  # before EarlyStopping, which may put the best weights back at the epoch it stops
-        keras.callbacks.LearningRateScheduler(lambda epoch, lr: inverse_time_decay(
-            epoch, cfg.stage2_learning_rate, cfg.stage2_decay_steps, cfg.stage2_decay_rate)),
-        keras.callbacks.EarlyStopping(monitor=cfg.stage2_monitor, patience=cfg.stage2_patience,
-                                      min_delta=cfg.stage2_min_delta, mode="max",
-                                      restore_best_weights=True),
+        keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: inverse_time_decay(
+                epoch, cfg.stage2_learning_rate, cfg.stage2_decay_steps, cfg.stage2_decay_rate
+            )
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=cfg.stage2_monitor,
+            patience=cfg.stage2_patience,
+            min_delta=cfg.stage2_min_delta,
+            mode="max",
+            restore_best_weights=True,
+        ),
     ]
     stage = None if checkpoint is None else checkpoint.stage("stage2", finetune_graph, callbacks)
     callbacks += _logging_callbacks(log_dir, "stage2", tensorboard, append=stage is not None and stage.runs > 0)
@@ -626,26 +713,48 @@ def train_stage2(model, x_train, y_train, x_val, y_val, stage1_epochs_run: int, 
         callbacks.append(EpochLine("stage 2"))
     start = time.time()
     # A different stream from stage 1, still drawn from the seed.
-    history = _fit(finetune_graph, x_train, y_train, None, cfg, end_epoch, initial_epoch, callbacks,
-                   cfg.seed + 1_000_003, stage)
+    history = _fit(
+        finetune_graph, x_train, y_train, None, cfg, end_epoch, initial_epoch, callbacks, cfg.seed + 1_000_003, stage
+    )
     seconds = time.time() - start + (0.0 if stage is None else stage.seconds_before)
     if checkpoint is not None:
-        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds,
-                          test_probe=probe.probe_results)
+        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds, test_probe=probe.probe_results)
     return finetune_graph, history, report, initial_epoch, seconds, probe.probe_results
 
 
-def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train_config: TrainConfig,
-               dataset: str | None = None, log_dir=None, tensorboard: bool = False,
-               checkpoint=None, test_probe=None) -> TrainResult:
+def add_stage2(
+    result: TrainResult,
+    model,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    train_config: TrainConfig,
+    dataset: str | None = None,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint=None,
+    test_probe=None,
+) -> TrainResult:
     """Runs stage 2 (`train_stage2`) on `model` after the stage 1 that `result` records, and records it
     there: the stage-2 graph as `result.model`, its history, epochs, trainable parameters, fine-tuning
     report and seconds (added to the total). `train` calls it; so does `pattlite.experiments` when
     stage 1 ran on a head and the paper's fine-tuning needs the full model.
     """
     graph, history, report, initial, seconds, probes = train_stage2(
-        model, x_train, y_train, x_val, y_val, result.epochs["stage1"], train_config, dataset, log_dir,
-        tensorboard, checkpoint, test_probe)
+        model,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        result.epochs["stage1"],
+        train_config,
+        dataset,
+        log_dir,
+        tensorboard,
+        checkpoint,
+        test_probe,
+    )
     result.test_probe = probes
     result.model = graph
     result.history["stage2"] = _history_dict(history)
@@ -657,9 +766,19 @@ def add_stage2(result: TrainResult, model, x_train, y_train, x_val, y_val, train
     return result
 
 
-def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | None = None,
-          dataset: str | None = None, log_dir=None, tensorboard: bool = False,
-          checkpoint_dir=None, test_probe=None) -> TrainResult:
+def train(
+    model,
+    x_train,
+    y_train,
+    x_val,
+    y_val,
+    train_config: TrainConfig | None = None,
+    dataset: str | None = None,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint_dir=None,
+    test_probe=None,
+) -> TrainResult:
     """Runs the authors' two-stage recipe on `model` (built by `pattlite.model.build_model` or `build_head`).
 
     Args:
@@ -691,23 +810,25 @@ def train(model, x_train, y_train, x_val, y_val, train_config: TrainConfig | Non
     if done is not None:  # stage 1 finished before an interruption: its final weights and record
         history1, seconds1 = done["history"], done["seconds"]
     else:
-        history, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard,
-                                         checkpoint)
+        history, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard, checkpoint)
         history1 = _history_dict(history)
         if checkpoint is not None:
             checkpoint.finish("stage1", model, history1, seconds1)
     epochs1 = len(history1["epoch"])
     result = TrainResult(
-        model=model, stage1_model=model, history={"stage1": history1, "stage2": {}},
+        model=model,
+        stage1_model=model,
+        history={"stage1": history1, "stage2": {}},
         epochs={"stage1": epochs1, "stage2": 0, "stage2_initial_epoch": None},
-        trainable_params={"stage1": stage1_params, "stage2": None}, finetune=None,
+        trainable_params={"stage1": stage1_params, "stage2": None},
+        finetune=None,
         wall_time_s={"stage1": seconds1, "stage2": 0.0, "total": 0.0},
     )
     if cfg.stage2:
-        add_stage2(result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard, checkpoint,
-                   test_probe)
+        add_stage2(
+            result, model, x_train, y_train, x_val, y_val, cfg, dataset, log_dir, tensorboard, checkpoint, test_probe
+        )
     # A training resumed from checkpoints ran partly in earlier processes: its stages' seconds hold them.
     stages = result.wall_time_s["stage1"] + result.wall_time_s["stage2"]
     result.wall_time_s["total"] = max(time.time() - total_start, stages)
     return result
-

@@ -51,8 +51,7 @@ def test_published_model_depends_on_protocol_but_pattlite_does_not():
     per_image = head("pattlite")
     others = {p: E.evaluate(per_image, x, y, CLASSES, p, seed=1) for p in E.PROTOCOLS}
     for p in E.PROTOCOLS:
-        np.testing.assert_allclose(others[p]["probabilities"], others["independent"]["probabilities"],
-                                   atol=1e-5)
+        np.testing.assert_allclose(others[p]["probabilities"], others["independent"]["probabilities"], atol=1e-5)
         assert others[p]["accuracy"] == others["independent"]["accuracy"]
 
 
@@ -61,7 +60,7 @@ def test_independent_equals_batch_size_one():
     model = head("published", scale=30.0)
     E.predict(model, x, y, "published", batch_size=32)  # a compiled mixing call exists: it must not be reused
     independent = E.predict(model, x, y, "independent", batch_size=32)
-    one_by_one = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
+    one_by_one = np.concatenate([model.predict(x[i : i + 1], verbose=0) for i in range(len(x))])
     np.testing.assert_allclose(independent, one_by_one, atol=1e-5)
     # And the mixing is back on afterwards: batches of 32 differ from batch size 1 again.
     assert not np.allclose(model.predict(x, batch_size=32, verbose=0), one_by_one, atol=1e-4)
@@ -128,14 +127,19 @@ def test_head_predictions_in_big_calls_keep_the_batches(batch_size):
     model = head("published", scale=30.0)
     for protocol in ("published", "shuffled"):
         order = E.protocol_order(y, protocol, seed=2)
-        reference = np.concatenate([model.predict_on_batch(x[order[i:i + batch_size]])
-                                    for i in range(0, len(order), batch_size)])
+        reference = np.concatenate(
+            [model.predict_on_batch(x[order[i : i + batch_size]]) for i in range(0, len(order), batch_size)]
+        )
         probs = E.predict(model, x.astype("float16"), y, protocol, seed=2, batch_size=batch_size)
         np.testing.assert_allclose(probs[order], reference, atol=2e-3)  # float16 inputs
-        np.testing.assert_allclose(E.predict(model, x, y, protocol, seed=2, batch_size=batch_size)[order],
-                                   reference, atol=1e-5)
+        np.testing.assert_allclose(
+            E.predict(model, x, y, protocol, seed=2, batch_size=batch_size)[order], reference, atol=1e-5
+        )
     # Mixing across a whole 512-row call would change the predictions: the grouping is what keeps them.
     order = E.protocol_order(y, "published")
-    assert not np.allclose(model.predict_on_batch(x[order[:512]])[:batch_size],
-                           reference_first := model.predict_on_batch(x[order[:batch_size]]), atol=1e-4)
+    assert not np.allclose(
+        model.predict_on_batch(x[order[:512]])[:batch_size],
+        reference_first := model.predict_on_batch(x[order[:batch_size]]),
+        atol=1e-4,
+    )
     assert reference_first.shape == (batch_size, len(CLASSES))

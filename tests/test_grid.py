@@ -23,37 +23,37 @@ from pattlite import cli, grid, pipeline, studies
 from pattlite.experiments import make_experiment, result_path, weights_path
 from pattlite.results import ExperimentResult
 
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested",
+)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Temporary data, cache and results folders; Ray workers get them too (PATTLITE_* is forwarded)."""
     base = tmp_path_factory.mktemp("grid")
-    with environment(PATTLITE_DATA_DIR=base / "data", PATTLITE_CACHE_DIR=base / "cache",
-                     PATTLITE_RESULTS_DIR=base / "results"):
+    with environment(
+        PATTLITE_DATA_DIR=base / "data", PATTLITE_CACHE_DIR=base / "cache", PATTLITE_RESULTS_DIR=base / "results"
+    ):
         yield base
 
 
 @pytest.fixture(scope="module")
 def tiny(folders):
     """Two ci experiments of the notebooks' plan: different datasets, variants and seeds."""
-    return [make_experiment("ci", "rafdb", "published", seed=3),
-            make_experiment("ci", "fer2013", "baseline", seed=4)]
+    return [make_experiment("ci", "rafdb", "published", seed=3), make_experiment("ci", "fer2013", "baseline", seed=4)]
 
 
 def grid_of(experiments, results_dir) -> grid.GridPlan:
-    planned = tuple(grid.PlannedExperiment(e, ("test",), result_path(e, results_dir).is_file())
-                    for e in experiments)
+    planned = tuple(grid.PlannedExperiment(e, ("test",), result_path(e, results_dir).is_file()) for e in experiments)
     return grid.GridPlan("ci", Path(results_dir), planned)
 
 
 @pytest.fixture(scope="module")
 def ray_runtime(folders):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e .[ray])")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20,
-             logging_level="WARNING")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -65,16 +65,19 @@ def ray_runtime(folders):
 def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
     params = {"seeds": "5", "datasets": "rafdb,ferplus", "results_dir": str(folders / "planned")}
     grid_plan = grid.plan("ci", params)
-    ctx = studies.notebook_context("ci", seeds="5", datasets="rafdb,ferplus", results_dir=folders / "planned",
-                                   run_experiments=False)
+    ctx = studies.notebook_context(
+        "ci", seeds="5", datasets="rafdb,ferplus", results_dir=folders / "planned", run_experiments=False
+    )
     expected = {e.key() for exps in studies.notebook_plan(ctx, "rafdb").values() for e in exps}
     keys = [p.experiment.key() for p in grid_plan.experiments]
     assert len(keys) == len(set(keys)) == len(expected) and set(keys) == expected
     assert {p.experiment.seed for p in grid_plan.experiments} == {5}
     assert {p.experiment.dataset for p in grid_plan.experiments} == {"rafdb", "ferplus"}
-    published = next(p for p in grid_plan.experiments
-                     if p.experiment.dataset == "rafdb" and p.experiment.variant == "published"
-                     and not p.experiment.model_options)
+    published = next(
+        p
+        for p in grid_plan.experiments
+        if p.experiment.dataset == "rafdb" and p.experiment.variant == "published" and not p.experiment.model_options
+    )
     assert set(published.studies) == {"table4", "table6", "main", "audit", "gradcam"}
     assert grid_plan.results_dir == folders / "planned" and not any(p.done for p in grid_plan.experiments)
     # Table 5's own points (the slowest on a CPU) come after everything the other tables need.
@@ -83,8 +86,14 @@ def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
     # Without rafdb, Table 5's grid and the Grad-CAM model fall to the next dataset of the profile's
     # order of preference that this run has (FERPlus), as in the notebooks.
     no_rafdb = grid.plan("ci", {"datasets": "ferplus"})
-    assert {s for p in no_rafdb.experiments for s in p.studies} == {"table4", "table5", "table6", "main", "audit",
-                                                                      "gradcam"}
+    assert {s for p in no_rafdb.experiments for s in p.studies} == {
+        "table4",
+        "table5",
+        "table6",
+        "main",
+        "audit",
+        "gradcam",
+    }
     assert {p.experiment.dataset for p in no_rafdb.experiments} == {"ferplus"}
 
 
@@ -96,9 +105,10 @@ def test_plan_rejects_a_parameter_no_notebook_takes():
 
 
 def test_grid_plan_command_lists_experiments_and_marks_done(folders, tiny, local_run, capsys):
-    results, _ = local_run   # holds the result of (rafdb, published, seed 3)
-    status = cli.main(["grid", "plan", "--profile", "ci", "-p", "seeds=3", "-p", "datasets=rafdb",
-                       "-p", f"results_dir={results}"])
+    results, _ = local_run  # holds the result of (rafdb, published, seed 3)
+    status = cli.main(
+        ["grid", "plan", "--profile", "ci", "-p", "seeds=3", "-p", "datasets=rafdb", "-p", f"results_dir={results}"]
+    )
     out = capsys.readouterr().out
     assert status == 0
     rows = json.loads(out.strip().splitlines()[-1])["experiments"]
@@ -217,19 +227,20 @@ def test_ray_task_whose_worker_kills_itself_on_first_attempt_is_retried(ray_runt
 def test_ray_failures_are_reported_retries_bounded_and_the_others_finish(ray_runtime, folders, tiny):
     markers = folders / "markers-failures"
     markers.mkdir()
-    killed = make_experiment("ci", "ferplus", "no_mixing", seed=9)                   # its worker dies every time
+    killed = make_experiment("ci", "ferplus", "no_mixing", seed=9)  # its worker dies every time
     broken = make_experiment("ci", "ferplus", "published", kernel="NO_SUCH_KERNEL")  # raises ValueError
     compute = _killing_compute(markers, kill_first=(broken.key(),), kill_always=(killed.key(),))
     results = folders / "ray-failures"
     lines = []
-    report = grid.run_grid(grid_of([killed, broken, tiny[1]], results), "ray", max_retries=2,
-                           compute=compute, log=lines.append)
+    report = grid.run_grid(
+        grid_of([killed, broken, tiny[1]], results), "ray", max_retries=2, compute=compute, log=lines.append
+    )
     assert report.trained == [tiny[1].key()] and result_path(tiny[1], results).is_file()
     assert set(report.failed) == {killed.key(), broken.key()}
     assert "WorkerCrashedError" in report.failed[killed.key()]
-    assert _attempts(markers, killed) == 3            # the first try and max_retries=2 retries, no more
+    assert _attempts(markers, killed) == 3  # the first try and max_retries=2 retries, no more
     assert "NO_SUCH_KERNEL" in report.failed[broken.key()]
-    assert _attempts(markers, broken) == 2            # its worker died once (retried), then its own error: not retried
+    assert _attempts(markers, broken) == 2  # its worker died once (retried), then its own error: not retried
     assert _attempts(markers, tiny[1]) == 1
     assert any("1/3 done, 0 running, 2 failed, 0 left" in line for line in lines)
     assert any(line.startswith("[grid] FAILED") and killed.key() in line for line in lines)
@@ -273,7 +284,7 @@ def test_ray_workers_import_the_install_when_started_beside_a_clone_named_pattli
     parent.mkdir()
     (parent / "pattlite").symlink_to(Path(pattlite.__file__).resolve().parents[1], target_is_directory=True)
     (tmp_path / "driver").mkdir()
-    script = tmp_path / "driver" / "run.py"   # run as a script: the driver's own sys.path is clean
+    script = tmp_path / "driver" / "run.py"  # run as a script: the driver's own sys.path is clean
     script.write_text(NAMESPACE_DRIVER)
     done = subprocess.run([sys.executable, str(script)], cwd=parent, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -286,8 +297,7 @@ def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     env = grid.worker_env(2, 0)
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]),
-                                                   "/somewhere/else"]
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]), "/somewhere/else"]
     assert env["OMP_NUM_THREADS"] == "2"
     assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"].split()
 
@@ -334,8 +344,10 @@ def test_memory_requests_never_exceed_the_largest_node(monkeypatch):
     class FakeRay:
         @staticmethod
         def nodes():
-            return [{"Alive": True, "Resources": {"memory": 10.0 * 2**30}},
-                    {"Alive": False, "Resources": {"memory": 99.0 * 2**30}}]
+            return [
+                {"Alive": True, "Resources": {"memory": 10.0 * 2**30}},
+                {"Alive": False, "Resources": {"memory": 99.0 * 2**30}},
+            ]
 
     small, large, unknown = (make_experiment("ci", "rafdb", "published", seed=s) for s in (1, 2, 3))
     sizes = {small.key(): 2 * 2**30, large.key(): 50 * 2**30, unknown.key(): None}
@@ -356,7 +368,7 @@ def test_stale_temporary_folders_of_killed_workers_are_removed(monkeypatch, tmp_
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = tmp_path / f"{grid.TEMP_PREFIX}{_dead_pid()}-abc"
     live = tmp_path / f"{grid.TEMP_PREFIX}{os.getpid()}-def"
-    old = tmp_path / f"{grid.TEMP_PREFIX}k3j2h1g0"          # the name before the PID was in it
+    old = tmp_path / f"{grid.TEMP_PREFIX}k3j2h1g0"  # the name before the PID was in it
     other = tmp_path / "pattlite-openvino-xyz"
     for folder in (dead, live, old, other):
         (folder / "logs").mkdir(parents=True)
@@ -387,8 +399,7 @@ def test_a_worker_interrupted_mid_task_removes_its_temporary_folder(monkeypatch,
 
 
 @needs_ray
-def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime, folders, tiny, tmp_path,
-                                                                      monkeypatch):
+def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime, folders, tiny, tmp_path, monkeypatch):
     """SIGINT while two Ray tasks run: run_grid raises RunInterrupted naming the experiments in flight,
     and the cancelled tasks remove their temporary folders on the way out."""
     import threading
@@ -400,7 +411,7 @@ def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime
     markers = tmp_path / "markers"
     markers.mkdir()
 
-    def compute(exp):   # busy in Python, as training is between the backend's calls
+    def compute(exp):  # busy in Python, as training is between the backend's calls
         import tempfile
         import time as _time
 

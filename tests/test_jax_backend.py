@@ -12,8 +12,9 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="JAX not installed (pip install -e .[jax]); backend check skipped")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="JAX not installed (pip install -e .[jax]); backend check skipped"
+)
 
 SCRIPT = textwrap.dedent("""
     import numpy as np
@@ -81,7 +82,12 @@ ON_BOTH_BACKENDS = [
 
 def test_backend_specific_paths_pass_their_tests_on_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ON_BOTH_BACKENDS],
-                         env=env, capture_output=True, text=True, timeout=900,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ON_BOTH_BACKENDS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

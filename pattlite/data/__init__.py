@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.data.errors import DataWarning, DatasetFormatError, DatasetNotFoundError
+from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, DataWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -36,8 +36,9 @@ def load_manifest(dataset: str, root=None, **options) -> pd.DataFrame:
     Returns:
         A pandas DataFrame (see docs/architecture.md, "Manifests"). For a real dataset,
         `df.attrs["data"]` is its `pattlite.data.fingerprint.dataset_identity` (root, stat
-        fingerprint and content digest of the files read, file count, bytes). Data problems worth knowing (duplicate rows, subset-list entries
-        that match no test image, ...) are issued as `DataWarning`s naming file and line, and kept in
+        fingerprint and content digest of the files read, file count, bytes). Data problems worth knowing
+        (duplicate rows, subset-list entries that match no test image, ...) are issued as `DataWarning`s
+        naming file and line, and kept in
         `df.attrs["warnings"]`.
 
     Raises:
@@ -154,7 +155,8 @@ def scan_class_folders(dataset: str, split_dir: Path, folder_to_label: dict, exp
         key = class_dir.name.lower()
         if key not in folder_to_label:
             raise DatasetFormatError(
-                class_dir, None,
+                class_dir,
+                None,
                 f"unknown class folder {class_dir.name!r}; expected one of {sorted(folder_to_label)}",
             )
         for image in sorted(class_dir.iterdir()):

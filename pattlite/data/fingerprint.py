@@ -127,14 +127,20 @@ def named_dataset_files(dataset: str, root, **options) -> list[tuple[str, str]]:
         named = [(root.name, str(root))]
     elif root.is_dir():
         named = [(Path(path).relative_to(root).as_posix(), path) for path in files_under(root)]
-        named = [(name, path) for name, path in named if is_data_file(name)
-                 and not (lists is not None and _inside(Path(path), lists))]
+        named = [
+            (name, path)
+            for name, path in named
+            if is_data_file(name) and not (lists is not None and _inside(Path(path), lists))
+        ]
     else:
         named = []
     if dataset == "ferplus":
         explicit = options.get("fer2013_csv")
-        extra = Path(explicit) if explicit is not None else (
-            None if (root / "fer2013.csv").exists() else config.dataset_root("fer2013") / "fer2013.csv")
+        extra = (
+            Path(explicit)
+            if explicit is not None
+            else (None if (root / "fer2013.csv").exists() else config.dataset_root("fer2013") / "fer2013.csv")
+        )
         if extra is not None and extra.is_file():
             named.append((extra.name, str(extra)))
     if lists is not None:
@@ -165,9 +171,13 @@ def dataset_identity(dataset: str, root=None, content: bool = True, **options) -
     named = named_dataset_files(dataset, resolved, **options)
     relative_to = resolved if resolved.is_dir() else resolved.parent
     signatures = file_signatures([path for _, path in named], relative_to)
-    return {"root": str(resolved), "fingerprint": _digest(signatures),
-            "content": content_digest(named) if content else None,
-            "files": len(signatures), "bytes": int(sum(max(size, 0) for _, size, _ in signatures))}
+    return {
+        "root": str(resolved),
+        "fingerprint": _digest(signatures),
+        "content": content_digest(named) if content else None,
+        "files": len(signatures),
+        "bytes": int(sum(max(size, 0) for _, size, _ in signatures)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

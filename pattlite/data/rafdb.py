@@ -36,7 +36,9 @@ RAFDB_LABELS = {i + 1: name for i, name in enumerate(RAFDB_MINUS_ONE_ORDER)}  # 
 FOLDER_TO_LABEL = {
     **{str(k): v for k, v in RAFDB_LABELS.items()},
     **{c: c for c in config.DATASET_CLASSES["rafdb"]},
-    "angry": "anger", "happy": "happiness", "sad": "sadness",
+    "angry": "anger",
+    "happy": "happiness",
+    "sad": "sadness",
 }
 EXPECTED_LAYOUT = (
     "basic/EmoLabel/list_patition_label.txt with basic/Image/aligned/*_aligned.jpg (or basic/Image/original/), "
@@ -65,14 +67,19 @@ def read_label_file(path: Path):
             continue
         match = _LINE.match(line.strip())
         if not match or int(match.group(3)) not in RAFDB_LABELS:
-            raise DatasetFormatError(path, number, f"malformed line {line.strip()!r}; "
-                                     "expected '<train|test>_NNNN.jpg <label 1-7>' (e.g. 'train_00001.jpg 5')")
+            raise DatasetFormatError(
+                path,
+                number,
+                f"malformed line {line.strip()!r}; "
+                "expected '<train|test>_NNNN.jpg <label 1-7>' (e.g. 'train_00001.jpg 5')",
+            )
         stem, label = match.group(1), RAFDB_LABELS[int(match.group(3))]
         if stem in seen:
             first_number, first_label = seen[stem]
             kind = "again" if first_label == label else f"again with label {label!r} (first: {first_label!r})"
-            duplicates.append(f"{path}: {stem}.jpg listed {kind} on line {number} (first on line "
-                              f"{first_number}); first entry kept")
+            duplicates.append(
+                f"{path}: {stem}.jpg listed {kind} on line {number} (first on line {first_number}); first entry kept"
+            )
             continue
         seen[stem] = (number, label)
         rows.append((f"{stem}.jpg", stem, match.group(2), label, number))
@@ -118,8 +125,9 @@ def read_rafdb(root, **options) -> pd.DataFrame:
         records = table.assign(row=-1)
         source = f"label file + Image/{images} ({basic}); val = stratified {val_fraction:g} of train, seed {val_seed}"
     elif (root / "train").is_dir() and (root / "test").is_dir():
-        records, note = read_class_folder_splits(DATASET, root, FOLDER_TO_LABEL, EXPECTED_LAYOUT,
-                                                 val_seed=val_seed, val_fraction=val_fraction)
+        records, note = read_class_folder_splits(
+            DATASET, root, FOLDER_TO_LABEL, EXPECTED_LAYOUT, val_seed=val_seed, val_fraction=val_fraction
+        )
         source = f"class folders ({root}; {note})"
     else:
         raise DatasetNotFoundError(DATASET, root / "basic" / LABEL_FILE, EXPECTED_LAYOUT)

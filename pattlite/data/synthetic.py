@@ -49,37 +49,51 @@ MANIFEST_COLUMNS = ("split", "label", "y", "path", "row", "image_id", "subject",
 SOURCE = "procedurally generated (synthetic)"
 
 # Expression parameters, 0 = the identity's resting face.
-PARAMETERS = ("brow_angle", "brow_raise", "eye_open", "mouth_curve", "mouth_open", "mouth_width",
-              "mouth_asym", "nose_wrinkle")
+PARAMETERS = (
+    "brow_angle",
+    "brow_raise",
+    "eye_open",
+    "mouth_curve",
+    "mouth_open",
+    "mouth_width",
+    "mouth_asym",
+    "nose_wrinkle",
+)
 
 # Each class at full intensity, loosely after FACS prototypes: brow_angle > 0 lowers the inner brow ends
 # (AU4, anger), < 0 raises them (AU1, sadness/fear); mouth_asym is a one-sided lip corner (contempt, AU14).
 EXPRESSION_PROFILES = {
-    "anger":     dict(brow_angle=1.0, brow_raise=-0.7, eye_open=-0.25, mouth_curve=-0.35,
-                      mouth_width=-0.35, nose_wrinkle=0.15),
-    "disgust":   dict(brow_angle=0.45, brow_raise=-0.45, eye_open=-0.45, mouth_curve=-0.6,
-                      mouth_open=0.25, mouth_asym=0.25, nose_wrinkle=1.0),
-    "fear":      dict(brow_angle=-0.8, brow_raise=0.6, eye_open=0.5, mouth_curve=-0.3,
-                      mouth_open=0.45, mouth_width=0.45),
-    "happiness": dict(brow_raise=0.1, eye_open=-0.3, mouth_curve=1.0, mouth_open=0.35,
-                      mouth_width=0.35),
-    "neutral":   dict(),
-    "sadness":   dict(brow_angle=-1.0, brow_raise=0.05, eye_open=-0.2, mouth_curve=-0.9,
-                      mouth_width=-0.1),
-    "surprise":  dict(brow_angle=-0.15, brow_raise=1.0, eye_open=0.65, mouth_open=1.0,
-                      mouth_width=-0.35),
-    "contempt":  dict(eye_open=-0.1, mouth_curve=-0.1, mouth_width=-0.1, mouth_asym=1.2),
+    "anger": dict(
+        brow_angle=1.0, brow_raise=-0.7, eye_open=-0.25, mouth_curve=-0.35, mouth_width=-0.35, nose_wrinkle=0.15
+    ),
+    "disgust": dict(
+        brow_angle=0.45,
+        brow_raise=-0.45,
+        eye_open=-0.45,
+        mouth_curve=-0.6,
+        mouth_open=0.25,
+        mouth_asym=0.25,
+        nose_wrinkle=1.0,
+    ),
+    "fear": dict(brow_angle=-0.8, brow_raise=0.6, eye_open=0.5, mouth_curve=-0.3, mouth_open=0.45, mouth_width=0.45),
+    "happiness": dict(brow_raise=0.1, eye_open=-0.3, mouth_curve=1.0, mouth_open=0.35, mouth_width=0.35),
+    "neutral": dict(),
+    "sadness": dict(brow_angle=-1.0, brow_raise=0.05, eye_open=-0.2, mouth_curve=-0.9, mouth_width=-0.1),
+    "surprise": dict(brow_angle=-0.15, brow_raise=1.0, eye_open=0.65, mouth_open=1.0, mouth_width=-0.35),
+    "contempt": dict(eye_open=-0.1, mouth_curve=-0.1, mouth_width=-0.1, mouth_asym=1.2),
 }
 
 # Resting-face offsets per identity (standard deviations), so one person's neutral resembles another's
 # weak expression.
-SUBJECT_OFFSET_SD = dict(brow_angle=0.1, brow_raise=0.1, eye_open=0.07, mouth_curve=0.1,
-                         mouth_width=0.1, mouth_asym=0.06)
+SUBJECT_OFFSET_SD = dict(
+    brow_angle=0.1, brow_raise=0.1, eye_open=0.07, mouth_curve=0.1, mouth_width=0.1, mouth_asym=0.06
+)
 
 SKIN_LIGHT = np.array([236, 204, 180], float)
 SKIN_DARK = np.array([92, 60, 42], float)
-HAIR_COLORS = np.array([[25, 20, 18], [70, 45, 30], [120, 85, 50], [200, 170, 110], [150, 150, 150],
-                        [140, 60, 30]], float)
+HAIR_COLORS = np.array(
+    [[25, 20, 18], [70, 45, 30], [120, 85, 50], [200, 170, 110], [150, 150, 150], [140, 60, 30]], float
+)
 OCCLUDERS = ("sunglasses", "hand", "mask", "block")
 SUPERSAMPLE = 4  # draw at 4x and area-average down, for anti-aliased edges
 
@@ -119,8 +133,7 @@ def _draw_subject(seed: int, subject_index: int) -> dict:
     )
 
 
-def _expression(label: str, rng: np.random.Generator, subject: dict, min_intensity: float,
-                expression_noise: float):
+def _expression(label: str, rng: np.random.Generator, subject: dict, min_intensity: float, expression_noise: float):
     intensity = 0.0 if label == "neutral" else rng.uniform(min_intensity, 1.0)
     profile = EXPRESSION_PROFILES[label]
     side = rng.choice([-1.0, 1.0])  # which mouth corner an asymmetric expression lifts
@@ -139,8 +152,9 @@ def _color(rgb) -> tuple:
     return tuple(int(round(v)) for v in np.clip(rgb, 0, 255))
 
 
-def _render(size: int, subject: dict, params: dict, rng: np.random.Generator, yaw_degrees: float,
-            occluder: str | None) -> np.ndarray:
+def _render(
+    size: int, subject: dict, params: dict, rng: np.random.Generator, yaw_degrees: float, occluder: str | None
+) -> np.ndarray:
     canvas = size * SUPERSAMPLE
     background = rng.uniform(60, 200) + rng.normal(0, 25, 3)
     image = Image.new("RGB", (canvas, canvas), _color(background))
@@ -168,26 +182,45 @@ def _render(size: int, subject: dict, params: dict, rng: np.random.Generator, ya
 
     skin, hair = subject["skin"], subject["hair"]
     face_shift = a * 0.12 * math.sin(yaw)
-    face_box = [cx - a * (0.92 + 0.08 * math.cos(yaw)) + face_shift, cy - b,
-                cx + a * (0.92 + 0.08 * math.cos(yaw)) + face_shift, cy + b]
+    face_box = [
+        cx - a * (0.92 + 0.08 * math.cos(yaw)) + face_shift,
+        cy - b,
+        cx + a * (0.92 + 0.08 * math.cos(yaw)) + face_shift,
+        cy + b,
+    ]
 
     style = subject["hair_style"]
     if style == 3:  # long hair behind the face
-        draw.rounded_rectangle([cx - a * 1.25, cy - b * 1.12, cx + a * 1.25, cy + b * 0.9],
-                               radius=a * 0.6, fill=_color(hair))
+        draw.rounded_rectangle(
+            [cx - a * 1.25, cy - b * 1.12, cx + a * 1.25, cy + b * 0.9], radius=a * 0.6, fill=_color(hair)
+        )
     for side in (-1, 1):  # ears
         ex = cx + side * a * 0.97 * math.cos(yaw) + face_shift
         draw.ellipse([ex - a * 0.12, y_at(-0.15), ex + a * 0.12, y_at(0.15)], fill=_color(skin * 0.92))
     draw.ellipse(face_box, fill=_color(skin))
     if style in (1, 2):  # hair cap over the top of the head
-        draw.chord([face_box[0] - a * 0.05, cy - b * 1.1, face_box[2] + a * 0.05, cy + b * 0.2],
-                   start=180, end=360, fill=_color(hair))
+        draw.chord(
+            [face_box[0] - a * 0.05, cy - b * 1.1, face_box[2] + a * 0.05, cy + b * 0.2],
+            start=180,
+            end=360,
+            fill=_color(hair),
+        )
         if style == 2:  # fringe
-            draw.polygon([(face_box[0] + a * 0.1, y_at(-0.5)), (cx + face_shift, y_at(-0.35)),
-                          (face_box[2] - a * 0.1, y_at(-0.5)), (cx + face_shift, y_at(-0.75))],
-                         fill=_color(hair))
-        draw.chord([face_box[0] + a * 0.05, y_at(-0.72), face_box[2] - a * 0.05, y_at(0.2)],
-                   start=200, end=340, fill=_color(skin))
+            draw.polygon(
+                [
+                    (face_box[0] + a * 0.1, y_at(-0.5)),
+                    (cx + face_shift, y_at(-0.35)),
+                    (face_box[2] - a * 0.1, y_at(-0.5)),
+                    (cx + face_shift, y_at(-0.75)),
+                ],
+                fill=_color(hair),
+            )
+        draw.chord(
+            [face_box[0] + a * 0.05, y_at(-0.72), face_box[2] - a * 0.05, y_at(0.2)],
+            start=200,
+            end=340,
+            fill=_color(skin),
+        )
 
     # Eyes and brows.
     eye_y = subject["eye_y"]
@@ -199,44 +232,55 @@ def _render(size: int, subject: dict, params: dict, rng: np.random.Generator, ya
         ex = x_at(u)
         eye_half_w = 0.2 * a * subject["eye_size"] * foreshorten(u)
         ey = y_at(eye_y)
-        draw.ellipse([ex - eye_half_w, ey - eye_half_h, ex + eye_half_w, ey + eye_half_h],
-                     fill=(245, 245, 240))
+        draw.ellipse([ex - eye_half_w, ey - eye_half_h, ex + eye_half_w, ey + eye_half_h], fill=(245, 245, 240))
         iris_r = min(eye_half_w * 0.55, eye_half_h * 0.95)
         ix = ex + 0.25 * eye_half_w * math.sin(yaw)
         draw.ellipse([ix - iris_r, ey - iris_r, ix + iris_r, ey + iris_r], fill=_color(subject["iris"]))
-        draw.ellipse([ix - iris_r * 0.45, ey - iris_r * 0.45, ix + iris_r * 0.45, ey + iris_r * 0.45],
-                     fill=(10, 10, 10))
+        draw.ellipse(
+            [ix - iris_r * 0.45, ey - iris_r * 0.45, ix + iris_r * 0.45, ey + iris_r * 0.45], fill=(10, 10, 10)
+        )
         lid = max(1, int(0.02 * b))
-        draw.arc([ex - eye_half_w, ey - eye_half_h, ex + eye_half_w, ey + eye_half_h], start=180,
-                 end=360, fill=_color(skin * 0.45), width=lid)
+        draw.arc(
+            [ex - eye_half_w, ey - eye_half_h, ex + eye_half_w, ey + eye_half_h],
+            start=180,
+            end=360,
+            fill=_color(skin * 0.45),
+            width=lid,
+        )
         # Brow: inner end lowered by brow_angle > 0, raised by < 0.
         inner_u, outer_u = side * 0.1, side * (subject["eye_spacing"] + 0.24)
         inner_v = brow_base + 0.12 * params["brow_angle"]
         outer_v = brow_base - 0.04 * params["brow_angle"]
-        draw.line([(x_at(inner_u), y_at(inner_v)), (x_at(outer_u), y_at(outer_v))],
-                  fill=_color(np.minimum(hair * 0.7, skin * 0.4)), width=max(2, int(subject["brow_thickness"] * b)),
-                  joint="curve")
+        draw.line(
+            [(x_at(inner_u), y_at(inner_v)), (x_at(outer_u), y_at(outer_v))],
+            fill=_color(np.minimum(hair * 0.7, skin * 0.4)),
+            width=max(2, int(subject["brow_thickness"] * b)),
+            joint="curve",
+        )
 
     # Nose (protrudes, so it shifts further with yaw) and disgust wrinkles.
     nose_top, nose_bottom = eye_y + 0.05, eye_y + 0.05 + subject["nose_length"]
     tip_x = x_at(0.0) + 0.25 * a * math.sin(yaw)
     nose_color = _color(skin * 0.7)
-    draw.line([(x_at(0.0), y_at(nose_top)), (tip_x, y_at(nose_bottom))], fill=nose_color,
-              width=max(1, int(0.025 * b)))
+    draw.line([(x_at(0.0), y_at(nose_top)), (tip_x, y_at(nose_bottom))], fill=nose_color, width=max(1, int(0.025 * b)))
     nostril_w = 0.09 * a
-    draw.line([(tip_x - nostril_w, y_at(nose_bottom)), (tip_x + nostril_w, y_at(nose_bottom))],
-              fill=nose_color, width=max(1, int(0.03 * b)))
+    draw.line(
+        [(tip_x - nostril_w, y_at(nose_bottom)), (tip_x + nostril_w, y_at(nose_bottom))],
+        fill=nose_color,
+        width=max(1, int(0.03 * b)),
+    )
     wrinkle = params["nose_wrinkle"]
     if wrinkle > 0.1:
         shade = _color(skin * (1.0 - 0.45 * wrinkle))
         for k in range(3):
             v = eye_y + 0.06 + 0.045 * k
-            draw.line([(x_at(-0.1), y_at(v)), (x_at(0.1), y_at(v + 0.015))], fill=shade,
-                      width=max(1, int(0.02 * b)))
+            draw.line([(x_at(-0.1), y_at(v)), (x_at(0.1), y_at(v + 0.015))], fill=shade, width=max(1, int(0.02 * b)))
         for side in (-1, 1):  # nasolabial folds
-            draw.line([(x_at(side * 0.12), y_at(nose_bottom - 0.05)),
-                       (x_at(side * 0.22), y_at(nose_bottom + 0.08))], fill=shade,
-                      width=max(1, int(0.02 * b)))
+            draw.line(
+                [(x_at(side * 0.12), y_at(nose_bottom - 0.05)), (x_at(side * 0.22), y_at(nose_bottom + 0.08))],
+                fill=shade,
+                width=max(1, int(0.02 * b)),
+            )
 
     # Mouth: lip line y(u) = centre + corner offset * (u / w)^2; each corner has its own offset.
     mouth_v = subject["mouth_y"]
@@ -268,8 +312,11 @@ def _render(size: int, subject: dict, params: dict, rng: np.random.Generator, ya
         for side in (-1, 1):
             ex = x_at(side * subject["eye_spacing"])
             r = 0.2 * a * foreshorten(side * subject["eye_spacing"])
-            draw.rectangle([ex - r, y_at(eye_y) - 0.1 * b, ex + r, y_at(eye_y) + 0.1 * b],
-                           outline=frame, width=max(1, int(0.015 * b)))
+            draw.rectangle(
+                [ex - r, y_at(eye_y) - 0.1 * b, ex + r, y_at(eye_y) + 0.1 * b],
+                outline=frame,
+                width=max(1, int(0.015 * b)),
+            )
 
     if occluder is not None:
         _draw_occluder(draw, occluder, rng, x_at, y_at, a, b, subject, eye_y, mouth_v)
@@ -290,14 +337,17 @@ def _draw_occluder(draw, kind, rng, x_at, y_at, a, b, subject, eye_y, mouth_v):
         shade = _color(rng.uniform(5, 50, 3))
         for side in (-1, 1):
             ex = x_at(side * subject["eye_spacing"])
-            draw.rounded_rectangle([ex - 0.26 * a, y_at(eye_y - 0.11), ex + 0.26 * a, y_at(eye_y + 0.12)],
-                                   radius=0.08 * a, fill=shade)
-        draw.line([(x_at(-0.15), y_at(eye_y - 0.05)), (x_at(0.15), y_at(eye_y - 0.05))], fill=shade,
-                  width=max(1, int(0.03 * b)))
+            draw.rounded_rectangle(
+                [ex - 0.26 * a, y_at(eye_y - 0.11), ex + 0.26 * a, y_at(eye_y + 0.12)], radius=0.08 * a, fill=shade
+            )
+        draw.line(
+            [(x_at(-0.15), y_at(eye_y - 0.05)), (x_at(0.15), y_at(eye_y - 0.05))],
+            fill=shade,
+            width=max(1, int(0.03 * b)),
+        )
     elif kind == "mask":
         color = _color(rng.choice([[210, 225, 240], [240, 240, 240], [60, 60, 70], [120, 170, 210]]))
-        draw.rounded_rectangle([x_at(-0.78), y_at(eye_y + 0.2), x_at(0.78), y_at(0.85)],
-                               radius=0.2 * a, fill=color)
+        draw.rounded_rectangle([x_at(-0.78), y_at(eye_y + 0.2), x_at(0.78), y_at(0.85)], radius=0.2 * a, fill=color)
     elif kind == "hand":
         skin = subject["skin"] * rng.uniform(0.9, 1.1)
         target_v = rng.choice([eye_y, mouth_v])
@@ -306,8 +356,12 @@ def _draw_occluder(draw, kind, rng, x_at, y_at, a, b, subject, eye_y, mouth_v):
         draw.ellipse([hx - 0.45 * a, hy - 0.28 * b, hx + 0.45 * a, hy + 0.3 * b], fill=_color(skin))
         for k in range(4):  # fingers
             fx = hx - 0.36 * a + k * 0.24 * a
-            draw.rounded_rectangle([fx - 0.09 * a, hy - 0.62 * b, fx + 0.09 * a, hy - 0.1 * b],
-                                   radius=0.08 * a, fill=_color(skin * 0.97), outline=_color(skin * 0.75))
+            draw.rounded_rectangle(
+                [fx - 0.09 * a, hy - 0.62 * b, fx + 0.09 * a, hy - 0.1 * b],
+                radius=0.08 * a,
+                fill=_color(skin * 0.97),
+                outline=_color(skin * 0.75),
+            )
     elif kind == "block":
         color = _color(rng.uniform(0, 255, 3))
         region = rng.integers(4)  # upper face, lower face, left half, right half
@@ -326,8 +380,9 @@ def _draw_occluder(draw, kind, rng, x_at, y_at, a, b, subject, eye_y, mouth_v):
 
 def _check_options(num_classes, image_size, n_train, n_val, n_test, images_per_subject, rates):
     if num_classes not in (7, 8):
-        raise ValueError(f"num_classes must be 7 (FER2013/RAF-DB classes) or 8 (+ contempt, FERPlus), "
-                         f"got {num_classes!r}")
+        raise ValueError(
+            f"num_classes must be 7 (FER2013/RAF-DB classes) or 8 (+ contempt, FERPlus), got {num_classes!r}"
+        )
     if not isinstance(image_size, (int, np.integer)) or image_size < 16:
         raise ValueError(f"image_size must be an integer >= 16 (pixels), got {image_size!r}")
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -340,12 +395,21 @@ def _check_options(num_classes, image_size, n_train, n_val, n_test, images_per_s
             raise ValueError(f"{name} must be a fraction in [0, 1], got {rate!r}")
 
 
-def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int = 4900,
-                       n_val: int = 700, n_test: int = 700, seed: int = 0,
-                       images_per_subject: int | None = None, min_intensity: float = 0.5,
-                       expression_noise: float = 0.1, occlusion_rate: float = 0.2,
-                       pose_rate: float = 0.25, train_variant_rate: float = 0.25,
-                       progress: bool = True):
+def generate_synthetic(
+    num_classes: int = 7,
+    image_size: int = 48,
+    n_train: int = 4900,
+    n_val: int = 700,
+    n_test: int = 700,
+    seed: int = 0,
+    images_per_subject: int | None = None,
+    min_intensity: float = 0.5,
+    expression_noise: float = 0.1,
+    occlusion_rate: float = 0.2,
+    pose_rate: float = 0.25,
+    train_variant_rate: float = 0.25,
+    progress: bool = True,
+):
     """Draws the synthetic face dataset in memory.
 
     Args:
@@ -374,9 +438,20 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
     """
     if images_per_subject is None:
         images_per_subject = 2 * num_classes
-    _check_options(num_classes, image_size, n_train, n_val, n_test, images_per_subject,
-                   dict(occlusion_rate=occlusion_rate, pose_rate=pose_rate,
-                        train_variant_rate=train_variant_rate, min_intensity=min_intensity))
+    _check_options(
+        num_classes,
+        image_size,
+        n_train,
+        n_val,
+        n_test,
+        images_per_subject,
+        dict(
+            occlusion_rate=occlusion_rate,
+            pose_rate=pose_rate,
+            train_variant_rate=train_variant_rate,
+            min_intensity=min_intensity,
+        ),
+    )
     classes = config.CLASSES[:num_classes]
     counts = {"train": n_train, "val": n_val, "test": n_test}
     first_subject = _split_offsets(n_train, n_val, n_test, images_per_subject)
@@ -385,8 +460,8 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
     records, subjects = [], {}
 
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=f"drawing synthetic faces ({image_size}px)", disable=not progress,
-               unit="img")
+
+    bar = tqdm(total=total, desc=f"drawing synthetic faces ({image_size}px)", disable=not progress, unit="img")
     row = 0
     for split_code, split in enumerate(SPLITS):
         for i in range(counts[split]):
@@ -395,8 +470,7 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
                 subjects[subject_index] = _draw_subject(seed, subject_index)
             rng = _stream(seed, 2, split_code, i)
             y = i % num_classes
-            params, intensity = _expression(classes[y], rng, subjects[subject_index], min_intensity,
-                                            expression_noise)
+            params, intensity = _expression(classes[y], rng, subjects[subject_index], min_intensity, expression_noise)
             is_test = split == "test"
             occluded = rng.random() < (occlusion_rate if is_test else train_variant_rate)
             turned = rng.random() < (pose_rate if is_test else train_variant_rate)
@@ -406,33 +480,58 @@ def generate_synthetic(num_classes: int = 7, image_size: int = 48, n_train: int 
                 yaw *= rng.choice([-1.0, 1.0])
             occluder = OCCLUDERS[rng.integers(len(OCCLUDERS))] if occluded else None
             images[row] = _render(image_size, subjects[subject_index], params, rng, yaw, occluder)
-            records.append(dict(
-                split=split, label=classes[y], y=y, path="", row=row, image_id=f"{split}_{i:05d}",
-                subject=f"synthetic_s{subject_index:04d}", fold=subject_index % 10,
-                occlusion=bool(is_test and occluded), pose30=bool(is_test and turned),
-                pose45=bool(is_test and turned and abs(yaw) > 45.0),
-                intensity=float(intensity), yaw_degrees=float(yaw), occluder=occluder or ""))
+            records.append(
+                dict(
+                    split=split,
+                    label=classes[y],
+                    y=y,
+                    path="",
+                    row=row,
+                    image_id=f"{split}_{i:05d}",
+                    subject=f"synthetic_s{subject_index:04d}",
+                    fold=subject_index % 10,
+                    occlusion=bool(is_test and occluded),
+                    pose30=bool(is_test and turned),
+                    pose45=bool(is_test and turned and abs(yaw) > 45.0),
+                    intensity=float(intensity),
+                    yaw_degrees=float(yaw),
+                    occluder=occluder or "",
+                )
+            )
             row += 1
             bar.update(1)
     bar.close()
-    metadata = pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS) + [
-        "intensity", "yaw_degrees", "occluder"])
+    metadata = pd.DataFrame.from_records(
+        records, columns=list(MANIFEST_COLUMNS) + ["intensity", "yaw_degrees", "occluder"]
+    )
     return images, metadata
 
 
 def synthetic_key(**options) -> str:
     """Folder name for one set of generator options: readable sizes plus a hash of everything."""
     digest = json_digest({"version": GENERATOR_VERSION, **options}, length=10)
-    return (f"synthetic_c{options['num_classes']}_{options['image_size']}px_"
-            f"{options['n_train']}-{options['n_val']}-{options['n_test']}_seed{options['seed']}_{digest}")
+    return (
+        f"synthetic_c{options['num_classes']}_{options['image_size']}px_"
+        f"{options['n_train']}-{options['n_val']}-{options['n_test']}_seed{options['seed']}_{digest}"
+    )
 
 
-def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 48,
-                            n_train: int = 4900, n_val: int = 700, n_test: int = 700, seed: int = 0,
-                            images_per_subject: int | None = None, min_intensity: float = 0.5,
-                            expression_noise: float = 0.1, occlusion_rate: float = 0.2,
-                            pose_rate: float = 0.25, train_variant_rate: float = 0.25,
-                            progress: bool = True) -> pd.DataFrame:
+def load_synthetic_manifest(
+    root=None,
+    num_classes: int = 7,
+    image_size: int = 48,
+    n_train: int = 4900,
+    n_val: int = 700,
+    n_test: int = 700,
+    seed: int = 0,
+    images_per_subject: int | None = None,
+    min_intensity: float = 0.5,
+    expression_noise: float = 0.1,
+    occlusion_rate: float = 0.2,
+    pose_rate: float = 0.25,
+    train_variant_rate: float = 0.25,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Returns the manifest of the synthetic face dataset, generating it on first use.
 
     The images live in one `images.npy` (each manifest row's `path` is that file, `row` its index),
@@ -448,11 +547,20 @@ def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 4
     """
     if images_per_subject is None:
         images_per_subject = 2 * num_classes
-    options = dict(num_classes=num_classes, image_size=image_size, n_train=n_train, n_val=n_val,
-                   n_test=n_test, seed=seed, images_per_subject=images_per_subject,
-                   min_intensity=min_intensity, expression_noise=expression_noise,
-                   occlusion_rate=occlusion_rate, pose_rate=pose_rate,
-                   train_variant_rate=train_variant_rate)
+    options = dict(
+        num_classes=num_classes,
+        image_size=image_size,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        seed=seed,
+        images_per_subject=images_per_subject,
+        min_intensity=min_intensity,
+        expression_noise=expression_noise,
+        occlusion_rate=occlusion_rate,
+        pose_rate=pose_rate,
+        train_variant_rate=train_variant_rate,
+    )
     folder = config.dataset_root("synthetic", root) / synthetic_key(**options)
     images_path, manifest_path = folder / "images.npy", folder / "manifest.csv"
     if not (images_path.exists() and manifest_path.exists()):
@@ -462,8 +570,9 @@ def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 4
         try:
             np.save(staging / "images.npy", images)
             metadata.drop(columns=["path"]).to_csv(staging / "manifest.csv", index=False)
-            (staging / "options.json").write_text(json.dumps(
-                {"generator_version": GENERATOR_VERSION, **options}, indent=1))
+            (staging / "options.json").write_text(
+                json.dumps({"generator_version": GENERATOR_VERSION, **options}, indent=1)
+            )
             try:
                 os.rename(staging, folder)
             except OSError:
@@ -473,25 +582,38 @@ def load_synthetic_manifest(root=None, num_classes: int = 7, image_size: int = 4
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    manifest = pd.read_csv(manifest_path, dtype={"subject": str, "image_id": str, "occluder": str},
-                           keep_default_na=False)
+    manifest = pd.read_csv(
+        manifest_path, dtype={"subject": str, "image_id": str, "occluder": str}, keep_default_na=False
+    )
     required = [c for c in MANIFEST_COLUMNS if c != "path"]
     missing = [c for c in required if c not in manifest.columns]
     if missing:
-        raise DatasetFormatError(manifest_path, 1, f"missing columns {missing}; expected {required}. "
-                            f"Delete the folder {folder} to regenerate it.")
+        raise DatasetFormatError(
+            manifest_path,
+            1,
+            f"missing columns {missing}; expected {required}. Delete the folder {folder} to regenerate it.",
+        )
     shape = np.load(images_path, mmap_mode="r").shape
     expected = (len(manifest), image_size, image_size, 3)
     if shape != expected:
-        raise DatasetFormatError(images_path, None, f"array shape {shape} does not match {manifest_path} "
-                            f"(expected {expected}). Delete the folder {folder} to regenerate it.")
+        raise DatasetFormatError(
+            images_path,
+            None,
+            f"array shape {shape} does not match {manifest_path} "
+            f"(expected {expected}). Delete the folder {folder} to regenerate it.",
+        )
     manifest["path"] = str(images_path.resolve())
     for column in config.SUBSETS:
         if manifest[column].dtype != bool:
-            raise DatasetFormatError(manifest_path, None, f"column {column!r} must hold True/False, found "
-                                f"{sorted(set(manifest[column].astype(str)))[:5]}. Delete the folder "
-                                f"{folder} to regenerate it.")
+            raise DatasetFormatError(
+                manifest_path,
+                None,
+                f"column {column!r} must hold True/False, found "
+                f"{sorted(set(manifest[column].astype(str)))[:5]}. Delete the folder "
+                f"{folder} to regenerate it.",
+            )
     manifest = manifest[list(MANIFEST_COLUMNS)].astype({"y": int, "row": int, "fold": int})
-    manifest.attrs.update(dataset="synthetic", classes=tuple(config.CLASSES[:num_classes]),
-                          synthetic=True, source=SOURCE, options=options)
+    manifest.attrs.update(
+        dataset="synthetic", classes=tuple(config.CLASSES[:num_classes]), synthetic=True, source=SOURCE, options=options
+    )
     return manifest

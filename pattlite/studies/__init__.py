@@ -24,17 +24,73 @@ studies.table4(results, synthetic=ctx.synthetic)
 """
 
 from pattlite.studies.compute import paper_compute_estimate, warn_if_no_accelerator
-from pattlite.studies.context import (BENCHMARKS, IN_THE_WILD, NotebookContext, benchmark_manifests,
-                                      context_summary, in_the_wild, notebook_context, parse_bool, parse_list)
-from pattlite.studies.figures import (FIGURES, audit_figure, confusion_figure, figure_caption, gradcam_figure,
-                                      gradcam_samples, learning_curves_figure, load_results_files, paper_figure,
-                                      sample_grid_figure, summed_confusion)
-from pattlite.studies.plan import (AUDIT_VARIANTS, MAIN_VARIANTS, STUDIES, SUBSET_DATASETS, SUBSETS,
-                                   TABLE4_VARIANTS, TABLE5_DATASET, TABLE5_KERNELS, TABLE5_LAYERS, TABLE6_VARIANTS,
-                                   all_experiments, audit_experiments, gradcam_experiment, main_experiments,
-                                   notebook_plan, plan_frame, run, study_experiments, table4_experiments,
-                                   table5_experiments, table6_experiments)
+from pattlite.studies.context import (
+    BENCHMARKS,
+    IN_THE_WILD,
+    NotebookContext,
+    benchmark_manifests,
+    context_summary,
+    in_the_wild,
+    notebook_context,
+    parse_bool,
+    parse_list,
+)
+from pattlite.studies.figures import (
+    FIGURES,
+    audit_figure,
+    confusion_figure,
+    figure_caption,
+    gradcam_figure,
+    gradcam_samples,
+    learning_curves_figure,
+    load_results_files,
+    paper_figure,
+    sample_grid_figure,
+    summed_confusion,
+)
+from pattlite.studies.plan import (
+    AUDIT_VARIANTS,
+    MAIN_VARIANTS,
+    STUDIES,
+    SUBSET_DATASETS,
+    SUBSETS,
+    TABLE4_VARIANTS,
+    TABLE5_DATASET,
+    TABLE5_KERNELS,
+    TABLE5_LAYERS,
+    TABLE6_VARIANTS,
+    all_experiments,
+    audit_experiments,
+    gradcam_experiment,
+    main_experiments,
+    notebook_plan,
+    plan_frame,
+    run,
+    study_experiments,
+    table4_experiments,
+    table5_experiments,
+    table6_experiments,
+)
 from pattlite.studies.replication_report import provenance_table, report_sections, verdict_summary, write_report
-from pattlite.studies.tables import (OUR_ROWS, PROTOCOLS, TABLES, WHOLE_TEST, audit_findings, audit_table,
-                                     data_tables, model_param_count, ours_accuracy, save, standard_rows, table,
-                                     table4, table5, table6, table7, table8, table9, table10, table11)
+from pattlite.studies.tables import (
+    OUR_ROWS,
+    PROTOCOLS,
+    TABLES,
+    WHOLE_TEST,
+    audit_findings,
+    audit_table,
+    data_tables,
+    model_param_count,
+    ours_accuracy,
+    save,
+    standard_rows,
+    table,
+    table4,
+    table5,
+    table6,
+    table7,
+    table8,
+    table9,
+    table10,
+    table11,
+)

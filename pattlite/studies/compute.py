@@ -50,9 +50,14 @@ def paper_compute_estimate(profile="paper", experiments=None) -> dict:
         images += min(n, float(profile.train_limit)) if profile.train_limit else n
     stage1 = images * profile.stage1_epochs / CPU_IMAGES_PER_SECOND_FROZEN
     stage2 = images * stage2_epochs / stage2_rate
-    return {"experiments": len(exps), "train_images": int(images),
-            "hours_per_epoch": images / CPU_IMAGES_PER_SECOND_FROZEN / 3600,
-            "stage1_hours": stage1 / 3600, "stage2_hours": stage2 / 3600, "total_hours": (stage1 + stage2) / 3600}
+    return {
+        "experiments": len(exps),
+        "train_images": int(images),
+        "hours_per_epoch": images / CPU_IMAGES_PER_SECOND_FROZEN / 3600,
+        "stage1_hours": stage1 / 3600,
+        "stage2_hours": stage2 / 3600,
+        "total_hours": (stage1 + stage2) / 3600,
+    }
 
 
 def accelerator_names() -> list[str]:
@@ -72,10 +77,12 @@ def warn_if_no_accelerator(profile, experiments=None) -> str | None:
     if accelerator_names():
         return None
     est = paper_compute_estimate(profile, experiments)
-    message = (f"profile {profile.name!r} on CPU only (no GPU/TPU visible to Keras): {est['experiments']} "
-               f"experiments, about {est['hours_per_epoch']:.1f} h per epoch over all of them at "
-               f"{CPU_IMAGES_PER_SECOND_FROZEN:.0f} images/s, up to {est['total_hours']:.0f} h at the epoch caps "
-               f"(stage 1 {est['stage1_hours']:.0f} h, stage 2 {est['stage2_hours']:.0f} h; measured on 2 CPU "
-               f"cores at 224x224). Use a GPU (Kaggle, Colab: docs/notebooks.md) or run fewer experiments.")
+    message = (
+        f"profile {profile.name!r} on CPU only (no GPU/TPU visible to Keras): {est['experiments']} "
+        f"experiments, about {est['hours_per_epoch']:.1f} h per epoch over all of them at "
+        f"{CPU_IMAGES_PER_SECOND_FROZEN:.0f} images/s, up to {est['total_hours']:.0f} h at the epoch caps "
+        f"(stage 1 {est['stage1_hours']:.0f} h, stage 2 {est['stage2_hours']:.0f} h; measured on 2 CPU "
+        f"cores at 224x224). Use a GPU (Kaggle, Colab: docs/notebooks.md) or run fewer experiments."
+    )
     warnings.warn(message, RuntimeWarning, stacklevel=2)
     return message

@@ -17,7 +17,7 @@ import numpy as np
 
 from pattlite import config, report
 
-BENCHMARKS = config.REAL_DATASETS                 # ckplus, rafdb, fer2013, ferplus (the paper's column order)
+BENCHMARKS = config.REAL_DATASETS  # ckplus, rafdb, fer2013, ferplus (the paper's column order)
 IN_THE_WILD = ("rafdb", "fer2013", "ferplus")
 
 
@@ -79,8 +79,9 @@ def parse_list(value, name: str = "value", item=str) -> tuple | None:
     try:
         return tuple(item(v) for v in items)
     except (TypeError, ValueError):
-        raise ValueError(f"parameter {name}={value!r}: expected a comma-separated list of "
-                         f"{item.__name__} values") from None
+        raise ValueError(
+            f"parameter {name}={value!r}: expected a comma-separated list of {item.__name__} values"
+        ) from None
 
 
 def _optional_path(value):
@@ -89,9 +90,19 @@ def _optional_path(value):
     return Path(value).expanduser()
 
 
-def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, figures_dir=None,
-                     reports_dir=None, seeds=None, datasets=None, weights=None, dataset_roots=None,
-                     run_experiments=True, **profile_overrides) -> NotebookContext:
+def notebook_context(
+    profile: str = "demo",
+    results_dir=None,
+    tables_dir=None,
+    figures_dir=None,
+    reports_dir=None,
+    seeds=None,
+    datasets=None,
+    weights=None,
+    dataset_roots=None,
+    run_experiments=True,
+    **profile_overrides,
+) -> NotebookContext:
     """Resolve a notebook's parameters (strings from `./run_all.sh -p NAME=VALUE` are accepted).
 
     Args:
@@ -115,7 +126,7 @@ def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, f
     overrides = {k: v for k, v in profile_overrides.items() if v is not None}
     parsed_seeds = parse_list(seeds, "seeds", int)
     if parsed_seeds is not None:
-        for seed in parsed_seeds:   # the same range ./run_all.sh checks (pattlite.pipeline.PARAMETERS)
+        for seed in parsed_seeds:  # the same range ./run_all.sh checks (pattlite.pipeline.PARAMETERS)
             config.check_seed(seed, f"parameter seeds={seeds!r}: seed")
         overrides["seeds"] = parsed_seeds
     if weights is not None and str(weights).strip().lower() not in ("", "none"):
@@ -171,8 +182,10 @@ def present_benchmarks(profile) -> tuple[tuple, dict]:
         if root.exists():
             present.append(name)
         else:
-            absent[name] = (f"no folder {root} (set ${config.dataset_root_env_var(name)}, pass "
-                            f"-p {name}_root=DIR, or see data/README.md)")
+            absent[name] = (
+                f"no folder {root} (set ${config.dataset_root_env_var(name)}, pass "
+                f"-p {name}_root=DIR, or see data/README.md)"
+            )
     return tuple(present), absent
 
 
@@ -181,8 +194,10 @@ def skipped_line(ctx) -> str | None:
     if not ctx.skipped:
         return None
     why = "; ".join(f"{name}: {reason}" for name, reason in ctx.skipped.items())
-    return (f"profile {ctx.profile.name!r} runs {', '.join(ctx.datasets) or 'no benchmark'}; not run "
-            f"(dataset absent): {why}")
+    return (
+        f"profile {ctx.profile.name!r} runs {', '.join(ctx.datasets) or 'no benchmark'}; not run "
+        f"(dataset absent): {why}"
+    )
 
 
 def in_the_wild(ctx) -> tuple:
@@ -201,15 +216,17 @@ def _shown(path) -> str:
 def context_summary(ctx) -> str:
     """A few Markdown lines saying what a notebook runs on (profile, data, folders, seeds)."""
     p = ctx.profile
-    lines = [f"- profile **{p.name}**: {p.description}",
-             f"- benchmarks: {', '.join(ctx.datasets)}"
-             + (f" (not run, dataset absent: {', '.join(ctx.skipped)})" if ctx.skipped else "")
-             + f"; seeds: {', '.join(map(str, ctx.seeds))}"
-             + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
-             f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
-             f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
-             f"- results: `{_shown(ctx.results_dir)}`; tables: `{_shown(ctx.tables_dir)}`; figures: "
-             f"`{_shown(ctx.figures_dir)}`"]
+    lines = [
+        f"- profile **{p.name}**: {p.description}",
+        f"- benchmarks: {', '.join(ctx.datasets)}"
+        + (f" (not run, dataset absent: {', '.join(ctx.skipped)})" if ctx.skipped else "")
+        + f"; seeds: {', '.join(map(str, ctx.seeds))}"
+        + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
+        f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
+        f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
+        f"- results: `{_shown(ctx.results_dir)}`; tables: `{_shown(ctx.tables_dir)}`; figures: "
+        f"`{_shown(ctx.figures_dir)}`",
+    ]
     if ctx.synthetic:
         lines.insert(0, f"> **{report.SYNTHETIC_BANNER}**: every benchmark is a synthetic stand-in.\n")
     return "\n".join(lines)
