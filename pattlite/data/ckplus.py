@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pattlite.data import IMAGE_SUFFIXES, data_warning, finish_manifest, reject_unknown_options
+from pattlite.data.common import IMAGE_SUFFIXES, data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
 DATASET = "ckplus"

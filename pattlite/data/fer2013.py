@@ -11,7 +11,7 @@ Layouts (root = the dataset folder, default `data/fer2013/`):
 2. Image folders `train/<class>/*.jpg`, `test/<class>/*.jpg` and optionally `validation/<class>/`
    (or `val/`), class folders angry, disgust, fear, happy, neutral, sad, surprise. Without a
    validation folder, a stratified `val_fraction` (default 0.1) of train, seeded by `val_seed`
-   (default 0), becomes val (`pattlite.data.stratified_holdout`). Rows are class-grouped.
+   (default 0), becomes val (`pattlite.data.common.stratified_holdout`). Rows are class-grouped.
 
 The CSV is preferred when both are present. Options: `val_seed`, `val_fraction` (folder layout only).
 """
@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pattlite.data import data_warning, finish_manifest, reject_unknown_options, scan_class_folders, stratified_holdout
+from pattlite.data.common import (
+    data_warning,
+    finish_manifest,
+    reject_unknown_options,
+    scan_class_folders,
+    stratified_holdout,
+)
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, read_csv_table, require_file
 
 DATASET = "fer2013"

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning, finish_manifest, reject_unknown_options
+from pattlite.data.common import data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import (
     DatasetFormatError,
     DatasetNotFoundError,

@@ -12,7 +12,7 @@ Layouts (root = the dataset folder, default `data/rafdb/`, holding `basic/`, or 
 Labels: 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral.
 
 RAF-DB has no validation split. A stratified `val_fraction` (default 0.1) of train, drawn with the seed
-`val_seed` (default 0) by `pattlite.data.stratified_holdout`, becomes val; the paper's 12,271 training
+`val_seed` (default 0) by `pattlite.data.common.stratified_holdout`, becomes val; the paper's 12,271 training
 images are train + val here. `val_fraction=0` gives no val split.
 Subset columns come from the RAN lists (`RAF_DB_dir/`), option `subsets_dir`; see `pattlite.data.subsets`.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning, finish_manifest, reject_unknown_options, stratified_holdout
+from pattlite.data.common import data_warning, finish_manifest, reject_unknown_options, stratified_holdout
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, require_files_exist
 from pattlite.data.fer2013 import read_class_folder_splits
 from pattlite.data.subsets import RAFDB_MINUS_ONE_ORDER, mark_subsets

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning
+from pattlite.data.common import data_warning
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
 SUBSETS_ENV_VAR = "PATTLITE_SUBSETS_DIR"

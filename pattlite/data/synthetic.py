@@ -40,7 +40,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pattlite import config
-from pattlite.data import SPLITS
+from pattlite.data.common import SPLITS
 from pattlite.data.errors import DatasetFormatError
 from pattlite.files import json_digest
 
