@@ -41,24 +41,33 @@ import numpy as np
 
 from pattlite import config
 from pattlite.config import PROTOCOLS
-from pattlite.profiles import get_profile, resolve_weights
+from pattlite.profiles import AUDIT, WEIGHTS_FILE_NAME, get_profile, resolve_weights
 
-AUDIT_HEADS = ("published", "no_mixing", "pattlite")
+# The audit's settings are a profile-level record (`pattlite.profiles.AUDIT`); the names below are its fields.
+AUDIT_HEADS = AUDIT.heads
 AUDIT_DATASETS = config.REAL_DATASETS + ("synthetic",)
-# `--dataset synthetic` trains on the synthetic stand-in in the FER2013 slot of a synthetic profile
-# (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
-SYNTHETIC_SLOT = "fer2013"
-DEFAULT_TRAIN_LIMIT = 10_000
-# Stage-1 epoch cap on real data: FERPlus with a 10,000-image subset, three heads, took 5 min 5 s and
-# 5 min 29 s in two runs on 2 idle CPU cores with the JAX backend (docs/audit.md); early stopping
-# (patience 5) may end sooner.
-DEFAULT_STAGE1_EPOCHS = 10
-REAL_PROFILE = "paper"
-SYNTHETIC_PROFILE = "ci"
+SYNTHETIC_SLOT = AUDIT.synthetic_slot
+DEFAULT_TRAIN_LIMIT = AUDIT.train_limit
+DEFAULT_STAGE1_EPOCHS = AUDIT.stage1_epochs
+REAL_PROFILE = AUDIT.real_profile
+SYNTHETIC_PROFILE = AUDIT.synthetic_profile
 NOTE = (
     "heads trained on cached frozen-backbone features with the authors' stage-1 recipe only: NO "
     "augmentation (the in-model flip/contrast cannot act on features), no stage 2"
 )
+
+
+def check_weights(dataset: str, weights) -> None:
+    """The one check that real data come with backbone weights (`pattlite audit --weights`, `weights=`).
+
+    Raises:
+        ValueError: `dataset` is a real dataset and `weights` is None (the message names the file to pass).
+    """
+    if dataset != "synthetic" and weights is None:
+        raise ValueError(
+            f"pattlite audit --dataset {dataset} needs --weights PATH (weights= in Python): the ImageNet "
+            f"MobileNetV1 file {WEIGHTS_FILE_NAME}, or 'imagenet' with internet"
+        )
 
 
 def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), profile=None):
@@ -94,13 +103,9 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
             f"profile {name!r} replaces {dataset!r} by a synthetic stand-in; use profile "
             f"'paper' for real data, or --dataset synthetic"
         )
-    if not synthetic and weights is None:
-        raise ValueError(
-            f"the audit on real data ({dataset}) needs backbone weights: pass the path of "
-            "mobilenet_1_0_224_imagenet_no_top.weights.h5 (or 'imagenet' with internet)"
-        )
+    check_weights(dataset, weights)
     resolve_weights(weights)  # a missing file fails here, before any data is read
-    overrides = {"stage1": "cached", "seeds": config.check_seeds(seeds)}
+    overrides = {"stage1": AUDIT.stage1, "seeds": config.check_seeds(seeds)}
     if weights is not None or not synthetic:
         overrides["weights"] = None if weights is None else str(weights)
     if train_limit is not None:

@@ -34,7 +34,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import audit, bench, config, crossdataset, export, grid, pipeline, predict
+from pattlite import audit, bench, config, crossdataset, export, grid, parameters, predict, runs
 from pattlite.config import PROTOCOLS
 from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
@@ -77,6 +77,13 @@ def _choice(flag: str, kind: str, value: str, valid) -> str:
 def _seed(flag: str, value) -> int:
     try:
         return config.check_seed(value, flag)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def _seeds(flag: str, values) -> tuple:
+    try:
+        return config.check_seeds(values, flag, flag)
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -138,16 +145,14 @@ def check_arguments(args) -> None:
         _choice("--dataset", "dataset", args.dataset, audit.AUDIT_DATASETS)
         if args.profile is not None:
             _choice("--profile", "profile", args.profile, PROFILES)
-        for seed in _int_list(args.seeds, "--seeds"):
-            _seed("--seeds", seed)
+        _seeds("--seeds", _int_list(args.seeds, "--seeds"))
         _at_least("--epochs", args.epochs, 1)
         _at_least("--train-limit", args.train_limit, 1, " (training images)")
         _at_least("--image-size", args.image_size, 16, " (pixels)")
-        if args.dataset != "synthetic" and args.weights is None:
-            raise CommandError(
-                f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
-                "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)"
-            )
+        try:
+            audit.check_weights(args.dataset, args.weights)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
         if args.weights is not None:
             _weights_file("--weights", args.weights)
     elif args.command == "crossdataset":
@@ -191,11 +196,11 @@ def cmd_train(args) -> int:
     # finished result needs no lock.
     try:
         if args.force or not result_path(exp, results_dir).is_file():
-            with pipeline.results_lock(folder, "pattlite " + " ".join(sys.argv[1:])):
+            with runs.results_lock(folder, "pattlite " + " ".join(sys.argv[1:])):
                 return _train(args, exp, profile, results_dir)
         return _train(args, exp, profile, results_dir)
     except BaseException as error:  # noqa: B036 - an error caused by Ctrl-C / SIGTERM is an interruption
-        stopped = pipeline.as_interruption(error, "train", experiment=exp.label(), key=exp.key())
+        stopped = runs.as_interruption(error, "train", experiment=exp.label(), key=exp.key())
         if stopped is None:
             raise
         raise stopped from error
@@ -351,11 +356,6 @@ def cmd_audit(args) -> int:
     config.check_name("dataset", args.dataset, audit.AUDIT_DATASETS)
     synthetic = args.dataset == "synthetic"
     profile = args.profile or (audit.SYNTHETIC_PROFILE if synthetic else audit.REAL_PROFILE)
-    if not synthetic and args.weights is None:
-        raise CommandError(
-            f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
-            "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)"
-        )
     weights = _weights_argument(args.weights)
     if synthetic and weights is None:
         print("note: synthetic run: random backbone (seeded), BatchNorm calibrated on training images", flush=True)
@@ -395,7 +395,7 @@ def cmd_audit(args) -> int:
 
 def cmd_publish(args) -> int:
     config.check_name("profile", args.profile, tuple(PROFILES))
-    params = pipeline.check_parameters(pipeline.parse_parameters(args.parameter))  # before the heavy imports
+    params = parameters.check_parameters(parameters.parse_parameters(args.parameter))  # before the heavy imports
     from pattlite.studies.publish import publish
 
     ctx, _ = grid.notebook_context(args.profile, params)
@@ -562,15 +562,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings(), pipeline.handle_signals():
+        with warnings.catch_warnings(), runs.handle_signals():
             warnings.showwarning = data_warning_printer(f"pattlite {args.command}")
             check_arguments(args)
             return args.handler(args)
     except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM
-        stopped = pipeline.as_interruption(error, args.command) or pipeline.RunInterrupted("SIGINT", args.command)
-        pipeline.say_interrupted(f"pattlite {args.command}", stopped)
+        stopped = runs.as_interruption(error, args.command) or runs.RunInterrupted("SIGINT", args.command)
+        runs.say_interrupted(f"pattlite {args.command}", stopped)
         return stopped.status
-    except pipeline.ResultsFolderBusy as error:
+    except runs.ResultsFolderBusy as error:
         print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)

@@ -116,12 +116,13 @@ def check_seed(seed, what: str = "seed") -> int:
     return int(seed)
 
 
-def check_seeds(seeds, what: str = "seeds") -> tuple:
-    """The seeds as a tuple of ints (`check_seed` each), or a ValueError: at least one."""
+def check_seeds(seeds, what: str = "seeds", each: str = "seed") -> tuple:
+    """The seeds as a tuple of ints (`check_seed` each, its message led by `each`), or a ValueError: at least
+    one. The one seed validator: profiles, notebooks, ./run_all.sh's -p seeds= and the CLI's flags use it."""
     seeds = tuple(seeds)
     if not seeds:
         raise ValueError(f"{what} is empty: give at least one seed, e.g. 0 or 0,1")
-    return tuple(check_seed(seed, "seed") for seed in seeds)
+    return tuple(check_seed(seed, each) for seed in seeds)
 
 
 def check_name(kind: str, value: str, valid) -> str:

@@ -49,9 +49,10 @@ from pattlite.evaluate import evaluate
 from pattlite.features import backbone_features, extraction_engine, extraction_identity, random_backbone_weights
 from pattlite.files import json_digest, write_atomic
 from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
-from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
+from pattlite.profiles import AUTHORS_RECIPE, BENCHMARKS, Profile, get_profile, resolve_weights
+from pattlite.recipe import TrainConfig
 from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
-from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
+from pattlite.train import add_stage2, enable_determinism, train
 
 # Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
 MODEL_OPTIONS = tuple(dict.fromkeys(o for v in VARIANTS.values() for o in v.options)) + ("augment",)
@@ -215,17 +216,10 @@ def make_experiment(
                 f"{sorted(exp_fields)}, model options {list(MODEL_OPTIONS)}, TrainConfig "
                 f"fields {sorted(train_fields)}"
             )
-    train_settings = {
-        "stage1_epochs": profile.stage1_epochs,
-        "stage2_epochs": profile.stage2_epochs,
-        "stage2_max_epochs": profile.stage2_max_epochs,
-        "validation": profile.validation,
-        "steps_per_execution": profile.steps_per_execution,
-        "deterministic": profile.deterministic,
-        "train_views": profile.train_views,
-        "test_probe_epochs": tuple(profile.test_probe_epochs),
-        **train_overrides,
-    }
+    # The profile's training settings (the fields of the authors' recipe it may change), then the overrides.
+    train_settings = {name: getattr(profile, name) for name in AUTHORS_RECIPE}
+    train_settings["test_probe_epochs"] = tuple(train_settings["test_probe_epochs"])
+    train_settings.update(train_overrides)
     source = profile.source(dataset)
     fields = dict(
         profile=profile.name,
@@ -402,7 +396,7 @@ def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
 
 
 def _provenance() -> dict:
-    from pattlite.report import provenance
+    from pattlite.provenance import provenance
 
     return provenance()
 

@@ -253,6 +253,19 @@ def _npy_header(shape, dtype) -> bytes:
     return buffer.getvalue()
 
 
+# ---- memory -----------------------------------------------------------------------------------------
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, from POSIX `sysconf`; None where the system does not say (not
+    POSIX). The one fallback: None, so that each caller states what an unknown size means for it (the grid
+    then leaves Ray's memory default alone)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # ---- digests ----------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from pattlite import config
-from pattlite.files import pid_alive, write_atomic
+from pattlite.files import physical_memory, pid_alive, write_atomic
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2  # retries of a task whose worker died (not of an experiment's own error)
@@ -111,7 +111,7 @@ class GridReport:
 
 def notebook_parameters() -> dict:
     """{name: default} of the notebooks' `parameters` cells (all notebooks together)."""
-    from pattlite.pipeline import parameter_cells
+    from pattlite.parameters import parameter_cells
 
     params = {}
     for declared in parameter_cells().values():
@@ -125,9 +125,9 @@ def notebook_context(profile: str, parameters: dict | None = None):
 
     Raises:
         ValueError: a parameter no notebook takes (the message lists the valid ones), or a bad value
-            (`pattlite.pipeline.check_parameters`, before anything heavy is imported).
+            (`pattlite.parameters.check_parameters`, before anything heavy is imported).
     """
-    from pattlite.pipeline import check_parameters
+    from pattlite.parameters import check_parameters
 
     params = check_parameters(dict(parameters or {}))
     from pattlite import studies
@@ -343,7 +343,7 @@ def run_grid(
 
 def _run_local(pending, results_dir, log):
     from pattlite.experiments import run_experiment
-    from pattlite.pipeline import RunInterrupted, as_interruption, received_signal
+    from pattlite.runs import RunInterrupted, as_interruption, received_signal
 
     progress = Progress(len(pending), log, pending)
     trained, failed = [], {}
@@ -635,13 +635,6 @@ def next_fitting(queue, running: list, memory: dict, capacity: int):
     return next((exp for exp in queue if memory[exp.key()] <= free), None)
 
 
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial, max_retries, log, compute):
     if cpus_per_trial is None or cpus_per_trial <= 0:
         raise ValueError(f"--cpus-per-trial {cpus_per_trial!r}: expected a positive number")
@@ -652,10 +645,10 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
     started_here = not ray.is_initialized()
     if started_here:
         options = {}
-        if address is None and _physical_memory():
+        if address is None and physical_memory():
             # Ray's default reserves about 65% of the memory for tasks; trials here are sized by their
             # features (`memory_estimate`), so let them use most of it.
-            options["_memory"] = int(LOCAL_RAY_MEMORY_FRACTION * _physical_memory())
+            options["_memory"] = int(LOCAL_RAY_MEMORY_FRACTION * physical_memory())
         ray.init(
             address=address,
             include_dashboard=False,
@@ -733,7 +726,7 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
             )
         except BaseException as error:  # noqa: B036 - interrupted: stop the tasks in flight first
             _cancel(ray, in_flight)
-            from pattlite.pipeline import as_interruption
+            from pattlite.runs import as_interruption
 
             stopped = as_interruption(error, "grid", in_flight=[exp.label() for exp in in_flight.values()])
             if stopped is not None:
@@ -779,7 +772,7 @@ def _collect_ray(
     """Waits for the tasks in flight (removed from `in_flight` as they end), storing each result;
     `submit(n)` adds up to n more tasks to `in_flight` (one per task ended), out of `experiments` in all
     (default: those in flight)."""
-    from pattlite.pipeline import RunInterrupted, interruption
+    from pattlite.runs import RunInterrupted, interruption
 
     experiments = list(in_flight.values()) if experiments is None else list(experiments)
     progress = Progress(len(experiments), log, experiments)
@@ -893,14 +886,14 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_grid(args) -> int:
-    """`pattlite grid plan|run`. `run` holds the results folder's lock (`pipeline.results_lock`) and
+    """`pattlite grid plan|run`. `run` holds the results folder's lock (`runs.results_lock`) and
     appends to its run record, as ./run_all.sh does; SIGINT / SIGTERM end it with status 130 / 143,
     recorded as interrupted with the experiment it stopped at."""
-    from pattlite import pipeline
+    from pattlite import parameters, runs
     from pattlite.profiles import PROFILES
 
     config.check_name("profile", args.profile, tuple(PROFILES))
-    params = pipeline.check_parameters(pipeline.parse_parameters(args.parameter))  # before any heavy import
+    params = parameters.check_parameters(parameters.parse_parameters(args.parameter))  # before any heavy import
     if args.grid_command == "plan":
         grid_plan = plan(args.profile, params)
         print(format_plan(grid_plan))
@@ -930,10 +923,10 @@ def cmd_grid(args) -> int:
         args.executor,
         *[a for item in args.parameter for a in ("-p", item)],
     ]
-    results_dir = pipeline.results_folder(args.profile, params)
+    results_dir = parameters.results_folder(args.profile, params)
     started = time.time()
     report, stopped, failed, at = None, None, None, {"step": "planning the experiments"}
-    with pipeline.handle_signals(), pipeline.results_lock(results_dir, "pattlite " + " ".join(argv)):
+    with runs.handle_signals(), runs.results_lock(results_dir, "pattlite " + " ".join(argv)):
         try:
             grid_plan = plan(args.profile, params)
             at = {}
@@ -948,14 +941,14 @@ def cmd_grid(args) -> int:
             if report.failed:
                 failed = f"{len(report.failed)} experiment(s) of the grid failed"
         except BaseException as error:  # noqa: B036 - recorded, then reported
-            stopped = pipeline.as_interruption(error, "grid", **at)
+            stopped = runs.as_interruption(error, "grid", **at)
             if stopped is None:
                 failed = f"{type(error).__name__}: {error}".splitlines()[0]
                 raise
-            pipeline.say_interrupted("pattlite grid run", stopped)
+            runs.say_interrupted("pattlite grid run", stopped)
         finally:
-            with pipeline.deferred_signals():
-                path = pipeline.record_run(
+            with runs.deferred_signals():
+                path = runs.record_run(
                     results_dir,
                     {
                         "command": "pattlite grid run",
@@ -968,7 +961,7 @@ def cmd_grid(args) -> int:
                         "keras_backends": {"grid": _keras_backend()},
                         "executor": args.executor,
                         **({"grid": report.summary()} if report else {}),
-                        **pipeline.outcome_fields(failed, stopped),
+                        **runs.outcome_fields(failed, stopped),
                     },
                 )
                 print(f"run recorded in {path}", file=sys.stderr if stopped or failed else sys.stdout)

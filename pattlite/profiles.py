@@ -47,6 +47,50 @@ BENCHMARKS = config.REAL_DATASETS  # ("ckplus", "rafdb", "fer2013", "ferplus"), 
 WEIGHTS_FILE_NAME = "mobilenet_1_0_224_imagenet_no_top.weights.h5"
 WEIGHTS_ENV_VAR = "PATTLITE_WEIGHTS"
 
+# The authors' recipe, as their notebook sets it: the training settings a profile passes to every experiment
+# (`pattlite.experiments.make_experiment` copies these `Profile` fields into the experiment's `TrainConfig`).
+# `Profile` and `pattlite.recipe.TrainConfig` take their defaults from here: the epoch limits are written once.
+AUTHORS_RECIPE = {
+    "stage1_epochs": 100,
+    "stage2_epochs": 500,  # Keras' `epochs` of stage 2 (the last epoch index + 1)
+    "stage2_max_epochs": None,  # no cap on the stage-2 epochs run
+    "validation": "published",  # class-grouped, unshuffled, batch 8
+    "steps_per_execution": 1,
+    "deterministic": False,
+    "train_views": 1,  # no flip on cached features
+    "test_probe_epochs": (),
+}
+TABLE5_DATASET = "rafdb"  # the paper's Table 5 (another dataset is a stand-in)
+GRADCAM_DATASET = "rafdb"  # the paper's Figures 6-7
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The batch-composition audit's own settings (`pattlite.audit`, `pattlite audit`): a profile of its own.
+
+    Attributes:
+        heads: the heads it trains (the authors', the no-mixing control, the corrected head).
+        real_profile, synthetic_profile: the profiles its experiments start from on real / synthetic data.
+        stage1: it trains heads on cached frozen-backbone features ("cached"); stage 2 never runs.
+        train_limit: training images on real data (class-stratified, seeded); synthetic data keep the
+            profile's own limit.
+        stage1_epochs: stage-1 epoch cap on real data (early stopping may end sooner); synthetic data keep the
+            profile's own.
+        synthetic_slot: `--dataset synthetic` trains on the synthetic stand-in in this benchmark's slot of a
+            synthetic profile (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
+    """
+
+    heads: tuple = ("published", "no_mixing", "pattlite")
+    real_profile: str = "paper"
+    synthetic_profile: str = "ci"
+    stage1: str = "cached"
+    train_limit: int = 10_000
+    stage1_epochs: int = 10
+    synthetic_slot: str = "fer2013"
+
+
+AUDIT = AuditSettings()
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
@@ -130,26 +174,26 @@ class Profile:
     weights_seed: int = 0
     bn_calibration_images: int = 64
     stage1: str = "exact"
-    train_views: int = 1
+    train_views: int = AUTHORS_RECIPE["train_views"]
     extraction_engine: str = "auto"
     finetune: str = "as_coded"
-    stage1_epochs: int = 100
-    stage2_epochs: int = 500
-    stage2_max_epochs: int | None = None
+    stage1_epochs: int = AUTHORS_RECIPE["stage1_epochs"]
+    stage2_epochs: int = AUTHORS_RECIPE["stage2_epochs"]
+    stage2_max_epochs: int | None = AUTHORS_RECIPE["stage2_max_epochs"]
     reference_seeds: tuple = ()
-    test_probe_epochs: tuple = ()
+    test_probe_epochs: tuple = AUTHORS_RECIPE["test_probe_epochs"]
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
     table5_layers: tuple = tuple(config.TABLE5_CUT_LAYERS)
     table5_train_limit: int | None = None
     table5_seeds: tuple | None = None
-    table5_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
-    gradcam_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
+    table5_datasets: tuple = (TABLE5_DATASET, "ferplus", "fer2013", "ckplus")
+    gradcam_datasets: tuple = (GRADCAM_DATASET, "ferplus", "fer2013", "ckplus")
     seeds: tuple = (0,)
     ablation_seeds: tuple | None = None
-    steps_per_execution: int = 1
-    validation: str = "published"
-    deterministic: bool = False
+    steps_per_execution: int = AUTHORS_RECIPE["steps_per_execution"]
+    validation: str = AUTHORS_RECIPE["validation"]
+    deterministic: bool = AUTHORS_RECIPE["deterministic"]
     only_present_datasets: bool = False
     keras_backend: str | None = None
     sized_for_cpu: bool = False
@@ -399,6 +443,11 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"profile field {field}={value!r}: expected a positive int")
     return profile
+
+
+def as_profile(profile) -> Profile:
+    """A `Profile` from a profile name, or the `Profile` given."""
+    return get_profile(profile) if isinstance(profile, str) else profile
 
 
 def weights_search_paths() -> list[Path]:

@@ -1,4 +1,4 @@
-"""Reporting: "ours vs paper" tables with verdicts, table and figure files, plots, the report, provenance.
+"""Reporting: "ours vs paper" tables with verdicts, table and figure files, plots, the report.
 
 No training here. The notebooks and the CLI build result frames from result files and call these.
 
@@ -7,30 +7,24 @@ No training here. The notebooks and the CLI build result frames from result file
 - `save_table` / `save_figure`: CSV + Markdown + LaTeX, PNG + PDF, with a banner on synthetic data.
 - `plot_confusion_matrix`, `plot_accuracy_vs_params`: the paper's Figs. 2-5, 8 and 9-10.
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
-- `provenance`: code version, package versions, backend and device, stored in every result file.
 
-About 590 lines, over the project's ~500: these five parts share the banner, the tolerances and the
-file conventions, and each is short.
+Provenance (code version, package versions, backend and device) lives in `pattlite.provenance`; `provenance`
+and `accelerators` are importable from here too.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
-import importlib.metadata
 import math
 import os
-import platform
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pattlite import config
+from pattlite.provenance import accelerators, provenance  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------------------------------------------
 # Verdicts
@@ -614,90 +608,3 @@ def html_verdict_marks(page: str) -> str:
 
     page = re.sub(r"<td([^>]*)>(.*?)</td>", cell, page, flags=re.S)
     return re.sub(marks, lambda m: square(m.group(0)), page)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Provenance
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def accelerators(backend: str | None = None) -> list[str]:
-    """Names of the GPUs/TPUs a Keras backend sees (default: the active one; empty on CPU)."""
-    if backend is None:
-        import keras
-
-        backend = keras.config.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf  # the backend is already imported by keras; this adds no cost
-
-        names = []
-        for device in tf.config.list_physical_devices("GPU"):
-            details = tf.config.experimental.get_device_details(device)
-            names.append(details.get("device_name", device.name))
-        return names
-    if backend == "jax":
-        import jax
-
-        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
-    if backend == "torch":
-        import torch
-
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return []
-
-
-def provenance() -> dict:
-    """Where a result came from: code version, package versions, Keras backend and device; no hostname.
-
-    Returns:
-        {"git_commit": sha or "unknown", "git_dirty": bool or None (unknown), "python", "keras",
-        "tensorflow" (None if not installed), "numpy", "pandas", "pattlite", "keras_backend",
-        "device" (GPU names, else the CPU model), "platform", "created_utc"}.
-    """
-    import keras
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    backend = keras.config.backend()
-    gpus = accelerators(backend)
-    return {
-        "git_commit": commit or "unknown",
-        "git_dirty": None if status is None else bool(status),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "tensorflow": _version("tensorflow"),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "pattlite": _version("pattlite") or __import__("pattlite").__version__,
-        "keras_backend": backend,
-        "device": ", ".join(gpus) if gpus else f"CPU: {_cpu_model()}",
-        "platform": f"{platform.system()} {platform.machine()}; {sys.implementation.name}",
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }

@@ -1,10 +1,11 @@
 """The studies of the paper: which experiments each table needs, and each table and figure, ours beside
 the paper's. One module per concern:
 
-- `context`: a notebook's papermill parameters -> a `NotebookContext` (profile, datasets, folders);
+- `context`: the `NotebookContext` (profile, datasets, folders) and the parsing of papermill parameters;
 - `plan`: which experiments each study needs (`study_experiments`, `notebook_plan`), written once and
-  used by the notebooks, the report and `pattlite grid`; `run` trains the missing ones;
+  used by the notebooks, the report and `pattlite grid`;
 - `compute`: the CPU-time estimate and the warning when a real-data profile has no GPU/TPU;
+- `notebook`: `notebook_context` (parameters -> context) and `run` (trains the missing experiments);
 - `tables`: Tables 1-11 and the audit table from manifests and result frames;
 - `figures`: Figures 2-10, the audit chart, sample images and learning curves;
 - `replication_report`: the report's sections and files; its prose lives in `pattlite/resources/report/`
@@ -31,7 +32,6 @@ from pattlite.studies.context import (
     benchmark_manifests,
     context_summary,
     in_the_wild,
-    notebook_context,
     parse_bool,
     parse_list,
 )
@@ -48,6 +48,7 @@ from pattlite.studies.figures import (
     sample_grid_figure,
     summed_confusion,
 )
+from pattlite.studies.notebook import notebook_context, run
 from pattlite.studies.plan import (
     AUDIT_VARIANTS,
     MAIN_VARIANTS,
@@ -65,7 +66,6 @@ from pattlite.studies.plan import (
     main_experiments,
     notebook_plan,
     plan_frame,
-    run,
     study_experiments,
     table4_experiments,
     table5_experiments,

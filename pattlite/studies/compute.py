@@ -9,7 +9,8 @@ from __future__ import annotations
 import warnings
 
 from pattlite import paper, report
-from pattlite.studies.context import as_profile
+from pattlite.profiles import as_profile
+from pattlite.studies.plan import all_experiments
 
 # CPU training throughput behind the estimate of `warn_if_no_accelerator`, as measured for this project
 # on 2 CPU cores (224x224 inputs, batch 8): backbone frozen, and the paper's 59 RAF-DB layers unfrozen.
@@ -33,8 +34,6 @@ def paper_compute_estimate(profile="paper", experiments=None) -> dict:
     Returns:
         {"experiments", "train_images", "hours_per_epoch", "stage1_hours", "stage2_hours", "total_hours"}.
     """
-    from pattlite.studies.plan import all_experiments
-
     profile = as_profile(profile)
     exps = all_experiments(profile) if experiments is None else list(experiments)
     published_train = paper.paper_table(3).query("split == 'train'").set_index("dataset")["value"]

@@ -19,21 +19,19 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.audit import AUDIT_HEADS
 from pattlite.model import KERNEL_CODES
-from pattlite.studies.context import BENCHMARKS, IN_THE_WILD, as_profile, in_the_wild
+from pattlite.profiles import AUDIT, GRADCAM_DATASET, TABLE5_DATASET, as_profile
+from pattlite.studies.context import BENCHMARKS, IN_THE_WILD, in_the_wild
 
 SUBSETS = config.SUBSETS
 SUBSET_DATASETS = ("rafdb", "ferplus")  # datasets with RAN challenging-condition lists
 TABLE4_VARIANTS = ("baseline", "patch_only", "attention_only", "published")
 TABLE5_LAYERS = tuple(config.TABLE5_CUT_LAYERS)
 TABLE5_KERNELS = tuple(KERNEL_CODES)
-TABLE5_DATASET = "rafdb"  # the paper's Table 5 (another dataset is a stand-in)
-GRADCAM_DATASET = "rafdb"  # the paper's Figures 6-7
 NO_DATASET = "not run (no dataset present)"
 TABLE6_VARIANTS = ("patch_attention", "published")
 MAIN_VARIANTS = ("published", "pattlite")
-AUDIT_VARIANTS = AUDIT_HEADS
+AUDIT_VARIANTS = AUDIT.heads
 # The columns of `run`'s frame when there is no result at all (a run with no dataset present).
 EMPTY_RESULT_COLUMNS = (
     "key",
@@ -372,34 +370,3 @@ def plan_frame(ctx, experiments) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=["dataset", "variant", "options", "fold", "seed", "done"])
     return frame.astype({"fold": "Int64"})  # folds are integers or missing (one fixed split)
-
-
-def run(ctx, experiments, require_all: bool = True) -> pd.DataFrame:
-    """Train the missing experiments (when `ctx.run_experiments`) and return their result rows.
-
-    Returns:
-        The rows of `pattlite.experiments.collect_results` for these experiments only (other result
-        files in the folder, e.g. other seeds, are left out).
-
-    Raises:
-        ValueError: with `require_all`, when some experiment has no result file (and training was off).
-    """
-    from pattlite.experiments import collect_results, result_path, run_experiments
-    from pattlite.studies.compute import warn_if_no_accelerator
-
-    experiments = list(experiments)
-    if ctx.run_experiments and experiments:
-        warn_if_no_accelerator(ctx.profile, experiments)
-        run_experiments(experiments, results_dir=ctx.results_dir)
-    missing = [e for e in experiments if not result_path(e, ctx.results_dir).is_file()]
-    if missing and require_all:
-        names = "; ".join(e.label() for e in missing[:5])
-        raise ValueError(
-            f"{len(missing)} experiment(s) have no result file in {ctx.results_dir}/experiments "
-            f"(e.g. {names}); run with run_experiments=True"
-        )
-    results = collect_results(ctx.results_dir)
-    keys = {e.key() for e in experiments}
-    if results.empty:  # the columns every result row has, so that a notebook can still select them
-        return pd.DataFrame(columns=list(EMPTY_RESULT_COLUMNS))
-    return results[results["key"].isin(keys)].reset_index(drop=True)

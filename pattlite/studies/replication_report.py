@@ -19,7 +19,8 @@ from pattlite.studies import cap, gap, prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
 from pattlite.studies.layout import paper_layout
-from pattlite.studies.plan import GRADCAM_DATASET, NO_DATASET, dataset_choice, notebook_plan, run
+from pattlite.studies.notebook import run
+from pattlite.studies.plan import GRADCAM_DATASET, NO_DATASET, dataset_choice, notebook_plan
 from pattlite.studies.tables import audit_findings, audit_table, data_tables, table, table5
 
 # Which figures sit with which table: Figs. 2-5 are the confusion matrices of Table 6's two models on the
