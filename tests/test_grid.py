@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 from envvars import environment
 
-from pattlite import cli, grid, pipeline, studies
+from pattlite import cli, grid, grid_ray, pipeline, studies
 from pattlite.experiments import make_experiment, result_path, weights_path
 from pattlite.results import ExperimentResult
 
@@ -200,7 +200,7 @@ def _killing_compute(marker_dir: Path, kill_first=(), kill_always=()):
         marker.write_text("attempt\n" * attempt)
         if exp.key() in kill_always or (exp.key() in kill_first and attempt == 1):
             os.kill(os.getpid(), signal.SIGKILL)
-        return grid.compute_on_worker(exp)
+        return grid_ray.compute_on_worker(exp)
 
     return compute
 
@@ -255,7 +255,7 @@ import json, pickle, sys
 
 import ray
 
-from pattlite import grid
+from pattlite import grid_ray
 
 def probe(_):
     import pattlite
@@ -264,7 +264,7 @@ def probe(_):
     return pattlite.__file__
 
 ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="WARNING")
-task = grid.ray_task(ray, 1, 0, 0)   # what run_grid submits: its pattlite.grid._ray_task, options, environment
+task = grid_ray.ray_task(ray, 1, 0, 0)   # what run_grid submits: its pattlite.grid_ray._ray_task, options, environment
 try:
     print(json.dumps({"file": ray.get(task.remote(probe, pickle.dumps(None)))}))
 except ray.exceptions.RayError as error:
@@ -296,7 +296,7 @@ def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
     import pattlite
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
-    env = grid.worker_env(2, 0)
+    env = grid_ray.worker_env(2, 0)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]), "/somewhere/else"]
     assert env["OMP_NUM_THREADS"] == "2"
     assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"].split()
@@ -304,7 +304,7 @@ def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
 
 def test_one_cpu_trials_run_jax_on_one_thread_and_keep_the_drivers_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x intra_op_parallelism_threads=8")
-    flags = grid.worker_env(1, 0)["XLA_FLAGS"].split()
+    flags = grid_ray.worker_env(1, 0)["XLA_FLAGS"].split()
     assert "--xla_dump_to=/tmp/x" in flags and "--xla_cpu_multi_thread_eigen=false" in flags
     assert [f for f in flags if f.startswith("intra_op")] == ["intra_op_parallelism_threads=1"]
 
@@ -316,13 +316,13 @@ def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
     two = make_experiment("ci", "rafdb", "published", train_views=2)
     options = one.source["options"]
     images = options["n_train"] + options["n_val"] + options["n_test"]
-    per_image = grid._feature_bytes_per_image("conv_dw_9_relu", one.resize_to)
+    per_image = grid_ray._feature_bytes_per_image("conv_dw_9_relu", one.resize_to)
     assert per_image == 14 * 14 * 512 * 2  # float16 at the default cut, 224 pixels
-    assert grid.memory_estimate(one) == grid.TRIAL_OVERHEAD_BYTES + per_image * images
-    assert grid.memory_estimate(two) - grid.memory_estimate(one) == per_image * options["n_train"]
-    assert grid.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
-    monkeypatch.setattr(grid, "_dataset_images", lambda exp: None)
-    assert grid.memory_estimate(one) is None
+    assert grid_ray.memory_estimate(one) == grid_ray.TRIAL_OVERHEAD_BYTES + per_image * images
+    assert grid_ray.memory_estimate(two) - grid_ray.memory_estimate(one) == per_image * options["n_train"]
+    assert grid_ray.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
+    monkeypatch.setattr(grid_ray, "_dataset_images", lambda exp: None)
+    assert grid_ray.memory_estimate(one) is None
 
 
 def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(monkeypatch, folders, tiny, tmp_path):
@@ -333,10 +333,10 @@ def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(mon
 
     results = tmp_path / "results"
     exp = tiny[0]
-    monkeypatch.setenv(grid.CHECKPOINTS_ENV_VAR, str(checkpoint_path(exp, results).parent))
-    returned = grid.compute_on_worker(exp)
+    monkeypatch.setenv(grid_ray.CHECKPOINTS_ENV_VAR, str(checkpoint_path(exp, results).parent))
+    returned = grid_ray.compute_on_worker(exp)
     assert any(checkpoint_path(exp, results).iterdir())
-    grid.store_returned(exp, returned, results)
+    grid_ray.store_returned(exp, returned, results)
     assert result_path(exp, results).is_file() and not checkpoint_path(exp, results).exists()
 
 
@@ -351,8 +351,8 @@ def test_memory_requests_never_exceed_the_largest_node(monkeypatch):
 
     small, large, unknown = (make_experiment("ci", "rafdb", "published", seed=s) for s in (1, 2, 3))
     sizes = {small.key(): 2 * 2**30, large.key(): 50 * 2**30, unknown.key(): None}
-    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
-    requests = grid._memory_requests(FakeRay, [small, large, unknown])
+    monkeypatch.setattr(grid_ray, "memory_estimate", lambda exp: sizes[exp.key()])
+    requests = grid_ray._memory_requests(FakeRay, [small, large, unknown])
     assert requests == {small.key(): 2 * 2**30, large.key(): 10 * 2**30, unknown.key(): 10 * 2**30}
 
 
@@ -366,14 +366,14 @@ def test_stale_temporary_folders_of_killed_workers_are_removed(monkeypatch, tmp_
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / f"{grid.TEMP_PREFIX}{_dead_pid()}-abc"
-    live = tmp_path / f"{grid.TEMP_PREFIX}{os.getpid()}-def"
-    old = tmp_path / f"{grid.TEMP_PREFIX}k3j2h1g0"  # the name before the PID was in it
+    dead = tmp_path / f"{grid_ray.TEMP_PREFIX}{_dead_pid()}-abc"
+    live = tmp_path / f"{grid_ray.TEMP_PREFIX}{os.getpid()}-def"
+    old = tmp_path / f"{grid_ray.TEMP_PREFIX}k3j2h1g0"  # the name before the PID was in it
     other = tmp_path / "pattlite-openvino-xyz"
     for folder in (dead, live, old, other):
         (folder / "logs").mkdir(parents=True)
     lines = []
-    removed = grid.remove_stale_temporary(log=lines.append)
+    removed = grid_ray.remove_stale_temporary(log=lines.append)
     assert sorted(removed) == sorted([dead, old])
     assert not dead.exists() and not old.exists() and live.is_dir() and other.is_dir()
     assert lines and "removed 2 temporary folder(s) left by killed workers" in lines[0]
@@ -389,12 +389,12 @@ def test_a_worker_interrupted_mid_task_removes_its_temporary_folder(monkeypatch,
 
     def interrupted(exp, progress=True, log_dir=None, **kwargs):
         seen.append(Path(log_dir).parent)
-        assert seen[0].is_dir() and seen[0].name.startswith(f"{grid.TEMP_PREFIX}{os.getpid()}-")
+        assert seen[0].is_dir() and seen[0].name.startswith(f"{grid_ray.TEMP_PREFIX}{os.getpid()}-")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiments, "compute_experiment", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        grid.compute_on_worker(tiny[0])
+        grid_ray.compute_on_worker(tiny[0])
     assert seen and not seen[0].exists() and not list(tmp_path.iterdir())
 
 
@@ -406,7 +406,7 @@ def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime
 
     # A longer grace than the default 3 s: on 2 cores shared with other work, a cancelled worker took
     # longer than 3 s to unwind (seen once in a full-suite run beside a training) and was force-killed.
-    monkeypatch.setattr(grid, "CANCEL_GRACE_S", 15.0)
+    monkeypatch.setattr(grid_ray, "CANCEL_GRACE_S", 15.0)
 
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -415,7 +415,7 @@ def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime
         import tempfile
         import time as _time
 
-        with tempfile.TemporaryDirectory(prefix=f"{grid.TEMP_PREFIX}{os.getpid()}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{grid_ray.TEMP_PREFIX}{os.getpid()}-") as tmp:
             (markers / exp.key()).write_text(tmp)
             end = _time.time() + 600  # longer than the wait for both: the interrupt finds them running
             while _time.time() < end:
@@ -523,12 +523,12 @@ def test_ray_tasks_are_submitted_in_the_grids_order_a_window_at_a_time(monkeypat
         def get(ref):
             return {"seconds": 1.0, "host": "fake", "exp": ref.exp}
 
-    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
+    monkeypatch.setattr(grid_ray, "ray_task", lambda *args, **kwargs: FakeTask())
     stored = []
-    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: stored.append(exp.key()))
-    grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    monkeypatch.setattr(grid_ray, "store_returned", lambda exp, returned, results_dir: stored.append(exp.key()))
+    grid_ray._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
     assert [ref.exp.key() for ref in submitted] == [e.key() for e in experiments]
-    assert max(in_flight_sizes) == 2 + grid.QUEUE_WINDOW
+    assert max(in_flight_sizes) == 2 + grid_ray.QUEUE_WINDOW
     assert stored == [e.key() for e in experiments]
 
 
@@ -540,7 +540,7 @@ def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(
     experiments = [make_experiment("ci", "rafdb", "published", seed=s) for s in range(6)]
     big, small = 15 * 2**30, 2 * 2**30
     sizes = {e.key(): (big if i in (0, 1, 4) else small) for i, e in enumerate(experiments)}
-    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
+    monkeypatch.setattr(grid_ray, "memory_estimate", lambda exp: sizes[exp.key()])
     submitted, running = [], []
 
     class FakeTask:
@@ -589,9 +589,9 @@ def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(
         def get(ref):
             return {"seconds": 1.0, "host": "fake"}
 
-    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
-    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: None)
-    report = grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    monkeypatch.setattr(grid_ray, "ray_task", lambda *args, **kwargs: FakeTask())
+    monkeypatch.setattr(grid_ray, "store_returned", lambda exp, returned, results_dir: None)
+    report = grid_ray._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
     order = [experiments[i].key() for i in (0, 2, 1, 3, 4, 5)]
     assert submitted == order and sorted(report[0]) == sorted(sizes)
 
@@ -602,12 +602,12 @@ def test_time_left_sums_each_kind_of_experiments_own_mean_time():
     small = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(4)]
     large = [make_experiment("ci", "fer2013", "published", seed=s) for s in range(2)]
     lines = []
-    progress = grid.Progress(6, lines.append, small + large)
+    progress = grid_ray.Progress(6, lines.append, small + large)
     assert progress.eta(2) == "time left: estimated after the first experiment"
     progress.finish(small[0], 10.0)
     progress.finish(large[0], 1000.0)
     progress.fail(small[1])
     # left: 2 CK+ (10 s each) and 1 FER2013 (1000 s), 2 at once
-    assert progress.eta(2).startswith(f"about {grid._duration((2 * 10 + 1000) / 2)} left")
+    assert progress.eta(2).startswith(f"about {grid_ray._duration((2 * 10 + 1000) / 2)} left")
     progress.line(2)
     assert lines[-1].startswith("[grid] 2/6 done, 0 running, 1 failed, 3 left; about 8 min left")
