@@ -1,7 +1,9 @@
-"""The one place that defines names, paths, profiles and defaults.
+"""Names and paths every module shares: class order and dataset names, the protocols and modes, the data, cache,
+results, figures and reports folders, dataset roots, and the checks of names and seeds (`check_name`,
+`check_seed`, `check_seeds`: the one seed validator).
 
-Notebooks, the CLI and the library all read from here; nothing else hard-codes a dataset root, a class
-order or a profile setting.
+Nothing else hard-codes a dataset root or a class order. Run settings (epochs, sizes, seeds, weights, the
+engines) are the profiles' (`pattlite.profiles`).
 """
 
 from __future__ import annotations

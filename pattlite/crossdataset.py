@@ -23,7 +23,7 @@ Two accuracies per dataset:
 Each with its per-class recall and confusion matrix (rows: the target's classes; columns: the target's
 classes, or for `unrestricted` the model's). `--output FILE.json` adds the result to FILE (one entry per
 dataset; an earlier entry for the same dataset is replaced), with the head's key, seed and commit and
-`pattlite.report.provenance()`. Exit status as the other commands: 1 for a missing dataset or weights file.
+`pattlite.provenance.provenance()`. Exit status as the other commands: 1 for a missing dataset or weights file.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ def check_parameter_table(notebooks=NOTEBOOKS) -> None:
             )
     if problems:
         raise RuntimeError(
-            "pattlite.pipeline.PARAMETERS disagrees with the notebooks' parameters cells: "
+            "pattlite.parameters.PARAMETERS disagrees with the notebooks' parameters cells: "
             + "; ".join(problems)
             + ". Update the table beside the cells."
         )

@@ -18,7 +18,7 @@ Five profiles:
 - `cpu`: the real datasets found (FER2013 and FERPlus are the ones a CPU can afford), ImageNet weights,
   heads on cached backbone features (no augmentation; stage 2 as coded fine-tunes no backbone weight
   anyway), the authors' callbacks with shorter caps and a class-stratified training subset, 3 seeds, on
-  Keras' JAX backend (6-11x faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
+  Keras' JAX backend (faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
   whole run on FER2013 + FERPlus fits in 3 hours on 2 CPU cores; its report is committed in
   docs/results/cpu/.
 - `ci`: smaller still, for tests (seconds per training), with a random backbone whose BatchNorm
@@ -114,7 +114,7 @@ class Profile:
             frozen-backbone features from `pattlite.features`).
         train_views: with stage1 "cached": 1 (no augmentation) or 2 (the authors' horizontal flip: the
             features of every training image and of its mirror image are cached, and each epoch sees
-            one of the two, drawn with probability 1/2; `pattlite.train.TrainConfig.train_views`).
+            one of the two, drawn with probability 1/2; `pattlite.recipe.TrainConfig.train_views`).
             Random contrast cannot be cached exactly and is left out.
         extraction_engine: the library that computes cached features: "auto" (OpenVINO when installed,
             else TensorFlow), "openvino" or "tensorflow"; $PATTLITE_EXTRACTION_ENGINE overrides it. The
@@ -253,9 +253,7 @@ PROFILES = {
         # The sizes the authors stored their arrays at.
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
         weights="imagenet",
-        stage1="exact",
-        stage1_epochs=100,
-        stage2_epochs=500,
+        stage1="exact",  # the authors' epoch limits: the defaults (AUTHORS_RECIPE)
         ckplus_folds=tuple(range(10)),
         steps_per_execution=16,
     ),
@@ -275,7 +273,6 @@ PROFILES = {
         # they were set (about 2,000 samples/s on the JAX backend; 3,000-4,700 since). Each result
         # records how many epochs ran.
         stage1_epochs=30,
-        stage2_epochs=500,
         stage2_max_epochs=5,
         train_limit=5000,
         ckplus_folds=tuple(range(10)),
@@ -312,8 +309,7 @@ PROFILES = {
         stage1="cached",
         train_views=2,
         finetune="as_coded",
-        stage1_epochs=100,
-        stage2_epochs=500,
+        # The authors' epoch limits (the defaults, AUTHORS_RECIPE).
         # Stage 2 capped at 50 epochs. The uncapped reference runs (published head, seed 0, every
         # benchmark: `reference_seeds`) measured what the cap costs with their test probes: at 50 epochs
         # vs their uncapped end, FER2013 -0.89 points under the authors' protocol (75.90 vs 76.79) and
@@ -361,7 +357,6 @@ PROFILES = {
         # 12 epochs: at 6 the published head had not yet learnt to lean on its batch, and the demo's
         # audit showed no batch effect on two of four stand-ins.
         stage1_epochs=12,
-        stage2_epochs=500,
         stage2_max_epochs=2,
         train_limit=280,
         ckplus_folds=(0, 1),
@@ -382,7 +377,6 @@ PROFILES = {
         bn_calibration_images=32,
         stage1="cached",
         stage1_epochs=2,
-        stage2_epochs=500,
         stage2_max_epochs=1,
         train_limit=56,
         ckplus_folds=(0,),

@@ -2,7 +2,7 @@
 
 Results and caches must never outlive the data they came from. Every file is identified by its path,
 its size and its modification time in nanoseconds: `os.stat` only, never the contents, so a 300 MB
-`fer2013.csv` costs one system call and 36,000 PNG files about 0.2 s. Any edit, repair, copy or
+`fer2013.csv` costs one system call and a folder of images one per file. Any edit, repair, copy or
 replacement of a file changes its modification time (and usually its size), so the digest changes.
 What it cannot see: an edit that keeps the size and puts the old modification time back (`touch -r`,
 some sync tools), or two writes within one tick of the file system's clock (a few milliseconds on
@@ -15,8 +15,8 @@ Two digests:
 - the *content digest* (`content_digest`): SHA-256 of every file's bytes, named relative to the dataset
   root, so the same files in another folder, on another machine or freshly copied give the same digest.
   It is what an experiment's key holds (`pattlite.experiments`), so that committed result files are
-  reused wherever the same data are, and never for changed files. Hashing reads every byte once (FERPlus'
-  300 MB `fer2013.csv`: about 1 s); the digest of each file is memoised by (real path, size, mtime_ns) in
+  reused wherever the same data are, and never for changed files. Hashing reads every byte once; the
+  digest of each file is memoised by (real path, size, mtime_ns) in
   `<cache dir>/file-digests.json` and in the process, so later runs pay one `stat` per file.
 
 Users of the fingerprint (`fingerprint_files`):

@@ -10,6 +10,7 @@ import warnings
 
 from pattlite import paper, report
 from pattlite.profiles import as_profile
+from pattlite.recipe import TrainConfig
 from pattlite.studies.plan import all_experiments
 
 # CPU training throughput behind the estimate of `warn_if_no_accelerator`, as measured for this project
@@ -39,8 +40,9 @@ def paper_compute_estimate(profile="paper", experiments=None) -> dict:
     published_train = paper.paper_table(3).query("split == 'train'").set_index("dataset")["value"]
     train_images = {**published_train.to_dict(), "ckplus": 1000.0}
     stage2_rate = CPU_IMAGES_PER_SECOND_UNFROZEN if profile.finetune == "paper" else CPU_IMAGES_PER_SECOND_FROZEN
-    # Stage 2 starts at epoch index history.epoch[-5] of stage 1 and runs to `stage2_epochs`.
-    stage2_epochs = max(profile.stage2_epochs - max(profile.stage1_epochs - 5, 0), 0)
+    # Stage 2 starts at epoch index history.epoch[-offset] of stage 1 and runs to `stage2_epochs`.
+    offset = TrainConfig.stage2_start_offset  # the dataclass field's default: the authors' 5
+    stage2_epochs = max(profile.stage2_epochs - max(profile.stage1_epochs - offset, 0), 0)
     if profile.stage2_max_epochs is not None:
         stage2_epochs = min(stage2_epochs, profile.stage2_max_epochs)
     images = 0.0

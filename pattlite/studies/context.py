@@ -4,7 +4,7 @@ parameters, the benchmarks present and their manifests.
 Every notebook starts with the same `parameters` cell; `pattlite.studies.notebook.notebook_context` turns its
 values (strings when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take. Which
 parameters exist, what each value must be and which notebooks take it is one table,
-`pattlite.pipeline.PARAMETERS`: ./run_all.sh and `pattlite grid` check `-p` values against it before
+`pattlite.parameters.PARAMETERS`: ./run_all.sh and `pattlite grid` check `-p` values against it before
 anything heavy is imported; the checks here are for a notebook run by hand.
 """
 

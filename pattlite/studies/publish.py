@@ -95,7 +95,7 @@ def read_run_record(path) -> dict:
 
 def unfinished(entry: dict) -> str | None:
     """Why one run-record entry did not finish (None when it did): `failed`, `interrupted` (a line, or
-    `pipeline.RunInterrupted.record()`'s {"signal", "stage", "notebook"/"experiment", ...}), or a
+    `pattlite.runs.RunInterrupted.record()`'s {"signal", "stage", "notebook"/"experiment", ...}), or a
     `status` other than "finished"."""
     if entry.get("failed"):
         return f"failed: {entry['failed']}"
