@@ -7,8 +7,8 @@ pixel cache of `pattlite.data.pixels` serves them) and resized to 224 inside the
   - `stage1_frozen`: stage 1, backbone frozen (Adam 1e-3, clipnorm 3, class-weighted loss);
   - `stage2_as_coded`: the authors' stage-2 graph with their unfreezing call, which unfreezes no
     backbone weight (`pattlite.model.set_finetune_trainable(..., "as_coded")`);
-  - `stage2_paper_59`: the same graph with the last 59 backbone layers trainable (BatchNorm frozen), the
-    paper's RAF-DB setting;
+  - `stage2_paper_<N>`: the same graph with the last N backbone layers trainable (BatchNorm frozen),
+    N = `PAPER_MODE_UNFROZEN_LAYERS`, the paper's RAF-DB setting (59 layers);
 - inference (`predict_on_batch`) of the `published` and `pattlite` models at each batch size.
 
 `pattlite.bench_inference.run_end_to_end_benchmark` (part `end_to_end`) measures the trained model end to
@@ -47,9 +47,13 @@ from pathlib import Path
 
 import numpy as np
 
-TRAINING_STAGES = ("stage1_frozen", "stage2_as_coded", "stage2_paper_59")
+from pattlite import backends, config
+
+# The paper's RAF-DB setting (Section IV-B), where the model code reads it (`set_finetune_trainable`).
+PAPER_MODE_UNFROZEN_LAYERS = config.PAPER_FINETUNE_LAYERS["rafdb"]
+PAPER_STAGE = f"stage2_paper_{PAPER_MODE_UNFROZEN_LAYERS}"
+TRAINING_STAGES = ("stage1_frozen", "stage2_as_coded", PAPER_STAGE)
 INFERENCE_VARIANTS = ("published", "pattlite")
-PAPER_MODE_UNFROZEN_LAYERS = 59  # the paper's RAF-DB setting (Section IV-B)
 DEFAULT_STEPS = 30
 DEFAULT_IMAGE_SIZE = 120  # the size the authors stored FERPlus / FER2013 / CK+ at
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -173,7 +177,7 @@ def run_benchmark(
         stage_models = {"stage1_frozen": (net, None)}
         finetune_graph = model_lib.finetune_model(net, recipe.spatial_dropout, recipe.finetune_dropout)
         stage_models["stage2_as_coded"] = (finetune_graph, ("as_coded", None))
-        stage_models["stage2_paper_59"] = (finetune_graph, ("paper", PAPER_MODE_UNFROZEN_LAYERS))
+        stage_models[PAPER_STAGE] = (finetune_graph, ("paper", PAPER_MODE_UNFROZEN_LAYERS))
         for stage, (graph, unfreeze) in stage_models.items():
             if unfreeze is not None:
                 model_lib.set_finetune_trainable(graph, unfreeze[0], n_layers=unfreeze[1])
@@ -270,66 +274,25 @@ def _rate(samples: int, seconds: float) -> dict:
     return {"samples": int(samples), "seconds": seconds, "samples_per_s": samples / seconds}
 
 
+def _jax_measurement(name: str):
+    measure = getattr(backends.current(), name)
+    if measure is None:
+        raise RuntimeError(f"{name} measures JAX's compiled training step; the Keras backend is {backends.name()!r}")
+    return measure
+
+
 def step_products(model, batch) -> list:
     """JAX only: every matrix product (`dot_general`) of one `model.train_step` on `batch`, as
     (lhs aval, rhs aval, dimension numbers, multiply-adds). The model must be compiled and built."""
-    import jax
-
-    from pattlite.train import train_step_variables
-
-    state = tuple([v.value for v in group] for group in train_step_variables(model))
-    products = []
-
-    def collect(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
-                (contract, _), _ = eqn.params["dimension_numbers"]
-                depth = int(np.prod([lhs.shape[d] for d in contract]))
-                products.append(
-                    (lhs, rhs, eqn.params["dimension_numbers"], int(np.prod(eqn.outvars[0].aval.shape)) * depth)
-                )
-            for value in eqn.params.values():  # sub-computations: loops, calls, custom gradients
-                for sub in value if isinstance(value, (tuple, list)) else (value,):
-                    sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr (duck-typed: the
-                    if hasattr(sub, "eqns"):  # classes moved between JAX versions)
-                        collect(sub)
-
-    collect(jax.make_jaxpr(model.train_step)(state, batch).jaxpr)
-    return products
+    return _jax_measurement("step_products")(model, batch)
 
 
 def products_only_rate(model, batch, repeats: int, steps: int = 256) -> dict:
     """JAX only: how fast this CPU runs the matrix products of `model.train_step` alone, at their
     shapes (`step_products`), `steps` times in one compiled loop: a ceiling for any training loop
-    built from XLA's kernels, whatever else the step does. Each product's smaller operand gets the
-    loop's scalar added, so that XLA cannot hoist the product out of the loop (one elementwise pass
-    over that operand, included in the time)."""
-    import jax
-
-    products = step_products(model, batch)
-    rng = np.random.default_rng(0)
-    operands = [
-        tuple(jax.numpy.asarray(rng.normal(0, 0.01, aval.shape).astype(aval.dtype)) for aval in (lhs, rhs))
-        for lhs, rhs, _, _ in products
-    ]
-
-    def one_step(_, carry):
-        total = carry
-        for (lhs, rhs), (_, _, numbers, _) in zip(operands, products):
-            if lhs.size <= rhs.size:
-                lhs = lhs + carry.astype(lhs.dtype)
-            else:
-                rhs = rhs + carry.astype(rhs.dtype)
-            total = total + jax.lax.dot_general(lhs, rhs, numbers).ravel()[0].astype(total.dtype) * 1e-30
-        return total
-
-    run = jax.jit(lambda: jax.lax.fori_loop(0, steps, one_step, jax.numpy.float32(0)))
-    jax.block_until_ready(run())  # compiles
-    batch_size = len(batch[0])
-    rate = _median_rate(steps * batch_size, lambda: jax.block_until_ready(run()), repeats)
-    rate.update(products=len(products), multiply_adds_per_step=sum(p[3] for p in products))
-    return rate
+    built from XLA's kernels (`pattlite.backends.jax.products_only_rate`). The median of `repeats`
+    runs (`runs_samples_per_s`: every run), with `products` and `multiply_adds_per_step`."""
+    return _jax_measurement("products_only_rate")(model, batch, repeats, steps, median_rate=_median_rate)
 
 
 def run_cached_benchmark(
@@ -346,7 +309,7 @@ def run_cached_benchmark(
     """Training and prediction rates of heads on cached features, fast path vs plain path, and the
     feature-extraction rate.
 
-    The features are read into memory once (`pattlite.evaluate.in_memory`, timed as
+    The features are read into memory once (`pattlite.arrays.in_memory`, timed as
     `settings.read_into_memory_s`), as training holds its training and validation sets. Training:
     epochs of `samples` features (class-weighted stage 1; stage 2 as coded on the authors' fine-tuning
     graph of the head), after an untimed warm-up epoch that traces (compiles) the step. Prediction:
@@ -364,11 +327,13 @@ def run_cached_benchmark(
     """
     import keras
 
-    from pattlite.evaluate import OrderedBatches, in_memory, predict, protocol_order
-    from pattlite.features import extract_shard, extract_shard_in_tensorflow, extraction_engine, make_extractor
+    from pattlite.arrays import in_memory
+    from pattlite.backends import enable_determinism
+    from pattlite.evaluate import OrderedBatches, predict, protocol_order
+    from pattlite.extraction import extract_shard, extract_shard_in_tensorflow, extraction_engine, make_extractor
     from pattlite.model import build_head, finetune_model
     from pattlite.report import provenance
-    from pattlite.train import TrainConfig, balanced_class_weights, enable_determinism, fit_in_order
+    from pattlite.train import TrainConfig, balanced_class_weights, fit_in_order
 
     samples = _positive_int("samples", samples)
     repeats = _positive_int("repeats", repeats)
@@ -453,7 +418,7 @@ def run_cached_benchmark(
                     timings[path_name] = _median_rate(samples, lambda: fit(slice(0, samples)), repeats)
                 timings["speedup"] = timings["fast"]["samples_per_s"] / timings["plain"]["samples_per_s"]
                 ceiling = ""
-                if keras.config.backend() == "jax":
+                if backends.current().products_only_rate is not None:
                     batch = (np.asarray(features[:train_batch_size], "float32"), labels[:train_batch_size])
                     batch += () if w is None else (w[:train_batch_size],)
                     timings["products_only"] = products_only_rate(graph, batch, repeats)
@@ -491,13 +456,13 @@ def run_cached_benchmark(
         folder = Path(tmp) / "extraction"
         folder.mkdir()
         engine = extraction_engine()
-        if keras.config.backend() == "tensorflow":
+        if backends.current().TENSORFLOW_MODELS:
             extractor = make_extractor(image_size, weights, layers, engine=engine)
             extractor.predict_on_batch(images[:EXTRACT_BATCH])  # warm-up: traces (compiles) the call
             start = time.perf_counter()
             extract_shard(images, np.arange(extract_images), extractor, layers, EXTRACT_BATCH, False, folder)
             seconds = time.perf_counter() - start
-        else:  # as backbone_features does on other backends: in a TensorFlow child process
+        else:  # as backbone_features does without TensorFlow models: in a TensorFlow child process
             _, seconds = extract_shard_in_tensorflow(
                 images,
                 np.arange(extract_images),

@@ -37,10 +37,12 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
     the JSON of its timed epochs."""
     import keras
 
+    from pattlite import backends
+    from pattlite.arrays import in_memory
+    from pattlite.backends import enable_determinism
     from pattlite.bench import FEATURE_SHAPE, NUM_CLASSES
-    from pattlite.evaluate import in_memory
     from pattlite.model import build_head
-    from pattlite.train import TrainConfig, balanced_class_weights, enable_determinism, fit_in_order
+    from pattlite.train import TrainConfig, balanced_class_weights, fit_in_order
 
     recipe = TrainConfig()
     features = in_memory(np.load(features_path, mmap_mode="r"))
@@ -66,7 +68,7 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
         start = time.perf_counter()
         epoch()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"samples": samples, "seconds": seconds, "backend": keras.config.backend()}), flush=True)
+    print(json.dumps({"samples": samples, "seconds": seconds, "backend": backends.name()}), flush=True)
 
 
 def _run_group(features_path: Path, processes: int, one_thread: bool, head: str, repeats: int, seed: int) -> dict:

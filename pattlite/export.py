@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pattlite.runtime import info_path
+
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "savedmodel": ""}
 KERAS_FORMATS = {"onnx": "onnx", "openvino": "openvino", "savedmodel": "tf_saved_model"}
 NEEDS = {"onnx": "tf2onnx and onnxruntime", "openvino": "openvino", "savedmodel": "tensorflow"}
@@ -46,12 +48,6 @@ TOLERANCE = 1e-4  # largest absolute difference of a probability between the exp
 
 class ExportError(RuntimeError):
     """An export that failed or whose outputs differ from Keras' beyond `TOLERANCE`."""
-
-
-def info_path(out) -> Path:
-    """Where the export's sidecar goes: `<out stem>.json`, or `<folder>/pattlite.json` for a SavedModel."""
-    out = Path(out)
-    return out / "pattlite.json" if out.suffix == "" else out.with_suffix(".json")
 
 
 def check_out(out, fmt: str) -> Path:
@@ -69,11 +65,11 @@ def check_out(out, fmt: str) -> Path:
 def export_keras(model, out, fmt: str) -> Path:
     """`model.export` of a Keras model to `out` in `fmt` (TensorFlow backend only: tf2onnx and OpenVINO's
     converter read TensorFlow graphs)."""
-    import keras
+    from pattlite import backends
 
-    if keras.config.backend() != "tensorflow":
+    if not backends.current().TENSORFLOW_MODELS:
         raise ExportError(
-            f"export_keras needs the TensorFlow backend, not {keras.config.backend()!r}; "
+            f"export_keras needs the TensorFlow backend, not {backends.name()!r}; "
             "export_pretrained runs it in a TensorFlow child process"
         )
     out = check_out(out, fmt)
@@ -131,10 +127,10 @@ def export_pretrained(
         "tolerance", "seconds", "info"} (also written to `info_path(out)`). `ExportError` when the
         difference exceeds `TOLERANCE`.
     """
-    import keras
+    from pattlite import backends
 
     out = check_out(out, fmt)
-    if keras.config.backend() != "tensorflow":
+    if not backends.current().TENSORFLOW_MODELS:
         return _in_tensorflow(out, fmt, head, backbone, variant, check, log)
     from pattlite.pretrained import load_pretrained
     from pattlite.runtime import load_exported
@@ -248,8 +244,7 @@ def _fail(command: str, message: str) -> int:
 
 
 def cmd_export(args) -> int:
-    import keras
-
+    from pattlite import backends
     from pattlite.predict import backbone_argument, load_model
     from pattlite.pretrained import SHIPPED_HEAD, read_info
     from pattlite.profiles import resolve_weights
@@ -260,7 +255,7 @@ def cmd_export(args) -> int:
     try:  # missing or unfitting weights fail here, named, before any export
         out = check_out(args.out, args.format)
         backbone = backbone_argument(args.backbone)
-        if keras.config.backend() == "tensorflow":
+        if backends.current().TENSORFLOW_MODELS:
             loaded = load_model(args.head, backbone, args.model)
         else:  # the child process loads the model; check the files here
             read_info(Path(args.head or SHIPPED_HEAD).expanduser())

@@ -31,13 +31,12 @@ import numpy as np
 
 
 def _require_tensorflow():
-    import keras
+    from pattlite import backends
 
-    backend = keras.config.backend()
-    if backend != "tensorflow":
+    if not backends.current().TENSORFLOW_MODELS:
         raise RuntimeError(
             f"Grad-CAM uses tf-keras-vis, which needs the TensorFlow backend; the Keras "
-            f"backend is {backend!r} (set KERAS_BACKEND=tensorflow)"
+            f"backend is {backends.name()!r} (set KERAS_BACKEND=tensorflow)"
         )
 
 

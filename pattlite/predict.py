@@ -297,9 +297,8 @@ def _keras(args):
 
 def _exported(args):
     """The same for an export of `pattlite export` (its .json beside it), without Keras or TensorFlow."""
-    from pattlite.export import info_path
     from pattlite.pretrained import HeadInfo, HeadWeightsError
-    from pattlite.runtime import load_exported
+    from pattlite.runtime import info_path, load_exported
 
     if args.head is not None or args.backbone != "imagenet":
         raise ValueError("--exported holds the whole model: drop --head and --backbone")

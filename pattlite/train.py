@@ -20,27 +20,37 @@ Differences from the authors' notebook, all deliberate and recorded:
 - Class weights are applied as per-image sample weights (what Keras does with `class_weight`); a class
   absent from the training labels gets weight 1.
 
-Keras 3 only, except `enable_determinism`, which calls the TensorFlow backend at the edge, and the
-per-backend loops of `fit_in_order` (`_tensorflow_steps`, `_jax_steps`). About 580 lines: the recipe,
-its callbacks and the fast loop that must give the same updates belong together.
+Written against Keras 3's backend-neutral API: what differs between backends (deterministic kernels,
+the per-batch loop of `fit_in_order`) is asked of `pattlite.backends`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import random
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from pattlite import config
+from pattlite import backends
+from pattlite.arrays import in_memory
+from pattlite.backends import enable_determinism
+from pattlite.backends.generic import train_step_variables  # noqa: F401  (importable from here)
+from pattlite.callbacks import (  # all of them still importable from pattlite.train
+    EpochLine,
+    TestProbe,
+    ValidationCallback,
+    balanced_class_weights,
+    check_data,
+    history_dict,
+    inverse_time_decay,
+    logging_callbacks,
+)
 from pattlite.checkpoints import TrainingCheckpoint
-from pattlite.evaluate import OrderedBatches, epoch_order, in_memory, is_in_memory, predict
-from pattlite.model import backbone_layers, count_params, cut_layer_name, finetune_model, set_finetune_trainable
+from pattlite.evaluate import OrderedBatches, epoch_order
+from pattlite.files import physical_memory
+from pattlite.model import backbone_layers, count_params, finetune_model, set_finetune_trainable
 from pattlite.recipe import TrainConfig
 
 
@@ -70,272 +80,17 @@ class TrainResult:
     test_probe: dict = dataclasses.field(default_factory=dict)
 
 
-def enable_determinism(seed: int, deterministic: bool = False) -> None:
-    """Seeds Python, NumPy and the Keras backend; optionally asks for deterministic ops.
-
-    Keras 3.15 has no backend-neutral switch for deterministic kernels, so `deterministic=True` calls
-    the backend at the edge: TensorFlow's `enable_op_determinism` (JAX on CPU is deterministic already;
-    on GPU set XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting). On CPU with TensorFlow the
-    recipe is repeatable with seeds alone (tests/test_train.py checks it).
-    """
-    # pattlite.model builds a reference MobileNet once, lazily, to learn layer names; that draws from
-    # the seeded Python RNG, so it must happen before seeding, or the first model of a process would
-    # get different initial weights than the next ones.
-    cut_layer_name(29)
-    keras.utils.set_random_seed(int(seed))  # Python, NumPy and the backend
-    random.seed(int(seed))
-    if deterministic and keras.config.backend() == "tensorflow":
-        import tensorflow as tf  # edge: the one TensorFlow call of the training code
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def balanced_class_weights(y, num_classes: int) -> np.ndarray:
-    """sklearn's 'balanced' class weights n / (k * n_c) for the classes present; 1 for absent classes."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    y = np.asarray(y)
-    present = np.unique(y)
-    weights = np.ones(num_classes, dtype=np.float64)
-    weights[present] = compute_class_weight("balanced", classes=present, y=y)
-    return weights
-
-
-def inverse_time_decay(
-    epoch: int, learning_rate: float = 1e-5, decay_steps: float = 80.0, decay_rate: float = 1.0
-) -> float:
-    """The authors' stage-2 learning rate at an epoch index: lr / (1 + rate * epoch / steps)."""
-    return float(learning_rate / (1.0 + decay_rate * epoch / decay_steps))
-
-
-class ValidationCallback(keras.callbacks.Callback):
-    """Adds `val_loss` and `val_accuracy` to the epoch logs, under a recorded validation protocol.
-
-    Put it first in the callback list: EarlyStopping, ReduceLROnPlateau and CSVLogger read the same
-    logs dict afterwards.
-
-    Args:
-        x, y: validation inputs and integer labels.
-        protocol: "published" (stably sorted by class, batch `batch_size`) or "independent".
-        batch_size: 8, as Keras validated the authors' fit.
-    """
-
-    def __init__(self, x, y, protocol: str, batch_size: int = 8):
-        super().__init__()
-        config.check_name("validation protocol", protocol, config.VALIDATION_PROTOCOLS)
-        # Held in memory (when it fits): it is predicted every epoch.
-        self.x, self.y = _in_memory(x), np.asarray(y, dtype=np.int64)
-        self.protocol, self.batch_size = protocol, int(batch_size)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        probs = predict(self.model, self.x, self.y, self.protocol, batch_size=self.batch_size)
-        picked = np.clip(probs[np.arange(len(self.y)), self.y], 1e-7, 1.0)
-        logs["val_loss"] = float(-np.mean(np.log(picked)))
-        logs["val_accuracy"] = float(np.mean(probs.argmax(axis=1) == self.y))
-
-
-class TestProbe(keras.callbacks.Callback):
-    """Calls `probe(model)` after the stage-2 epochs counted in `epochs` (1 = its first epoch) and
-    keeps what it returns in `probe_results` ({epochs run: result}); a training checkpoint saves them."""
-
-    def __init__(self, probe, epochs):
-        super().__init__()
-        self.probe, self.epochs = probe, set(epochs)
-        self.runs, self.probe_results = 0, {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.runs += 1
-        if self.runs in self.epochs:
-            self.probe_results[str(self.runs)] = self.probe(self.model)
-
-
-class EpochLine(keras.callbacks.Callback):
-    """Prints one line per epoch: stage, epoch, metrics, learning rate, seconds."""
-
-    def __init__(self, stage: str):
-        super().__init__()
-        self.stage = stage
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        print(
-            f"  {self.stage} epoch {epoch + 1}: " + ", ".join(parts) + f", lr {lr:.2e}, "
-            f"{time.time() - self._start:.1f} s",
-            flush=True,
-        )
-
-
-def _history_dict(history) -> dict:
-    return {k: [float(v) for v in values] for k, values in history.history.items()} | {
-        "epoch": [int(e) for e in history.epoch]
-    }
-
-
-def _logging_callbacks(log_dir, stage: str, tensorboard: bool, append: bool = False) -> list:
-    """CSV (and TensorBoard) logs of a stage; `append`: a resumed stage adds to its log."""
-    if log_dir is None:
-        return []
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [keras.callbacks.CSVLogger(str(log_dir / f"{stage}.csv"), append=append)]
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir / "tensorboard" / stage)))
-    return callbacks
-
-
-def _check_data(model, x, y, what: str, views: int = 1):
-    if len(x) != views * len(y):
-        per = f" ({views} views of each image)" if views > 1 else ""
-        raise ValueError(f"{what}: x has {len(x)} items but y has {len(y)} labels; expected {views * len(y)}{per}")
-    if len(x) == 0:
-        raise ValueError(f"{what}: empty (0 images)")
-    expected = tuple(model.inputs[0].shape[1:])
-    if tuple(x.shape[1:]) != expected:
-        raise ValueError(
-            f"{what}: inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which expects (N,) + {expected}"
-        )
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 8 GB
-        return 8 * 2**30
-
-
 # Training inputs up to this size are held in memory for the whole fit (float16 features of 10,000
 # images at the default cut are 2.0 GB; a full FERPlus training set with its mirror images 11.4 GB):
 # at least 4 GB, else half the machine's memory. Larger ones are read from their memory map chunk by chunk.
-IN_MEMORY_BYTES = max(4 * 2**30, _physical_memory() // 2)
+IN_MEMORY_BYTES = max(4 * 2**30, (physical_memory() or 8 * 2**30) // 2)  # unknown size: assume 8 GB
 # Batches per compiled call on the JAX backend (and per host-side gather on every backend).
 CHUNK_BATCHES = 128
 
 
 def _in_memory(x):
-    """x in memory when it fits `IN_MEMORY_BYTES` (`pattlite.evaluate.in_memory`), else as it is."""
+    """x in memory when it fits `IN_MEMORY_BYTES` (`pattlite.arrays.in_memory`), else as it is."""
     return in_memory(x, IN_MEMORY_BYTES)
-
-
-def _gather(x, rows):
-    """x[rows] for an in-memory array, a memory map or `FeatureRows`; memory maps are read in row order."""
-    if is_in_memory(x):
-        return x[rows]
-    sort = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows),) + tuple(x.shape[1:]), dtype=x.dtype)
-    out[sort] = x[rows[sort]]
-    return out
-
-
-def _widen(x):
-    # float16 features are widened inside the compiled step: CPU kernels for half precision are slow.
-    return keras.ops.cast(x, "float32") if keras.backend.standardize_dtype(x.dtype) == "float16" else x
-
-
-def _tensorflow_steps(model, batch_size):
-    """TensorFlow edge: one traced `model.train_step` call per batch, as Keras' own train function.
-
-    Measured on 2 CPU cores: a `tf.while_loop` over many steps in one call runs the body slower than
-    one call per step, so this loops in Python over a traced step. Returns (prepare, run): the inputs
-    stay host arrays; `run(arrays, rows)` gathers the chunk `rows` on the host.
-    """
-    import tensorflow as tf  # edge: the backend's function tracing
-
-    def one_step(data):
-        return model.train_step((_widen(data[0]),) + tuple(data[1:]))
-
-    step = tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
-
-    def run(arrays, rows):
-        chunk = tuple(_gather(a, rows) for a in arrays)
-        for start in range(0, len(rows), batch_size):
-            step(tuple(a[start : start + batch_size] for a in chunk))
-
-    return (lambda arrays: arrays), run
-
-
-def train_step_variables(model) -> tuple:
-    """The four variable lists whose values make the state of Keras' stateless JAX `train_step`:
-    trainable, non-trainable, optimizer and metric variables, in that order."""
-    return (
-        model.trainable_variables,
-        model.non_trainable_variables,
-        model.optimizer.variables,
-        model.metrics_variables,
-    )
-
-
-def _jax_steps(model, batch_size):
-    """JAX edge: the full batches of a chunk in one compiled call (`jax.lax.fori_loop` over
-    `model.train_step`); the model's variables are read before and written back after each chunk.
-
-    Returns (prepare, run). `prepare` puts in-memory inputs on the device once per fit (on the CPU
-    without a copy when aligned, see `_in_memory`); each step then gathers its batch there, by the row
-    numbers it is given. Measured on 2 cores (AMD EPYC, published head, batch 8): about 3,800
-    samples/s against 2,500 when each chunk of 1,024 rows was gathered and copied on the host, a step
-    that stays for memory-mapped inputs over `IN_MEMORY_BYTES`. The row numbers of a chunk are passed
-    as `CHUNK_BATCHES` batches (a shorter chunk padded with rows that are never read) with its number
-    of batches as an argument, so the loop compiles once per model and input shape.
-    """
-    import jax  # edge: the backend's compilation, loop and device arrays
-
-    def batch_of(arrays, rows):
-        batch = tuple(a[rows] for a in arrays)
-        return (_widen(batch[0]),) + batch[1:]
-
-    @jax.jit
-    def run_full(state, arrays, rows, steps):
-        def body(i, state):
-            _, state = model.train_step(
-                state, batch_of(arrays, jax.lax.dynamic_slice_in_dim(rows, i * batch_size, batch_size))
-            )
-            return state
-
-        return jax.lax.fori_loop(0, steps, body, state)
-
-    @jax.jit
-    def run_one(state, arrays, rows):
-        _, state = model.train_step(state, batch_of(arrays, rows))
-        return state
-
-    built = []
-    chunk = CHUNK_BATCHES * batch_size
-
-    def prepare(arrays):
-        if all(is_in_memory(a) for a in arrays):
-            return tuple(jax.device_put(a, may_alias=True) for a in arrays)
-        return arrays  # over the memory budget: gathered on the host chunk by chunk
-
-    def run(arrays, rows):
-        if not built:
-            # Keras' JAX fit builds optimizer and metric variables from a first batch the same way.
-            model._symbolic_build(data_batch=tuple(np.asarray(a[:batch_size]) for a in arrays))
-            built.append(True)
-        if not isinstance(arrays[0], jax.Array):
-            arrays = tuple(_gather(a, rows) for a in arrays)
-            if len(rows) < chunk:  # one input shape, one compilation
-                arrays = tuple(np.concatenate([a, np.zeros((chunk - len(a),) + a.shape[1:], a.dtype)]) for a in arrays)
-            rows = np.arange(len(rows))
-        rows = np.asarray(rows, dtype=np.int32)
-        state = tuple([v.value for v in vs] for vs in train_step_variables(model))
-        full = len(rows) // batch_size * batch_size
-        if full:
-            padded = np.concatenate([rows[:full], np.zeros(chunk - full, np.int32)]) if full < chunk else rows
-            state = run_full(state, arrays, padded, full // batch_size)
-        if full < len(rows):
-            state = run_one(state, arrays, rows[full:])
-        for variables, values in zip(train_step_variables(model), state):
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-
-    return prepare, run
 
 
 def fit_in_order(
@@ -362,17 +117,18 @@ def fit_in_order(
     `fit`. What it leaves out is per-step cost: no PyDataset, no per-batch callbacks, the inputs read
     into memory once when they fit (`IN_MEMORY_BYTES`; on JAX held as device arrays, each step
     gathering its own batch; else gathered chunk by chunk from the memory map), float16 widened inside
-    the compiled step. The per-batch loop is a backend edge: a traced step
-    per batch on TensorFlow, a compiled loop over `CHUNK_BATCHES` batches on JAX; other backends use
-    the plain `fit`. `tests/test_train.py` checks that both paths give the same weights.
+    the compiled step. The per-batch loop is the running backend's (`pattlite.backends`, its
+    `train_steps`): a traced step per batch on TensorFlow, a compiled loop over `CHUNK_BATCHES`
+    batches on JAX; other backends use the plain `fit`. `tests/test_train.py` checks that both paths
+    give the same weights.
 
     Returns:
         The Keras `History` (also `model.history`).
     """
-    backend = keras.config.backend()
+    engine = backends.current().train_steps
     y = np.asarray(y)
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype="float32")
-    if backend not in ("tensorflow", "jax"):
+    if engine is None:
         batches = OrderedBatches(
             x, np.arange(len(y)), batch_size, y=y, sample_weight=weights, reshuffle_seed=reshuffle_seed, views=views
         )
@@ -385,8 +141,7 @@ def fit_in_order(
     token = (int(batch_size), id(model.optimizer), tuple(id(m) for m in model.metrics))
     cached = getattr(model, "_pattlite_train_steps", None)
     if cached is None or cached[0] != token:
-        make = _tensorflow_steps if backend == "tensorflow" else _jax_steps
-        cached = (token, make(model, int(batch_size)))
+        cached = (token, engine(model, int(batch_size), CHUNK_BATCHES))
         model._pattlite_train_steps = cached
     prepare, run = cached[1]
     n = len(y)
@@ -437,8 +192,8 @@ def train_stage1(
     `pattlite.checkpoints.TrainingCheckpoint` to save every epoch to and resume from.
     """
     cfg = train_config
-    _check_data(model, x_train, y_train, "training set", cfg.train_views)
-    _check_data(model, x_val, y_val, "validation set")
+    check_data(model, x_train, y_train, "training set", cfg.train_views)
+    check_data(model, x_val, y_val, "validation set")
     num_classes = int(model.outputs[0].shape[-1])
     y_train = np.asarray(y_train, dtype=np.int64)
     sample_weight = None
@@ -451,7 +206,7 @@ def train_stage1(
         steps_per_execution=cfg.steps_per_execution,
     )
     callbacks = [
-        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
+        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size, IN_MEMORY_BYTES),
         keras.callbacks.EarlyStopping(
             monitor=cfg.stage1_monitor,
             patience=cfg.stage1_patience,
@@ -469,7 +224,7 @@ def train_stage1(
         ),
     ]
     stage = None if checkpoint is None else checkpoint.stage("stage1", model, callbacks)
-    callbacks += _logging_callbacks(log_dir, "stage1", tensorboard, append=stage is not None and stage.runs > 0)
+    callbacks += logging_callbacks(log_dir, "stage1", tensorboard, append=stage is not None and stage.runs > 0)
     if cfg.verbose:
         callbacks.append(EpochLine("stage 1"))
     start = time.time()
@@ -585,7 +340,7 @@ def train_stage2(
             return finetune_graph, history, report, initial_epoch, done["seconds"], done.get("test_probe", {})
     probe = TestProbe(test_probe, cfg.test_probe_epochs if test_probe is not None else ())
     callbacks = [
-        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size),
+        ValidationCallback(x_val, y_val, cfg.validation, cfg.validation_batch_size, IN_MEMORY_BYTES),
         probe,  # before EarlyStopping, which may put the best weights back at the epoch it stops
         keras.callbacks.LearningRateScheduler(
             lambda epoch, lr: inverse_time_decay(
@@ -601,7 +356,7 @@ def train_stage2(
         ),
     ]
     stage = None if checkpoint is None else checkpoint.stage("stage2", finetune_graph, callbacks)
-    callbacks += _logging_callbacks(log_dir, "stage2", tensorboard, append=stage is not None and stage.runs > 0)
+    callbacks += logging_callbacks(log_dir, "stage2", tensorboard, append=stage is not None and stage.runs > 0)
     if cfg.verbose:
         callbacks.append(EpochLine("stage 2"))
     start = time.time()
@@ -611,7 +366,7 @@ def train_stage2(
     )
     seconds = time.time() - start + (0.0 if stage is None else stage.seconds_before)
     if checkpoint is not None:
-        checkpoint.finish("stage2", finetune_graph, _history_dict(history), seconds, test_probe=probe.probe_results)
+        checkpoint.finish("stage2", finetune_graph, history_dict(history), seconds, test_probe=probe.probe_results)
     return finetune_graph, history, report, initial_epoch, seconds, probe.probe_results
 
 
@@ -650,7 +405,7 @@ def add_stage2(
     )
     result.test_probe = probes
     result.model = graph
-    result.history["stage2"] = _history_dict(history)
+    result.history["stage2"] = history_dict(history)
     result.epochs.update(stage2=len(history.epoch), stage2_initial_epoch=initial)
     result.trainable_params["stage2"] = count_params(graph.trainable_weights)
     result.finetune = report
@@ -704,7 +459,7 @@ def train(
         history1, seconds1 = done["history"], done["seconds"]
     else:
         history, seconds1 = train_stage1(model, x_train, y_train, x_val, y_val, cfg, log_dir, tensorboard, checkpoint)
-        history1 = _history_dict(history)
+        history1 = history_dict(history)
         if checkpoint is not None:
             checkpoint.finish("stage1", model, history1, seconds1)
     epochs1 = len(history1["epoch"])

@@ -40,6 +40,7 @@ def head(variant, scale=None, seed=0):
     return model
 
 
+@pytest.mark.backends
 def test_published_model_depends_on_protocol_but_pattlite_does_not():
     x, y = grouped_data()
     mixing = head("published", scale=30.0)
@@ -55,6 +56,7 @@ def test_published_model_depends_on_protocol_but_pattlite_does_not():
         assert others[p]["accuracy"] == others["independent"]["accuracy"]
 
 
+@pytest.mark.backends
 def test_independent_equals_batch_size_one():
     x, y = grouped_data(n_per_class=10)  # 70 images: two batches of 32 predicted in one call, then 6
     model = head("published", scale=30.0)
@@ -119,10 +121,12 @@ def test_bad_input_is_named():
         E.evaluate(model, x, y, CLASSES[:5], "published")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("batch_size", [8, 32])
 def test_head_predictions_in_big_calls_keep_the_batches(batch_size):
-    """A head is predicted 512 rows per call; each protocol's batches of 8 or 32 (and the last,
-    smaller one) are still mixed only within themselves."""
+    """A head is predicted several batches per call (the backend's `PREDICT_ROWS`: 512 rows on
+    TensorFlow, 64 on JAX); each protocol's batches of 8 or 32 (and the last, smaller one) are still
+    mixed only within themselves."""
     x, y = grouped_data(n_per_class=80)  # 560 images: more than one 512-row call, a partial last batch
     model = head("published", scale=30.0)
     for protocol in ("published", "shuffled"):

@@ -105,6 +105,7 @@ def test_random_backbone_weights_reproducible(env, tmp_path):
     assert fa.std() > 0.01  # calibrated BatchNorm: activations do not vanish
 
 
+@pytest.mark.backends  # extraction in this process on TensorFlow, in a TensorFlow child on JAX
 def test_cached_head_predicts_like_full_model(env, tmp_path):
     from pattlite.model import build_head, build_model, copy_head_weights
 

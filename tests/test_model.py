@@ -348,6 +348,7 @@ def assert_same_layer(ours, theirs, shape, rng):
     assert not np.allclose(befores[0].get_weights()[0], before[0])  # the input gradient reached it
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "shape,kernel,padding",
     [
@@ -358,9 +359,9 @@ def assert_same_layer(ours, theirs, shape, rng):
     ],
 )
 def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
-    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way;
-    tests/test_jax_backend.py runs this test there too)."""
-    from pattlite.model import PatchSeparableConv2D
+    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way,
+    `pattlite.backends.jax.patch_separable_conv`)."""
+    from pattlite.layers import PatchSeparableConv2D
 
     assert_same_layer(
         PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
@@ -370,12 +371,14 @@ def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
     )
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("code", ["NP7", "OP3", "OP5", "P4", "P8"])
 @pytest.mark.parametrize("shape", [(3, 14, 14, 6), (2, 15, 13, 4)])
 def test_patch_conv_equals_conv(code, shape):
     """Table 5's kernel codes: same weights, same outputs and gradients as Conv2D (on JAX it computes
-    them as patches times a matrix; tests/test_jax_backend.py runs this test there too)."""
-    from pattlite.model import KERNEL_CODES, PatchConv2D
+    them as patches times a matrix, `pattlite.backends.jax.patch_conv`)."""
+    from pattlite.layers import PatchConv2D
+    from pattlite.model import KERNEL_CODES
 
     assert_same_layer(
         PatchConv2D(5, activation="relu", **KERNEL_CODES[code]),
@@ -385,9 +388,10 @@ def test_patch_conv_equals_conv(code, shape):
     )
 
 
+@pytest.mark.backends
 def test_patch_conv_as_the_pointwise_layer_equals_conv():
     """The 1x1 convolution after every patch block (`patch_extraction_pointwise`) is a PatchConv2D too."""
-    from pattlite.model import PatchConv2D
+    from pattlite.model import PatchConv2D  # still importable from pattlite.model
 
     assert_same_layer(
         PatchConv2D(5, 1, activation="relu"),

@@ -109,7 +109,7 @@ def test_full_model_two_stages_as_coded_and_paper(tmp_path):
     assert paper.trainable_params["stage2"] > paper.trainable_params["stage1"]
 
 
-@pytest.mark.parametrize("variant", ["published", "pattlite"])
+@pytest.mark.parametrize("variant", [pytest.param("published", marks=pytest.mark.backends), "pattlite"])
 def test_fast_path_gives_the_plain_paths_updates(variant):
     """fit_in_order (the default) and Keras fit over OrderedBatches (fast=False): same weights, same
     predictions, same epoch logs, for a few dozen steps of both stages with class weights, a partial
@@ -170,6 +170,7 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
             )
 
 
+@pytest.mark.backends  # device-resident vs chunks
 def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
     """Inputs over the in-memory budget are gathered from their memory map: same result."""
     x, y = separable_features(4, seed=5)
