@@ -328,11 +328,11 @@ def run_cached_benchmark(
     import keras
 
     from pattlite.arrays import in_memory
-    from pattlite.backends import enable_determinism
     from pattlite.evaluate import OrderedBatches, predict, protocol_order
     from pattlite.extraction import extract_shard, extract_shard_in_tensorflow, extraction_engine, make_extractor
     from pattlite.model import build_head, finetune_model
     from pattlite.report import provenance
+    from pattlite.seeding import enable_determinism
     from pattlite.train import TrainConfig, balanced_class_weights, fit_in_order
 
     samples = _positive_int("samples", samples)

@@ -39,10 +39,12 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
 
     from pattlite import backends
     from pattlite.arrays import in_memory
-    from pattlite.backends import enable_determinism
     from pattlite.bench import FEATURE_SHAPE, NUM_CLASSES
+    from pattlite.callbacks import balanced_class_weights
     from pattlite.model import build_head
-    from pattlite.train import TrainConfig, balanced_class_weights, fit_in_order
+    from pattlite.recipe import TrainConfig
+    from pattlite.seeding import enable_determinism
+    from pattlite.train import fit_in_order
 
     recipe = TrainConfig()
     features = in_memory(np.load(features_path, mmap_mode="r"))

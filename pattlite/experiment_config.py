@@ -11,7 +11,7 @@ import dataclasses
 from pattlite import config
 from pattlite.config import PROTOCOLS
 from pattlite.data.fingerprint import dataset_identity
-from pattlite.features import extraction_engine
+from pattlite.extraction import extraction_engine
 from pattlite.files import json_digest
 from pattlite.model import VARIANTS
 from pattlite.profiles import AUTHORS_RECIPE, BENCHMARKS, Profile, get_profile

@@ -62,12 +62,14 @@ from pattlite.experiment_data import (  # noqa: F401
     limit_training_rows,
     load_experiment_data,
 )
-from pattlite.features import backbone_features, extraction_identity
+from pattlite.extraction import extraction_identity
+from pattlite.features import backbone_features
 from pattlite.files import write_atomic
 from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
 from pattlite.recipe import TrainConfig
 from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
-from pattlite.train import add_stage2, enable_determinism, train
+from pattlite.seeding import enable_determinism
+from pattlite.train import add_stage2, train
 
 CACHED_NOTE = (
     "stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
@@ -277,7 +279,7 @@ def _with_mirror_features(features, pixels, train_rows, exp: Experiment, weights
     The mirror images go through the content-keyed feature store like any other image: computed once,
     then read back (float16 at the default cut: 200 KB an image, so a 28,558-image training set adds
     5.7 GB on disk and its two views take 11.4 GB in memory while it trains)."""
-    from pattlite.features import aligned_empty
+    from pattlite.arrays import aligned_empty
 
     train_rows = np.asarray(train_rows)
     mirrored_pixels = np.ascontiguousarray(_take(pixels, train_rows)[:, :, ::-1])

@@ -209,7 +209,7 @@ def random_backbone_weights(seed: int, calibration_images, resize_to: int = 224,
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    from pattlite.backends import enable_determinism
+    from pattlite.seeding import enable_determinism
 
     enable_determinism(int(seed))
     backbone = build_backbone(

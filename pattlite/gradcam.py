@@ -42,7 +42,7 @@ def _require_tensorflow():
 
 def default_layer(model) -> str:
     """Name of the backbone layer that feeds the head of a `pattlite.model.build_model` model."""
-    from pattlite.model import backbone_layers
+    from pattlite.backbone import backbone_layers
 
     layers = backbone_layers(model)
     if not layers:

@@ -291,8 +291,8 @@ def _feature_bytes_per_image(cut: str, resize_to: int) -> int:
     """Bytes of one image's cached features at a cut (float16), from the backbone's output shape."""
     import numpy as np
 
-    from pattlite.features import FEATURE_DTYPE
-    from pattlite.model import build_backbone
+    from pattlite.backbone import build_backbone
+    from pattlite.extraction import FEATURE_DTYPE
 
     shape = build_backbone(weights=None, cut_layer=cut, resize_to=resize_to).output.shape[1:]
     return int(np.prod(shape)) * np.dtype(FEATURE_DTYPE).itemsize

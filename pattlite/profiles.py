@@ -151,7 +151,7 @@ class Profile:
         steps_per_execution: batches per compiled call (keeps a GPU busy at batch size 8).
         validation: "published" (class-grouped, unshuffled, batch 8: what the authors' validation did)
             or "independent" (no validation prediction depends on other images).
-        deterministic: ask the backend for deterministic ops (see `pattlite.train.enable_determinism`).
+        deterministic: ask the backend for deterministic ops (see `pattlite.seeding.enable_determinism`).
         only_present_datasets: by default run only the benchmarks whose files are found (the others are
             reported "not run (dataset absent)"); a benchmark asked for by name must still be present.
         keras_backend: the Keras backend `./run_all.sh` runs the notebooks on (None: $KERAS_BACKEND, else

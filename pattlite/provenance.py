@@ -46,29 +46,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def accelerators(backend: str | None = None) -> list[str]:
-    """Names of the GPUs/TPUs a Keras backend sees (default: the active one; empty on CPU)."""
-    if backend is None:
-        import keras
+def accelerators() -> list[str]:
+    """Names of the GPUs/TPUs the running Keras backend sees (empty on CPU; `pattlite.backends`)."""
+    from pattlite import backends
 
-        backend = keras.config.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf  # the backend is already imported by keras; this adds no cost
-
-        names = []
-        for device in tf.config.list_physical_devices("GPU"):
-            details = tf.config.experimental.get_device_details(device)
-            names.append(details.get("device_name", device.name))
-        return names
-    if backend == "jax":
-        import jax
-
-        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
-    if backend == "torch":
-        import torch
-
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return []
+    return backends.current().accelerators()
 
 
 def provenance() -> dict:
@@ -83,8 +65,10 @@ def provenance() -> dict:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    backend = keras.config.backend()
-    gpus = accelerators(backend)
+    from pattlite import backends
+
+    backend = backends.name()
+    gpus = accelerators()
     return {
         "git_commit": commit or "unknown",
         "git_dirty": None if status is None else bool(status),

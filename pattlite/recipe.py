@@ -24,7 +24,7 @@ class TrainConfig:
             validation) or "independent" (no validation prediction depends on another image).
         validation_batch_size: 8 (Keras uses the training batch size for validation).
         seed: seeds Python, NumPy and the Keras backend, and the per-epoch shuffle order.
-        deterministic: request deterministic backend ops (`enable_determinism`).
+        deterministic: request deterministic backend ops (`pattlite.seeding.enable_determinism`).
         steps_per_execution: batches per compiled call (`Model.compile`) on the plain path (`fast=False`).
         fast: train with `fit_in_order` (the default): the same optimizer updates in the same order as
             Keras `fit` over `OrderedBatches`, without its per-step costs. False: that plain `fit`.

@@ -35,7 +35,6 @@ import numpy as np
 
 from pattlite import backends
 from pattlite.arrays import in_memory
-from pattlite.backends import enable_determinism
 from pattlite.backends.generic import train_step_variables  # noqa: F401  (importable from here)
 from pattlite.callbacks import (  # all of them still importable from pattlite.train
     EpochLine,
@@ -52,6 +51,7 @@ from pattlite.evaluate import OrderedBatches, epoch_order
 from pattlite.files import physical_memory
 from pattlite.model import backbone_layers, count_params, finetune_model, set_finetune_trainable
 from pattlite.recipe import TrainConfig
+from pattlite.seeding import enable_determinism
 
 
 @dataclasses.dataclass

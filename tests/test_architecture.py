@@ -14,13 +14,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pattlite"
 
-# Imports another branch of issue 24 removes (features -> train closes features -> train -> evaluate -> features;
-# export and predict import each other). Delete these entries when it is merged: the test then guards them too.
-PENDING_EDGES = {
-    ("pattlite.features", "pattlite.train"),
-    ("pattlite.predict", "pattlite.export"),
-}
-
 
 def _module_name(path: Path, root: Path) -> tuple[str, bool]:
     """(dotted name, is a package's __init__) of a file under `root`."""
@@ -93,10 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle_among_pattlite_modules():
-    graph = import_graph()
-    for source, target in PENDING_EDGES:
-        graph.get(source, set()).discard(target)
-    cycle = find_cycle(graph)
+    cycle = find_cycle(import_graph())
     assert cycle is None, (
         "import cycle among pattlite modules: "
         + " -> ".join(cycle)
@@ -118,13 +108,6 @@ def test_the_cycle_finder_finds_cycles_through_function_level_and_relative_impor
     assert find_cycle(graph) == ["pattlite.a", "pattlite.b", "pattlite.sub.c", "pattlite.a"]
     graph["pattlite.sub.c"].clear()
     assert find_cycle(graph) is None
-
-
-def test_the_pending_exceptions_are_still_needed():
-    """An entry of PENDING_EDGES whose import is gone must be deleted, so that the cycle test guards it again."""
-    graph = import_graph()
-    stale = sorted(edge for edge in PENDING_EDGES if edge[1] not in graph.get(edge[0], ()))
-    assert not stale, f"delete from PENDING_EDGES (the import is gone): {stale}"
 
 
 def test_the_import_linter_contracts_hold():

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from pattlite import backends
+from pattlite import backends, seeding
 from pattlite.backends import generic
 
 pytestmark = pytest.mark.backends
@@ -44,12 +44,12 @@ def test_the_running_backends_module_has_the_whole_interface():
 def test_enable_determinism_seeds_and_asks_the_backend(monkeypatch):
     asked = []
     monkeypatch.setattr(backends, "current", lambda: types.SimpleNamespace(deterministic_ops=lambda: asked.append(1)))
-    backends.enable_determinism(3)
+    seeding.enable_determinism(3)
     first = np.random.rand(3)
-    backends.enable_determinism(3)
+    seeding.enable_determinism(3)
     np.testing.assert_array_equal(np.random.rand(3), first)
     assert asked == []
-    backends.enable_determinism(3, deterministic=True)
+    seeding.enable_determinism(3, deterministic=True)
     assert asked == [1]
 
 
@@ -76,7 +76,7 @@ def test_an_unknown_backend_gets_keras_own_paths_with_the_same_results(monkeypat
         if fallback:
             monkeypatch.setattr(backends, "name", lambda: "no_such_backend")
             assert backends.current() is generic
-        backends.enable_determinism(0)
+        seeding.enable_determinism(0)
         model = build_head("published", 7, (8, 8, 16))
         # SGD: Adam's normalised update would turn the kernels' rounding differences into whole steps.
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")

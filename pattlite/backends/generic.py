@@ -16,6 +16,7 @@ replaces the ones it does differently. The names (the interface of `pattlite.bac
 - `deterministic_ops()`: asks the backend for deterministic kernels.
 - `step_products`, `products_only_rate`: `pattlite.bench`'s matrix products of a training step and
   their ceiling rate, or None.
+- `accelerators()`: the names of the GPUs/TPUs the backend sees (empty on a CPU), for the records.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ train_steps = None
 predict_in_memory = None
 step_products = None
 products_only_rate = None
+
+
+def accelerators() -> list[str]:
+    """No accelerator this module knows how to list."""
+    return []
 
 
 def deterministic_ops() -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "train_steps",
     "predict_in_memory",
     "deterministic_ops",
+    "accelerators",
     "step_products",
     "products_only_rate",
 ]
@@ -373,3 +374,8 @@ def products_only_rate(model, batch, repeats: int, steps: int = 256, median_rate
     rate = median_rate(steps * batch_size, lambda: jax.block_until_ready(run()), repeats)
     rate.update(products=len(products), multiply_adds_per_step=sum(p[3] for p in products))
     return rate
+
+
+def accelerators() -> list[str]:
+    """The devices JAX sees other than the CPU, by kind."""
+    return [d.device_kind for d in jax.devices() if d.platform != "cpu"]

@@ -27,6 +27,7 @@ __all__ = [
     "train_steps",
     "predict_in_memory",
     "deterministic_ops",
+    "accelerators",
     "step_products",
     "products_only_rate",
 ]
@@ -64,3 +65,14 @@ def train_steps(model, batch_size, chunk_batches):
             step(tuple(a[start : start + batch_size] for a in chunk))
 
     return (lambda arrays: arrays), run
+
+
+def accelerators() -> list[str]:
+    """The GPUs TensorFlow sees, by device name."""
+    import tensorflow as tf  # already imported by Keras' backend: no cost
+
+    names = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        names.append(details.get("device_name", device.name))
+    return names
