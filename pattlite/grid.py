@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pickle
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,7 @@ from pattlite.grid_ray import (
     compute_on_worker,
     import_ray,
     remove_stale_temporary,
+    trial_backend,
 )
 
 EXECUTORS = ("local", "ray")
@@ -275,7 +279,11 @@ def _run_local(pending, results_dir, log):
             progress.line()
             t0 = time.time()
             try:
-                run_experiment(exp, results_dir=results_dir, progress=False)
+                backend = trial_backend(exp)
+                if backend is None:
+                    run_experiment(exp, results_dir=results_dir, progress=False)
+                else:
+                    run_on_backend(exp, results_dir, backend)
             except BaseException as error:  # noqa: B036 - an interruption stops the grid; a failure is reported
                 stopped = as_interruption(error, "grid", experiment=exp.label(), key=exp.key())
                 if stopped is not None:
@@ -300,6 +308,32 @@ def _run_local(pending, results_dir, log):
         )
         raise stopped from (None if stopped is error else error)
     return trained, failed
+
+
+def run_on_backend(exp, results_dir, backend: str) -> None:
+    """Runs one experiment in a child Python process on another Keras backend (`trial_backend`: e.g. the
+    full image model on TensorFlow while the grid's heads train on JAX); its result file and checkpoints
+    go where an in-process run puts them, so a stopped child resumes in the next run.
+
+    Raises:
+        RuntimeError: the child failed (its traceback went to stderr).
+    """
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    code = "from pattlite.grid import _run_pickled_experiment; _run_pickled_experiment()"
+    child = subprocess.run([sys.executable, "-c", code, str(results_dir)], input=pickle.dumps(exp), env=env)
+    if child.returncode != 0:
+        raise RuntimeError(f"the {backend} process of {exp.label()} exited with status {child.returncode}")
+
+
+def _run_pickled_experiment() -> None:
+    """`run_on_backend`'s child: the pickled experiment on stdin, the results folder as argv[1]."""
+    from pattlite.console import quiet_backend_logs
+
+    quiet_backend_logs()
+    exp = pickle.loads(sys.stdin.buffer.read())
+    from pattlite.experiments import run_experiment
+
+    run_experiment(exp, results_dir=sys.argv[1], progress=False)
 
 
 def add_run_options(parser) -> None:

@@ -75,8 +75,15 @@ class Progress:
         parallel = max(parallel, 1)
         if self.classes:
             means = {c: sum(t) / len(t) for c, t in self.by_class.items()}
-            seconds = sum(means.get(self.classes[key], mean) for key in self.left) / parallel
-            return f"about {_duration(seconds)} left (this run's mean time per kind of experiment, {parallel} at once)"
+            timed = [means[self.classes[key]] for key in self.left if self.classes[key] in means]
+            untimed = len(self.left) - len(timed)
+            text = (
+                f"about {_duration(sum(timed) / parallel)} left (this run's mean time per kind of experiment, "
+                f"{parallel} at once)"
+            )
+            if untimed:  # a kind not run yet can take many times the others: no guess
+                text += f", plus {untimed} experiment(s) of kinds not timed yet"
+            return text
         waves = math.ceil(left / parallel)
         return f"about {_duration(waves * mean)} left ({_duration(mean)} per experiment, {parallel} at once)"
 
@@ -160,17 +167,41 @@ def worker_env(cpus_per_trial: float, gpus_per_trial: float) -> dict:
 CHECKPOINTS_ENV_VAR = "PATTLITE_GRID_CHECKPOINTS"  # set for Ray workers on the driver's machine
 
 
+def trial_backend(exp) -> str | None:
+    """The Keras backend a trial of `exp` must run on when it is not the grid's own: the profile's
+    `exact_backend` for a trial that trains the full image model (stage1 "exact"), when it names a backend
+    other than the running one (`pattlite.backends.name`); else None (the grid's backend)."""
+    if exp.stage1 != "exact":
+        return None
+    from pattlite import backends
+    from pattlite.profiles import PROFILES
+
+    profile = PROFILES.get(exp.profile)
+    wanted = None if profile is None else profile.exact_backend
+    return wanted if wanted is not None and wanted != backends.name() else None
+
+
 def ray_task(
-    ray, cpus_per_trial: float, gpus_per_trial: float, max_retries: int, memory: int | None = None, checkpoint_root=None
+    ray,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    max_retries: int,
+    memory: int | None = None,
+    checkpoint_root=None,
+    backend: str | None = None,
 ):
     """The Ray remote function of one trial: its CPU/GPU share, the memory it reserves (bytes; None:
-    none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`).
+    none), retries of a dead worker (not of the experiment's own error) and environment (`worker_env`;
+    `backend`: its KERAS_BACKEND, for a trial on another backend than the grid's, `trial_backend`: Ray
+    starts such workers apart from the others).
     `checkpoint_root`: a folder the workers share with the driver (a Ray runtime on the driver's
     machine), where each trial keeps its training checkpoints (`<root>/<key>/`), so that a trial
     stopped with the run resumes where it was in the next run."""
     env = worker_env(cpus_per_trial, gpus_per_trial)
     if checkpoint_root is not None:
         env[CHECKPOINTS_ENV_VAR] = str(checkpoint_root)
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
     return ray.remote(_ray_task).options(
         num_cpus=cpus_per_trial,
         num_gpus=gpus_per_trial,
@@ -283,6 +314,9 @@ def _check_feasible(ray, cpus: float, gpus: float) -> None:
 # Memory: trials that share a machine must fit its memory together
 
 TRIAL_OVERHEAD_BYTES = 2 * 2**30  # a trial's process besides its features (libraries, model, buffers)
+# The full image model's activations and gradients at batch 8 on top of that (a FERPlus trial of the
+# contrast study, 35,887 images of 120 px, peaked at 2.5 GB resident on TensorFlow).
+EXACT_MODEL_BYTES = 1 * 2**30
 LOCAL_RAY_MEMORY_FRACTION = 0.85  # of this machine's memory, what a Ray runtime started here may reserve
 
 
@@ -317,13 +351,15 @@ def _dataset_images(exp) -> int | None:
 
 def memory_estimate(exp) -> int | None:
     """Bytes a trial of `exp` holds at most: its training features in memory (each view), the other
-    images' features read once, and `TRIAL_OVERHEAD_BYTES`; None when not known (a trial on images
-    rather than cached features, or a dataset not cached yet): it then reserves a whole node's memory."""
-    if exp.stage1 != "cached":
-        return None
+    images' features read once, and `TRIAL_OVERHEAD_BYTES`; for a trial of the full image model (stage1
+    "exact"), every image's pixels and `EXACT_MODEL_BYTES`. None when not known (a dataset not cached
+    yet): the trial then reserves a whole node's memory."""
     images = _dataset_images(exp)
     if images is None:
         return None
+    if exp.stage1 != "cached":
+        # The full image model: every image's pixels in memory (uint8) and the model's activations.
+        return TRIAL_OVERHEAD_BYTES + EXACT_MODEL_BYTES + images * exp.image_size**2 * 3
     from pattlite.model import variant_cut_layer
 
     train = images if exp.train_limit is None else min(images, int(exp.train_limit))
@@ -402,10 +438,14 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
         from pattlite.experiments import checkpoint_path
 
         checkpoints = checkpoint_path(pending[0], results_dir).parent if local and pending else None
+        kinds = {(memory.get(exp.key()), trial_backend(exp)) for exp in pending}
         tasks = {
-            size: ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints)
-            for size in set(memory.values()) | {None}
+            (size, backend): ray_task(ray, cpus_per_trial, gpus_per_trial, max_retries, size, checkpoints, backend)
+            for size, backend in kinds
         }
+        for backend in sorted({b for _, b in kinds if b is not None}):
+            count = sum(trial_backend(exp) == backend for exp in pending)
+            log(f"[grid] {count} trial(s) train the full image model on {backend} (the profile's exact_backend)")
         if memory:
             log(
                 "[grid] memory reserved per trial (its cached features and the process): "
@@ -434,7 +474,8 @@ def _run_ray(ray, pending, results_dir, address, gpus_per_trial, cpus_per_trial,
                     if exp is None:
                         return
                     queue.remove(exp)
-                in_flight[tasks[memory.get(exp.key())].remote(compute, pickle.dumps(exp))] = exp
+                task = tasks[(memory.get(exp.key()), trial_backend(exp))]
+                in_flight[task.remote(compute, pickle.dumps(exp))] = exp
                 count -= 1
 
         submit(slots + QUEUE_WINDOW)

@@ -128,6 +128,17 @@ class Profile:
         reference_seeds: with a cap, the seeds at which the published head also runs with stage 2
             uncapped on every benchmark (the `reference` study): the runs whose test probes measure
             what the cap costs (`pattlite.studies.cap`). Empty: none.
+        contrast_seeds: for a profile that trains heads on cached features (which cannot hold the
+            authors' random contrast), the seeds at which the `contrast` study measures what the contrast
+            changes: stage 1 of the published head on `contrast_train_limit` training images of
+            `contrast_dataset`, as the full image model with the authors' flip and contrast layers
+            (`stage1="exact"`) and as the head on cached features with the flip only
+            (`pattlite.studies.contrast`). Empty: none.
+        contrast_train_limit, contrast_dataset: that study's training images and benchmark.
+        exact_backend: the Keras backend of the trials that train the full image model (`stage1="exact"`)
+            when the profile's `keras_backend` is another (`pattlite.grid` runs them in processes of their
+            own): on a CPU, XLA's depthwise convolutions make the full model several times slower on JAX
+            than on TensorFlow (`pattlite bench`). None: the profile's backend.
         test_probe_epochs: stage-2 epoch counts after which each experiment also records its test
             accuracy (`ExperimentResult.test_probe`): what a stage-2 cap would cost, measured on every
             run; never used to pick or stop a model. Empty: none.
@@ -181,6 +192,10 @@ class Profile:
     stage2_epochs: int = AUTHORS_RECIPE["stage2_epochs"]
     stage2_max_epochs: int | None = AUTHORS_RECIPE["stage2_max_epochs"]
     reference_seeds: tuple = ()
+    contrast_seeds: tuple = ()
+    contrast_train_limit: int | None = 5000
+    contrast_dataset: str = "ferplus"
+    exact_backend: str | None = None
     test_probe_epochs: tuple = AUTHORS_RECIPE["test_probe_epochs"]
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
@@ -320,6 +335,12 @@ PROFILES = {
         # as long. The report shows these numbers (`pattlite.studies.cap`).
         stage2_max_epochs=50,
         reference_seeds=(0,),
+        # The random contrast cannot be cached: measured directly, stage 1 exact (TensorFlow) against
+        # the cached flip-only head, 5,000 FERPlus training images, 3 seeds (`pattlite.studies.contrast`).
+        contrast_seeds=(0, 1, 2),
+        contrast_train_limit=5000,
+        contrast_dataset="ferplus",
+        exact_backend="tensorflow",
         # The test accuracy after these many stage-2 epochs, recorded by every run (analysis only).
         test_probe_epochs=(5, 10, 20, 50, 100, 150, 200, 300, 400),
         train_limit=None,
@@ -425,8 +446,12 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
             "images' features) with stage1='cached'"
         )
     config.check_name("extraction engine", profile.extraction_engine, ("auto", "openvino", "tensorflow"))
-    if profile.keras_backend is not None:
-        config.check_name("Keras backend", profile.keras_backend, ("tensorflow", "jax"))
+    for field in ("keras_backend", "exact_backend"):
+        if getattr(profile, field) is not None:
+            config.check_name("Keras backend", getattr(profile, field), ("tensorflow", "jax"))
+    if profile.contrast_seeds:
+        config.check_name("contrast dataset", profile.contrast_dataset, BENCHMARKS)
+        config.check_seeds(profile.contrast_seeds)
     if profile.weights is None and not profile.synthetic and not allow_random_weights:
         raise ValueError(
             f"profile {name!r} with weights=None would train on a random backbone; pass weights "

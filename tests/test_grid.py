@@ -611,3 +611,17 @@ def test_time_left_sums_each_kind_of_experiments_own_mean_time():
     assert progress.eta(2).startswith(f"about {grid_ray._duration((2 * 10 + 1000) / 2)} left")
     progress.line(2)
     assert lines[-1].startswith("[grid] 2/6 done, 0 running, 1 failed, 3 left; about 8 min left")
+    assert "not timed yet" not in lines[-1]
+
+
+def test_time_left_names_the_experiments_of_kinds_not_timed_yet():
+    """Before a kind has run once, its time is unknown: the time left covers the timed kinds only and
+    says how many experiments it leaves out (a CK+ fold's mean says nothing of a full-size training)."""
+    small = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(3)]
+    large = [make_experiment("ci", "fer2013", "published", seed=s) for s in range(2)]
+    progress = grid_ray.Progress(5, lambda line: None, small + large)
+    progress.finish(small[0], 10.0)
+    assert progress.eta(1) == (
+        "about 20 s left (this run's mean time per kind of experiment, 1 at once), "
+        "plus 2 experiment(s) of kinds not timed yet"
+    )

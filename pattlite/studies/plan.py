@@ -280,6 +280,22 @@ def reference_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, ("published",), seeds, stage2_max_epochs=None)
 
 
+def contrast_experiments(profile, seeds=None, datasets=BENCHMARKS):
+    """The `contrast` study of a profile with `Profile.contrast_seeds` (`seeds` overrides): stage 1 of the
+    published head on `contrast_train_limit` training images of `contrast_dataset`, as the full image model
+    with the authors' flip and contrast layers (stage1 "exact", in a process on `Profile.exact_backend`) and
+    as the head on cached features with the profile's flip only, at each seed
+    (`pattlite.studies.contrast`); none when the profile has no contrast seeds or the dataset is absent."""
+    profile = as_profile(profile)
+    seeds = profile.contrast_seeds if seeds is None else seeds
+    if not seeds or profile.contrast_dataset not in datasets:
+        return []
+    common = dict(train_limit=profile.contrast_train_limit, stage2=False)
+    return _plan(
+        profile, (profile.contrast_dataset,), ("published",), seeds, stage1="exact", train_views=1, **common
+    ) + _plan(profile, (profile.contrast_dataset,), ("published",), seeds, **common)
+
+
 STUDIES = {
     "table4": table4_experiments,
     "table5": table5_experiments,
@@ -288,6 +304,7 @@ STUDIES = {
     "audit": audit_experiments,
     "gap": gap_experiments,
     "reference": reference_experiments,
+    "contrast": contrast_experiments,
 }
 
 

@@ -349,10 +349,10 @@ def readme_block(
             gap_tables[1].to_markdown(index=False, disable_numparse=True),
             "",
         ]
-        if len(gap_tables) > 2:  # what the stage-2 cap costs (`pattlite.studies.cap`)
-            from pattlite.studies import cap
-
-            lines += [f"{cap.CAPTION}", "", gap_tables[2].to_markdown(index=False, disable_numparse=True), ""]
+        # What the stage-2 cap costs (`pattlite.studies.cap`), what the random contrast changes
+        # (`pattlite.studies.contrast`): (caption, table) pairs.
+        for caption, table in gap_tables[2] if len(gap_tables) > 2 else ():
+            lines += [caption, "", table.to_markdown(index=False, disable_numparse=True), ""]
     lines += [
         headline.to_markdown(index=False),
         "",
@@ -410,13 +410,17 @@ def readme_text_with_block(
         relative = Path(report_path)
     gap_tables = None
     if profile.train_views == 2 and results is not None:
-        from pattlite.studies import cap, gap
+        from pattlite.studies import cap, contrast, gap
 
         numbers = gap.gap_numbers(results)
-        gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers))
+        extras = []
         capped = cap.cap_numbers(results, profile)
         if len(capped):
-            gap_tables += (cap.cap_table(capped, profile.stage2_max_epochs),)
+            extras.append((cap.CAPTION, cap.cap_table(capped, profile.stage2_max_epochs)))
+        contrasted = contrast.contrast_numbers(results, profile)
+        if len(contrasted):
+            extras.append((contrast.caption(profile), contrast.contrast_table(contrasted)))
+        gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers), extras)
     block = readme_block(
         profile.name, profile.description, headline, relative, record, backends, results, incomplete, gap_tables
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config, report
-from pattlite.studies import cap, gap, prose, summary
+from pattlite.studies import cap, contrast, gap, prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
 from pattlite.studies.layout import paper_layout
@@ -272,6 +272,12 @@ def gap_blocks(ctx, results, absent: dict) -> list:
         blocks += [
             f"**{cap.CAPTION}**",
             cap.cap_table(capped, ctx.profile.stage2_max_epochs) if len(capped) else "No uncapped reference run yet.",
+        ]
+    if ctx.profile.contrast_seeds:
+        contrasted = contrast.contrast_numbers(results, ctx.profile)
+        blocks += [
+            f"**{contrast.caption(ctx.profile)}**",
+            contrast.contrast_table(contrasted) if len(contrasted) else "No run of the contrast study yet.",
         ]
     return blocks
 

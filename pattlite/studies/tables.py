@@ -46,14 +46,17 @@ def require_columns(results: pd.DataFrame, columns, what="results"):
 
 
 def standard_rows(results: pd.DataFrame, recipe: bool = True) -> pd.DataFrame:
-    """Results of variants at their default options (Table 5's cut/kernel grid points left out) and,
-    with `recipe`, trained with their profile's own augmentation and stage-2 cap (the gap study's runs
-    without augmentation, `pattlite.studies.gap`, and the uncapped reference runs,
+    """Results of variants at their default options (Table 5's cut/kernel grid points left out) that ran
+    both stages (stage-1-only runs left out: the contrast study's, `pattlite.studies.contrast`, and the
+    audit's) and, with `recipe`, trained with their profile's own augmentation and stage-2 cap (the gap
+    study's runs without augmentation, `pattlite.studies.gap`, and the uncapped reference runs,
     `pattlite.studies.cap`, left out)."""
     mask = pd.Series(True, index=results.index)
     for column in MODEL_OPTION_COLUMNS:
         if column in results.columns:
             mask &= results[column].isna()
+    if "train_stage2" in results.columns:
+        mask &= results["train_stage2"].map(lambda value: value is not False)
     if recipe and "profile" in results.columns:
         from pattlite.profiles import PROFILES
 
