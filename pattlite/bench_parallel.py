@@ -1,7 +1,7 @@
 """Benchmark part `parallel`: heads trained on cached features by several processes at once.
 
 What `pattlite grid run --executor ray --cpus-per-trial 1` does on a CPU: each trial is its own process
-with one CPU and JAX on one thread (`pattlite.grid.worker_env`). This measures whether that pays, on
+with one CPU and JAX on one thread (`pattlite.grid_ray.worker_env`). This measures whether that pays, on
 random float16 features of the cut's shape (14x14x512) held in memory, with the package's fast
 training loop (`pattlite.train.fit_in_order`, stage 1 of the `published` head, batch 8):
 

@@ -40,7 +40,8 @@ class Experiment:
         image_size, resize_to: image side fed to the model, side resized to inside it.
         weights: "imagenet", a weights file path, or None (seeded random backbone, BatchNorm calibrated
             on `bn_calibration_images` training images; `weights_seed`).
-        stage1: "exact" (full model, augmentation) or "cached" (head on cached features, no augmentation).
+        stage1: "exact" (full model, flip and contrast inside it) or "cached" (head on cached features; the
+            flip as mirror-image features when `train["train_views"]` is 2, no contrast).
         extraction_engine: the library that computes the cached features ("openvino" or "tensorflow";
             None when stage 1 is "exact"). Part of the key: the two engines' features differ by up to
             one float16 step, which training turns into accuracies points apart, so a result holds only

@@ -2,13 +2,13 @@
 
 A head on a frozen backbone sees, in inference, exactly `build_backbone(...)(images)`; storing those
 outputs lets heads train without re-running the backbone every epoch (`pattlite.experiments`, stage 1
-"cached"). What a cached run gives up: the in-model flip/contrast augmentation cannot be applied to
-features, so cached stage-1 training has NO augmentation; results record `stage1: "cached"`. The
-authors' stage 2 as coded changes no backbone weight, so it is exact on features too (again without
-augmentation).
+"cached"). What a cached run gives up: the in-model random contrast cannot be applied to features.
+The horizontal flip can: with `TrainConfig.train_views=2` the features of every training image's mirror
+image are cached too, and each epoch reads an image or its mirror (`pattlite.experiments`). The
+authors' stage 2 as coded changes no backbone weight, so it runs on features too.
 
 Features are stored as float16 `.npy` files (read back memory-mapped) in one store per configuration,
-`<cache dir>/features/<key>/`, where the key covers the weights (file path + size + modification time,
+`<cache dir>/features/<key>/`, where the key covers the weights (the SHA-256 of the weights file, `weights_identity`,
 or "imagenet" + Keras version), the image size, the resize size, the package version and the feature
 format. Inside a store, images are found by CONTENT: the hash of each image's uint8 pixels at the
 cache size (`image_hashes`). So FER2013 and FERPlus (the same faces labelled twice) share one

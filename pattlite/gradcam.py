@@ -1,7 +1,8 @@
 """Grad-CAM maps of a trained model (the paper's Figs. 6 and 7), with tf-keras-vis.
 
-TensorFlow only: tf-keras-vis differentiates through `tf.GradientTape`, so this module is the one edge of
-the package that needs the TensorFlow backend; everything it is given is a plain Keras 3 model from
+TensorFlow only: tf-keras-vis differentiates through `tf.GradientTape`, so this module needs the
+TensorFlow backend in its own process (feature extraction and `pattlite.export` also need TensorFlow
+models, and start a TensorFlow child process when the backend is another); everything it is given is a plain Keras 3 model from
 `pattlite.model.build_model`.
 
 The class activation map is taken at an explicit layer, by default the backbone layer that feeds the

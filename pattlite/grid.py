@@ -7,7 +7,8 @@ every result file and only assemble tables and figures.
 - `plan(profile, parameters)` lists the experiments of `pattlite.studies.notebook_plan` for the
   notebooks' parameters (the `-p NAME=VALUE` of ./run_all.sh): the one plan the notebooks use.
 - `run_grid(grid_plan, executor)` runs the unfinished ones: `"local"` one after another in this process
-  (`pattlite.experiments.run_experiment`), `"ray"` (`pattlite.grid_ray`) as Ray tasks that each reserve a
+  (`pattlite.experiments.run_experiment`; a trial on another Keras backend, `trial_backend`, in a child
+  process, `run_on_backend`), `"ray"` (`pattlite.grid_ray`) as Ray tasks that each reserve a
   GPU/CPU share. A Ray worker trains in a temporary folder and returns the result record, the trained weights and the
   per-epoch logs; the driver writes them into the results folder atomically
   (`pattlite.experiments.store_experiment`), so no shared filesystem is needed and no half result is
@@ -215,7 +216,8 @@ def run_grid(
 
     Args:
         grid_plan: from `plan`.
-        executor: "local" (one after another in this process) or "ray".
+        executor: "local" (one after another in this process; a trial on another backend in a child
+            process) or "ray".
         address: Ray cluster to join ("auto", "HOST:6379", "ray://HOST:10001"); default: a Ray
             runtime already started in this process, else a new local one using this machine.
         gpus_per_trial: GPUs each Ray task reserves (fractions share a GPU); default 1 when the cluster

@@ -150,7 +150,7 @@ class Profile:
             one-convolution patch blocks have 2-9M parameters and dominate a CPU demo.
         table5_seeds: seeds of Table 5's grid (None: `seeds`).
         table5_datasets: the benchmarks Table 5's grid may run on, in order of preference: it runs on
-            the first the run has (`pattlite.studies.dataset_choice`; none: "not run (no dataset
+            the first the run has (`pattlite.studies.plan.dataset_choice`; none: "not run (no dataset
             present)"). The paper's is RAF-DB (another one is labelled a stand-in); then FERPlus (in-the-
             wild faces with cleaned labels, the paper's other benchmark with challenging subsets), FER2013
             (the same faces, noisier labels), CK+ (posed faces near 100%, leaving no room to rank kernels).

@@ -8,7 +8,8 @@ Format versions (`format_version` in the file):
 
 - 1: the first format, without a `format_version` field (and with a stored `"cached": false`). Its
   fields are those of version 2, so it is read as it is; `format_version` is then 1.
-- 2: this format.
+- 2: the second format.
+- 3: this format (`RESULT_FORMAT_VERSION`); versions 1 and 2 are still read.
 
 A file of a later version is an error naming the file and the versions this code reads.
 """
@@ -56,7 +57,7 @@ class ExperimentResult:
         trainable_params: {"stage1", "stage2"}.
         finetune: `pattlite.model.set_finetune_trainable`'s report for stage 2 (None when not run).
         wall_time_s: {"stage1", "stage2", "total", "experiment"} seconds.
-        provenance: package versions, device, git commit (`pattlite.report.provenance`).
+        provenance: package versions, device, git commit (`pattlite.provenance.provenance`).
         extraction: {"engine", "version"} of the library that computed the cached features (None when
             stage 1 ran on pixels).
         test_probe: {stage-2 epochs run: {protocol: test accuracy}} at the experiment's

@@ -9,7 +9,8 @@ index `history.epoch[-5]` of stage 1. Which backbone layers are unfrozen is `Tra
 "as_coded" (the notebook's off-by-one: no backbone weight changes) or "paper" (the paper's text).
 
 Works on full models fed uint8 images (resizing and augmentation happen inside the model) and on heads
-fed cached backbone features (`pattlite.features`; no augmentation is possible on features).
+fed cached backbone features (`pattlite.features`; the flip as mirror-image features, `train_views=2`; no random
+contrast).
 
 Differences from the authors' notebook, all deliberate and recorded:
 - The training set is shuffled every epoch in an order drawn from the seed (the authors shuffled their
@@ -431,7 +432,7 @@ def train(
 
     Args:
         model: a full model (inputs: uint8 images; resizing and augmentation inside) or a head (inputs:
-            cached backbone features; no augmentation).
+            cached backbone features; the flip through `train_views`).
         x_train, y_train: training inputs (N, ...) and integer labels; memory maps are read batch by
             batch. With `train_config.train_views` = 2, x_train holds 2N rows: the N images' inputs,
             then those of their mirror images.

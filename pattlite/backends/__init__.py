@@ -7,7 +7,8 @@ for), and which work needs TensorFlow models. The rest of the package
 never asks which backend runs; it asks `current()` for the module of the running backend
 (`pattlite.backends.tensorflow`, `pattlite.backends.jax`, or `pattlite.backends.generic` for any
 other) and uses the names `pattlite.backends.generic` documents. `name()` is the running backend's
-name, for records.
+name, for records, messages and choosing which process runs a trial (`pattlite.grid_ray.trial_backend`),
+never a code path.
 
 Importing this package imports neither TensorFlow nor JAX; `current()` imports Keras (which loads
 its backend) and the backend's module.

@@ -8,8 +8,14 @@ the paper's. One module per concern:
 - `notebook`: `notebook_context` (parameters -> context) and `run` (trains the missing experiments);
 - `tables`: Tables 1-11 and the audit table from manifests and result frames;
 - `figures`: Figures 2-10, the audit chart, sample images and learning curves;
+- `summary`: the headline table (paper, published protocol, each image alone, no mixing, corrected);
+- `gap`: the gap to the paper taken apart, step by step, with its figure;
+- `cap`: what a stage-2 epoch cap costs, from the uncapped reference runs;
+- `contrast`: what the authors' random contrast changes, from the contrast study's paired runs;
+- `layout`: the reading order of the report's sections;
 - `replication_report`: the report's sections and files; its prose lives in `pattlite/resources/report/`
-  (`prose`).
+  (`prose`);
+- `publish`: `pattlite publish`: a finished run's report, tables, face-free figures and README block.
 
 The names the notebooks use are importable from the package itself:
 
