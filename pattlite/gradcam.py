@@ -2,8 +2,8 @@
 
 TensorFlow only: tf-keras-vis differentiates through `tf.GradientTape`, so this module needs the
 TensorFlow backend in its own process (feature extraction and `pattlite.export` also need TensorFlow
-models, and start a TensorFlow child process when the backend is another); everything it is given is a plain Keras 3 model from
-`pattlite.model.build_model`.
+models, and start a TensorFlow child process when the backend is another); everything it is given is a
+plain Keras 3 model from `pattlite.model.build_model`.
 
 The class activation map is taken at an explicit layer, by default the backbone layer that feeds the
 head (`conv_dw_9_relu` for the published model, a 14x14 map at 224): the paper describes its maps as
