@@ -41,22 +41,33 @@ import numpy as np
 
 from pattlite import config
 from pattlite.config import PROTOCOLS
-from pattlite.profiles import get_profile, resolve_weights
+from pattlite.profiles import AUDIT, WEIGHTS_FILE_NAME, get_profile, resolve_weights
 
-AUDIT_HEADS = ("published", "no_mixing", "pattlite")
+# The audit's settings are a profile-level record (`pattlite.profiles.AUDIT`); the names below are its fields.
+AUDIT_HEADS = AUDIT.heads
 AUDIT_DATASETS = config.REAL_DATASETS + ("synthetic",)
-# `--dataset synthetic` trains on the synthetic stand-in in the FER2013 slot of a synthetic profile
-# (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
-SYNTHETIC_SLOT = "fer2013"
-DEFAULT_TRAIN_LIMIT = 10_000
-# Stage-1 epoch cap on real data: FERPlus with a 10,000-image subset, three heads, took 5 min 5 s and
-# 5 min 29 s in two runs on 2 idle CPU cores with the JAX backend (docs/audit.md); early stopping
-# (patience 5) may end sooner.
-DEFAULT_STAGE1_EPOCHS = 10
-REAL_PROFILE = "paper"
-SYNTHETIC_PROFILE = "ci"
-NOTE = ("heads trained on cached frozen-backbone features with the authors' stage-1 recipe only: NO "
-        "augmentation (the in-model flip/contrast cannot act on features), no stage 2")
+SYNTHETIC_SLOT = AUDIT.synthetic_slot
+DEFAULT_TRAIN_LIMIT = AUDIT.train_limit
+DEFAULT_STAGE1_EPOCHS = AUDIT.stage1_epochs
+REAL_PROFILE = AUDIT.real_profile
+SYNTHETIC_PROFILE = AUDIT.synthetic_profile
+NOTE = (
+    "heads trained on cached frozen-backbone features with the authors' stage-1 recipe only: NO "
+    "augmentation (the in-model flip/contrast cannot act on features), no stage 2"
+)
+
+
+def check_weights(dataset: str, weights) -> None:
+    """The one check that real data come with backbone weights (`pattlite audit --weights`, `weights=`).
+
+    Raises:
+        ValueError: `dataset` is a real dataset and `weights` is None (the message names the file to pass).
+    """
+    if dataset != "synthetic" and weights is None:
+        raise ValueError(
+            f"pattlite audit --dataset {dataset} needs --weights PATH (weights= in Python): the ImageNet "
+            f"MobileNetV1 file {WEIGHTS_FILE_NAME}, or 'imagenet' with internet"
+        )
 
 
 def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), profile=None):
@@ -88,13 +99,13 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
     if synthetic and not base.synthetic:
         raise ValueError(f"--dataset synthetic needs a synthetic profile (ci or demo), not {name!r}")
     if not synthetic and base.synthetic:
-        raise ValueError(f"profile {name!r} replaces {dataset!r} by a synthetic stand-in; use profile "
-                         f"'paper' for real data, or --dataset synthetic")
-    if not synthetic and weights is None:
-        raise ValueError(f"the audit on real data ({dataset}) needs backbone weights: pass the path of "
-                         "mobilenet_1_0_224_imagenet_no_top.weights.h5 (or 'imagenet' with internet)")
+        raise ValueError(
+            f"profile {name!r} replaces {dataset!r} by a synthetic stand-in; use profile "
+            f"'paper' for real data, or --dataset synthetic"
+        )
+    check_weights(dataset, weights)
     resolve_weights(weights)  # a missing file fails here, before any data is read
-    overrides = {"stage1": "cached", "seeds": config.check_seeds(seeds)}
+    overrides = {"stage1": AUDIT.stage1, "seeds": config.check_seeds(seeds)}
     if weights is not None or not synthetic:
         overrides["weights"] = None if weights is None else str(weights)
     if train_limit is not None:
@@ -106,8 +117,9 @@ def audit_profile(dataset: str, weights=None, train_limit=None, seeds=(0,), prof
     return get_profile(name, **overrides), (SYNTHETIC_SLOT if synthetic else dataset)
 
 
-def cached_head_experiments(dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None,
-                      stage1_epochs=None, profile=None) -> list:
+def cached_head_experiments(
+    dataset: str, weights=None, train_limit=None, seeds=(0,), image_size=None, stage1_epochs=None, profile=None
+) -> list:
     """The audit's experiments: each head x seed, stage 1 on cached features, no stage 2.
 
     Args:
@@ -132,8 +144,9 @@ def cached_head_experiments(dataset: str, weights=None, train_limit=None, seeds=
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 16:
             raise ValueError(f"image_size {image_size!r}: expected an integer >= 16 (pixels)")
         overrides["image_size"] = int(image_size)
-    return [make_experiment(prof, benchmark, head, seed=seed, **overrides)
-            for head in AUDIT_HEADS for seed in prof.seeds]
+    return [
+        make_experiment(prof, benchmark, head, seed=seed, **overrides) for head in AUDIT_HEADS for seed in prof.seeds
+    ]
 
 
 def summarize(experiments, results, dataset: str, seconds: float) -> dict:
@@ -155,8 +168,7 @@ def summarize(experiments, results, dataset: str, seconds: float) -> dict:
         epochs_run[exp.variant].append(int(result.epochs["stage1"]))
         # run_experiment reports where it wrote or found the file (a re-bound root changes the key)
         paths.append(result.path)
-    heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()}
-             for head, by_protocol in per_seed.items()}
+    heads = {head: {p: float(np.mean(v)) for p, v in by_protocol.items()} for head, by_protocol in per_seed.items()}
     first, first_result = experiments[0], results[0]
     return {
         "dataset": dataset,
@@ -182,9 +194,20 @@ def summarize(experiments, results, dataset: str, seconds: float) -> dict:
     }
 
 
-def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,), results_dir=None,
-              image_size=None, stage1_epochs=None, profile=None, force: bool = False,
-              progress: bool = True, log=print) -> dict:
+def run_audit(
+    dataset: str,
+    root=None,
+    weights=None,
+    train_limit=None,
+    seeds=(0,),
+    results_dir=None,
+    image_size=None,
+    stage1_epochs=None,
+    profile=None,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Runs (or loads) the batch-composition audit on one dataset.
 
     Args:
@@ -212,10 +235,11 @@ def run_audit(dataset: str, root=None, weights=None, train_limit=None, seeds=(0,
     say = log or (lambda *_: None)
     start = time.time()
     experiments = cached_head_experiments(dataset, weights, train_limit, seeds, image_size, stage1_epochs, profile)
-    say(f"audit of {dataset}: heads {', '.join(AUDIT_HEADS)} x seeds "
-        f"{', '.join(str(s) for s in sorted({e.seed for e in experiments}))}; {NOTE}")
-    results = run_experiments(experiments, results_dir=results_dir, force=force, root=root,
-                              progress=progress, log=say)
+    say(
+        f"audit of {dataset}: heads {', '.join(AUDIT_HEADS)} x seeds "
+        f"{', '.join(str(s) for s in sorted({e.seed for e in experiments}))}; {NOTE}"
+    )
+    results = run_experiments(experiments, results_dir=results_dir, force=force, root=root, progress=progress, log=say)
     return summarize(experiments, results, dataset, time.time() - start)
 
 

@@ -57,17 +57,25 @@ def _images(count: int, seed: int = 0):
     from pattlite import faces
     from pattlite.data.synthetic import generate_synthetic
 
-    crops, _ = generate_synthetic(num_classes=8, image_size=48, n_train=0, n_val=0, n_test=count, seed=seed,
-                                  progress=False)
+    crops, _ = generate_synthetic(
+        num_classes=8, image_size=48, n_train=0, n_val=0, n_test=count, seed=seed, progress=False
+    )
     photos, drawn = [], 0
     while len(photos) < count and drawn < 20 * count + 40:
-        batch, _ = generate_synthetic(num_classes=8, image_size=FACE_IN_PHOTO, n_train=0, n_val=0, n_test=32,
-                                      seed=seed + 1000 + drawn, progress=False)
+        batch, _ = generate_synthetic(
+            num_classes=8,
+            image_size=FACE_IN_PHOTO,
+            n_train=0,
+            n_val=0,
+            n_test=32,
+            seed=seed + 1000 + drawn,
+            progress=False,
+        )
         drawn += 32
         for face in batch:
             photo = np.full((*PHOTO_SHAPE, 3), 128, np.uint8)
             top, left = (PHOTO_SHAPE[0] - FACE_IN_PHOTO) // 2, (PHOTO_SHAPE[1] - FACE_IN_PHOTO) // 2
-            photo[top:top + FACE_IN_PHOTO, left:left + FACE_IN_PHOTO] = np.asarray(Image.fromarray(face))
+            photo[top : top + FACE_IN_PHOTO, left : left + FACE_IN_PHOTO] = np.asarray(Image.fromarray(face))
             if len(photos) < count and faces.detect_faces(photo):
                 photos.append(photo)
     if not photos:
@@ -99,13 +107,20 @@ def _time(predictor, images, batch_size: int, steps: int, detect: bool) -> dict:
         models.append(step(index))
         totals.append(time.perf_counter() - start)
     images_done = batch_size * steps
-    return {"batch_size": batch_size, "steps": steps, "detect": detect,
-            "ms_per_batch": 1000 * float(np.median(totals)), "images_per_s": images_done / sum(totals),
-            "model_ms_per_batch": 1000 * float(np.median(models)), "model_images_per_s": images_done / sum(models)}
+    return {
+        "batch_size": batch_size,
+        "steps": steps,
+        "detect": detect,
+        "ms_per_batch": 1000 * float(np.median(totals)),
+        "images_per_s": images_done / sum(totals),
+        "model_ms_per_batch": 1000 * float(np.median(models)),
+        "model_images_per_s": images_done / sum(models),
+    }
 
 
-def run_end_to_end_benchmark(batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, head=None, backbone=None,
-                             engines=ENGINES, log=print) -> dict:
+def run_end_to_end_benchmark(
+    batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, head=None, backbone=None, engines=ENGINES, log=print
+) -> dict:
     """Rows of end-to-end inference per engine, face detection off and on, and batch size.
 
     Returns:
@@ -113,8 +128,7 @@ def run_end_to_end_benchmark(batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, he
         "model_ms_per_batch", "model_images_per_s", ...} or {"engine", "skipped": reason}], "machine",
         "seconds"}.
     """
-    import keras
-
+    from pattlite import backends
     from pattlite.export import ExportError, export_keras
     from pattlite.predict import Predictor
     from pattlite.report import provenance
@@ -125,12 +139,23 @@ def run_end_to_end_benchmark(batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, he
     load_before = os.getloadavg()[0]
     model, info, described = _model(head, backbone)
     crops, photos = _images(max(batch_sizes) * 2)
-    result = {"settings": {"batch_sizes": list(batch_sizes), "steps": steps, "image_size": info.image_size,
-                           "photo": f"{PHOTO_SHAPE[1]}x{PHOTO_SHAPE[0]}, a {FACE_IN_PHOTO} px synthetic face",
-                           "crops": "48x48 synthetic faces", "decoding": "excluded (images in memory)"},
-              "model": {"variant": info.variant, "classes": len(info.classes), "described": described,
-                        "backbone": None if backbone is None else str(backbone)},
-              "rows": []}
+    result = {
+        "settings": {
+            "batch_sizes": list(batch_sizes),
+            "steps": steps,
+            "image_size": info.image_size,
+            "photo": f"{PHOTO_SHAPE[1]}x{PHOTO_SHAPE[0]}, a {FACE_IN_PHOTO} px synthetic face",
+            "crops": "48x48 synthetic faces",
+            "decoding": "excluded (images in memory)",
+        },
+        "model": {
+            "variant": info.variant,
+            "classes": len(info.classes),
+            "described": described,
+            "backbone": None if backbone is None else str(backbone),
+        },
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory(prefix="pattlite-bench-") as tmp:
         for engine in engines:
             try:
@@ -148,14 +173,17 @@ def run_end_to_end_benchmark(batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, he
                 for batch_size in batch_sizes:
                     row = {"engine": engine, **_time(predictor, photos if detect else crops, batch_size, steps, detect)}
                     result["rows"].append(row)
-                    say(f"  end-to-end {engine:11s} {'with' if detect else 'without'} detection, batch "
+                    say(
+                        f"  end-to-end {engine:11s} {'with' if detect else 'without'} detection, batch "
                         f"{batch_size:3d}: {row['ms_per_batch']:7.1f} ms per batch, {row['images_per_s']:7.1f} "
                         f"images/s (model alone {row['model_ms_per_batch']:.1f} ms, "
-                        f"{row['model_images_per_s']:.0f} images/s)")
-    result["machine"] = {k: v for k, v in provenance().items()
-                         if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")}
+                        f"{row['model_images_per_s']:.0f} images/s)"
+                    )
+    result["machine"] = {
+        k: v for k, v in provenance().items() if k in ("device", "keras", "keras_backend", "tensorflow", "git_commit")
+    }
     result["machine"]["cpu_count"] = os.cpu_count()
-    result["machine"]["keras_backend"] = keras.config.backend()
+    result["machine"]["keras_backend"] = backends.name()
     # 1-minute load averages before and after: other jobs on the cores slow every row
     result["machine"]["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["seconds"] = time.perf_counter() - started
@@ -164,13 +192,18 @@ def run_end_to_end_benchmark(batch_sizes=(1, 32), steps: int = DEFAULT_STEPS, he
 
 def format_end_to_end_table(result: dict) -> str:
     """The end-to-end rows as a Markdown table."""
-    lines = ["| engine | face detection | batch | ms per batch | images/s | model alone: ms per batch | "
-             "model alone: images/s |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| engine | face detection | batch | ms per batch | images/s | model alone: ms per batch | "
+        "model alone: images/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for row in result["rows"]:
         if "skipped" in row:
             lines.append(f"| {row['engine']} | skipped: {row['skipped'][:120]} | | | | | |")
             continue
-        lines.append(f"| {row['engine']} | {'included' if row['detect'] else 'excluded'} | {row['batch_size']} | "
-                     f"{row['ms_per_batch']:.1f} | {row['images_per_s']:.1f} | {row['model_ms_per_batch']:.1f} | "
-                     f"{row['model_images_per_s']:.1f} |")
+        lines.append(
+            f"| {row['engine']} | {'included' if row['detect'] else 'excluded'} | {row['batch_size']} | "
+            f"{row['ms_per_batch']:.1f} | {row['images_per_s']:.1f} | {row['model_ms_per_batch']:.1f} | "
+            f"{row['model_images_per_s']:.1f} |"
+        )
     return "\n".join(lines)

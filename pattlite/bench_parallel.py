@@ -1,7 +1,7 @@
 """Benchmark part `parallel`: heads trained on cached features by several processes at once.
 
 What `pattlite grid run --executor ray --cpus-per-trial 1` does on a CPU: each trial is its own process
-with one CPU and JAX on one thread (`pattlite.grid.worker_env`). This measures whether that pays, on
+with one CPU and JAX on one thread (`pattlite.grid_ray.worker_env`). This measures whether that pays, on
 random float16 features of the cut's shape (14x14x512) held in memory, with the package's fast
 training loop (`pattlite.train.fit_in_order`, stage 1 of the `published` head, batch 8):
 
@@ -37,10 +37,14 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
     the JSON of its timed epochs."""
     import keras
 
+    from pattlite import backends
+    from pattlite.arrays import in_memory
     from pattlite.bench import FEATURE_SHAPE, NUM_CLASSES
-    from pattlite.evaluate import in_memory
+    from pattlite.callbacks import balanced_class_weights
     from pattlite.model import build_head
-    from pattlite.train import TrainConfig, balanced_class_weights, enable_determinism, fit_in_order
+    from pattlite.recipe import TrainConfig
+    from pattlite.seeding import enable_determinism
+    from pattlite.train import fit_in_order
 
     recipe = TrainConfig()
     features = in_memory(np.load(features_path, mmap_mode="r"))
@@ -49,8 +53,11 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
     weights = balanced_class_weights(labels, NUM_CLASSES)[labels].astype("float32")
     enable_determinism(seed)
     model = build_head(head, NUM_CLASSES, FEATURE_SHAPE)
-    model.compile(optimizer=keras.optimizers.Adam(recipe.stage1_learning_rate, global_clipnorm=recipe.global_clipnorm),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.stage1_learning_rate, global_clipnorm=recipe.global_clipnorm),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
 
     def epoch():
         fit_in_order(model, features, labels, weights, recipe.batch_size, 1, [], reshuffle_seed=seed)
@@ -63,27 +70,44 @@ def _worker(features_path: str, head: str, repeats: int, seed: int) -> None:
         start = time.perf_counter()
         epoch()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"samples": samples, "seconds": seconds, "backend": keras.config.backend()}), flush=True)
+    print(json.dumps({"samples": samples, "seconds": seconds, "backend": backends.name()}), flush=True)
 
 
-def _run_group(features_path: Path, processes: int, one_thread: bool, head: str, repeats: int,
-               seed: int) -> dict:
+def _run_group(features_path: Path, processes: int, one_thread: bool, head: str, repeats: int, seed: int) -> dict:
     """`processes` workers started together; their timed epochs start at the same moment."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     if one_thread:
-        kept = [f for f in env.get("XLA_FLAGS", "").split()
-                if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
-        env.update(XLA_FLAGS=" ".join(kept + ONE_THREAD_XLA_FLAGS.split()), OMP_NUM_THREADS="1",
-                   TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+        kept = [
+            f
+            for f in env.get("XLA_FLAGS", "").split()
+            if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))
+        ]
+        env.update(
+            XLA_FLAGS=" ".join(kept + ONE_THREAD_XLA_FLAGS.split()),
+            OMP_NUM_THREADS="1",
+            TF_NUM_INTRAOP_THREADS="1",
+            TF_NUM_INTEROP_THREADS="1",
+        )
     command = [sys.executable, "-m", "pattlite.bench_parallel", str(features_path), head, str(repeats)]
-    workers = [subprocess.Popen(command + [str(seed + i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env) for i in range(processes)]
+    workers = [
+        subprocess.Popen(
+            command + [str(seed + i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        for i in range(processes)
+    ]
     try:
         for worker in workers:
             line = worker.stdout.readline().strip()
             if line != "ready":
-                raise RuntimeError(f"benchmark worker {worker.args} did not start (it printed {line!r}; "
-                                   "run it by hand to see its error)")
+                raise RuntimeError(
+                    f"benchmark worker {worker.args} did not start (it printed {line!r}; "
+                    "run it by hand to see its error)"
+                )
         for worker in workers:
             worker.stdin.write("go\n")
             worker.stdin.flush()
@@ -96,12 +120,23 @@ def _run_group(features_path: Path, processes: int, one_thread: bool, head: str,
                 worker.kill()
                 worker.wait()
     rates = [run["samples"] / statistics.median(run["seconds"]) for run in runs]
-    return {"processes": processes, "one_thread": one_thread, "per_process_samples_per_s": rates,
-            "samples_per_s": float(sum(rates)), "backend": runs[0]["backend"]}
+    return {
+        "processes": processes,
+        "one_thread": one_thread,
+        "per_process_samples_per_s": rates,
+        "samples_per_s": float(sum(rates)),
+        "backend": runs[0]["backend"],
+    }
 
 
-def run_parallel_benchmark(samples: int = DEFAULT_SAMPLES, processes: int = DEFAULT_PROCESSES,
-                           head: str = "published", repeats: int = 3, seed: int = 0, log=print) -> dict:
+def run_parallel_benchmark(
+    samples: int = DEFAULT_SAMPLES,
+    processes: int = DEFAULT_PROCESSES,
+    head: str = "published",
+    repeats: int = 3,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """The three rows of this module's docstring; `speedup`: the N processes' aggregate over one process
     with default threads."""
     from pattlite.bench import FEATURE_SHAPE, _positive_int
@@ -116,17 +151,31 @@ def run_parallel_benchmark(samples: int = DEFAULT_SAMPLES, processes: int = DEFA
         path = Path(tmp) / "features.npy"
         rng = np.random.default_rng(seed)
         np.save(path, rng.normal(0, 1, (samples,) + FEATURE_SHAPE).astype("float16"))
-        for name, count, one_thread in (("one process", 1, False), ("one process, 1 thread", 1, True),
-                                        (f"{processes} processes, 1 thread each", processes, True)):
+        for name, count, one_thread in (
+            ("one process", 1, False),
+            ("one process, 1 thread", 1, True),
+            (f"{processes} processes, 1 thread each", processes, True),
+        ):
             rows[name] = _run_group(path, count, one_thread, head, repeats, seed)
-            say(f"  parallel training {head} stage 1, batch 8, {name}: {rows[name]['samples_per_s']:.0f} "
-                "samples/s in all")
+            say(
+                f"  parallel training {head} stage 1, batch 8, {name}: {rows[name]['samples_per_s']:.0f} "
+                "samples/s in all"
+            )
     first, last = rows["one process"], rows[f"{processes} processes, 1 thread each"]
-    return {"settings": {"samples": samples, "processes": processes, "head": head, "repeats": repeats,
-                         "feature_shape": list(FEATURE_SHAPE), "cpu_count": os.cpu_count(),
-                         "load_average_before": list(os.getloadavg())},
-            "rows": rows, "speedup": last["samples_per_s"] / first["samples_per_s"],
-            "seconds": time.perf_counter() - started}
+    return {
+        "settings": {
+            "samples": samples,
+            "processes": processes,
+            "head": head,
+            "repeats": repeats,
+            "feature_shape": list(FEATURE_SHAPE),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": list(os.getloadavg()),
+        },
+        "rows": rows,
+        "speedup": last["samples_per_s"] / first["samples_per_s"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def format_parallel_table(result: dict) -> str:
@@ -134,8 +183,10 @@ def format_parallel_table(result: dict) -> str:
     base = result["rows"]["one process"]["samples_per_s"]
     for name, row in result["rows"].items():
         per = ", ".join(f"{rate:.0f}" for rate in row["per_process_samples_per_s"])
-        lines.append(f"| parallel training {result['settings']['head']} stage 1, {name} | 8 | "
-                     f"{row['samples_per_s']:.0f} | {per} | {row['samples_per_s'] / base:.2f}x |")
+        lines.append(
+            f"| parallel training {result['settings']['head']} stage 1, {name} | 8 | "
+            f"{row['samples_per_s']:.0f} | {per} | {row['samples_per_s'] / base:.2f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -33,8 +33,16 @@ from pattlite.files import write_atomic
 
 # Attributes of Keras callbacks that carry state from one epoch to the next (EarlyStopping,
 # ReduceLROnPlateau); `on_train_begin` resets them, so they are set again after it.
-CALLBACK_STATE = ("wait", "best", "best_weights", "best_epoch", "stopped_epoch", "cooldown_counter",
-                  "runs", "probe_results")  # the last two: pattlite.train.TestProbe
+CALLBACK_STATE = (
+    "wait",
+    "best",
+    "best_weights",
+    "best_epoch",
+    "stopped_epoch",
+    "cooldown_counter",
+    "runs",
+    "probe_results",
+)  # the last two: pattlite.train.TestProbe
 
 
 def _save_npz(path: Path, arrays: dict, meta: dict) -> None:
@@ -48,8 +56,9 @@ def _load_npz(path: Path) -> tuple[dict, dict]:
         with np.load(path) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path}: damaged training checkpoint ({error}); delete it to train this "
-                         "stage from its start") from None
+        raise ValueError(
+            f"{path}: damaged training checkpoint ({error}); delete it to train this stage from its start"
+        ) from None
     return arrays, json.loads(arrays.pop("__meta__").tobytes().decode())
 
 
@@ -59,10 +68,12 @@ def _variable_values(prefix: str, variables) -> dict:
 
 def _assign(prefix: str, variables, arrays: dict, path: Path) -> None:
     variables = list(variables)
-    stored = sum(1 for name in arrays if name.startswith(prefix) and name[len(prefix):].isdigit())
+    stored = sum(1 for name in arrays if name.startswith(prefix) and name[len(prefix) :].isdigit())
     if stored != len(variables):
-        raise ValueError(f"{path}: the checkpoint holds {stored} {prefix.rstrip('_')} variables, the model "
-                         f"{len(variables)}; it was written for another model: delete it")
+        raise ValueError(
+            f"{path}: the checkpoint holds {stored} {prefix.rstrip('_')} variables, the model "
+            f"{len(variables)}; it was written for another model: delete it"
+        )
     for i, variable in enumerate(variables):
         variable.assign(arrays[f"{prefix}{i}"])
 
@@ -90,8 +101,11 @@ class TrainingCheckpoint:
     def finish(self, name: str, model, history: dict, seconds: float, **record) -> None:
         """Keeps stage `name`'s final weights and record (history, seconds and any JSON `record`, which
         `finished` returns); its per-epoch checkpoint is no longer needed."""
-        _save_npz(self.folder / f"{name}-done.npz", _variable_values("model_", model.variables),
-                  {"history": history, "seconds": seconds, **record})
+        _save_npz(
+            self.folder / f"{name}-done.npz",
+            _variable_values("model_", model.variables),
+            {"history": history, "seconds": seconds, **record},
+        )
         (self.folder / f"{name}.npz").unlink(missing_ok=True)
 
     def remove(self) -> None:
@@ -150,8 +164,10 @@ class StageCheckpoint(keras.callbacks.Callback):
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
         self.history.setdefault("epoch", []).append(int(epoch))
-        arrays = {**_variable_values("model_", self.model.variables),
-                  **_variable_values("optimizer_", self.model.optimizer.variables)}
+        arrays = {
+            **_variable_values("model_", self.model.variables),
+            **_variable_values("optimizer_", self.model.optimizer.variables),
+        }
         states = []
         for i, callback in enumerate(self.tracked):
             state = {}
@@ -167,7 +183,12 @@ class StageCheckpoint(keras.callbacks.Callback):
                     value = value.item()
                 state[name] = value
             states.append(state)
-        meta = {"next_epoch": int(epoch) + 1, "runs": self.runs, "history": self.history,
-                "stop_training": bool(self.model.stop_training), "callbacks": states,
-                "seconds": self.seconds_before + time.time() - self._start}
+        meta = {
+            "next_epoch": int(epoch) + 1,
+            "runs": self.runs,
+            "history": self.history,
+            "stop_training": bool(self.model.stop_training),
+            "callbacks": states,
+            "seconds": self.seconds_before + time.time() - self._start,
+        }
         _save_npz(self.path, arrays, meta)

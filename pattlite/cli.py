@@ -34,7 +34,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pattlite import audit, bench, config, crossdataset, export, grid, pipeline, predict
+from pattlite import audit, bench, config, crossdataset, export, grid, parameters, predict, runs
 from pattlite.config import PROTOCOLS
 from pattlite.console import data_warning_printer, quiet_backend_logs
 from pattlite.profiles import PROFILES, get_profile, resolve_weights
@@ -81,6 +81,13 @@ def _seed(flag: str, value) -> int:
         raise CommandError(str(error)) from None
 
 
+def _seeds(flag: str, values) -> tuple:
+    try:
+        return config.check_seeds(values, flag, flag)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
 def _at_least(flag: str, value, minimum: int, unit: str = ""):
     """None stays None (the default applies); otherwise an int >= minimum, or a CommandError naming the flag."""
     if value is not None and value < minimum:
@@ -111,8 +118,9 @@ def check_arguments(args) -> None:
         _choice("--variant", "variant", args.variant, config.VARIANTS)
         _seed("--seed", args.seed)
         if args.dataset == "synthetic" and not PROFILES[args.profile].synthetic:
-            raise CommandError(f"--dataset synthetic needs a synthetic profile (ci or demo), not "
-                               f"--profile {args.profile}")
+            raise CommandError(
+                f"--dataset synthetic needs a synthetic profile (ci or demo), not --profile {args.profile}"
+            )
         if args.fold is not None:
             if args.dataset != "ckplus":
                 raise CommandError(f"--fold {args.fold}: only ckplus is cross-validated, not {args.dataset}")
@@ -137,14 +145,14 @@ def check_arguments(args) -> None:
         _choice("--dataset", "dataset", args.dataset, audit.AUDIT_DATASETS)
         if args.profile is not None:
             _choice("--profile", "profile", args.profile, PROFILES)
-        for seed in _int_list(args.seeds, "--seeds"):
-            _seed("--seeds", seed)
+        _seeds("--seeds", _int_list(args.seeds, "--seeds"))
         _at_least("--epochs", args.epochs, 1)
         _at_least("--train-limit", args.train_limit, 1, " (training images)")
         _at_least("--image-size", args.image_size, 16, " (pixels)")
-        if args.dataset != "synthetic" and args.weights is None:
-            raise CommandError(f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
-                               "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
+        try:
+            audit.check_weights(args.dataset, args.weights)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
         if args.weights is not None:
             _weights_file("--weights", args.weights)
     elif args.command == "crossdataset":
@@ -174,12 +182,11 @@ def _train_experiment(args):
     if args.weights is not None:
         overrides["weights"] = _weights_argument(args.weights)
     profile = get_profile(args.profile, allow_random_weights=args.weights is not None, **overrides)
-    return make_experiment(profile, benchmark, args.variant, seed=args.seed, fold=args.fold,
-                           root=args.root), profile
+    return make_experiment(profile, benchmark, args.variant, seed=args.seed, fold=args.fold, root=args.root), profile
 
 
 def cmd_train(args) -> int:
-    from pattlite.experiments import result_path, run_experiment  # imports Keras
+    from pattlite.experiments import result_path  # imports Keras
 
     exp, profile = _train_experiment(args)
     results_dir = None if args.results is None else _results_base(args) / profile.name
@@ -189,11 +196,11 @@ def cmd_train(args) -> int:
     # finished result needs no lock.
     try:
         if args.force or not result_path(exp, results_dir).is_file():
-            with pipeline.results_lock(folder, "pattlite " + " ".join(sys.argv[1:])):
+            with runs.results_lock(folder, "pattlite " + " ".join(sys.argv[1:])):
                 return _train(args, exp, profile, results_dir)
         return _train(args, exp, profile, results_dir)
     except BaseException as error:  # noqa: B036 - an error caused by Ctrl-C / SIGTERM is an interruption
-        stopped = pipeline.as_interruption(error, "train", experiment=exp.label(), key=exp.key())
+        stopped = runs.as_interruption(error, "train", experiment=exp.label(), key=exp.key())
         if stopped is None:
             raise
         raise stopped from error
@@ -203,43 +210,55 @@ def _train(args, exp, profile, results_dir) -> int:
     from pattlite.experiments import run_experiment
 
     source = exp.source["dataset"]
-    what = (f"synthetic stand-in (in the {exp.dataset} slot of profile {profile.name!r})"
-            if source == "synthetic" else exp.dataset)
-    print(f"pattlite train: {exp.label()} on {what}; profile {profile.name}, stage 1 {exp.stage1}, "
-          f"weights {exp.weights or 'random init, BatchNorm calibrated'}", flush=True)
+    what = (
+        f"synthetic stand-in (in the {exp.dataset} slot of profile {profile.name!r})"
+        if source == "synthetic"
+        else exp.dataset
+    )
+    print(
+        f"pattlite train: {exp.label()} on {what}; profile {profile.name}, stage 1 {exp.stage1}, "
+        f"weights {exp.weights or 'random init, BatchNorm calibrated'}",
+        flush=True,
+    )
     if args.root is not None and source == "synthetic":
         print(f"note: --root {args.root} is ignored: profile {profile.name!r} uses synthetic data", flush=True)
     result = run_experiment(exp, results_dir=results_dir, force=args.force, progress=True)
     path = result.path
     metrics = result.test_metrics
     print(("loaded from " if result.cached else "trained and evaluated; wrote ") + path)
-    print(f"epochs: stage 1 {result.epochs['stage1']}, stage 2 {result.epochs['stage2']}; "
-          f"test images {metrics[PROTOCOLS[0]]['n']}")
+    print(
+        f"epochs: stage 1 {result.epochs['stage1']}, stage 2 {result.epochs['stage2']}; "
+        f"test images {metrics[PROTOCOLS[0]]['n']}"
+    )
     for protocol in PROTOCOLS:
         if protocol in metrics:
-            print(f"  {protocol:12s} accuracy {100 * metrics[protocol]['accuracy']:6.2f}%  "
-                  f"mean class accuracy {100 * metrics[protocol]['mean_class_accuracy']:6.2f}%")
+            print(
+                f"  {protocol:12s} accuracy {100 * metrics[protocol]['accuracy']:6.2f}%  "
+                f"mean class accuracy {100 * metrics[protocol]['mean_class_accuracy']:6.2f}%"
+            )
     for note in result.notes:
         print(f"note: {note}")
     if result.synthetic:
         print("note: synthetic data: these numbers say nothing about the paper's benchmarks")
-    _json_line({
-        "dataset": args.dataset,
-        "benchmark_slot": exp.dataset,
-        "source_dataset": result.source_dataset,
-        "synthetic": bool(result.synthetic),
-        "variant": exp.variant,
-        "profile": profile.name,
-        "seed": exp.seed,
-        "fold": exp.fold,
-        "stage1": exp.stage1,
-        "key": result.key,
-        "accuracy": {p: metrics[p]["accuracy"] for p in metrics},
-        "mean_class_accuracy": {p: metrics[p]["mean_class_accuracy"] for p in metrics},
-        "epochs": result.epochs,
-        "cached": bool(result.cached),
-        "result_path": path,
-    })
+    _json_line(
+        {
+            "dataset": args.dataset,
+            "benchmark_slot": exp.dataset,
+            "source_dataset": result.source_dataset,
+            "synthetic": bool(result.synthetic),
+            "variant": exp.variant,
+            "profile": profile.name,
+            "seed": exp.seed,
+            "fold": exp.fold,
+            "stage1": exp.stage1,
+            "key": result.key,
+            "accuracy": {p: metrics[p]["accuracy"] for p in metrics},
+            "mean_class_accuracy": {p: metrics[p]["mean_class_accuracy"] for p in metrics},
+            "epochs": result.epochs,
+            "cached": bool(result.cached),
+            "result_path": path,
+        }
+    )
     return 0
 
 
@@ -252,49 +271,79 @@ def cmd_bench(args) -> int:
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")  # checked by check_arguments
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if "images" in parts:
-        print(f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
-              f"{args.steps} timed steps after 1 warm-up step per row; weights "
-              f"{weights or 'random init (throughput does not depend on the values)'}", flush=True)
-        result = bench.run_benchmark(batch_sizes=batch_sizes, steps=args.steps, image_size=args.image_size,
-                               weights=weights, train_batch_size=args.train_batch_size)
+        print(
+            f"pattlite bench: random uint8 images {args.image_size}x{args.image_size} resized to 224, "
+            f"{args.steps} timed steps after 1 warm-up step per row; weights "
+            f"{weights or 'random init (throughput does not depend on the values)'}",
+            flush=True,
+        )
+        result = bench.run_benchmark(
+            batch_sizes=batch_sizes,
+            steps=args.steps,
+            image_size=args.image_size,
+            weights=weights,
+            train_batch_size=args.train_batch_size,
+        )
         print(bench.format_table(result))
-        print(f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
-              f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
-              f"{result['seconds']:.1f} s in all")
+        print(
+            f"machine: {result['machine']['device']}, {result['machine']['cpu_count']} CPUs visible; "
+            f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']}); "
+            f"{result['seconds']:.1f} s in all"
+        )
         _json_line(result)
     if "cached" in parts:
-        print(f"pattlite bench: heads on cached features, {args.cached_samples} random float16 features "
-              f"14x14x512 per row, held in memory, fast path vs plain path in the same run; feature extraction of "
-              f"{args.extract_images} random images", flush=True)
-        result = bench.run_cached_benchmark(samples=args.cached_samples, extract_images=args.extract_images,
-                                            image_size=args.image_size, weights=weights,
-                                            train_batch_size=args.train_batch_size, repeats=args.repeats)
+        print(
+            f"pattlite bench: heads on cached features, {args.cached_samples} random float16 features "
+            f"14x14x512 per row, held in memory, fast path vs plain path in the same run; feature extraction of "
+            f"{args.extract_images} random images",
+            flush=True,
+        )
+        result = bench.run_cached_benchmark(
+            samples=args.cached_samples,
+            extract_images=args.extract_images,
+            image_size=args.image_size,
+            weights=weights,
+            train_batch_size=args.train_batch_size,
+            repeats=args.repeats,
+        )
         print(bench.format_cached_table(result))
-        print(f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
-              f"extraction on {result['extraction']['engine']}); {result['seconds']:.1f} s in all")
+        print(
+            f"Keras {result['machine']['keras']} ({result['machine']['keras_backend']} backend; feature "
+            f"extraction on {result['extraction']['engine']}); {result['seconds']:.1f} s in all"
+        )
         _json_line(result)
     if "end_to_end" in parts:
         from pattlite.bench_inference import format_end_to_end_table, run_end_to_end_benchmark
 
-        print(f"pattlite bench: end-to-end inference from decoded images (decoding excluded), {args.steps} timed "
-              f"steps after 1 warm-up step per row; Keras and the exported model (ONNX Runtime, OpenVINO)", flush=True)
+        print(
+            f"pattlite bench: end-to-end inference from decoded images (decoding excluded), {args.steps} timed "
+            f"steps after 1 warm-up step per row; Keras and the exported model (ONNX Runtime, OpenVINO)",
+            flush=True,
+        )
         result = run_end_to_end_benchmark(batch_sizes=batch_sizes, steps=args.steps, backbone=weights)
         print(format_end_to_end_table(result))
-        print(f"model: {result['model']['described']}; {result['machine']['device']}, "
-              f"{result['machine']['cpu_count']} CPUs visible; Keras {result['machine']['keras']} "
-              f"({result['machine']['keras_backend']}); load average {result['machine']['load_average'][0]:.1f} "
-              f"before, {result['machine']['load_average'][1]:.1f} after; {result['seconds']:.1f} s in all")
+        print(
+            f"model: {result['model']['described']}; {result['machine']['device']}, "
+            f"{result['machine']['cpu_count']} CPUs visible; Keras {result['machine']['keras']} "
+            f"({result['machine']['keras_backend']}); load average {result['machine']['load_average'][0]:.1f} "
+            f"before, {result['machine']['load_average'][1]:.1f} after; {result['seconds']:.1f} s in all"
+        )
         _json_line(result)
     if "parallel" in parts:
         from pattlite.bench_parallel import format_parallel_table, run_parallel_benchmark
 
-        print(f"pattlite bench: heads on cached features trained by several processes at once, "
-              f"{args.cached_samples} random float16 features 14x14x512 each, {args.repeats} timed epochs "
-              "(median) after a warm-up epoch", flush=True)
+        print(
+            f"pattlite bench: heads on cached features trained by several processes at once, "
+            f"{args.cached_samples} random float16 features 14x14x512 each, {args.repeats} timed epochs "
+            "(median) after a warm-up epoch",
+            flush=True,
+        )
         result = run_parallel_benchmark(samples=args.cached_samples, repeats=args.repeats)
         print(format_parallel_table(result))
-        print(f"{result['settings']['cpu_count']} CPUs visible; load average "
-              f"{result['settings']['load_average_before'][0]:.1f} before; {result['seconds']:.1f} s in all")
+        print(
+            f"{result['settings']['cpu_count']} CPUs visible; load average "
+            f"{result['settings']['load_average_before'][0]:.1f} before; {result['seconds']:.1f} s in all"
+        )
         _json_line(result)
     return 0
 
@@ -307,9 +356,6 @@ def cmd_audit(args) -> int:
     config.check_name("dataset", args.dataset, audit.AUDIT_DATASETS)
     synthetic = args.dataset == "synthetic"
     profile = args.profile or (audit.SYNTHETIC_PROFILE if synthetic else audit.REAL_PROFILE)
-    if not synthetic and args.weights is None:
-        raise CommandError(f"pattlite audit --dataset {args.dataset} needs --weights PATH (the ImageNet "
-                           "MobileNetV1 file mobilenet_1_0_224_imagenet_no_top.weights.h5)")
     weights = _weights_argument(args.weights)
     if synthetic and weights is None:
         print("note: synthetic run: random backbone (seeded), BatchNorm calibrated on training images", flush=True)
@@ -317,16 +363,29 @@ def cmd_audit(args) -> int:
         print(f"note: --root {args.root} is ignored for --dataset synthetic", flush=True)
     seeds = _int_list(args.seeds, "--seeds")
     summary = audit.run_audit(
-        args.dataset, root=args.root, weights=weights, train_limit=args.train_limit, seeds=seeds,
-        results_dir=audit.results_base(args.results, profile), image_size=args.image_size,
-        stage1_epochs=args.epochs, profile=profile, force=args.force, progress=True)
+        args.dataset,
+        root=args.root,
+        weights=weights,
+        train_limit=args.train_limit,
+        seeds=seeds,
+        results_dir=audit.results_base(args.results, profile),
+        image_size=args.image_size,
+        stage1_epochs=args.epochs,
+        profile=profile,
+        force=args.force,
+        progress=True,
+    )
     print(audit.format_table(summary))
-    print(f"train images {summary['train_images']}, test images {summary['test_images']}, "
-          f"{summary['image_size']}px, stage-1 epochs run {summary['epochs_run']} (cap "
-          f"{summary['stage1_epochs']}); {summary['cached']} of {len(summary['result_paths'])} results "
-          f"loaded from files; {summary['seconds']:.1f} s")
-    print(f"batch gain of the published head (published - independent protocol): "
-          f"{100 * summary['batch_gain']:+.2f} points")
+    print(
+        f"train images {summary['train_images']}, test images {summary['test_images']}, "
+        f"{summary['image_size']}px, stage-1 epochs run {summary['epochs_run']} (cap "
+        f"{summary['stage1_epochs']}); {summary['cached']} of {len(summary['result_paths'])} results "
+        f"loaded from files; {summary['seconds']:.1f} s"
+    )
+    print(
+        f"batch gain of the published head (published - independent protocol): "
+        f"{100 * summary['batch_gain']:+.2f} points"
+    )
     print(f"note: {summary['note']}")
     if summary["synthetic"]:
         print("note: synthetic data: these numbers say nothing about the paper's benchmarks")
@@ -336,7 +395,7 @@ def cmd_audit(args) -> int:
 
 def cmd_publish(args) -> int:
     config.check_name("profile", args.profile, tuple(PROFILES))
-    params = pipeline.check_parameters(pipeline.parse_parameters(args.parameter))  # before the heavy imports
+    params = parameters.check_parameters(parameters.parse_parameters(args.parameter))  # before the heavy imports
     from pattlite.studies.publish import publish
 
     ctx, _ = grid.notebook_context(args.profile, params)
@@ -351,91 +410,145 @@ def cmd_publish(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pattlite", description="PAtt-Lite replication: train, benchmark, audit, experiment grid; "
-                                     "predict with a trained model, export it.",
-        epilog="The last stdout line of every subcommand but predict is one JSON object.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,bench,audit,grid,publish,predict,export,export-head,crossdataset}")
+        prog="pattlite",
+        description="PAtt-Lite replication: train, benchmark, audit, experiment grid; "
+        "predict with a trained model, export it.",
+        epilog="The last stdout line of every subcommand but predict is one JSON object.",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{train,bench,audit,grid,publish,predict,export,export-head,crossdataset}",
+    )
 
-    train = sub.add_parser("train", help="train and evaluate one experiment (or load its result)",
-                           description="Train and evaluate one experiment under the published, shuffled "
-                                       "and independent protocols, or load it from the results folder.")
-    train.add_argument("--dataset", required=True,
-                       help=f"one of {', '.join(TRAIN_DATASETS)} (synthetic: the stand-in of a synthetic "
-                            "profile)")
-    train.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, "
-                                                    "else data/<name>/)")
+    train = sub.add_parser(
+        "train",
+        help="train and evaluate one experiment (or load its result)",
+        description="Train and evaluate one experiment under the published, shuffled "
+        "and independent protocols, or load it from the results folder.",
+    )
+    train.add_argument(
+        "--dataset",
+        required=True,
+        help=f"one of {', '.join(TRAIN_DATASETS)} (synthetic: the stand-in of a synthetic profile)",
+    )
+    train.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, else data/<name>/)")
     train.add_argument("--variant", required=True, help="model variant, e.g. published, pattlite, no_mixing")
     train.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--fold", type=int, default=None, help="CK+ test fold 0..9")
-    train.add_argument("--weights", default=None,
-                       help="backbone weights: a .weights.h5 path, imagenet, or none (random init); "
-                            "default: the profile's")
-    train.add_argument("--results", default=None,
-                       help="results base folder (default $PATTLITE_RESULTS_DIR, else results/)")
+    train.add_argument(
+        "--weights",
+        default=None,
+        help="backbone weights: a .weights.h5 path, imagenet, or none (random init); default: the profile's",
+    )
+    train.add_argument(
+        "--results", default=None, help="results base folder (default $PATTLITE_RESULTS_DIR, else results/)"
+    )
     train.add_argument("--force", action="store_true", help="retrain even when a result file exists")
     train.set_defaults(handler=cmd_train)
 
-    bench_parser = sub.add_parser("bench", help="training and inference throughput on random data",
-                                  description=bench.__doc__.splitlines()[0])
+    bench_parser = sub.add_parser(
+        "bench", help="training and inference throughput on random data", description=bench.__doc__.splitlines()[0]
+    )
     bench_parser.add_argument("--batch-sizes", default="1,32", help="inference batch sizes (default 1,32)")
-    bench_parser.add_argument("--steps", type=int, default=bench.DEFAULT_STEPS,
-                              help=f"timed steps per row (default {bench.DEFAULT_STEPS})")
-    bench_parser.add_argument("--image-size", type=int, default=bench.DEFAULT_IMAGE_SIZE,
-                              help=f"input image side before the resize to 224 (default {bench.DEFAULT_IMAGE_SIZE})")
+    bench_parser.add_argument(
+        "--steps", type=int, default=bench.DEFAULT_STEPS, help=f"timed steps per row (default {bench.DEFAULT_STEPS})"
+    )
+    bench_parser.add_argument(
+        "--image-size",
+        type=int,
+        default=bench.DEFAULT_IMAGE_SIZE,
+        help=f"input image side before the resize to 224 (default {bench.DEFAULT_IMAGE_SIZE})",
+    )
     bench_parser.add_argument("--train-batch-size", type=int, default=8, help="training batch (default 8)")
-    bench_parser.add_argument("--weights", default="none",
-                              help="backbone weights: none (default), imagenet or a .weights.h5 path")
-    bench_parser.add_argument("--parts", default="images,cached",
-                              help="which rows: images (full models on images), cached (heads on cached "
-                                   "features, fast vs plain, and feature extraction), end_to_end (the trained "
-                                   "model from decoded images, Keras vs ONNX Runtime vs OpenVINO, face detection "
-                                   "excluded and included), parallel (heads trained by several one-thread "
-                                   "processes at once vs one process, the grid's Ray trials on a CPU); default "
-                                   "images,cached")
-    bench_parser.add_argument("--repeats", type=int, default=3,
-                              help="timed runs per cached-head row, the median reported (default 3)")
-    bench_parser.add_argument("--cached-samples", type=int, default=bench.DEFAULT_CACHED_SAMPLES,
-                              help=f"features per cached-head row (default {bench.DEFAULT_CACHED_SAMPLES})")
-    bench_parser.add_argument("--extract-images", type=int, default=bench.DEFAULT_EXTRACT_IMAGES,
-                              help=f"images for the extraction row (default {bench.DEFAULT_EXTRACT_IMAGES})")
+    bench_parser.add_argument(
+        "--weights", default="none", help="backbone weights: none (default), imagenet or a .weights.h5 path"
+    )
+    bench_parser.add_argument(
+        "--parts",
+        default="images,cached",
+        help="which rows: images (full models on images), cached (heads on cached "
+        "features, fast vs plain, and feature extraction), end_to_end (the trained "
+        "model from decoded images, Keras vs ONNX Runtime vs OpenVINO, face detection "
+        "excluded and included), parallel (heads trained by several one-thread "
+        "processes at once vs one process, the grid's Ray trials on a CPU); default "
+        "images,cached",
+    )
+    bench_parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per cached-head row, the median reported (default 3)"
+    )
+    bench_parser.add_argument(
+        "--cached-samples",
+        type=int,
+        default=bench.DEFAULT_CACHED_SAMPLES,
+        help=f"features per cached-head row (default {bench.DEFAULT_CACHED_SAMPLES})",
+    )
+    bench_parser.add_argument(
+        "--extract-images",
+        type=int,
+        default=bench.DEFAULT_EXTRACT_IMAGES,
+        help=f"images for the extraction row (default {bench.DEFAULT_EXTRACT_IMAGES})",
+    )
     bench_parser.set_defaults(handler=cmd_bench)
 
-    audit_parser = sub.add_parser("audit", help="the batch-composition audit on cached backbone features",
-                                  description=audit.__doc__.splitlines()[0])
+    audit_parser = sub.add_parser(
+        "audit",
+        help="the batch-composition audit on cached backbone features",
+        description=audit.__doc__.splitlines()[0],
+    )
     audit_parser.add_argument("--dataset", required=True, help=f"one of {', '.join(audit.AUDIT_DATASETS)}")
     audit_parser.add_argument("--root", default=None, help="dataset folder")
-    audit_parser.add_argument("--weights", default=None,
-                              help="backbone weights file (required for real data)")
-    audit_parser.add_argument("--train-limit", type=int, default=None,
-                              help=f"training images, class-stratified (default {audit.DEFAULT_TRAIN_LIMIT} "
-                                   "on real data)")
+    audit_parser.add_argument("--weights", default=None, help="backbone weights file (required for real data)")
+    audit_parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help=f"training images, class-stratified (default {audit.DEFAULT_TRAIN_LIMIT} on real data)",
+    )
     audit_parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1 (default 0)")
-    audit_parser.add_argument("--epochs", type=int, default=None,
-                              help=f"stage-1 epoch cap (default {audit.DEFAULT_STAGE1_EPOCHS} on real data)")
-    audit_parser.add_argument("--image-size", type=int, default=None,
-                              help="image side fed to the model (default: the profile's, 120)")
-    audit_parser.add_argument("--profile", default=None,
-                              help="default paper (real data) or ci (synthetic; demo is larger)")
+    audit_parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"stage-1 epoch cap (default {audit.DEFAULT_STAGE1_EPOCHS} on real data)",
+    )
+    audit_parser.add_argument(
+        "--image-size", type=int, default=None, help="image side fed to the model (default: the profile's, 120)"
+    )
+    audit_parser.add_argument(
+        "--profile", default=None, help="default paper (real data) or ci (synthetic; demo is larger)"
+    )
     audit_parser.add_argument("--results", default=None, help="results base folder")
     audit_parser.add_argument("--force", action="store_true", help="retrain even when result files exist")
     audit_parser.set_defaults(handler=cmd_audit)
     grid.add_parser(sub)
 
     publish_parser = sub.add_parser(
-        "publish", help="publish a finished run: report, tables, figures without faces, run record",
+        "publish",
+        help="publish a finished run: report, tables, figures without faces, run record",
         description="Copy the report (Markdown, HTML), tables, the figures that show no dataset faces and "
-                    "the run record of a finished ./run_all.sh run into docs/results/<profile>/, and rewrite "
-                    "the README's results block for that profile from the same numbers.")
+        "the run record of a finished ./run_all.sh run into docs/results/<profile>/, and rewrite "
+        "the README's results block for that profile from the same numbers.",
+    )
     publish_parser.add_argument("--profile", required=True, help="the profile of the run, e.g. cpu")
-    publish_parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                                help="the notebook parameters the run used (repeatable), as for ./run_all.sh")
+    publish_parser.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the notebook parameters the run used (repeatable), as for ./run_all.sh",
+    )
     publish_parser.add_argument("--to", default=None, help="folder (default docs/results/<profile>/)")
     publish_parser.add_argument("--readme", default=None, help="README to update (default the project's)")
     publish_parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
-    publish_parser.add_argument("--allow-incomplete", action="store_true",
-                                help="publish a run with planned experiments without a result, or whose last "
-                                     "recorded run did not finish (the report and the README block say so)")
+    publish_parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="publish a run with planned experiments without a result, or whose last "
+        "recorded run did not finish (the report and the README block say so)",
+    )
     publish_parser.set_defaults(handler=cmd_publish)
     predict.add_parser(sub)
     export.add_parsers(sub)
@@ -449,15 +562,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings(), pipeline.handle_signals():
+        with warnings.catch_warnings(), runs.handle_signals():
             warnings.showwarning = data_warning_printer(f"pattlite {args.command}")
             check_arguments(args)
             return args.handler(args)
     except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM
-        stopped = pipeline.as_interruption(error, args.command) or pipeline.RunInterrupted("SIGINT", args.command)
-        pipeline.say_interrupted(f"pattlite {args.command}", stopped)
+        stopped = runs.as_interruption(error, args.command) or runs.RunInterrupted("SIGINT", args.command)
+        runs.say_interrupted(f"pattlite {args.command}", stopped)
         return stopped.status
-    except pipeline.ResultsFolderBusy as error:
+    except runs.ResultsFolderBusy as error:
         print(f"pattlite {args.command}: error: {error}", file=sys.stderr)
         return 1
     except FileNotFoundError as error:  # missing dataset or weights file (DatasetNotFoundError included)

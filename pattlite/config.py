@@ -1,7 +1,9 @@
-"""The one place that defines names, paths, profiles and defaults.
+"""Names and paths every module shares: class order and dataset names, the protocols and modes, the data, cache,
+results, figures and reports folders, dataset roots, and the checks of names and seeds (`check_name`,
+`check_seed`, `check_seeds`: the one seed validator).
 
-Notebooks, the CLI and the library all read from here; nothing else hard-codes a dataset root, a class
-order or a profile setting.
+Nothing else hard-codes a dataset root or a class order. Run settings (epochs, sizes, seeds, weights, the
+engines) are the profiles' (`pattlite.profiles`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ DATASET_CLASSES = {
 
 # Model variant names (pattlite.model.VARIANTS describes each; kept here so that names can be checked
 # without importing Keras).
-VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "attention_only",
-            "patch_attention")
+VARIANTS = ("published", "no_mixing", "pattlite", "baseline", "patch_only", "attention_only", "patch_attention")
 
 # Backbone layers the paper says were unfrozen for fine-tuning (Section IV-B).
 PAPER_FINETUNE_LAYERS = {"ckplus": 40, "rafdb": 59, "fer2013": 46, "ferplus": 49}
@@ -117,12 +118,13 @@ def check_seed(seed, what: str = "seed") -> int:
     return int(seed)
 
 
-def check_seeds(seeds, what: str = "seeds") -> tuple:
-    """The seeds as a tuple of ints (`check_seed` each), or a ValueError: at least one."""
+def check_seeds(seeds, what: str = "seeds", each: str = "seed") -> tuple:
+    """The seeds as a tuple of ints (`check_seed` each, its message led by `each`), or a ValueError: at least
+    one. The one seed validator: profiles, notebooks, ./run_all.sh's -p seeds= and the CLI's flags use it."""
     seeds = tuple(seeds)
     if not seeds:
         raise ValueError(f"{what} is empty: give at least one seed, e.g. 0 or 0,1")
-    return tuple(check_seed(seed, "seed") for seed in seeds)
+    return tuple(check_seed(seed, each) for seed in seeds)
 
 
 def check_name(kind: str, value: str, valid) -> str:
@@ -130,4 +132,3 @@ def check_name(kind: str, value: str, valid) -> str:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
     return value
-

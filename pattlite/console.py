@@ -106,6 +106,7 @@ def data_warning_printer(prefix: str):
         elif str(message) not in shown:
             shown.add(str(message))
             print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+
     return show
 
 
@@ -127,7 +128,10 @@ def quiet_backend_logs() -> None:
                 stream.flush()
         process = subprocess.Popen(
             [sys.executable, "-S", "-E", "-c", _FILTER_SOURCE, NOISE.pattern],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
+        )
     except (OSError, ValueError):  # no usable file descriptor 2, or no way to start a process
         return
     original = os.dup(2)

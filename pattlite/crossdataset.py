@@ -23,7 +23,7 @@ Two accuracies per dataset:
 Each with its per-class recall and confusion matrix (rows: the target's classes; columns: the target's
 classes, or for `unrestricted` the model's). `--output FILE.json` adds the result to FILE (one entry per
 dataset; an earlier entry for the same dataset is replaced), with the head's key, seed and commit and
-`pattlite.report.provenance()`. Exit status as the other commands: 1 for a missing dataset or weights file.
+`pattlite.provenance.provenance()`. Exit status as the other commands: 1 for a missing dataset or weights file.
 """
 
 from __future__ import annotations
@@ -59,11 +59,15 @@ def class_map(model_classes, target: str) -> np.ndarray:
     config.check_name("cross-dataset target", target, TARGETS)
     unknown = [c for c in model_classes if c not in CLASS_MAPS[target]]
     if unknown:
-        raise ValueError(f"model class(es) {unknown} have no entry in the {target} class map "
-                         f"(pattlite.crossdataset.CLASS_MAPS knows {sorted(CLASS_MAPS[target])})")
+        raise ValueError(
+            f"model class(es) {unknown} have no entry in the {target} class map "
+            f"(pattlite.crossdataset.CLASS_MAPS knows {sorted(CLASS_MAPS[target])})"
+        )
     labels = config.DATASET_CLASSES[target]
-    return np.array([-1 if CLASS_MAPS[target][c] is None else labels.index(CLASS_MAPS[target][c])
-                     for c in model_classes], dtype=np.int64)
+    return np.array(
+        [-1 if CLASS_MAPS[target][c] is None else labels.index(CLASS_MAPS[target][c]) for c in model_classes],
+        dtype=np.int64,
+    )
 
 
 def _recall(confusion: np.ndarray, correct_column, classes) -> dict:
@@ -78,9 +82,13 @@ def _recall(confusion: np.ndarray, correct_column, classes) -> dict:
 def _scores(y, predicted, confusion, correct_column, classes, columns) -> dict:
     recall = _recall(confusion, correct_column, classes)
     present = [r for r in recall.values() if r is not None]
-    return {"accuracy": float(np.mean(predicted == y)) if len(y) else float("nan"),
-            "mean_class_accuracy": float(np.mean(present)) if present else float("nan"),
-            "per_class_recall": recall, "confusion_matrix": confusion.tolist(), "confusion_columns": list(columns)}
+    return {
+        "accuracy": float(np.mean(predicted == y)) if len(y) else float("nan"),
+        "mean_class_accuracy": float(np.mean(present)) if present else float("nan"),
+        "per_class_recall": recall,
+        "confusion_matrix": confusion.tolist(),
+        "confusion_columns": list(columns),
+    }
 
 
 def score(probabilities, y, model_classes, target: str) -> dict:
@@ -95,15 +103,19 @@ def score(probabilities, y, model_classes, target: str) -> dict:
     restricted = index[shared[np.argmax(probabilities[:, shared], axis=1)]]
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (y, restricted), 1)
-    out = {"n": int(len(y)), "support": dict(zip(labels, np.bincount(y, minlength=len(labels)).tolist())),
-           "restricted": _scores(y, restricted, confusion, list(range(len(labels))), labels, labels)}
+    out = {
+        "n": int(len(y)),
+        "support": dict(zip(labels, np.bincount(y, minlength=len(labels)).tolist())),
+        "restricted": _scores(y, restricted, confusion, list(range(len(labels))), labels, labels),
+    }
     free = probabilities.argmax(axis=1)
     confusion = np.zeros((len(labels), len(model_classes)), dtype=np.int64)
     np.add.at(confusion, (y, free), 1)
     column = [int(np.flatnonzero(index == i)[0]) if (index == i).any() else -1 for i in range(len(labels))]
     out["unrestricted"] = _scores(y, index[free], confusion, column, labels, model_classes)
-    out["unrestricted"]["predicted_absent"] = {c: int((free == j).sum()) for j, c in enumerate(model_classes)
-                                               if index[j] < 0}
+    out["unrestricted"]["predicted_absent"] = {
+        c: int((free == j).sum()) for j, c in enumerate(model_classes) if index[j] < 0
+    }
     return out
 
 
@@ -144,8 +156,15 @@ class CrossDatasetResult:
     seconds: float | None = None
 
 
-def run_crossdataset(dataset: str, head=None, backbone="imagenet", root=None, batch_size: int = DEFAULT_BATCH_SIZE,
-                     progress: bool = True, loaded=None) -> CrossDatasetResult:
+def run_crossdataset(
+    dataset: str,
+    head=None,
+    backbone="imagenet",
+    root=None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    loaded=None,
+) -> CrossDatasetResult:
     """Evaluates the trained model of `head` (default the shipped one; or `loaded`, a `Pretrained`) on
     `dataset` (`TARGETS`), each image alone. The head's sidecar and the dataset are checked before the
     model is built."""
@@ -165,24 +184,44 @@ def run_crossdataset(dataset: str, head=None, backbone="imagenet", root=None, ba
         from pattlite.predict import load_model
 
         loaded = load_model(head_path, backbone)
-    probabilities = evaluate.predict(loaded.model, pixels, manifest["y"].to_numpy(), "independent",
-                                     batch_size=batch_size)
+    probabilities = evaluate.predict(
+        loaded.model, pixels, manifest["y"].to_numpy(), "independent", batch_size=batch_size
+    )
     scores = score(probabilities, manifest["y"].to_numpy(), info.classes, dataset)
     labels = list(config.DATASET_CLASSES[dataset])
     identity = manifest.attrs.get("data") or {}
     return CrossDatasetResult(
-        dataset=dataset, split=TARGET_SPLITS[dataset] or "all", n=scores["n"], classes=labels,
-        model_classes=list(info.classes), support=scores["support"],
+        dataset=dataset,
+        split=TARGET_SPLITS[dataset] or "all",
+        n=scores["n"],
+        classes=labels,
+        model_classes=list(info.classes),
+        support=scores["support"],
         class_map={c: (labels[i] if i >= 0 else None) for c, i in zip(info.classes, index)},
-        restricted=scores["restricted"], unrestricted=scores["unrestricted"],
-        head={"path": str(head_path), "variant": info.variant, "dataset": info.dataset, "seed": info.seed,
-              "profile": info.profile, "experiment_key": info.experiment_key, "source_commit": info.source_commit,
-              "weights_sha256": info.weights_sha256, "synthetic": info.synthetic,
-              "backbone": None if loaded.backbone is None else str(loaded.backbone)},
-        data={"source": manifest.attrs.get("source"), "root": identity.get("root"),
-              "content": identity.get("content"), "image_size": info.image_size,
-              "synthetic": bool(manifest.attrs.get("synthetic"))},
-        provenance=report.provenance(), seconds=round(time.perf_counter() - started, 1))
+        restricted=scores["restricted"],
+        unrestricted=scores["unrestricted"],
+        head={
+            "path": str(head_path),
+            "variant": info.variant,
+            "dataset": info.dataset,
+            "seed": info.seed,
+            "profile": info.profile,
+            "experiment_key": info.experiment_key,
+            "source_commit": info.source_commit,
+            "weights_sha256": info.weights_sha256,
+            "synthetic": info.synthetic,
+            "backbone": None if loaded.backbone is None else str(loaded.backbone),
+        },
+        data={
+            "source": manifest.attrs.get("source"),
+            "root": identity.get("root"),
+            "content": identity.get("content"),
+            "image_size": info.image_size,
+            "synthetic": bool(manifest.attrs.get("synthetic")),
+        },
+        provenance=report.provenance(),
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def read_results(path) -> dict:
@@ -192,11 +231,16 @@ def read_results(path) -> dict:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(content, dict) or content.get("format") != FORMAT or not isinstance(content.get("datasets"), dict):
+    if (
+        not isinstance(content, dict)
+        or content.get("format") != FORMAT
+        or not isinstance(content.get("datasets"), dict)
+    ):
         raise ValueError(f"{path} is not a file of `pattlite crossdataset --output` (format {FORMAT!r})")
     if content.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {content.get('format_version')!r}; this pattlite reads "
-                         f"{FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format version {content.get('format_version')!r}; this pattlite reads {FORMAT_VERSION}"
+        )
     return content["datasets"]
 
 
@@ -208,8 +252,10 @@ def write_result(path, result) -> Path:
     datasets = read_results(path) if Path(path).exists() else {}
     datasets[entry["dataset"]] = entry
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                    "datasets": {k: datasets[k] for k in sorted(datasets)}})
+    return write_json_atomic(
+        path,
+        {"format": FORMAT, "format_version": FORMAT_VERSION, "datasets": {k: datasets[k] for k in sorted(datasets)}},
+    )
 
 
 def summary_table(results: dict):
@@ -219,13 +265,18 @@ def summary_table(results: dict):
     rows = []
     for name, r in results.items():
         absent = r["unrestricted"].get("predicted_absent", {})
-        rows.append({"dataset": config.DATASET_NAMES.get(name, name), "images": r["n"],
-                     "accuracy, classes it has (%)": round(100 * r["restricted"]["accuracy"], 2),
-                     "accuracy, all outputs (%)": round(100 * r["unrestricted"]["accuracy"], 2),
-                     "mean class recall, classes it has (%)": round(100 * r["restricted"]["mean_class_accuracy"], 2),
-                     "predicted a class it lacks": ", ".join(f"{c} {k}" for c, k in absent.items()) or "-",
-                     "model": f"{r['head'].get('variant')} on {r['head'].get('dataset')}, seed {r['head'].get('seed')}, "
-                              f"key {r['head'].get('experiment_key')}"})
+        rows.append(
+            {
+                "dataset": config.DATASET_NAMES.get(name, name),
+                "images": r["n"],
+                "accuracy, classes it has (%)": round(100 * r["restricted"]["accuracy"], 2),
+                "accuracy, all outputs (%)": round(100 * r["unrestricted"]["accuracy"], 2),
+                "mean class recall, classes it has (%)": round(100 * r["restricted"]["mean_class_accuracy"], 2),
+                "predicted a class it lacks": ", ".join(f"{c} {k}" for c, k in absent.items()) or "-",
+                "model": f"{r['head'].get('variant')} on {r['head'].get('dataset')}, seed {r['head'].get('seed')}, "
+                f"key {r['head'].get('experiment_key')}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -233,9 +284,18 @@ def recall_table(results: dict, which: str = "restricted"):
     """Per-class recall (%): one row per class, one column per dataset (empty where it has no such class)."""
     import pandas as pd
 
-    return pd.DataFrame({config.DATASET_NAMES.get(name, name): {c: (None if v is None else round(100 * v, 2))
-                                                                for c, v in r[which]["per_class_recall"].items()}
-                         for name, r in results.items()}).reindex(list(config.CLASSES)).dropna(how="all")
+    return (
+        pd.DataFrame(
+            {
+                config.DATASET_NAMES.get(name, name): {
+                    c: (None if v is None else round(100 * v, 2)) for c, v in r[which]["per_class_recall"].items()
+                }
+                for name, r in results.items()
+            }
+        )
+        .reindex(list(config.CLASSES))
+        .dropna(how="all")
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -245,19 +305,33 @@ def recall_table(results: dict, which: str = "restricted"):
 def add_parser(subparsers) -> None:
     """`pattlite crossdataset` (see the module docstring)."""
     p = subparsers.add_parser(
-        "crossdataset", help="a trained model's accuracy on CK+ or FER2013, each image predicted alone",
+        "crossdataset",
+        help="a trained model's accuracy on CK+ or FER2013, each image predicted alone",
         description="Evaluate a trained model (the shipped FERPlus head, or --head) on every CK+ image or the "
-                    "FER2013 test split, each image alone: accuracy over the classes the dataset has and over all "
-                    "the model's classes, per-class recall, confusion matrices.")
+        "FER2013 test split, each image alone: accuracy over the classes the dataset has and over all "
+        "the model's classes, per-class recall, confusion matrices.",
+    )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(TARGETS)}")
-    p.add_argument("--head", default=None, help="trained head weights (.weights.h5 with its .json sidecar); "
-                   "default: the shipped pattlite_ferplus.weights.h5")
-    p.add_argument("--backbone", default="imagenet", help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, "
-                   "data/weights/, else Keras' download), a .weights.h5 path, or none (random: for tests only)")
+    p.add_argument(
+        "--head",
+        default=None,
+        help="trained head weights (.weights.h5 with its .json sidecar); "
+        "default: the shipped pattlite_ferplus.weights.h5",
+    )
+    p.add_argument(
+        "--backbone",
+        default="imagenet",
+        help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, "
+        "data/weights/, else Keras' download), a .weights.h5 path, or none (random: for tests only)",
+    )
     p.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, else data/<name>/)")
     p.add_argument("--output", default=None, help="add the result to this JSON file (one entry per dataset)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images per model call (default {DEFAULT_BATCH_SIZE}; each is still predicted alone)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per model call (default {DEFAULT_BATCH_SIZE}; each is still predicted alone)",
+    )
     p.set_defaults(handler=cmd_crossdataset)
 
 
@@ -267,27 +341,42 @@ def format_result(r: CrossDatasetResult) -> str:
     lines = [f"{'class':10s} {'images':>6s}  recall, classes it has  recall, all outputs"]
     for c in r.classes:
         pair = [r.restricted["per_class_recall"][c], r.unrestricted["per_class_recall"][c]]
-        lines.append(f"{c:10s} {r.support[c]:6d}  " + "  ".join(
-            f"{'-' if v is None else f'{100 * v:.2f}%':>20s}" for v in pair))
-    lines.append(f"accuracy: {100 * r.restricted['accuracy']:.2f}% over the {len(r.classes)} classes "
-                 f"{config.DATASET_NAMES[r.dataset]} has, {100 * r.unrestricted['accuracy']:.2f}% over all "
-                 f"{len(r.model_classes)} outputs (predicted a class it lacks: "
-                 + (", ".join(f"{c} {k}" for c, k in absent.items()) or "none") + ")")
+        lines.append(
+            f"{c:10s} {r.support[c]:6d}  " + "  ".join(f"{'-' if v is None else f'{100 * v:.2f}%':>20s}" for v in pair)
+        )
+    lines.append(
+        f"accuracy: {100 * r.restricted['accuracy']:.2f}% over the {len(r.classes)} classes "
+        f"{config.DATASET_NAMES[r.dataset]} has, {100 * r.unrestricted['accuracy']:.2f}% over all "
+        f"{len(r.model_classes)} outputs (predicted a class it lacks: "
+        + (", ".join(f"{c} {k}" for c, k in absent.items()) or "none")
+        + ")"
+    )
     return "\n".join(lines)
 
 
 def cmd_crossdataset(args) -> int:
     from pattlite.predict import backbone_argument
 
-    result = run_crossdataset(args.dataset, head=args.head, backbone=backbone_argument(args.backbone),
-                              root=args.root, batch_size=args.batch_size, progress=True)
+    result = run_crossdataset(
+        args.dataset,
+        head=args.head,
+        backbone=backbone_argument(args.backbone),
+        root=args.root,
+        batch_size=args.batch_size,
+        progress=True,
+    )
     h = result.head
-    print(f"pattlite crossdataset: {config.DATASET_NAMES[result.dataset]}, {result.n} images ({result.split}; "
-          f"{result.data['source']}), each predicted alone; model {h['variant']} trained on {h['dataset']} "
-          f"(seed {h['seed']}, key {h['experiment_key']}; {h['path']})", flush=True)
+    print(
+        f"pattlite crossdataset: {config.DATASET_NAMES[result.dataset]}, {result.n} images ({result.split}; "
+        f"{result.data['source']}), each predicted alone; model {h['variant']} trained on {h['dataset']} "
+        f"(seed {h['seed']}, key {h['experiment_key']}; {h['path']})",
+        flush=True,
+    )
     print(format_result(result))
     if h["backbone"] is None or h["synthetic"] or result.data["synthetic"]:
-        print("note: a random backbone, a synthetic head or synthetic data: these numbers mean nothing", file=sys.stderr)
+        print(
+            "note: a random backbone, a synthetic head or synthetic data: these numbers mean nothing", file=sys.stderr
+        )
     if args.output:
         print(f"written to {write_result(Path(args.output).expanduser(), result)}")
     print(json.dumps(asdict(result)), flush=True)

@@ -11,7 +11,9 @@ The authors' batch-mixing attention makes a prediction depend on the other image
   (`tests/test_evaluate.py` checks that equivalence). Models without batch mixing give the same numbers
   under every protocol.
 
-Works on full models (uint8 images) and on heads (cached backbone features). Keras 3 only.
+Works on full models (uint8 images) and on heads (cached backbone features). Written against Keras 3's
+backend-neutral API; the on-device prediction of in-memory features, where the running backend has one,
+is `pattlite.backends`'.
 """
 
 from __future__ import annotations
@@ -22,8 +24,26 @@ import math
 import keras
 import numpy as np
 
-from pattlite import config
+from pattlite import backends, config
+from pattlite.arrays import gather_rows, in_memory, is_in_memory
 from pattlite.config import PROTOCOLS
+from pattlite.layers import BatchMixingAttention
+
+# `in_memory` and `is_in_memory` (now in pattlite.arrays) stay importable from here.
+__all__ = [
+    "PUBLISHED_BATCH_SIZE",
+    "epoch_order",
+    "OrderedBatches",
+    "batch_mixing_disabled",
+    "batch_mixing_groups",
+    "protocol_order",
+    "is_in_memory",
+    "in_memory",
+    "predict",
+    "metrics_from_predictions",
+    "evaluate",
+]
+
 PUBLISHED_BATCH_SIZE = 32
 
 
@@ -78,13 +98,9 @@ class OrderedBatches(keras.utils.PyDataset):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, index):
-        # Sorted reads are faster on memory maps; the batch's own order is restored after reading.
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        sort = np.argsort(rows, kind="stable")
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         # float16 features are widened here: CPU kernels for half precision are slow or missing.
-        dtype = "float32" if self.x.dtype == np.float16 else self.x.dtype
-        x = np.empty((len(rows),) + tuple(self.x.shape[1:]), dtype=dtype)
-        x[sort] = self.x[rows[sort]]
+        x = gather_rows(self.x, rows, "float32" if self.x.dtype == np.float16 else None)
         if self.y is None:
             return (x,)
         y = np.asarray(self.y)[rows]
@@ -106,8 +122,6 @@ def _mixing_layers_set(model, **attributes):
     in and out: a validation callback that switches protocols every epoch then compiles each once.
     Nothing changes for models without batch mixing.
     """
-    from pattlite.model import BatchMixingAttention
-
     layers = [layer for layer in model.layers if isinstance(layer, BatchMixingAttention) and layer.mixing]
     if not layers:
         yield model
@@ -164,8 +178,9 @@ def _check_inputs(model, x, y):
         raise ValueError("cannot evaluate on an empty set (0 images)")
     expected = tuple(model.inputs[0].shape[1:])
     if tuple(x.shape[1:]) != expected:
-        raise ValueError(f"inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which "
-                         f"expects (N,) + {expected}")
+        raise ValueError(
+            f"inputs of shape {tuple(x.shape)} do not fit model {model.name!r}, which expects (N,) + {expected}"
+        )
 
 
 def batch_mixing_groups(model, group_size: int):
@@ -175,49 +190,10 @@ def batch_mixing_groups(model, group_size: int):
     return _mixing_layers_set(model, group_size=int(group_size))
 
 
-# Rows per inference call on cached features, by Keras backend: a multiple of every protocol batch size
-# used (8, 32). Measured on 2 CPU cores, published-protocol prediction of 4,096 memory-mapped features
-# (`pattlite bench --parts cached`): TensorFlow fastest at 512 (4,350-5,100 samples/s). JAX, features
-# on the device (AMD EPYC 7xx3): 10,100-11,000 samples/s at 64, 8,600-13,200 at 32, about 4,000 at 16
-# and at 128 (where the float32 copy of a call's features, 51 MB, outgrows the 32 MB L3 cache).
-FAST_PREDICT_ROWS = {"jax": 64}
-FAST_PREDICT_BATCH = 512  # every other backend
-
-
 def _rows_per_call() -> int:
-    return FAST_PREDICT_ROWS.get(keras.config.backend(), FAST_PREDICT_BATCH)
-
-
-def is_in_memory(x) -> bool:
-    """True for an ordinary NumPy array (not a memory map, not `FeatureRows`)."""
-    return isinstance(x, np.ndarray) and not isinstance(x, np.memmap)
-
-
-def in_memory(x, max_bytes: float = float("inf")):
-    """x as an in-memory NumPy array when it takes at most `max_bytes`, else x as it is.
-
-    A memory map or `pattlite.features.FeatureRows` is read once, sequentially, into an
-    `aligned_empty` buffer, which the JAX backend then uses in place instead of copying it on every
-    call. An in-memory array is returned as it is (the JAX backend copies it when it is not aligned).
-    """
-    from pattlite.features import aligned_empty
-
-    if is_in_memory(x):
-        return x
-    nbytes = getattr(x, "nbytes", None)
-    if nbytes is None or nbytes > max_bytes:
-        return x
-    out = aligned_empty(x.shape, x.dtype)
-    rows = max(1, (64 * 2**20) // max(1, nbytes // max(1, len(x))))  # reads of about 64 MB
-    for start in range(0, len(x), rows):
-        out[start:start + rows] = x[start:start + rows]
-    return out
-
-
-def _rows(x, rows):
-    # float16 stays float16: the model casts its input to float32 inside the compiled call, measured
-    # 2.6x faster than widening in NumPy first (the NumPy half-to-float conversion is slow).
-    return np.asarray(x[rows])
+    """Rows per inference call on cached features: the running backend's `PREDICT_ROWS` (512 on
+    TensorFlow and other backends, 64 on JAX)."""
+    return backends.current().PREDICT_ROWS
 
 
 def _is_head(model) -> bool:
@@ -229,7 +205,7 @@ def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISH
 
     Every protocol keeps its batch composition: the images taken in the protocol's order, in batches
     of `batch_size` (the last one smaller). On a head (cached features) the batches are computed
-    `_rows_per_call()` rows at a time (`FAST_PREDICT_ROWS`): the batch-mixing attention mixes each run
+    `_rows_per_call()` rows at a time (the backend's `PREDICT_ROWS`): the batch-mixing attention mixes each run
     of `batch_size` consecutive rows on its own (`batch_mixing_groups`), the rest of the head is per image in
     inference, so the result is what batches of `batch_size` give (tests/test_evaluate.py checks it).
 
@@ -257,81 +233,27 @@ def predict(model, x, y, protocol: str, seed: int = 0, batch_size: int = PUBLISH
 
 
 def _predict_grouped(model, x, order, batch_size):
-    """Predictions in `order`, batches of `batch_size` computed `_rows_per_call()` rows per call."""
-    if keras.config.backend() == "jax" and is_in_memory(x):
-        return _predict_grouped_on_jax(model, x, order, batch_size)
+    """Predictions in `order`, batches of `batch_size` computed `_rows_per_call()` rows per call; on the
+    running backend's device when it has a way (`pattlite.backends`, `predict_in_memory`) and x is in
+    memory."""
+    on_device = backends.current().predict_in_memory
+    if on_device is not None and is_in_memory(x):
+        return on_device(model, x, order, batch_size, batch_mixing_groups(model, batch_size), _mixing_state)
     full = len(order) // batch_size * batch_size
     parts = []
     with batch_mixing_groups(model, batch_size):
         step = _rows_per_call()
         for start in range(0, full, step):
-            rows = order[start:min(start + step, full)]
-            parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, rows))))
+            rows = order[start : min(start + step, full)]
+            parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(gather_rows(x, rows))))
     if full < len(order):  # the last, smaller batch: a batch of its own
-        parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(_rows(x, order[full:]))))
+        parts.append(keras.ops.convert_to_numpy(model.predict_on_batch(gather_rows(x, order[full:]))))
     return np.concatenate(parts)
 
 
 def _mixing_state(model) -> tuple:
-    from pattlite.model import BatchMixingAttention
-
-    return tuple((layer.mixing, layer.group_size) for layer in model.layers
-                 if isinstance(layer, BatchMixingAttention))
-
-
-# JAX: up to this many blocks of `_rows_per_call()` rows per compiled call, one `jax.lax.map` over them.
-# Published-protocol prediction of 4,096 features on 2 cores (AMD EPYC 7xx3), same process, alternating:
-# 9,900-14,900 samples/s against 7,900-10,100 with one call per block.
-JAX_BLOCKS_PER_CALL = 16
-
-
-def _predict_grouped_on_jax(model, x, order, batch_size):
-    """`_predict_grouped` on the JAX backend for in-memory x: x is put on the device once (in place
-    when aligned, see `in_memory`), and each compiled call maps over up to `JAX_BLOCKS_PER_CALL` blocks
-    of `_rows_per_call()` rows, each block gathering its rows there: no host-side gather and copy, and
-    few calls. Calls take 16, 8, 4, 2 or 1 blocks (the last block padded with whole batches of row 0,
-    dropped), so each batch-mixing setting compiles at most 5 shapes.
-    """
-    import jax  # edge: the backend's compilation, loop and device arrays
-
-    functions = model.__dict__.setdefault("_pattlite_jax_predict", {})
-
-    def compiled(kind):
-        key = (_mixing_state(model), kind)
-        if key not in functions:
-            def run(trainable, non_trainable, features, rows):
-                inputs = features[rows]
-                if inputs.dtype == np.float16:  # widened inside the call, as in training
-                    inputs = inputs.astype("float32")
-                return model.stateless_call(trainable, non_trainable, inputs, training=False)[0]
-
-            def run_blocks(trainable, non_trainable, features, blocks):
-                return jax.lax.map(lambda rows: run(trainable, non_trainable, features, rows), blocks)
-
-            functions[key] = jax.jit(run_blocks if kind == "blocks" else run)
-        return functions[key]
-
-    features = jax.device_put(x, may_alias=True)
-    weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
-    step = _rows_per_call()
-    full = len(order) // batch_size * batch_size
-    rows = np.asarray(order, dtype=np.int32)
-    parts = []
-    with batch_mixing_groups(model, batch_size):
-        run = compiled("blocks")
-        start = 0
-        while start < full:
-            blocks = min(JAX_BLOCKS_PER_CALL, 1 << ((full - start + step - 1) // step).bit_length() - 1)
-            chunk = rows[start:min(start + blocks * step, full)]
-            real = len(chunk)
-            if real < blocks * step:  # whole batches of row 0, dropped below
-                chunk = np.concatenate([chunk, np.zeros(blocks * step - real, np.int32)])
-            out = run(*weights, features, chunk.reshape(blocks, step))
-            parts.append(out.reshape(blocks * step, -1)[:real])
-            start += real
-    if full < len(order):  # the last, smaller batch: a batch of its own
-        parts.append(compiled("rows")(*weights, features, rows[full:]))
-    return np.concatenate([np.asarray(part) for part in parts])
+    """The settings of the model's `BatchMixingAttention` layers, which a compiled call bakes in."""
+    return tuple((layer.mixing, layer.group_size) for layer in model.layers if isinstance(layer, BatchMixingAttention))
 
 
 def metrics_from_predictions(y, predictions, classes) -> dict:
@@ -388,8 +310,10 @@ def evaluate(model, x, y, classes, protocol: str, seed: int = 0, batch_size: int
     config.check_name("evaluation protocol", protocol, PROTOCOLS)
     probs = predict(model, x, y, protocol, seed=seed, batch_size=batch_size)
     if probs.shape[1] != len(classes):
-        raise ValueError(f"model {model.name!r} predicts {probs.shape[1]} classes but {len(classes)} "
-                         f"class names were given: {tuple(classes)}")
+        raise ValueError(
+            f"model {model.name!r} predicts {probs.shape[1]} classes but {len(classes)} "
+            f"class names were given: {tuple(classes)}"
+        )
     predictions = probs.argmax(axis=1)
     result = {"protocol": protocol, "seed": int(seed), "batch_size": int(batch_size)}
     result.update(metrics_from_predictions(y, predictions, classes))

@@ -1,4 +1,6 @@
-"""Experiments: configs, hashing, result files and run-or-load.
+"""Experiments: run-or-load, result files, collecting results. The configuration and its key are
+`pattlite.experiment_config`, the data an experiment reads `pattlite.experiment_data`; both are importable
+from here.
 
 An experiment is everything that determines one trained-and-evaluated model: the benchmark and its
 data source, the data it is read from (the content digest of its files, `pattlite.data.fingerprint`),
@@ -25,8 +27,7 @@ run_experiments(exps)
 collect_results(pattlite.config.results_dir("demo"))
 ```
 
-About 530 lines: the experiment's config, its data loading (pixels, features, stand-ins) and the
-run-or-load logic share the key and are kept together; the result file's schema is `pattlite.results`.
+The result file's schema is `pattlite.results`.
 """
 
 from __future__ import annotations
@@ -40,320 +41,47 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.config import PROTOCOLS, SUBSETS
-from pattlite.data import load_manifest, load_pixels
-from pattlite.data.fingerprint import dataset_identity
-from pattlite.data.pixels import UnreadableImagesError
-from pattlite.evaluate import evaluate
-from pattlite.features import backbone_features, extraction_engine, extraction_identity, random_backbone_weights
-from pattlite.files import json_digest, write_atomic
-from pattlite.model import VARIANTS, build_head, build_model, copy_head_weights, variant_cut_layer
-from pattlite.profiles import BENCHMARKS, Profile, get_profile, resolve_weights
-from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
 from pattlite.checkpoints import TrainingCheckpoint
-from pattlite.train import TrainConfig, add_stage2, enable_determinism, train
+from pattlite.config import SUBSETS
+from pattlite.evaluate import evaluate
 
-# Model options an experiment may set: every variant's own options, and augment (resize_to is the profile's).
-MODEL_OPTIONS = tuple(dict.fromkeys(o for v in VARIANTS.values() for o in v.options)) + ("augment",)
-SUBSET_SEED = 0  # the training-set limit draws the same images whatever the training seed
-CACHED_NOTE = ("stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
-               "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
-               "features too")
-CACHED_FLIP_NOTE = ("trained on cached frozen-backbone features with the authors' horizontal flip (each "
-                    "epoch every training image or its mirror image, probability 1/2, features of both "
-                    "cached); no random contrast (it cannot be cached exactly); stage 2 as coded changes "
-                    "no backbone weight, so it runs on features too")
+# The experiment's configuration and its data live in their own modules; their names stay importable from here.
+from pattlite.experiment_config import (  # noqa: F401
+    MODEL_OPTIONS,
+    Experiment,
+    bind_root,
+    data_identity,
+    make_experiment,
+)
+from pattlite.experiment_data import (  # noqa: F401
+    SUBSET_SEED,
+    DataChangedError,
+    _RowsOf,
+    _take,
+    experiment_weights,
+    limit_training_rows,
+    load_experiment_data,
+)
+from pattlite.extraction import extraction_identity
+from pattlite.features import backbone_features
+from pattlite.files import write_atomic
+from pattlite.model import build_head, build_model, copy_head_weights, variant_cut_layer
+from pattlite.recipe import TrainConfig
+from pattlite.results import WHOLE_TEST, ExperimentResult, jsonable, result_file, result_files
+from pattlite.seeding import enable_determinism
+from pattlite.train import add_stage2, train
 
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """One trained-and-evaluated model, fully specified (see `make_experiment`).
-
-    Attributes:
-        profile: profile name (picks the default results folder).
-        dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
-        source: {"dataset": reader name, "options": reader options} (synthetic stand-in or real data).
-        synthetic: True when the data are synthetic.
-        data: {"root", "content"} of a real dataset: its folder (recorded, not part of the key) and the
-            content digest of its files (`pattlite.data.fingerprint.dataset_identity`; None when the
-            root does not exist yet); both None for synthetic data, which `source` (the generator
-            options) identifies.
-        fold: CK+ test fold (None for other benchmarks).
-        variant: `pattlite.model` variant; model_options: its options (cut_layer, kernel, attention, augment).
-        seed: training seed.
-        image_size, resize_to: image side fed to the model, side resized to inside it.
-        weights: "imagenet", a weights file path, or None (seeded random backbone, BatchNorm calibrated
-            on `bn_calibration_images` training images; `weights_seed`).
-        stage1: "exact" (full model, augmentation) or "cached" (head on cached features, no augmentation).
-        extraction_engine: the library that computes the cached features ("openvino" or "tensorflow";
-            None when stage 1 is "exact"). Part of the key: the two engines' features differ by up to
-            one float16 step, which training turns into accuracies points apart, so a result holds only
-            for the engine that made it. Its version is recorded, not keyed (see `make_experiment`).
-        finetune: "as_coded" or "paper".
-        train_limit: at most this many training images (class-stratified; None = all).
-        protocols: evaluation protocols run on the test split and on each challenging subset.
-        train: `TrainConfig` fields other than the defaults (epochs, validation, ...).
-    """
-
-    profile: str
-    dataset: str
-    source: dict
-    synthetic: bool
-    data: dict
-    fold: int | None
-    variant: str
-    model_options: dict
-    seed: int
-    image_size: int
-    resize_to: int
-    weights: str | None
-    weights_seed: int
-    bn_calibration_images: int
-    stage1: str
-    extraction_engine: str | None
-    finetune: str
-    train_limit: int | None
-    protocols: tuple
-    train: dict
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["protocols"] = list(self.protocols)
-        return d
-
-    def key(self) -> str:
-        """Short hash of the canonical JSON of every field but the dataset's folder (`data["root"]`)."""
-        keyed = self.to_dict()
-        keyed["data"] = {k: v for k, v in keyed["data"].items() if k != "root"}
-        return json_digest(keyed)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(seed=self.seed, finetune=self.finetune, verbose=False, **self.train)
-
-    def evaluated_on_features(self) -> bool:
-        """Whether the evaluated model (and the saved weights) is the head on cached features: a cached
-        stage 1, except when the paper's fine-tuning, which changes backbone weights, ran stage 2 on the
-        full model."""
-        return self.stage1 == "cached" and not (self.finetune == "paper" and self.train_config().stage2)
-
-    def label(self) -> str:
-        """Short human-readable description for progress lines."""
-        fold = f" fold {self.fold}" if self.fold is not None else ""
-        options = "".join(f" {k}={v}" for k, v in sorted(self.model_options.items()))
-        return f"{self.dataset}{fold} {self.variant}{options} seed {self.seed}"
-
-
-def data_identity(source: dict, root=None) -> dict:
-    """{"root", "content"} of an experiment's data source (see `Experiment.data`)."""
-    if source["dataset"] == "synthetic":
-        return {"root": None, "content": None}
-    identity = dataset_identity(source["dataset"], root, **source["options"])
-    return {"root": identity["root"], "content": identity["content"]}
-
-
-def bind_root(exp: Experiment, root) -> Experiment:
-    """The experiment on the dataset at `root` (its current files); unchanged for synthetic data or root None."""
-    if root is None or exp.source["dataset"] == "synthetic":
-        return exp
-    return dataclasses.replace(exp, data=data_identity(exp.source, root))
-
-
-def make_experiment(profile, dataset: str, variant: str, seed: int = 0, fold: int | None = None,
-                    root=None, **overrides) -> Experiment:
-    """An `Experiment` with every field filled from a profile.
-
-    Args:
-        profile: a profile name or `Profile`.
-        dataset: benchmark name ("ckplus", "rafdb", "fer2013", "ferplus").
-        variant: a `pattlite.model` variant.
-        seed: training seed, 0..2**32 - 1.
-        fold: CK+ test fold (default: the profile's first fold); not allowed for other benchmarks.
-        root: the real dataset's folder (default `$PATTLITE_<NAME>_ROOT`, else data/<name>/); its
-            files' content digest is taken now (`Experiment.data`). Ignored for synthetic data.
-        **overrides: `Experiment` fields (e.g. stage1="exact"), model options (cut_layer, kernel,
-            attention, augment) or `TrainConfig` fields (e.g. stage2=False, validation="independent").
-
-    Raises:
-        ValueError: unknown profile, dataset, variant or override (the message lists the valid names).
-    """
-    if not isinstance(profile, Profile):
-        profile = get_profile(profile)
-    config.check_name("benchmark", dataset, BENCHMARKS)
-    config.check_name("variant", variant, tuple(VARIANTS))
-    seed = config.check_seed(seed)
-    if dataset == "ckplus":
-        fold = profile.ckplus_folds[0] if fold is None else fold
-        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < 10:
-            raise ValueError(f"fold {fold!r}: expected an int in 0..9 (CK+ 10-fold cross-validation)")
-    elif fold is not None:
-        raise ValueError(f"fold={fold!r} given for {dataset!r}; only ckplus is cross-validated")
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "finetune", "verbose"}
-    exp_fields = {f.name for f in dataclasses.fields(Experiment)} - {"profile", "dataset", "variant",
-                                                                      "seed", "fold", "train"}
-    model_options, train_overrides, exp_overrides = {}, {}, {}
-    for name, value in overrides.items():
-        if name in MODEL_OPTIONS:
-            model_options[name] = value
-        elif name in exp_fields:
-            exp_overrides[name] = value
-        elif name in train_fields:
-            train_overrides[name] = value
-        else:
-            raise ValueError(f"unknown experiment override {name!r}; valid: experiment fields "
-                             f"{sorted(exp_fields)}, model options {list(MODEL_OPTIONS)}, TrainConfig "
-                             f"fields {sorted(train_fields)}")
-    train_settings = {
-        "stage1_epochs": profile.stage1_epochs, "stage2_epochs": profile.stage2_epochs,
-        "stage2_max_epochs": profile.stage2_max_epochs, "validation": profile.validation,
-        "steps_per_execution": profile.steps_per_execution, "deterministic": profile.deterministic,
-        "train_views": profile.train_views, "test_probe_epochs": tuple(profile.test_probe_epochs),
-        **train_overrides,
-    }
-    source = profile.source(dataset)
-    fields = dict(
-        profile=profile.name, dataset=dataset, source=source, synthetic=profile.synthetic,
-        data=exp_overrides.pop("data") if "data" in exp_overrides else data_identity(source, root),
-        fold=fold, variant=variant, model_options=dict(sorted(model_options.items())), seed=int(seed),
-        image_size=profile.image_size(dataset), resize_to=profile.resize_to,
-        weights=None if profile.weights is None else str(profile.weights),
-        weights_seed=profile.weights_seed, bn_calibration_images=profile.bn_calibration_images,
-        stage1=profile.stage1, extraction_engine=None, finetune=profile.finetune,
-        train_limit=profile.train_limit, protocols=tuple(PROTOCOLS), train=train_settings,
-    )
-    fields.update(exp_overrides)
-    if fields["stage1"] == "cached" and fields["extraction_engine"] is None:
-        fields["extraction_engine"] = extraction_engine(profile.extraction_engine)
-    elif fields["stage1"] != "cached":
-        fields["extraction_engine"] = None  # no cached features, so no engine
-    fields["protocols"] = tuple(fields["protocols"])
-    for protocol in fields["protocols"]:
-        config.check_name("evaluation protocol", protocol, PROTOCOLS)
-    exp = Experiment(**fields)
-    if exp.train_config().train_views not in (1, 2):  # validates the TrainConfig fields now too
-        raise ValueError(f"train_views={exp.train['train_views']!r}: expected 1 (no augmentation) or 2 "
-                         "(each training image or its mirror image, the authors' horizontal flip)")
-    if exp.train_config().train_views > 1 and exp.stage1 != "cached":
-        raise ValueError(f"train_views={exp.train['train_views']} mirrors cached features (stage1='cached'); "
-                         "stage1='exact' augments inside the model (model option augment)")
-    return exp
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data
-
-
-def _split_for_fold(manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
-    """Re-splits a synthetic CK+ stand-in by subject folds: test = fold, val = next fold, train = rest."""
-    folds = manifest["fold"].astype(int)
-    out = manifest.copy()
-    out["split"] = np.where(folds == fold, "test", np.where(folds == (fold + 1) % 10, "val", "train"))
-    for column in SUBSETS:
-        if column in out.columns:
-            out[column] = False
-    out.attrs.update(manifest.attrs)
-    return out
-
-
-def limit_training_rows(y_train, limit: int | None, seed: int = SUBSET_SEED) -> np.ndarray:
-    """Positions (sorted) of at most `limit` training images, each class kept in proportion, seeded."""
-    y_train = np.asarray(y_train)
-    n = len(y_train)
-    if limit is None or limit >= n:
-        return np.arange(n)
-    if limit < 1:
-        raise ValueError(f"train_limit {limit!r}: expected a positive int or None")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(y_train):
-        members = rng.permutation(np.flatnonzero(y_train == label))
-        chosen.append(members[:max(1, int(round(limit * len(members) / n)))])
-    return np.sort(np.concatenate(chosen))
-
-
-class DataChangedError(ValueError):
-    """The dataset's files changed after the experiment was made (its key names the old files)."""
-
-
-def load_experiment_data(exp: Experiment, root=None, progress: bool = True) -> dict:
-    """Manifest, pixels and split indices of an experiment.
-
-    Real data never falls back to synthetic: a missing dataset raises the reader's
-    `DatasetNotFoundError`, which says which dataset, where it looked and how to get it.
-    `root` (optional) re-binds the experiment to another dataset folder (`bind_root`).
-
-    Raises:
-        DataChangedError: the files under the experiment's root changed since it was made.
-    """
-    exp = bind_root(exp, root)
-    root = exp.data["root"]
-    options = dict(exp.source["options"])
-    reader = exp.source["dataset"]
-    if reader == "synthetic":
-        manifest = load_manifest("synthetic", **options)
-        if exp.dataset == "ckplus":
-            manifest = _split_for_fold(manifest, exp.fold)
-    else:
-        if exp.dataset == "ckplus":
-            options["fold"] = exp.fold
-        manifest = load_manifest(reader, root=root, **options)
-        now = manifest.attrs["data"]["content"]
-        if now != exp.data["content"]:
-            raise DataChangedError(
-                f"{exp.dataset}: the files under {root} changed after this experiment was made "
-                f"(content digest {exp.data['content']}, now {now}); make the experiment again "
-                "(rerun the command or the notebook cell) so that its key names the current files")
-    classes = tuple(manifest.attrs["classes"])
-    if len(classes) != len(config.DATASET_CLASSES[exp.dataset]):
-        raise ValueError(f"{exp.dataset}: source {exp.source} gives {len(classes)} classes, expected "
-                         f"{len(config.DATASET_CLASSES[exp.dataset])}")
-    split = manifest["split"].to_numpy()
-    index = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
-    for s in ("train", "val", "test"):
-        if len(index[s]) == 0:
-            raise ValueError(f"{exp.dataset} ({exp.source['dataset']}): the {s} split is empty")
-    y_all = manifest["y"].to_numpy().astype(np.int64)
-    index["train"] = index["train"][limit_training_rows(y_all[index["train"]], exp.train_limit)]
-    try:
-        pixels = load_pixels(manifest, exp.image_size, progress=progress)
-    except UnreadableImagesError as error:  # experiments never drop images: no skip_unreadable here
-        raise UnreadableImagesError(error.unreadable, error.total, hint=(
-            "Fix or replace these files and run again (edited files are read again); an experiment "
-            "never skips images.")) from None
-    return {"manifest": manifest, "classes": classes, "pixels": pixels, "y": y_all, "index": index}
-
-
-class _RowsOf:
-    """Features computed for some manifest rows (`used`), addressed by manifest position."""
-
-    def __init__(self, array, used):
-        self.array, self.used = array, np.asarray(used)
-        self.shape = (len(self.used),) + tuple(array.shape[1:])
-
-    def __getitem__(self, positions):
-        if isinstance(positions, slice):
-            positions = np.arange(*positions.indices(int(self.used[-1]) + 1))
-        local = np.searchsorted(self.used, positions)
-        if np.any(self.used[np.minimum(local, len(self.used) - 1)] != positions):
-            raise IndexError("features were not computed for some requested manifest rows")
-        return _take(self.array, local)
-
-
-def _take(array, positions):
-    """Rows of a (possibly memory-mapped) array; a contiguous range stays a view, not a copy."""
-    positions = np.asarray(positions)
-    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
-        return array[positions[0]:positions[0] + len(positions)]
-    return np.asarray(array[positions])
-
-
-def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
-    """The backbone weights an experiment uses: resolved file/"imagenet", or a calibrated random backbone."""
-    if exp.weights is not None:
-        return resolve_weights(exp.weights)
-    train_rows = data["index"]["train"]
-    rng = np.random.default_rng(exp.weights_seed)
-    chosen = np.sort(rng.permutation(train_rows)[:exp.bn_calibration_images])
-    return random_backbone_weights(exp.weights_seed, np.asarray(data["pixels"][chosen]), exp.resize_to)
+CACHED_NOTE = (
+    "stage 1 trained on cached frozen-backbone features: no flip/contrast augmentation "
+    "(impossible on features); stage 2 as coded changes no backbone weight, so it runs on "
+    "features too"
+)
+CACHED_FLIP_NOTE = (
+    "trained on cached frozen-backbone features with the authors' horizontal flip (each "
+    "epoch every training image or its mirror image, probability 1/2, features of both "
+    "cached); no random contrast (it cannot be cached exactly); stage 2 as coded changes "
+    "no backbone weight, so it runs on features too"
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,7 +89,7 @@ def experiment_weights(exp: Experiment, data: dict, progress: bool = True):
 
 
 def _provenance() -> dict:
-    from pattlite.report import provenance
+    from pattlite.provenance import provenance
 
     return provenance()
 
@@ -418,27 +146,57 @@ def _weights_bytes(model) -> bytes:
         return path.read_bytes()
 
 
-def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, progress: bool, log_dir=None,
-                     tensorboard: bool = False, checkpoint_dir=None):
+def _build_and_train(
+    exp: Experiment,
+    cfg: TrainConfig,
+    data: dict,
+    weights,
+    progress: bool,
+    log_dir=None,
+    tensorboard: bool = False,
+    checkpoint_dir=None,
+):
     """Builds the model the experiment's stage-1 mode needs and trains it; returns (eval model, inputs, result)."""
     index, y = data["index"], data["y"]
     num_classes = len(data["classes"])
     model_kwargs = dict(exp.model_options, resize_to=exp.resize_to)
     if exp.stage1 == "exact":
         enable_determinism(exp.seed, cfg.deterministic)  # seeds the head's initialisation too
-        model = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
-                            weights=weights, **model_kwargs)
+        model = build_model(
+            exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **model_kwargs
+        )
         inputs = data["pixels"]
-        result = train(model, _take(inputs, index["train"]), y[index["train"]], _take(inputs, index["val"]),
-                       y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                       checkpoint_dir=checkpoint_dir, test_probe=_test_probe(exp, cfg, data, inputs))
+        result = train(
+            model,
+            _take(inputs, index["train"]),
+            y[index["train"]],
+            _take(inputs, index["val"]),
+            y[index["val"]],
+            cfg,
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint_dir=checkpoint_dir,
+            test_probe=_test_probe(exp, cfg, data, inputs),
+        )
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
     # Only the rows the experiment uses: a training limit then saves backbone passes and disk.
     used = np.unique(np.concatenate([index["train"], index["val"], index["test"]]))
-    features = _RowsOf(backbone_features(data["manifest"], exp.image_size, weights, cut_layers=[cut],
-                                         resize_to=exp.resize_to, progress=progress, rows=used,
-                                         pixels=data["pixels"], engine=exp.extraction_engine)[cut], used)
+    features = _RowsOf(
+        backbone_features(
+            data["manifest"],
+            exp.image_size,
+            weights,
+            cut_layers=[cut],
+            resize_to=exp.resize_to,
+            progress=progress,
+            rows=used,
+            pixels=data["pixels"],
+            engine=exp.extraction_engine,
+        )[cut],
+        used,
+    )
     if cfg.train_views == 2:
         x_train = _with_mirror_features(features, data["pixels"], index["train"], exp, weights, cut, progress)
     else:
@@ -447,21 +205,51 @@ def _build_and_train(exp: Experiment, cfg: TrainConfig, data: dict, weights, pro
     head = build_head(exp.variant, num_classes, tuple(features.shape[1:]), **model_kwargs)
     if not exp.evaluated_on_features():
         # The paper's fine-tuning changes backbone weights: stage 2 must run on the full model.
-        result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]],
-                       dataclasses.replace(cfg, stage2=False), dataset=exp.dataset, log_dir=log_dir,
-                       tensorboard=tensorboard, checkpoint_dir=checkpoint_dir)
-        full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
-                           weights=weights, **model_kwargs)
+        result = train(
+            head,
+            x_train,
+            y[index["train"]],
+            _take(features, index["val"]),
+            y[index["val"]],
+            dataclasses.replace(cfg, stage2=False),
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint_dir=checkpoint_dir,
+        )
+        full = build_model(
+            exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **model_kwargs
+        )
         copy_head_weights(head, full)
         pixels = data["pixels"]
-        add_stage2(result, full, _take(pixels, index["train"]), y[index["train"]], _take(pixels, index["val"]),
-                   y[index["val"]], cfg, dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard,
-                   checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
-                   test_probe=_test_probe(exp, cfg, data, pixels))
+        add_stage2(
+            result,
+            full,
+            _take(pixels, index["train"]),
+            y[index["train"]],
+            _take(pixels, index["val"]),
+            y[index["val"]],
+            cfg,
+            dataset=exp.dataset,
+            log_dir=log_dir,
+            tensorboard=tensorboard,
+            checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
+            test_probe=_test_probe(exp, cfg, data, pixels),
+        )
         return full, pixels, result
-    result = train(head, x_train, y[index["train"]], _take(features, index["val"]), y[index["val"]], cfg,
-                   dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard, checkpoint_dir=checkpoint_dir,
-                   test_probe=_test_probe(exp, cfg, data, features))
+    result = train(
+        head,
+        x_train,
+        y[index["train"]],
+        _take(features, index["val"]),
+        y[index["val"]],
+        cfg,
+        dataset=exp.dataset,
+        log_dir=log_dir,
+        tensorboard=tensorboard,
+        checkpoint_dir=checkpoint_dir,
+        test_probe=_test_probe(exp, cfg, data, features),
+    )
     return result.stage1_model, features, result
 
 
@@ -474,8 +262,10 @@ def _test_probe(exp: Experiment, cfg: TrainConfig, data: dict, inputs):
     x, y = _take(inputs, rows), data["y"][rows]
 
     def probe(model):
-        return {protocol: evaluate(model, x, y, data["classes"], protocol, seed=exp.seed)["accuracy"]
-                for protocol in exp.protocols}
+        return {
+            protocol: evaluate(model, x, y, data["classes"], protocol, seed=exp.seed)["accuracy"]
+            for protocol in exp.protocols
+        }
 
     return probe
 
@@ -489,12 +279,20 @@ def _with_mirror_features(features, pixels, train_rows, exp: Experiment, weights
     The mirror images go through the content-keyed feature store like any other image: computed once,
     then read back (float16 at the default cut: 200 KB an image, so a 28,558-image training set adds
     5.7 GB on disk and its two views take 11.4 GB in memory while it trains)."""
-    from pattlite.features import aligned_empty
+    from pattlite.arrays import aligned_empty
 
     train_rows = np.asarray(train_rows)
     mirrored_pixels = np.ascontiguousarray(_take(pixels, train_rows)[:, :, ::-1])
-    mirrored = backbone_features(None, exp.image_size, weights, cut_layers=[cut], resize_to=exp.resize_to,
-                                 progress=progress, pixels=mirrored_pixels, engine=exp.extraction_engine)[cut]
+    mirrored = backbone_features(
+        None,
+        exp.image_size,
+        weights,
+        cut_layers=[cut],
+        resize_to=exp.resize_to,
+        progress=progress,
+        pixels=mirrored_pixels,
+        engine=exp.extraction_engine,
+    )[cut]
     del mirrored_pixels
     n = len(train_rows)
     first = np.asarray(features[train_rows[:1]])
@@ -503,12 +301,13 @@ def _with_mirror_features(features, pixels, train_rows, exp: Experiment, weights
     for start in range(0, n, step):
         stop = min(n, start + step)
         both[start:stop] = features[train_rows[start:stop]]
-        both[n + start:n + stop] = mirrored[np.arange(start, stop)]
+        both[n + start : n + stop] = mirrored[np.arange(start, stop)]
     return both
 
 
-def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=None,
-                   progress: bool = True, tensorboard: bool = False) -> ExperimentResult:
+def run_experiment(
+    exp: Experiment, results_dir=None, force: bool = False, root=None, progress: bool = True, tensorboard: bool = False
+) -> ExperimentResult:
     """Trains and evaluates one experiment, or loads its result file.
 
     Args:
@@ -538,15 +337,22 @@ def run_experiment(exp: Experiment, results_dir=None, force: bool = False, root=
     if path.is_file() and not force:
         return ExperimentResult.read(path, exp.key())
     checkpoints = checkpoint_path(exp, results_dir)
-    result, weights = compute_experiment(exp, root=root, progress=progress, log_dir=logs_path(exp, results_dir),
-                                         tensorboard=tensorboard, checkpoint_dir=checkpoints)
+    result, weights = compute_experiment(
+        exp,
+        root=root,
+        progress=progress,
+        log_dir=logs_path(exp, results_dir),
+        tensorboard=tensorboard,
+        checkpoint_dir=checkpoints,
+    )
     store_experiment(exp, result, weights, results_dir)
     TrainingCheckpoint(checkpoints).remove()
     return result
 
 
-def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_dir=None,
-                       tensorboard: bool = False, checkpoint_dir=None) -> tuple[ExperimentResult, bytes]:
+def compute_experiment(
+    exp: Experiment, root=None, progress: bool = True, log_dir=None, tensorboard: bool = False, checkpoint_dir=None
+) -> tuple[ExperimentResult, bytes]:
     """Trains and evaluates one experiment; writes nothing into a results folder.
 
     The half of `run_experiment` that a remote worker runs (`pattlite.grid`): per-epoch logs go to
@@ -562,8 +368,7 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     data = load_experiment_data(exp, progress=progress)
     weights = experiment_weights(exp, data, progress=progress)
     cfg = dataclasses.replace(exp.train_config(), verbose=bool(progress))
-    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard,
-                                              checkpoint_dir)
+    model, inputs, trained = _build_and_train(exp, cfg, data, weights, progress, log_dir, tensorboard, checkpoint_dir)
     manifest, y, classes = data["manifest"], data["y"], data["classes"]
     test_rows = data["index"]["test"]
     groups = {WHOLE_TEST: test_rows}
@@ -575,8 +380,10 @@ def compute_experiment(exp: Experiment, root=None, progress: bool = True, log_di
     metrics, predictions = {}, {}
     for subset, rows in groups.items():
         x = _take(inputs, rows)
-        metrics[subset], predictions[subset] = {}, {
-            "image_id": manifest["image_id"].to_numpy()[rows].tolist(), "y": y[rows].tolist()}
+        metrics[subset], predictions[subset] = (
+            {},
+            {"image_id": manifest["image_id"].to_numpy()[rows].tolist(), "y": y[rows].tolist()},
+        )
         for protocol in exp.protocols:
             scores = evaluate(model, x, y[rows], classes, protocol, seed=exp.seed)
             predictions[subset][protocol] = scores.pop("predictions").tolist()
@@ -616,8 +423,9 @@ def store_experiment(exp: Experiment, result: ExperimentResult, weights: bytes, 
     return result.write(result_path(exp, results_dir))
 
 
-def run_experiments(experiments, results_dir=None, force: bool = False, root=None, progress: bool = False,
-                    log=print) -> list[ExperimentResult]:
+def run_experiments(
+    experiments, results_dir=None, force: bool = False, root=None, progress: bool = False, log=print
+) -> list[ExperimentResult]:
     """Runs (or loads) experiments in order, one progress line each: "[3/65] rafdb published seed 0 ... 12.3 s".
 
     An interruption leaves the finished experiments' files in place; rerunning loads them and resumes at

@@ -96,13 +96,15 @@ def detect_faces(rgb: np.ndarray, min_face: int = DEFAULT_MIN_FACE) -> list[tupl
     height, width = image.shape
     scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
     if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        )
     side = max(CASCADE_WINDOW, int(round(min_face * scale)))
     if min(image.shape) < side:
         return []
-    found = _cascade().detectMultiScale(cv2.equalizeHist(image), scaleFactor=SCALE_FACTOR,
-                                        minNeighbors=MIN_NEIGHBORS, minSize=(side, side))
+    found = _cascade().detectMultiScale(
+        cv2.equalizeHist(image), scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(side, side)
+    )
     boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
     return sorted(boxes, key=lambda b: (b[0], b[1]))
 
@@ -120,11 +122,10 @@ def crop(rgb: np.ndarray, box, margin: float = DEFAULT_MARGIN) -> np.ndarray:
     if pad:
         rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         left, top = left + pad, top + pad
-    return rgb[top:top + size, left:left + size]
+    return rgb[top : top + size, left : left + size]
 
 
-def face_input(face_rgb: np.ndarray, image_size: int, face_size: int | None = 48,
-               grayscale: bool = True) -> np.ndarray:
+def face_input(face_rgb: np.ndarray, image_size: int, face_size: int | None = 48, grayscale: bool = True) -> np.ndarray:
     """A face crop as the model's input: uint8 (image_size, image_size, 3).
 
     Grey (when the training images were), resized to `face_size` (the side the dataset stored its faces
@@ -132,7 +133,7 @@ def face_input(face_rgb: np.ndarray, image_size: int, face_size: int | None = 48
     `pattlite.data.pixels` resizes; grey is repeated to 3 channels.
     """
     image = Image.fromarray(face_rgb).convert("L" if grayscale else "RGB")
-    for side in ((face_size, image_size) if face_size else (image_size,)):
+    for side in (face_size, image_size) if face_size else (image_size,):
         if image.size != (side, side):
             image = image.resize((side, side), _RESIZE)
     return _rgb(np.asarray(image, dtype=np.uint8))

@@ -29,8 +29,9 @@ _CHUNK = 1 << 20
 # A temporary whose owner process is gone is removed only after this long without a write, in case
 # the owner is a process on another machine sharing the folder (its PID means nothing here).
 STALE_SECONDS = 600
-CACHE_SPACE_HINT = ("or set PATTLITE_CACHE_DIR to a folder on a disk with more room (the pixel and "
-                    "feature caches are written there)")
+CACHE_SPACE_HINT = (
+    "or set PATTLITE_CACHE_DIR to a folder on a disk with more room (the pixel and feature caches are written there)"
+)
 
 
 class DamagedCacheError(ValueError):
@@ -91,6 +92,7 @@ def json_digest(payload, length: int = 16) -> str:
 
 # ---- disk space -------------------------------------------------------------------------------------
 
+
 def _size(nbytes: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= scale:
@@ -109,14 +111,21 @@ def raise_if_no_space(error: OSError, path, needed: int, hint: str = CACHE_SPACE
     except OSError:
         free = None
     others = _temporaries_in(path.parent)
-    held = (f"; temporary files of other or interrupted runs there hold {_size(sum(s for _, s in others))} "
+    held = (
+        (
+            f"; temporary files of other or interrupted runs there hold {_size(sum(s for _, s in others))} "
             f"({', '.join(p.name for p, _ in others[:3])}{' ...' if len(others) > 3 else ''}: delete "
-            "them if no run is writing there)") if others else ""
+            "them if no run is writing there)"
+        )
+        if others
+        else ""
+    )
     short = needed - free if free is not None and free < needed else needed
     raise NoSpaceError(
         f"no space left on the disk of {path} while writing it ({_size(needed)} needed for the file, "
         f"{'?' if free is None else _size(free)} free){held}: free at least {_size(short)} there"
-        + (f", {hint}" if hint else "")) from error
+        + (f", {hint}" if hint else "")
+    ) from error
 
 
 def preallocate(file, nbytes: int, path) -> None:
@@ -135,7 +144,7 @@ def preallocate(file, nbytes: int, path) -> None:
         zeros = bytes(min(nbytes, _CHUNK))
         file.seek(0)
         for start in range(0, nbytes, len(zeros) or 1):
-            file.write(zeros[:min(len(zeros), nbytes - start)])
+            file.write(zeros[: min(len(zeros), nbytes - start)])
         file.flush()
         file.seek(0)
     except OSError as error:
@@ -226,8 +235,10 @@ class NpyWriter:
             self._file.close()
         if self._hash is not None:
             if self._end != self.nbytes:
-                raise ValueError(f"{self.path}: {(self._end - self.offset) // max(self.row_bytes, 1)} of "
-                                 f"{self.shape[0]} rows written")
+                raise ValueError(
+                    f"{self.path}: {(self._end - self.offset) // max(self.row_bytes, 1)} of "
+                    f"{self.shape[0]} rows written"
+                )
             return {"bytes": self.nbytes, DIGEST_ALGORITHM: self._hash.hexdigest()}
         return file_record(self.path)
 
@@ -236,12 +247,27 @@ def _npy_header(shape, dtype) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                  "fortran_order": False, "shape": tuple(shape)})
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
     return buffer.getvalue()
 
 
+# ---- memory -----------------------------------------------------------------------------------------
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, from POSIX `sysconf`; None where the system does not say (not
+    POSIX). The one fallback: None, so that each caller states what an unknown size means for it (the grid
+    then leaves Ray's memory default alone)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # ---- digests ----------------------------------------------------------------------------------------
+
 
 def file_digest(path) -> str:
     """The SHA-256 of a file's bytes, read in chunks (what `sha256sum` prints)."""
@@ -283,23 +309,30 @@ def check_file(path, record, rebuild: str) -> None:
     again") ends the message.
     """
     path = Path(path)
-    if not isinstance(record, dict) or not isinstance(record.get("bytes"), int) \
-            or not isinstance(record.get(DIGEST_ALGORITHM), str):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("bytes"), int)
+        or not isinstance(record.get(DIGEST_ALGORITHM), str)
+    ):
         raise DamagedCacheError(f"{path}: its digest record {record!r} is missing or malformed; {rebuild}")
     try:
         state = _state(path)
     except FileNotFoundError:
         raise DamagedCacheError(f"{path} is missing (its digest record is there); {rebuild}") from None
     if state[1] != record["bytes"]:
-        raise DamagedCacheError(f"{path} holds {state[1]:,} bytes, its digest record {record['bytes']:,}: "
-                                f"the file is truncated or was changed after it was written; {rebuild}")
+        raise DamagedCacheError(
+            f"{path} holds {state[1]:,} bytes, its digest record {record['bytes']:,}: "
+            f"the file is truncated or was changed after it was written; {rebuild}"
+        )
     if _VERIFIED.get(state) == record[DIGEST_ALGORITHM]:
         return
     actual = file_digest(path)
     if actual != record[DIGEST_ALGORITHM]:
-        raise DamagedCacheError(f"{path} does not match its digest (SHA-256 {actual[:16]}..., recorded "
-                                f"{record[DIGEST_ALGORITHM][:16]}...): the file was changed after it was "
-                                f"written (a disk error, a bad copy or an interrupted write); {rebuild}")
+        raise DamagedCacheError(
+            f"{path} does not match its digest (SHA-256 {actual[:16]}..., recorded "
+            f"{record[DIGEST_ALGORITHM][:16]}...): the file was changed after it was "
+            f"written (a disk error, a bad copy or an interrupted write); {rebuild}"
+        )
     _VERIFIED[state] = actual
 
 
@@ -360,7 +393,7 @@ def _temporaries_in(folder: Path, prefix: str = TEMPORARY_PREFIX) -> list:
     except OSError:
         return found
     for entry in entries:
-        match = _OWNER.match(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+        match = _OWNER.match(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
         if match and int(match.group(1)) != os.getpid():
             try:
                 found.append((entry, _bytes_of(entry)))
@@ -369,8 +402,9 @@ def _temporaries_in(folder: Path, prefix: str = TEMPORARY_PREFIX) -> list:
     return found
 
 
-def remove_stale_temporaries(folder, prefix: str = TEMPORARY_PREFIX, once: bool = True,
-                             stale_seconds: float = STALE_SECONDS) -> list:
+def remove_stale_temporaries(
+    folder, prefix: str = TEMPORARY_PREFIX, once: bool = True, stale_seconds: float = STALE_SECONDS
+) -> list:
     """Removes the temporary files and folders of killed runs from `folder`; returns their paths.
 
     A temporary is an entry named `<prefix>[<kind>-]<pid>-...` (what `temporary_path`, the pixel
@@ -387,7 +421,7 @@ def remove_stale_temporaries(folder, prefix: str = TEMPORARY_PREFIX, once: bool 
     removed, freed = [], 0
     now = time.time()
     for path, size in _temporaries_in(folder, prefix):
-        pid = int(_OWNER.match(path.name[len(prefix):]).group(1))
+        pid = int(_OWNER.match(path.name[len(prefix) :]).group(1))
         try:
             if pid_alive(pid) or now - _last_write(path) < stale_seconds:
                 continue
@@ -401,6 +435,9 @@ def remove_stale_temporaries(folder, prefix: str = TEMPORARY_PREFIX, once: bool 
         freed += size
     if removed:
         names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
-        print(f"pattlite: removed {len(removed)} temporary file(s)/folder(s) left by interrupted runs in "
-              f"{folder} ({_size(freed)}): {names}", file=sys.stderr)
+        print(
+            f"pattlite: removed {len(removed)} temporary file(s)/folder(s) left by interrupted runs in "
+            f"{folder} ({_size(freed)}): {names}",
+            file=sys.stderr,
+        )
     return removed

@@ -1,8 +1,9 @@
 """Grad-CAM maps of a trained model (the paper's Figs. 6 and 7), with tf-keras-vis.
 
-TensorFlow only: tf-keras-vis differentiates through `tf.GradientTape`, so this module is the one edge of
-the package that needs the TensorFlow backend; everything it is given is a plain Keras 3 model from
-`pattlite.model.build_model`.
+TensorFlow only: tf-keras-vis differentiates through `tf.GradientTape`, so this module needs the
+TensorFlow backend in its own process (feature extraction and `pattlite.export` also need TensorFlow
+models, and start a TensorFlow child process when the backend is another); everything it is given is a
+plain Keras 3 model from `pattlite.model.build_model`.
 
 The class activation map is taken at an explicit layer, by default the backbone layer that feeds the
 head (`conv_dw_9_relu` for the published model, a 14x14 map at 224): the paper describes its maps as
@@ -31,17 +32,18 @@ import numpy as np
 
 
 def _require_tensorflow():
-    import keras
+    from pattlite import backends
 
-    backend = keras.config.backend()
-    if backend != "tensorflow":
-        raise RuntimeError(f"Grad-CAM uses tf-keras-vis, which needs the TensorFlow backend; the Keras "
-                           f"backend is {backend!r} (set KERAS_BACKEND=tensorflow)")
+    if not backends.current().TENSORFLOW_MODELS:
+        raise RuntimeError(
+            f"Grad-CAM uses tf-keras-vis, which needs the TensorFlow backend; the Keras "
+            f"backend is {backends.name()!r} (set KERAS_BACKEND=tensorflow)"
+        )
 
 
 def default_layer(model) -> str:
     """Name of the backbone layer that feeds the head of a `pattlite.model.build_model` model."""
-    from pattlite.model import backbone_layers
+    from pattlite.backbone import backbone_layers
 
     layers = backbone_layers(model)
     if not layers:
@@ -50,14 +52,18 @@ def default_layer(model) -> str:
 
 
 def _check_layer(model, layer: str) -> str:
-    names = [l.name for l in model.layers]
+    names = [layer_.name for layer_ in model.layers]
     if layer not in names:
-        spatial = [l.name for l in model.layers if len(l.output.shape) == 4]
-        raise ValueError(f"model {model.name!r} has no layer {layer!r}; layers with a spatial (4-D) output: "
-                         f"{', '.join(spatial[-12:])}")
+        spatial = [layer_.name for layer_ in model.layers if len(layer_.output.shape) == 4]
+        raise ValueError(
+            f"model {model.name!r} has no layer {layer!r}; layers with a spatial (4-D) output: "
+            f"{', '.join(spatial[-12:])}"
+        )
     if len(model.get_layer(layer).output.shape) != 4:
-        raise ValueError(f"layer {layer!r} of {model.name!r} has output shape "
-                         f"{tuple(model.get_layer(layer).output.shape)}; Grad-CAM needs a 4-D feature map")
+        raise ValueError(
+            f"layer {layer!r} of {model.name!r} has output shape "
+            f"{tuple(model.get_layer(layer).output.shape)}; Grad-CAM needs a 4-D feature map"
+        )
     return layer
 
 
@@ -84,14 +90,18 @@ def gradcam_maps(model, images, class_indices, layer: str | None = None) -> np.n
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(f"images of shape {images.shape}: expected (N,) + {expected}")
     n = len(images)
-    indices = np.broadcast_to(np.asarray(class_indices, dtype=int), (n,)) if np.ndim(class_indices) == 0 \
+    indices = (
+        np.broadcast_to(np.asarray(class_indices, dtype=int), (n,))
+        if np.ndim(class_indices) == 0
         else np.asarray(class_indices, dtype=int)
+    )
     if indices.shape != (n,):
         raise ValueError(f"class_indices has {indices.shape} entries for {n} images")
     num_classes = int(model.outputs[0].shape[-1])
     if n and (indices.min() < 0 or indices.max() >= num_classes):
-        raise ValueError(f"class_indices range {indices.min()}..{indices.max()} outside the model's "
-                         f"{num_classes} classes")
+        raise ValueError(
+            f"class_indices range {indices.min()}..{indices.max()} outside the model's {num_classes} classes"
+        )
     layer = _check_layer(model, layer or default_layer(model))
     # ReplaceToLinear drops the final softmax on a clone (gradients of the logit, as Grad-CAM defines).
     explainer = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
@@ -100,8 +110,13 @@ def gradcam_maps(model, images, class_indices, layer: str | None = None) -> np.n
         # At batch size 1 the batch-mixing attention's softmax runs over one item; Keras warns about it.
         warnings.filterwarnings("ignore", message=".*softmax over axis -1 of a tensor of shape.*")
         for i in range(n):
-            cam = explainer(CategoricalScore([int(indices[i])]), images[i:i + 1], penultimate_layer=layer,
-                            seek_penultimate_conv_layer=False, training=False)
+            cam = explainer(
+                CategoricalScore([int(indices[i])]),
+                images[i : i + 1],
+                penultimate_layer=layer,
+                seek_penultimate_conv_layer=False,
+                training=False,
+            )
             maps[i] = np.nan_to_num(np.asarray(cam, dtype="float32")[0])
     return maps
 
@@ -225,15 +240,18 @@ def trained_model(exp, results_dir=None, root=None, progress: bool = False):
     if not path.is_file():
         result = experiments.result_path(exp, results_dir)
         if result.is_file():
-            raise FileNotFoundError(f"result file {result} has no trained weights beside it ({path.name}); "
-                                    "retrain it with `pattlite train ... --force` (force=True in Python)")
+            raise FileNotFoundError(
+                f"result file {result} has no trained weights beside it ({path.name}); "
+                "retrain it with `pattlite train ... --force` (force=True in Python)"
+            )
         experiments.run_experiment(exp, results_dir=results_dir, progress=progress)
     data = experiments.load_experiment_data(exp, progress=progress)
     weights = experiments.experiment_weights(exp, data, progress=progress)
     num_classes = len(data["classes"])
     options = dict(exp.model_options, resize_to=exp.resize_to)
-    full = build_model(exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3),
-                       weights=weights, **options)
+    full = build_model(
+        exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **options
+    )
     if exp.evaluated_on_features():
         cut = variant_cut_layer(exp.variant, **exp.model_options)
         head = build_head(exp.variant, num_classes, tuple(full.get_layer(cut).output.shape[1:]), **options)

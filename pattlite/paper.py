@@ -64,17 +64,21 @@ def _tidy(n: int) -> pd.DataFrame:
             if value is None:  # "-" in the paper: nothing was published
                 continue
             column_keys = {k: v for k, v in column.items() if k not in ("label", "group")}
-            records.append({
-                "table": n,
-                "row_group": row.get("group"),
-                "row": row["label"],
-                "column_group": column.get("group"),
-                "column": column["label"],
-                **info["keys"], **row_keys, **column_keys,
-                "value": float(value),
-                "quantity": info["quantity"],
-                "unit": info["unit"],
-            })
+            records.append(
+                {
+                    "table": n,
+                    "row_group": row.get("group"),
+                    "row": row["label"],
+                    "column_group": column.get("group"),
+                    "column": column["label"],
+                    **info["keys"],
+                    **row_keys,
+                    **column_keys,
+                    "value": float(value),
+                    "quantity": info["quantity"],
+                    "unit": info["unit"],
+                }
+            )
     df = pd.DataFrame.from_records(records)
     for name in ("ref", "layer"):  # integer keys with gaps (PAtt-Lite has no reference number)
         if name in df:
@@ -122,8 +126,9 @@ def paper_value(table: int, **keys) -> float:
     found = df[mask]
     if len(found) != 1:
         hint = {name: sorted(map(str, df[name].dropna().unique())) for name in keys}
-        raise ValueError(f"Table {table}: {keys} selects {len(found)} numbers, expected exactly 1; "
-                         f"values present: {hint}")
+        raise ValueError(
+            f"Table {table}: {keys} selects {len(found)} numbers, expected exactly 1; values present: {hint}"
+        )
     return float(found["value"].iloc[0])
 
 
@@ -153,13 +158,15 @@ def figure_points(figure: int) -> pd.DataFrame:
         raise ValueError(f"figure {figure!r} has no accuracy-vs-params data; valid figures: {', '.join(valid)}")
     df = paper_table(info["data"]["table"])
     df = df[df["dataset"] == info["data"]["column"]]
-    return pd.DataFrame({
-        "method": df["row"].to_numpy(),
-        "params": df["params"].astype(float).to_numpy(),
-        "params_text": df["params_text"].to_numpy(),
-        "accuracy": df["value"].to_numpy(),
-        "is_pattlite": (df["method"] == "PAtt-Lite").to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "method": df["row"].to_numpy(),
+            "params": df["params"].astype(float).to_numpy(),
+            "params_text": df["params_text"].to_numpy(),
+            "accuracy": df["value"].to_numpy(),
+            "is_pattlite": (df["method"] == "PAtt-Lite").to_numpy(),
+        }
+    )
 
 
 PAPER_PARAMS: float = claim("params")  # 1.10M, as printed (the exact count is not in the paper)

@@ -48,7 +48,8 @@ NO_FACE_SMALL = "no face found (a pre-cropped face? use --no-detect)"
 PUBLISHED_WARNING = (
     "the 'published' model is the authors' code: its attention mixes each face with the other faces of its "
     "batch, so a face's probabilities depend on which images are predicted with it ({batch}); the corrected "
-    "'pattlite' model (the default) never mixes")
+    "'pattlite' model (the default) never mixes"
+)
 
 
 @dataclass
@@ -64,8 +65,14 @@ class FaceRow:
     message: str = ""
 
     def as_json(self) -> dict:
-        row = {"file": self.file, "face": self.face, "box": None if self.box is None else list(self.box),
-               "status": self.status, "predicted": self.predicted, "probabilities": self.probabilities}
+        row = {
+            "file": self.file,
+            "face": self.face,
+            "box": None if self.box is None else list(self.box),
+            "status": self.status,
+            "predicted": self.predicted,
+            "probabilities": self.probabilities,
+        }
         if self.message:
             row["message"] = self.message
         return row
@@ -73,8 +80,15 @@ class FaceRow:
     def as_csv(self, classes) -> list:
         box = list(self.box) if self.box is not None else [""] * 4
         probs = [f"{self.probabilities[c]:.6f}" for c in classes] if self.probabilities else [""] * len(classes)
-        return [self.file, "" if self.face is None else self.face, *box, self.status, self.predicted or "",
-                *probs, self.message]
+        return [
+            self.file,
+            "" if self.face is None else self.face,
+            *box,
+            self.status,
+            self.predicted or "",
+            *probs,
+            self.message,
+        ]
 
 
 def csv_header(classes) -> list:
@@ -93,8 +107,15 @@ class Predictor:
         batch_size: faces per model call.
     """
 
-    def __init__(self, predict_batch, info, detect: bool = True, margin: float = faces.DEFAULT_MARGIN,
-                 min_face: int = faces.DEFAULT_MIN_FACE, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self,
+        predict_batch,
+        info,
+        detect: bool = True,
+        margin: float = faces.DEFAULT_MARGIN,
+        min_face: int = faces.DEFAULT_MIN_FACE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
         self.predict_batch, self.info = predict_batch, info
         self.detect, self.margin, self.min_face, self.batch_size = detect, margin, min_face, batch_size
 
@@ -103,14 +124,16 @@ class Predictor:
         height, width = rgb.shape[:2]
         boxes = faces.detect_faces(rgb, self.min_face) if self.detect else [(0, 0, width, height)]
         crops = [faces.crop(rgb, box, self.margin) if self.detect else rgb for box in boxes]
-        return [(box, faces.face_input(c, self.info.image_size, self.info.face_size, self.info.grayscale))
-                for box, c in zip(boxes, crops)]
+        return [
+            (box, faces.face_input(c, self.info.image_size, self.info.face_size, self.info.grayscale))
+            for box, c in zip(boxes, crops)
+        ]
 
     def predict_inputs(self, inputs: list) -> np.ndarray:
         """Probabilities for a list of model inputs, `batch_size` at a time."""
         out = []
         for start in range(0, len(inputs), self.batch_size):
-            batch = np.stack(inputs[start:start + self.batch_size]).astype("float32")
+            batch = np.stack(inputs[start : start + self.batch_size]).astype("float32")
             out.append(np.asarray(self.predict_batch(batch), dtype="float64"))
         return np.concatenate(out) if out else np.zeros((0, len(self.info.classes)))
 
@@ -172,30 +195,62 @@ def write_rows(rows, stream, fmt: str, classes) -> dict:
 def add_parser(subparsers) -> None:
     """`pattlite predict` (see the module docstring)."""
     p = subparsers.add_parser(
-        "predict", help="the facial expression of every face in images or folders (CSV / JSON lines)",
+        "predict",
+        help="the facial expression of every face in images or folders (CSV / JSON lines)",
         description="Find the faces in images (OpenCV's Haar cascade) and print one row per face: file, box, "
-                    "predicted class and every class's probability.")
-    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders (searched "
-                   f"recursively for {', '.join(faces.IMAGE_SUFFIXES)})")
-    p.add_argument("--head", default=None, help="trained head weights (.weights.h5 with its .json sidecar); "
-                   "default: the shipped pattlite_ferplus.weights.h5")
-    p.add_argument("--backbone", default="imagenet",
-                   help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, data/weights/, else Keras' "
-                        "download), a .weights.h5 path, or none (random: for tests only)")
-    p.add_argument("--exported", default=None,
-                   help="run an export of `pattlite export` instead (model.onnx on ONNX Runtime, model.xml on "
-                        "OpenVINO, or a SavedModel folder), without Keras")
-    p.add_argument("--model", default=None, choices=MODELS,
-                   help="the variant the head must be (default: whatever the head file holds)")
+        "predicted class and every class's probability.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help=f"image files or folders (searched recursively for {', '.join(faces.IMAGE_SUFFIXES)})",
+    )
+    p.add_argument(
+        "--head",
+        default=None,
+        help="trained head weights (.weights.h5 with its .json sidecar); "
+        "default: the shipped pattlite_ferplus.weights.h5",
+    )
+    p.add_argument(
+        "--backbone",
+        default="imagenet",
+        help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, data/weights/, else Keras' "
+        "download), a .weights.h5 path, or none (random: for tests only)",
+    )
+    p.add_argument(
+        "--exported",
+        default=None,
+        help="run an export of `pattlite export` instead (model.onnx on ONNX Runtime, model.xml on "
+        "OpenVINO, or a SavedModel folder), without Keras",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        choices=MODELS,
+        help="the variant the head must be (default: whatever the head file holds)",
+    )
     p.add_argument("--format", default="csv", choices=FORMATS, help="csv (default) or jsonl")
     p.add_argument("--output", default=None, help="write the rows to this file instead of stdout")
     p.add_argument("--no-detect", action="store_true", help="each image is one pre-cropped face")
-    p.add_argument("--margin", type=float, default=faces.DEFAULT_MARGIN,
-                   help=f"widen each face box by this fraction of its side on each side (default {faces.DEFAULT_MARGIN})")
-    p.add_argument("--min-face", type=int, default=faces.DEFAULT_MIN_FACE,
-                   help=f"smallest face side looked for, in pixels (default {faces.DEFAULT_MIN_FACE})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"faces per model call (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=faces.DEFAULT_MARGIN,
+        help=f"widen each face box by this fraction of its side on each side (default {faces.DEFAULT_MARGIN})",
+    )
+    p.add_argument(
+        "--min-face",
+        type=int,
+        default=faces.DEFAULT_MIN_FACE,
+        help=f"smallest face side looked for, in pixels (default {faces.DEFAULT_MIN_FACE})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"faces per model call (default {DEFAULT_BATCH_SIZE})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on folders")
     p.set_defaults(handler=cmd_predict)
 
@@ -223,7 +278,8 @@ def load_model(head, backbone, variant=None):
         if offline and not isinstance(error, (ValueError, FileNotFoundError)):
             raise FileNotFoundError(
                 f"the ImageNet MobileNetV1 weights could not be downloaded by Keras ({type(error).__name__}: "
-                f"{error}); set ${WEIGHTS_ENV_VAR} to a local {WEIGHTS_FILE_NAME} or pass --backbone PATH") from error
+                f"{error}); set ${WEIGHTS_ENV_VAR} to a local {WEIGHTS_FILE_NAME} or pass --backbone PATH"
+            ) from error
         raise
 
 
@@ -231,15 +287,18 @@ def _keras(args):
     """(batch -> probabilities, HeadInfo, batch dependent, files used) of the Keras model."""
     loaded = load_model(args.head, backbone_argument(args.backbone), args.model)
     model = loaded.model
-    return (model.predict_on_batch, loaded.info, loaded.info.batch_dependent,
-            {"head": str(loaded.head_path), "backbone": None if loaded.backbone is None else str(loaded.backbone)})
+    return (
+        model.predict_on_batch,
+        loaded.info,
+        loaded.info.batch_dependent,
+        {"head": str(loaded.head_path), "backbone": None if loaded.backbone is None else str(loaded.backbone)},
+    )
 
 
 def _exported(args):
     """The same for an export of `pattlite export` (its .json beside it), without Keras or TensorFlow."""
-    from pattlite.export import info_path
     from pattlite.pretrained import HeadInfo, HeadWeightsError
-    from pattlite.runtime import load_exported
+    from pattlite.runtime import info_path, load_exported
 
     if args.head is not None or args.backbone != "imagenet":
         raise ValueError("--exported holds the whole model: drop --head and --backbone")
@@ -248,16 +307,22 @@ def _exported(args):
         raise FileNotFoundError(f"exported model {path} does not exist (make one with `pattlite export`)")
     sidecar = info_path(path)
     if not sidecar.is_file():
-        raise FileNotFoundError(f"exported model {path}: its {sidecar} (written by `pattlite export`: classes, image "
-                                "size, face preparation) does not exist")
+        raise FileNotFoundError(
+            f"exported model {path}: its {sidecar} (written by `pattlite export`: classes, image "
+            "size, face preparation) does not exist"
+        )
     summary = json.loads(sidecar.read_text(encoding="utf-8"))
     if not isinstance(summary, dict) or not isinstance(summary.get("info"), dict):
         raise ValueError(f"{sidecar} is not the .json of `pattlite export` (it has no 'info' object)")
     info = HeadInfo(**{k: v for k, v in summary["info"].items() if k in HeadInfo.__dataclass_fields__})
     if args.model is not None and args.model != info.variant:
         raise HeadWeightsError(f"exported model {path} holds a {info.variant!r} model, not {args.model!r}")
-    return (load_exported(path), info, summary.get("batch_dependent", info.variant != "pattlite"),
-            {"exported": str(path), "backbone": summary.get("backbone", "")})
+    return (
+        load_exported(path),
+        info,
+        summary.get("batch_dependent", info.variant != "pattlite"),
+        {"exported": str(path), "backbone": summary.get("backbone", "")},
+    )
 
 
 def cmd_predict(args) -> int:
@@ -275,22 +340,28 @@ def cmd_predict(args) -> int:
         return _error(f"no image files ({', '.join(faces.IMAGE_SUFFIXES)}) under {', '.join(args.paths)}")
     started = time.perf_counter()
     try:  # missing or unfitting weights: named by the message
-        run, info, batch_dependent, source = (_exported(args) if args.exported else _keras(args))
+        run, info, batch_dependent, source = _exported(args) if args.exported else _keras(args)
     except (FileNotFoundError, ValueError) as error:
         return _error(str(error))
     except ImportError as error:  # --exported without its runtime
         return _error(f"--exported {args.exported}: {error} (pip install 'pattlite[export]')")
     if batch_dependent:
-        batch = ("here each face alone: --batch-size 1" if args.batch_size == 1 else
-                 f"here batches of {args.batch_size}; --batch-size 1 predicts each face alone")
+        batch = (
+            "here each face alone: --batch-size 1"
+            if args.batch_size == 1
+            else f"here batches of {args.batch_size}; --batch-size 1 predicts each face alone"
+        )
         print(f"pattlite predict: warning: {PUBLISHED_WARNING.format(batch=batch)}", file=sys.stderr)
     if source.get("backbone", "") is None:
-        print("pattlite predict: warning: random backbone (--backbone none): the predictions mean nothing",
-              file=sys.stderr)
+        print(
+            "pattlite predict: warning: random backbone (--backbone none): the predictions mean nothing",
+            file=sys.stderr,
+        )
     if info.synthetic:
         print("pattlite predict: warning: this head was trained on synthetic faces", file=sys.stderr)
-    predictor = Predictor(run, info, detect=not args.no_detect,
-                          margin=args.margin, min_face=args.min_face, batch_size=args.batch_size)
+    predictor = Predictor(
+        run, info, detect=not args.no_detect, margin=args.margin, min_face=args.min_face, batch_size=args.batch_size
+    )
     progress = not args.no_progress and any(Path(p).is_dir() for p in args.paths)
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -298,9 +369,15 @@ def cmd_predict(args) -> int:
     finally:
         if stream is not sys.stdout:
             stream.close()
-    summary = {"files": len(files), "faces": counts["ok"], "no_face": counts["no_face"],
-               "unreadable": counts["unreadable"], "variant": info.variant, **source,
-               "seconds": round(time.perf_counter() - started, 3)}
+    summary = {
+        "files": len(files),
+        "faces": counts["ok"],
+        "no_face": counts["no_face"],
+        "unreadable": counts["unreadable"],
+        "variant": info.variant,
+        **source,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     print(json.dumps(summary), file=sys.stderr)
     return 0
 

@@ -43,9 +43,11 @@ WEIGHTS_SUFFIX = ".weights.h5"
 # them to the profile's image size). CK+ is grey, but its size depends on the layout read (CK+48 or the
 # uncropped frames); RAF-DB is colour, aligned 100x100 or original photos: no face size for either.
 FACE_SOURCES = {"fer2013": (48, True), "ferplus": (48, True), "ckplus": (None, True), "rafdb": (None, False)}
-HOW_TO_GIVE = (f"give a head weights file with --head PATH (a {WEIGHTS_SUFFIX} file with its .json sidecar, "
-               "made by `pattlite export-head` from a training's results/<profile>/experiments/<key>"
-               f"{WEIGHTS_SUFFIX})")
+HOW_TO_GIVE = (
+    f"give a head weights file with --head PATH (a {WEIGHTS_SUFFIX} file with its .json sidecar, "
+    "made by `pattlite export-head` from a training's results/<profile>/experiments/<key>"
+    f"{WEIGHTS_SUFFIX})"
+)
 
 
 class HeadWeightsError(ValueError):
@@ -114,13 +116,23 @@ def info_from_result(result) -> HeadInfo:
     source = (cfg.get("source") or {}).get("dataset") or result.source_dataset or result.dataset
     face_size, grayscale = FACE_SOURCES.get(source, (None, False))  # synthetic: colour, drawn at image_size
     return HeadInfo(
-        variant=cfg["variant"], classes=list(result.classes), dataset=result.dataset,
-        image_size=int(cfg["image_size"]), resize_to=int(cfg.get("resize_to", 224)),
-        model_options=dict(cfg.get("model_options") or {}), face_size=face_size, grayscale=grayscale,
-        seed=cfg.get("seed"), profile=cfg.get("profile"), experiment_key=result.key,
-        source_commit=result.provenance.get("git_commit"), synthetic=bool(result.synthetic),
+        variant=cfg["variant"],
+        classes=list(result.classes),
+        dataset=result.dataset,
+        image_size=int(cfg["image_size"]),
+        resize_to=int(cfg.get("resize_to", 224)),
+        model_options=dict(cfg.get("model_options") or {}),
+        face_size=face_size,
+        grayscale=grayscale,
+        seed=cfg.get("seed"),
+        profile=cfg.get("profile"),
+        experiment_key=result.key,
+        source_commit=result.provenance.get("git_commit"),
+        synthetic=bool(result.synthetic),
         test_accuracy={protocol: m["accuracy"] for protocol, m in result.test_metrics.items()},
-        keras=result.provenance.get("keras"), keras_backend=result.provenance.get("keras_backend"))
+        keras=result.provenance.get("keras"),
+        keras_backend=result.provenance.get("keras_backend"),
+    )
 
 
 def read_info(weights_path) -> HeadInfo:
@@ -132,15 +144,18 @@ def read_info(weights_path) -> HeadInfo:
     if not path.is_file():
         raise HeadWeightsNotFoundError(
             f"head weights file {weights_path}: its sidecar {path} does not exist (it says which variant, classes "
-            f"and image size the weights belong to); {HOW_TO_GIVE}")
+            f"and image size the weights belong to); {HOW_TO_GIVE}"
+        )
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HeadWeightsError(f"sidecar {path} of {weights_path} is not valid JSON: {error}") from None
     if isinstance(content, dict) and content.get("format") == HEAD_FORMAT:
         if content.get("format_version") != HEAD_FORMAT_VERSION:
-            raise HeadWeightsError(f"sidecar {path}: format version {content.get('format_version')!r}; this "
-                                   f"pattlite reads version {HEAD_FORMAT_VERSION}")
+            raise HeadWeightsError(
+                f"sidecar {path}: format version {content.get('format_version')!r}; this "
+                f"pattlite reads version {HEAD_FORMAT_VERSION}"
+            )
         known = {f for f in HeadInfo.__dataclass_fields__}
         try:
             info = HeadInfo(**{k: v for k, v in content.items() if k in known})
@@ -152,8 +167,9 @@ def read_info(weights_path) -> HeadInfo:
         try:
             info = info_from_result(ExperimentResult.read(path))
         except DamagedResultError as error:
-            raise HeadWeightsError(f"sidecar {path} of {weights_path} is neither a head sidecar nor a result "
-                                   f"file: {error}") from None
+            raise HeadWeightsError(
+                f"sidecar {path} of {weights_path} is neither a head sidecar nor a result file: {error}"
+            ) from None
     config.check_name("variant", info.variant, config.VARIANTS)
     return info
 
@@ -172,22 +188,26 @@ def read_head_weights(path) -> dict[str, list[np.ndarray]]:
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise HeadWeightsError(f"head weights file {path} is not an HDF5 file ({error}); expected a Keras "
-                               f"{WEIGHTS_SUFFIX} file") from None
+        raise HeadWeightsError(
+            f"head weights file {path} is not an HDF5 file ({error}); expected a Keras {WEIGHTS_SUFFIX} file"
+        ) from None
     weights = {}
     with handle:
         layers = handle.get("layers")
         if not isinstance(layers, h5py.Group):
-            raise HeadWeightsError(f"head weights file {path} has no 'layers' group: not a Keras {WEIGHTS_SUFFIX} "
-                                   "file of a model")
+            raise HeadWeightsError(
+                f"head weights file {path} has no 'layers' group: not a Keras {WEIGHTS_SUFFIX} file of a model"
+            )
         for group in layers.values():
             variables = group.get("vars") if isinstance(group, h5py.Group) else None
             if variables is None or not len(variables):
                 continue
             name = variables.attrs.get("name")
             if name is None:
-                raise HeadWeightsError(f"head weights file {path}: layer group {group.name} has no layer name "
-                                       "(written by a Keras before 3.10?); re-save it with this Keras")
+                raise HeadWeightsError(
+                    f"head weights file {path}: layer group {group.name} has no layer name "
+                    "(written by a Keras before 3.10?); re-save it with this Keras"
+                )
             name = name.decode() if isinstance(name, bytes) else str(name)
             weights[name] = [np.asarray(variables[k]) for k in sorted(variables, key=int)]
     return weights
@@ -206,18 +226,24 @@ def load_head_weights(model, path) -> list[str]:
     expected = {layer.name: layer for layer in head_layers(model) if layer.weights}
     missing = sorted(set(expected) - set(stored))
     if missing:
-        raise HeadWeightsError(f"head weights file {path} has no weights for layer(s) {', '.join(missing)} of "
-                               f"model {model.name!r}; it holds {', '.join(sorted(stored)) or 'no layer'}")
+        raise HeadWeightsError(
+            f"head weights file {path} has no weights for layer(s) {', '.join(missing)} of "
+            f"model {model.name!r}; it holds {', '.join(sorted(stored)) or 'no layer'}"
+        )
     extra = sorted(set(stored) - set(expected))
     if extra:
-        raise HeadWeightsError(f"head weights file {path} holds layer(s) {', '.join(extra)} that the head of "
-                               f"model {model.name!r} does not have (a full-model training, or another variant?)")
+        raise HeadWeightsError(
+            f"head weights file {path} holds layer(s) {', '.join(extra)} that the head of "
+            f"model {model.name!r} does not have (a full-model training, or another variant?)"
+        )
     for name, layer in expected.items():
         want = [tuple(w.shape) for w in layer.weights]
         have = [tuple(a.shape) for a in stored[name]]
         if want != have:
-            raise HeadWeightsError(f"head weights file {path}, layer {name!r}: weight shapes {have} do not fit "
-                                   f"the model's {want} (another class count or variant?)")
+            raise HeadWeightsError(
+                f"head weights file {path}, layer {name!r}: weight shapes {have} do not fit "
+                f"the model's {want} (another class count or variant?)"
+            )
         layer.set_weights(stored[name])
     return sorted(expected)
 
@@ -256,8 +282,9 @@ def export_head(source, out, **overrides) -> tuple[Path, HeadInfo]:
         raise HeadWeightsError(f"output {out}: the name must end in {WEIGHTS_SUFFIX} (Keras' weights files)")
     unknown = sorted(set(overrides) - set(HeadInfo.__dataclass_fields__))
     if unknown:
-        raise ValueError(f"unknown sidecar field(s) {', '.join(unknown)}; valid: "
-                         f"{', '.join(HeadInfo.__dataclass_fields__)}")
+        raise ValueError(
+            f"unknown sidecar field(s) {', '.join(unknown)}; valid: {', '.join(HeadInfo.__dataclass_fields__)}"
+        )
     if not source.is_file():
         raise HeadWeightsNotFoundError(f"head weights file {source} does not exist")
     info = read_info(source)
@@ -276,8 +303,10 @@ def export_head(source, out, **overrides) -> tuple[Path, HeadInfo]:
 def check_file(info: HeadInfo, path) -> None:
     """Raises `HeadWeightsError` when the weights file is not the one its sidecar describes (its SHA-256)."""
     if info.weights_sha256 and _sha256(Path(path)) != info.weights_sha256:
-        raise HeadWeightsError(f"head weights file {path} does not match its sidecar {sidecar_path(path)} "
-                               "(SHA-256 differs): the file was replaced or damaged; export it again")
+        raise HeadWeightsError(
+            f"head weights file {path} does not match its sidecar {sidecar_path(path)} "
+            "(SHA-256 differs): the file was replaced or damaged; export it again"
+        )
 
 
 @dataclass
@@ -317,11 +346,20 @@ def load_pretrained(head=None, backbone="imagenet", variant: str | None = None) 
         raise HeadWeightsNotFoundError(f"{where}{path} does not exist; {HOW_TO_GIVE}")
     info = read_info(path)
     if variant is not None and variant != info.variant:
-        raise HeadWeightsError(f"head weights file {path} holds a {info.variant!r} head, not {variant!r} "
-                               f"(its sidecar {sidecar_path(path)})")
+        raise HeadWeightsError(
+            f"head weights file {path} holds a {info.variant!r} head, not {variant!r} "
+            f"(its sidecar {sidecar_path(path)})"
+        )
     check_file(info, path)
     weights = resolve_weights(backbone)
-    model = build_model(info.variant, info.num_classes, input_shape=(info.image_size,) * 2 + (3,),
-                        weights=weights, augment=False, resize_to=info.resize_to, **info.model_options)
+    model = build_model(
+        info.variant,
+        info.num_classes,
+        input_shape=(info.image_size,) * 2 + (3,),
+        weights=weights,
+        augment=False,
+        resize_to=info.resize_to,
+        **info.model_options,
+    )
     load_head_weights(model, path)
     return Pretrained(model=model, info=info, head_path=path, backbone=weights)

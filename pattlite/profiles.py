@@ -18,7 +18,7 @@ Five profiles:
 - `cpu`: the real datasets found (FER2013 and FERPlus are the ones a CPU can afford), ImageNet weights,
   heads on cached backbone features (no augmentation; stage 2 as coded fine-tunes no backbone weight
   anyway), the authors' callbacks with shorter caps and a class-stratified training subset, 3 seeds, on
-  Keras' JAX backend (6-11x faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
+  Keras' JAX backend (faster than TensorFlow for heads on a CPU: docs/audit.md). Sized so that the
   whole run on FER2013 + FERPlus fits in 3 hours on 2 CPU cores; its report is committed in
   docs/results/cpu/.
 - `ci`: smaller still, for tests (seconds per training), with a random backbone whose BatchNorm
@@ -47,6 +47,50 @@ BENCHMARKS = config.REAL_DATASETS  # ("ckplus", "rafdb", "fer2013", "ferplus"), 
 WEIGHTS_FILE_NAME = "mobilenet_1_0_224_imagenet_no_top.weights.h5"
 WEIGHTS_ENV_VAR = "PATTLITE_WEIGHTS"
 
+# The authors' recipe, as their notebook sets it: the training settings a profile passes to every experiment
+# (`pattlite.experiments.make_experiment` copies these `Profile` fields into the experiment's `TrainConfig`).
+# `Profile` and `pattlite.recipe.TrainConfig` take their defaults from here: the epoch limits are written once.
+AUTHORS_RECIPE = {
+    "stage1_epochs": 100,
+    "stage2_epochs": 500,  # Keras' `epochs` of stage 2 (the last epoch index + 1)
+    "stage2_max_epochs": None,  # no cap on the stage-2 epochs run
+    "validation": "published",  # class-grouped, unshuffled, batch 8
+    "steps_per_execution": 1,
+    "deterministic": False,
+    "train_views": 1,  # no flip on cached features
+    "test_probe_epochs": (),
+}
+TABLE5_DATASET = "rafdb"  # the paper's Table 5 (another dataset is a stand-in)
+GRADCAM_DATASET = "rafdb"  # the paper's Figures 6-7
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The batch-composition audit's own settings (`pattlite.audit`, `pattlite audit`): a profile of its own.
+
+    Attributes:
+        heads: the heads it trains (the authors', the no-mixing control, the corrected head).
+        real_profile, synthetic_profile: the profiles its experiments start from on real / synthetic data.
+        stage1: it trains heads on cached frozen-backbone features ("cached"); stage 2 never runs.
+        train_limit: training images on real data (class-stratified, seeded); synthetic data keep the
+            profile's own limit.
+        stage1_epochs: stage-1 epoch cap on real data (early stopping may end sooner); synthetic data keep the
+            profile's own.
+        synthetic_slot: `--dataset synthetic` trains on the synthetic stand-in in this benchmark's slot of a
+            synthetic profile (7 classes, like `config.DATASET_CLASSES["synthetic"]`).
+    """
+
+    heads: tuple = ("published", "no_mixing", "pattlite")
+    real_profile: str = "paper"
+    synthetic_profile: str = "ci"
+    stage1: str = "cached"
+    train_limit: int = 10_000
+    stage1_epochs: int = 10
+    synthetic_slot: str = "fer2013"
+
+
+AUDIT = AuditSettings()
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
@@ -70,7 +114,7 @@ class Profile:
             frozen-backbone features from `pattlite.features`).
         train_views: with stage1 "cached": 1 (no augmentation) or 2 (the authors' horizontal flip: the
             features of every training image and of its mirror image are cached, and each epoch sees
-            one of the two, drawn with probability 1/2; `pattlite.train.TrainConfig.train_views`).
+            one of the two, drawn with probability 1/2; `pattlite.recipe.TrainConfig.train_views`).
             Random contrast cannot be cached exactly and is left out.
         extraction_engine: the library that computes cached features: "auto" (OpenVINO when installed,
             else TensorFlow), "openvino" or "tensorflow"; $PATTLITE_EXTRACTION_ENGINE overrides it. The
@@ -84,6 +128,17 @@ class Profile:
         reference_seeds: with a cap, the seeds at which the published head also runs with stage 2
             uncapped on every benchmark (the `reference` study): the runs whose test probes measure
             what the cap costs (`pattlite.studies.cap`). Empty: none.
+        contrast_seeds: for a profile that trains heads on cached features (which cannot hold the
+            authors' random contrast), the seeds at which the `contrast` study measures what the contrast
+            changes: stage 1 of the published head on `contrast_train_limit` training images of
+            `contrast_dataset`, as the full image model with the authors' flip and contrast layers
+            (`stage1="exact"`) and as the head on cached features with the flip only
+            (`pattlite.studies.contrast`). Empty: none.
+        contrast_train_limit, contrast_dataset: that study's training images and benchmark.
+        exact_backend: the Keras backend of the trials that train the full image model (`stage1="exact"`)
+            when the profile's `keras_backend` is another (`pattlite.grid` runs them in processes of their
+            own): on a CPU, XLA's depthwise convolutions make the full model several times slower on JAX
+            than on TensorFlow (`pattlite bench`). None: the profile's backend.
         test_probe_epochs: stage-2 epoch counts after which each experiment also records its test
             accuracy (`ExperimentResult.test_probe`): what a stage-2 cap would cost, measured on every
             run; never used to pick or stop a model. Empty: none.
@@ -95,7 +150,7 @@ class Profile:
             one-convolution patch blocks have 2-9M parameters and dominate a CPU demo.
         table5_seeds: seeds of Table 5's grid (None: `seeds`).
         table5_datasets: the benchmarks Table 5's grid may run on, in order of preference: it runs on
-            the first the run has (`pattlite.studies.dataset_choice`; none: "not run (no dataset
+            the first the run has (`pattlite.studies.plan.dataset_choice`; none: "not run (no dataset
             present)"). The paper's is RAF-DB (another one is labelled a stand-in); then FERPlus (in-the-
             wild faces with cleaned labels, the paper's other benchmark with challenging subsets), FER2013
             (the same faces, noisier labels), CK+ (posed faces near 100%, leaving no room to rank kernels).
@@ -107,7 +162,7 @@ class Profile:
         steps_per_execution: batches per compiled call (keeps a GPU busy at batch size 8).
         validation: "published" (class-grouped, unshuffled, batch 8: what the authors' validation did)
             or "independent" (no validation prediction depends on other images).
-        deterministic: ask the backend for deterministic ops (see `pattlite.train.enable_determinism`).
+        deterministic: ask the backend for deterministic ops (see `pattlite.seeding.enable_determinism`).
         only_present_datasets: by default run only the benchmarks whose files are found (the others are
             reported "not run (dataset absent)"); a benchmark asked for by name must still be present.
         keras_backend: the Keras backend `./run_all.sh` runs the notebooks on (None: $KERAS_BACKEND, else
@@ -130,26 +185,30 @@ class Profile:
     weights_seed: int = 0
     bn_calibration_images: int = 64
     stage1: str = "exact"
-    train_views: int = 1
+    train_views: int = AUTHORS_RECIPE["train_views"]
     extraction_engine: str = "auto"
     finetune: str = "as_coded"
-    stage1_epochs: int = 100
-    stage2_epochs: int = 500
-    stage2_max_epochs: int | None = None
+    stage1_epochs: int = AUTHORS_RECIPE["stage1_epochs"]
+    stage2_epochs: int = AUTHORS_RECIPE["stage2_epochs"]
+    stage2_max_epochs: int | None = AUTHORS_RECIPE["stage2_max_epochs"]
     reference_seeds: tuple = ()
-    test_probe_epochs: tuple = ()
+    contrast_seeds: tuple = ()
+    contrast_train_limit: int | None = 5000
+    contrast_dataset: str = "ferplus"
+    exact_backend: str | None = None
+    test_probe_epochs: tuple = AUTHORS_RECIPE["test_probe_epochs"]
     train_limit: int | None = None
     ckplus_folds: tuple = tuple(range(10))
     table5_layers: tuple = tuple(config.TABLE5_CUT_LAYERS)
     table5_train_limit: int | None = None
     table5_seeds: tuple | None = None
-    table5_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
-    gradcam_datasets: tuple = ("rafdb", "ferplus", "fer2013", "ckplus")
+    table5_datasets: tuple = (TABLE5_DATASET, "ferplus", "fer2013", "ckplus")
+    gradcam_datasets: tuple = (GRADCAM_DATASET, "ferplus", "fer2013", "ckplus")
     seeds: tuple = (0,)
     ablation_seeds: tuple | None = None
-    steps_per_execution: int = 1
-    validation: str = "published"
-    deterministic: bool = False
+    steps_per_execution: int = AUTHORS_RECIPE["steps_per_execution"]
+    validation: str = AUTHORS_RECIPE["validation"]
+    deterministic: bool = AUTHORS_RECIPE["deterministic"]
     only_present_datasets: bool = False
     keras_backend: str | None = None
     sized_for_cpu: bool = False
@@ -181,14 +240,22 @@ def _synthetic_sources(n_train, n_val, n_test, image_size, ckplus_images) -> dic
     return {
         # CK+ is small and cross-validated over subject folds; its stand-in keeps every image in one pool
         # that the folds re-split (see pattlite.experiments).
-        "ckplus": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=11, n_train=ckplus_images, n_val=0, n_test=0, **common)},
-        "rafdb": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=12, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
-        "fer2013": {"dataset": "synthetic", "options": dict(
-            num_classes=7, seed=13, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
-        "ferplus": {"dataset": "synthetic", "options": dict(
-            num_classes=8, seed=14, n_train=n_train, n_val=n_val, n_test=n_test, **common)},
+        "ckplus": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=11, n_train=ckplus_images, n_val=0, n_test=0, **common),
+        },
+        "rafdb": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=12, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
+        "fer2013": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=7, seed=13, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
+        "ferplus": {
+            "dataset": "synthetic",
+            "options": dict(num_classes=8, seed=14, n_train=n_train, n_val=n_val, n_test=n_test, **common),
+        },
     }
 
 
@@ -201,17 +268,15 @@ PROFILES = {
         # The sizes the authors stored their arrays at.
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
         weights="imagenet",
-        stage1="exact",
-        stage1_epochs=100,
-        stage2_epochs=500,
+        stage1="exact",  # the authors' epoch limits: the defaults (AUTHORS_RECIPE)
         ckplus_folds=tuple(range(10)),
         steps_per_execution=16,
     ),
     "cpu": Profile(
         name="cpu",
         description="real data on a CPU: heads on cached ImageNet-backbone features (no augmentation; "
-                    "stage 2 as coded, which fine-tunes no backbone weight), 5,000-image training subsets, "
-                    "stage-1 cap 30 epochs, stage-2 cap 5 epochs",  # the seeds: `seeds` (a run's -p seeds= changes them)
+        "stage 2 as coded, which fine-tunes no backbone weight), 5,000-image training subsets, "
+        "stage-1 cap 30 epochs, stage-2 cap 5 epochs",  # the seeds: `seeds` (a run's -p seeds= changes them)
         synthetic=False,
         sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
@@ -223,7 +288,6 @@ PROFILES = {
         # they were set (about 2,000 samples/s on the JAX backend; 3,000-4,700 since). Each result
         # records how many epochs ran.
         stage1_epochs=30,
-        stage2_epochs=500,
         stage2_max_epochs=5,
         train_limit=5000,
         ckplus_folds=tuple(range(10)),
@@ -240,16 +304,16 @@ PROFILES = {
         sized_for_cpu=True,
         train_first=True,
         table_note="Profile cpu: heads trained on cached ImageNet-backbone features, so without the "
-                   "flip/contrast augmentation; stage 2 as coded fine-tunes no backbone weight, as in the "
-                   "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
-                   "epochs, stage 2 at 5; mean ± sd over the seeds run.",
+        "flip/contrast augmentation; stage 2 as coded fine-tunes no backbone weight, as in the "
+        "authors' code; class-stratified 5,000-image training subsets; stage 1 capped at 30 "
+        "epochs, stage 2 at 5; mean ± sd over the seeds run.",
     ),
     "cpu_full": Profile(
         name="cpu_full",
         description="the authors' recipe at full size on a CPU: heads on cached ImageNet-backbone features "
-                    "with the authors' horizontal flip (random contrast left out), stage 2 as coded (no "
-                    "backbone weight fine-tuned), every training image, the authors' epoch limits and "
-                    "callbacks with stage 2 capped at 50 epochs",
+        "with the authors' horizontal flip (random contrast left out), stage 2 as coded (no "
+        "backbone weight fine-tuned), every training image, the authors' epoch limits and "
+        "callbacks with stage 2 capped at 50 epochs",
         synthetic=False,
         sources={name: {"dataset": name, "options": {}} for name in BENCHMARKS},
         image_sizes={"ckplus": 120, "rafdb": 224, "fer2013": 120, "ferplus": 120},
@@ -260,8 +324,7 @@ PROFILES = {
         stage1="cached",
         train_views=2,
         finetune="as_coded",
-        stage1_epochs=100,
-        stage2_epochs=500,
+        # The authors' epoch limits (the defaults, AUTHORS_RECIPE).
         # Stage 2 capped at 50 epochs. The uncapped reference runs (published head, seed 0, every
         # benchmark: `reference_seeds`) measured what the cap costs with their test probes: at 50 epochs
         # vs their uncapped end, FER2013 -0.89 points under the authors' protocol (75.90 vs 76.79) and
@@ -272,6 +335,12 @@ PROFILES = {
         # as long. The report shows these numbers (`pattlite.studies.cap`).
         stage2_max_epochs=50,
         reference_seeds=(0,),
+        # The random contrast cannot be cached: measured directly, stage 1 exact (TensorFlow) against
+        # the cached flip-only head, 5,000 FERPlus training images, 3 seeds (`pattlite.studies.contrast`).
+        contrast_seeds=(0, 1, 2),
+        contrast_train_limit=5000,
+        contrast_dataset="ferplus",
+        exact_backend="tensorflow",
         # The test accuracy after these many stage-2 epochs, recorded by every run (analysis only).
         test_probe_epochs=(5, 10, 20, 50, 100, 150, 200, 300, 400),
         train_limit=None,
@@ -289,16 +358,16 @@ PROFILES = {
         sized_for_cpu=True,
         train_first=True,
         table_note="Profile cpu_full: the authors' recipe at full size, heads trained on cached "
-                   "ImageNet-backbone features with the horizontal flip (each epoch every training image "
-                   "or its mirror image) and without the random contrast; stage 2 as coded fine-tunes no "
-                   "backbone weight, as in the authors' code; every training image; the authors' epoch "
-                   "limits and callbacks, stage 2 capped at 50 epochs (what the cap costs: the report's "
-                   "cap table); mean ± sd over the seeds run.",
+        "ImageNet-backbone features with the horizontal flip (each epoch every training image "
+        "or its mirror image) and without the random contrast; stage 2 as coded fine-tunes no "
+        "backbone weight, as in the authors' code; every training image; the authors' epoch "
+        "limits and callbacks, stage 2 capped at 50 epochs (what the cap costs: the report's "
+        "cap table); mean ± sd over the seeds run.",
     ),
     "demo": Profile(
         name="demo",
         description="synthetic stand-ins, ImageNet backbone, heads on cached features; shows the "
-                    "pipeline and the batch-composition effect, not the paper's numbers",
+        "pipeline and the batch-composition effect, not the paper's numbers",
         synthetic=True,
         sources=_synthetic_sources(n_train=280, n_val=70, n_test=140, image_size=48, ckplus_images=280),
         image_sizes={name: 48 for name in BENCHMARKS},
@@ -309,7 +378,6 @@ PROFILES = {
         # 12 epochs: at 6 the published head had not yet learnt to lean on its batch, and the demo's
         # audit showed no batch effect on two of four stand-ins.
         stage1_epochs=12,
-        stage2_epochs=500,
         stage2_max_epochs=2,
         train_limit=280,
         ckplus_folds=(0, 1),
@@ -330,7 +398,6 @@ PROFILES = {
         bn_calibration_images=32,
         stage1="cached",
         stage1_epochs=2,
-        stage2_epochs=500,
         stage2_max_epochs=1,
         train_limit=56,
         ckplus_folds=(0,),
@@ -365,18 +432,26 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
     for field in ("table5_datasets", "gradcam_datasets"):
         order = getattr(profile, field)
         if isinstance(order, str) or not isinstance(order, (tuple, list)) or not order:
-            raise ValueError(f"profile field {field}={order!r}: expected a non-empty tuple of benchmarks in order "
-                             f"of preference, e.g. ('rafdb', 'ferplus')")
+            raise ValueError(
+                f"profile field {field}={order!r}: expected a non-empty tuple of benchmarks in order "
+                f"of preference, e.g. ('rafdb', 'ferplus')"
+            )
         for dataset in order:
             config.check_name("benchmark", dataset, BENCHMARKS)
         if len(set(order)) != len(order):
             raise ValueError(f"profile field {field}={order!r}: a benchmark is listed twice")
     if profile.train_views not in (1, 2) or (profile.train_views == 2 and profile.stage1 != "cached"):
-        raise ValueError(f"profile field train_views={profile.train_views!r}: expected 1, or 2 (mirror "
-                         "images' features) with stage1='cached'")
+        raise ValueError(
+            f"profile field train_views={profile.train_views!r}: expected 1, or 2 (mirror "
+            "images' features) with stage1='cached'"
+        )
     config.check_name("extraction engine", profile.extraction_engine, ("auto", "openvino", "tensorflow"))
-    if profile.keras_backend is not None:
-        config.check_name("Keras backend", profile.keras_backend, ("tensorflow", "jax"))
+    for field in ("keras_backend", "exact_backend"):
+        if getattr(profile, field) is not None:
+            config.check_name("Keras backend", getattr(profile, field), ("tensorflow", "jax"))
+    if profile.contrast_seeds:
+        config.check_name("contrast dataset", profile.contrast_dataset, BENCHMARKS)
+        config.check_seeds(profile.contrast_seeds)
     if profile.weights is None and not profile.synthetic and not allow_random_weights:
         raise ValueError(
             f"profile {name!r} with weights=None would train on a random backbone; pass weights "
@@ -389,12 +464,19 @@ def get_profile(name: str, allow_random_weights: bool = False, **overrides) -> P
     return profile
 
 
+def as_profile(profile) -> Profile:
+    """A `Profile` from a profile name, or the `Profile` given."""
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
 def weights_search_paths() -> list[Path]:
     """Where a local copy of the ImageNet weights is looked for, in order (after $PATTLITE_WEIGHTS):
     `<data dir>/weights/`, then `../shared/weights/` beside the project (this project's development
     machines keep the file there)."""
-    return [config.data_dir() / "weights" / WEIGHTS_FILE_NAME,
-            config.PROJECT_ROOT.parent / "shared" / "weights" / WEIGHTS_FILE_NAME]
+    return [
+        config.data_dir() / "weights" / WEIGHTS_FILE_NAME,
+        config.PROJECT_ROOT.parent / "shared" / "weights" / WEIGHTS_FILE_NAME,
+    ]
 
 
 def resolve_weights(weights):
@@ -419,6 +501,8 @@ def resolve_weights(weights):
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist; expected a "
-                                f"{WEIGHTS_FILE_NAME}-style Keras weights file")
+        raise FileNotFoundError(
+            f"backbone weights file {str(path)!r} does not exist; expected a "
+            f"{WEIGHTS_FILE_NAME}-style Keras weights file"
+        )
     return path

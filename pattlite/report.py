@@ -1,36 +1,33 @@
-"""Reporting: "ours vs paper" tables with verdicts, table and figure files, plots, the report, provenance.
+"""Reporting: "ours vs paper" tables with verdicts, table and figure files, plots, the report.
 
 No training here. The notebooks and the CLI build result frames from result files and call these.
 
 - `verdict` / `compare`: one verdict per published number ("reproduced", "not reproduced",
   "not comparable", "no result").
 - `save_table` / `save_figure`: CSV + Markdown + LaTeX, PNG + PDF, with a banner on synthetic data.
-- `plot_confusion_matrix`, `plot_accuracy_vs_params`: the paper's Figs. 2-5, 8 and 9-10.
+- `plot_confusion_matrix`, `plot_accuracy_vs_params` (`pattlite.plots`, importable from here): the paper's
+  Figs. 2-5, 8 and 9-10.
 - `render_report`: the replication report as Markdown and as one standalone HTML file.
-- `provenance`: code version, package versions, backend and device, stored in every result file.
 
-About 590 lines, over the project's ~500: these five parts share the banner, the tolerances and the
-file conventions, and each is short.
+Provenance (code version, package versions, backend and device) lives in `pattlite.provenance`; `provenance`
+and `accelerators` are importable from here too.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
-import importlib.metadata
 import math
 import os
-import platform
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pattlite import config
+# Re-exported: the plots (`pattlite.plots`) and provenance (`pattlite.provenance`) were part of this module.
+from pattlite.plots import normalize_confusion_matrix, plot_accuracy_vs_params, plot_confusion_matrix  # noqa: F401
+from pattlite.provenance import accelerators, provenance  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------
 # Verdicts
@@ -54,8 +51,12 @@ VERDICTS = ("reproduced", "not reproduced", "not comparable", "no result")
 # The mark in front of each of our numbers in the report's tables (Markdown: coloured emoji squares, which
 # GitHub shows); in the HTML each becomes a CSS-drawn square and colours its table cell, so the verdict
 # shows in a browser without an emoji font too: (mark, square colour, cell colour).
-VERDICT_MARKS = {"reproduced": ("🟩", "#2e7d32", "#e3f2e4"), "not reproduced": ("🟥", "#c62828", "#fbe4e4"),
-                 "not comparable": ("⬜", "#ffffff", "#f4f4f4"), "no result": ("⬛", "#212121", "#e6e6e6")}
+VERDICT_MARKS = {
+    "reproduced": ("🟩", "#2e7d32", "#e3f2e4"),
+    "not reproduced": ("🟥", "#c62828", "#fbe4e4"),
+    "not comparable": ("⬜", "#ffffff", "#f4f4f4"),
+    "no result": ("⬛", "#212121", "#e6e6e6"),
+}
 SYNTHETIC_BANNER = "SYNTHETIC DATA — not comparable with the paper"
 
 # Float comparisons of numbers printed with 2 decimals: 95.05 - 94.05 is 1.0000000000000142.
@@ -100,13 +101,23 @@ def _duplicated_keys(df: pd.DataFrame, on: list[str], what: str) -> None:
     dup = df.duplicated(subset=on, keep=False)
     if dup.any():
         rows = df.loc[dup, on].drop_duplicates().head(5).to_dict("records")
-        raise ValueError(f"{what} has several rows for the same keys {on}: {rows}; "
-                         f"add the distinguishing column to `on`")
+        raise ValueError(
+            f"{what} has several rows for the same keys {on}: {rows}; add the distinguishing column to `on`"
+        )
 
 
-def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolerance: float | None = None,
-            synthetic: bool = False, paper_col: str = "value", ours_col: str = "value",
-            how: str = "left", sd_col: str = "sd", runs_col: str = "runs") -> pd.DataFrame:
+def compare(
+    paper_df: pd.DataFrame,
+    ours_df: pd.DataFrame,
+    on: list[str],
+    tolerance: float | None = None,
+    synthetic: bool = False,
+    paper_col: str = "value",
+    ours_col: str = "value",
+    how: str = "left",
+    sd_col: str = "sd",
+    runs_col: str = "runs",
+) -> pd.DataFrame:
     """Join published numbers with ours and give each a verdict.
 
     Args:
@@ -150,8 +161,9 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
     elif "quantity" in merged.columns:
         unknown = sorted(set(merged["quantity"].dropna()) - set(TOLERANCE_BY_QUANTITY))
         if unknown:
-            raise ValueError(f"no default tolerance for quantity {unknown}; known: {list(TOLERANCE_BY_QUANTITY)}"
-                             f"; pass tolerance=")
+            raise ValueError(
+                f"no default tolerance for quantity {unknown}; known: {list(TOLERANCE_BY_QUANTITY)}; pass tolerance="
+            )
         merged["tolerance"] = merged["quantity"].map(TOLERANCE_BY_QUANTITY).fillna(ACCURACY_TOLERANCE)
     else:
         merged["tolerance"] = ACCURACY_TOLERANCE
@@ -160,8 +172,10 @@ def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame, on: list[str], tolera
         runs = merged.pop("_runs").astype(float).clip(lower=1.0) if with_runs else 1.0
         widened = (SPREAD_FACTOR * merged["ours_sd"] / np.sqrt(runs)).where(merged["ours_sd"].notna(), 0.0)
         merged["tolerance"] = np.maximum(merged["tolerance"].astype(float), widened)
-    merged["verdict"] = [verdict(p, o, t, comparable=not synthetic)
-                         for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])]
+    merged["verdict"] = [
+        verdict(p, o, t, comparable=not synthetic)
+        for p, o, t in zip(merged["paper"], merged["ours"], merged["tolerance"])
+    ]
     tail = ["paper", "ours"] + (["ours_sd"] if with_sd else []) + ["diff", "tolerance", "verdict"]
     head = on + [c for c in merged.columns if c not in on and c not in tail]
     out = merged[head + tail].reset_index(drop=True)
@@ -177,8 +191,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def _check_file_stem(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"file name stem {name!r} must be letters, digits, '.', '_' or '-' "
-                         f"(no folders, no spaces), e.g. 'table4_ablation'")
+        raise ValueError(
+            f"file name stem {name!r} must be letters, digits, '.', '_' or '-' "
+            f"(no folders, no spaces), e.g. 'table4_ablation'"
+        )
     return name
 
 
@@ -199,8 +215,14 @@ def _latex_table(df: pd.DataFrame, caption: str, synthetic: bool, float_format: 
     # check marks) needs a Unicode-aware LaTeX (any since 2018).
     if synthetic:
         caption = f"{caption} ({SYNTHETIC_BANNER})"
-    return df.to_latex(index=False, na_rep="-", float_format=float_format, escape=True, position="ht",
-                       caption=caption.translate(_LATEX_CAPTION_ESCAPES))
+    return df.to_latex(
+        index=False,
+        na_rep="-",
+        float_format=float_format,
+        escape=True,
+        position="ht",
+        caption=caption.translate(_LATEX_CAPTION_ESCAPES),
+    )
 
 
 def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
@@ -214,8 +236,9 @@ def _markdown_table(df: pd.DataFrame, float_format: str) -> str:
     return text.to_markdown(index=False, disable_numparse=True)
 
 
-def save_table(df: pd.DataFrame, name: str, out_dir, caption: str, synthetic: bool = False,
-               float_format: str = "%.2f") -> dict[str, Path]:
+def save_table(
+    df: pd.DataFrame, name: str, out_dir, caption: str, synthetic: bool = False, float_format: str = "%.2f"
+) -> dict[str, Path]:
     """Write `df` as `<name>.csv`, `<name>.md` and `<name>.tex` in `out_dir`.
 
     Each file starts with the caption (e.g. "Table 4. Ablation study ...") and, when `synthetic`, the
@@ -263,10 +286,20 @@ def add_synthetic_banner(fig) -> None:
     """Write the synthetic-data banner across `fig` (once) so no copy of the image loses it."""
     if any(t.get_text() == SYNTHETIC_BANNER for t in fig.texts):
         return
-    fig.text(0.5, 0.5, SYNTHETIC_BANNER, ha="center", va="center", rotation=25, fontsize=16,
-             color="red", alpha=0.35, fontweight="bold", zorder=1000)
-    fig.text(0.5, 0.995, SYNTHETIC_BANNER, ha="center", va="top", fontsize=9, color="red",
-             fontweight="bold")
+    fig.text(
+        0.5,
+        0.5,
+        SYNTHETIC_BANNER,
+        ha="center",
+        va="center",
+        rotation=25,
+        fontsize=16,
+        color="red",
+        alpha=0.35,
+        fontweight="bold",
+        zorder=1000,
+    )
+    fig.text(0.5, 0.995, SYNTHETIC_BANNER, ha="center", va="top", fontsize=9, color="red", fontweight="bold")
 
 
 def save_figure(fig, name: str, out_dir, synthetic: bool = False, dpi: int = 150) -> dict[str, Path]:
@@ -289,122 +322,15 @@ def save_figure(fig, name: str, out_dir, synthetic: bool = False, dpi: int = 150
 
 
 # ---------------------------------------------------------------------------------------------------
-# Plots
-
-
-def normalize_confusion_matrix(cm) -> np.ndarray:
-    """Row-normalise a confusion matrix (rows = true class) to percent; a row with no samples is NaN."""
-    cm = np.asarray(cm, dtype=float)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion matrix must be square 2-D, got shape {cm.shape}")
-    if (cm < 0).any():
-        raise ValueError("confusion matrix has negative counts")
-    totals = cm.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, 100.0 * cm / totals, np.nan)
-
-
-def plot_confusion_matrix(cm, classes, title: str, normalize: bool = True, ax=None):
-    """Confusion matrix as a heat map with the value in every cell, like the paper's Figs. 2-5 and 8.
-
-    Args:
-        cm: square array of counts, rows = true class, columns = predicted class.
-        classes: class names in the matrix's order.
-        title: axes title.
-        normalize: show row-normalised percentages (per-class recall on the diagonal); else raw counts.
-        ax: matplotlib Axes to draw on; a new figure when None.
-
-    Returns:
-        The Axes.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn
-
-    counts = np.asarray(cm, dtype=float)
-    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
-        raise ValueError(f"confusion matrix shape {counts.shape} does not match {len(classes)} classes {list(classes)}")
-    shown = normalize_confusion_matrix(counts) if normalize else counts
-    if ax is None:
-        size = 1.0 + 0.75 * len(classes)
-        _, ax = plt.subplots(figsize=(size + 1.0, size))
-    vmax = 100.0 if normalize else max(float(np.nanmax(shown)) if shown.size else 1.0, 1.0)
-    labels = [["-" if np.isnan(v) else (f"{v:.2f}" if normalize else f"{int(v)}") for v in row] for row in shown]
-    seaborn.heatmap(np.nan_to_num(shown, nan=0.0), annot=np.array(labels, dtype=object), fmt="", cmap="Blues",
-                    vmin=0.0, vmax=vmax, square=True, ax=ax, annot_kws={"fontsize": 8},
-                    cbar_kws={"fraction": 0.046, "pad": 0.04},
-                    xticklabels=list(classes), yticklabels=list(classes))
-    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
-    ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    ax.set_title(title)
-    return ax
-
-
-def _points_frame(rows, what: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
-    if len(df) == 0:
-        return pd.DataFrame(columns=["method", "params", "accuracy"])
-    missing = [c for c in ("method", "params", "accuracy") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; expected method, params (count), accuracy (%)")
-    return df
-
-
-def plot_accuracy_vs_params(methods_df, ours_rows, title: str, ax=None):
-    """Accuracy against parameter count (log scale), like the paper's Figs. 9 (RAF-DB) and 10 (FERPlus).
-
-    Args:
-        methods_df: the paper's points, columns `method`, `params` (count), `accuracy` (%), optional
-            `is_pattlite`; `pattlite.paper.figure_points(9 or 10)` gives them. Points without a parameter
-            count cannot be placed on the axis; they are named in a note under the plot.
-        ours_rows: our points (DataFrame or list of dicts) with the same columns; may be empty.
-        title: axes title.
-        ax: matplotlib Axes; a new figure when None.
-
-    Returns:
-        The Axes.
-    """
-    import matplotlib.pyplot as plt
-
-    paper_pts = _points_frame(methods_df, "methods_df")
-    ours_pts = _points_frame(ours_rows, "ours_rows")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 5.0))
-    is_pattlite = (paper_pts["is_pattlite"].astype(bool) if "is_pattlite" in paper_pts
-                   else paper_pts["method"].astype(str).str.startswith("PAtt-Lite"))
-    placeable = paper_pts["params"].notna()
-    groups = (
-        (paper_pts[placeable & ~is_pattlite], dict(marker="o", color="tab:gray"), "published methods"),
-        (paper_pts[placeable & is_pattlite], dict(marker="*", s=180, color="tab:blue"), "PAtt-Lite (paper)"),
-        (ours_pts[ours_pts["params"].notna()], dict(marker="D", color="tab:red"), "ours"),
-    )
-    for pts, style, label in groups:
-        if len(pts) == 0:
-            continue
-        ax.scatter(pts["params"].astype(float), pts["accuracy"].astype(float), label=label, zorder=3,
-                   **{"s": 40, **style})
-        for row in pts.itertuples(index=False):
-            ax.annotate(str(row.method), (float(row.params), float(row.accuracy)), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("Parameters (log scale)")
-    ax.set_ylabel("Accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    unplaced = list(paper_pts.loc[~placeable, "method"]) + list(ours_pts.loc[ours_pts["params"].isna(), "method"])
-    if unplaced:
-        ax.text(0.0, -0.16, "Not plotted (no parameter count): " + ", ".join(map(str, unplaced)),
-                transform=ax.transAxes, fontsize=7, va="top")
-    return ax
-
-
-# ---------------------------------------------------------------------------------------------------
 # The report
 
-_IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".svg": "image/svg+xml"}
+_IMAGE_MIME = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+}
 
 
 def _check_block(block, where: str):
@@ -417,8 +343,10 @@ def _check_block(block, where: str):
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image file {path} does not exist")
         return path
-    raise TypeError(f"{where}: a block must be markdown text (str), a pandas DataFrame or an image path "
-                    f"(pathlib.Path), got {type(block).__name__}")
+    raise TypeError(
+        f"{where}: a block must be markdown text (str), a pandas DataFrame or an image path "
+        f"(pathlib.Path), got {type(block).__name__}"
+    )
 
 
 def section_anchors(names) -> list[str]:
@@ -432,8 +360,14 @@ def section_anchors(names) -> list[str]:
     return anchors
 
 
-def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite replication report",
-                  synthetic: bool = False, provenance_info: dict | None = None) -> tuple[Path, Path]:
+def render_report(
+    markdown_path,
+    html_path,
+    sections,
+    title: str = "PAtt-Lite replication report",
+    synthetic: bool = False,
+    provenance_info: dict | None = None,
+) -> tuple[Path, Path]:
     """Write the report as Markdown and as one standalone HTML file (nbconvert's HTML export of the same
     Markdown, images embedded as base64).
 
@@ -470,8 +404,9 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
     anchors = section_anchors(name for name, _ in checked)
     head = [f"# {title}"] + ([f"> **{SYNTHETIC_BANNER}**"] if synthetic else [])
     if checked:
-        head.append("**Contents**\n\n" + "\n".join(f"- [{name}](#{anchor})"
-                                                    for (name, _), anchor in zip(checked, anchors)))
+        head.append(
+            "**Contents**\n\n" + "\n".join(f"- [{name}](#{anchor})" for (name, _), anchor in zip(checked, anchors))
+        )
     md_parts, cells = ["\n\n".join(head)], [nbformat.v4.new_markdown_cell("\n\n".join(head))]
     for (name, blocks), anchor in zip(checked, anchors):
         heading = f'<a id="{anchor}"></a>\n\n## {name}'
@@ -486,8 +421,9 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
             else:
                 rel = os.path.relpath(block.resolve(), markdown_path.resolve().parent)
                 md.append(f"![{block.stem}]({Path(rel).as_posix()})")
-                attachments[block.name] = {_IMAGE_MIME[block.suffix.lower()]:
-                                           base64.b64encode(block.read_bytes()).decode("ascii")}
+                attachments[block.name] = {
+                    _IMAGE_MIME[block.suffix.lower()]: base64.b64encode(block.read_bytes()).decode("ascii")
+                }
                 cell_md.append(f"![{block.stem}](attachment:{block.name})")
         md_parts.append("\n\n".join(md))
         cell = nbformat.v4.new_markdown_cell("\n\n".join(cell_md))
@@ -499,10 +435,12 @@ def render_report(markdown_path, html_path, sections, title: str = "PAtt-Lite re
         md_parts.append(text)
         cells.append(nbformat.v4.new_markdown_cell(text))
 
-    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True,
-                            exclude_anchor_links=True)
-    page, _ = exporter.from_notebook_node(nbformat.v4.new_notebook(cells=cells),
-                                          resources={"metadata": {"name": title}})
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True, exclude_anchor_links=True
+    )
+    page, _ = exporter.from_notebook_node(
+        nbformat.v4.new_notebook(cells=cells), resources={"metadata": {"name": title}}
+    )
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text("\n\n".join(md_parts) + "\n", encoding="utf-8")
@@ -518,9 +456,11 @@ def html_verdict_marks(page: str) -> str:
 
     def square(mark: str) -> str:
         verdict, colour, _ = by_mark[mark]
-        return (f'<span class="verdict-mark" title="{verdict}" aria-label="{verdict}" style="display:inline-block;'
-                f'width:0.75em;height:0.75em;margin-right:0.2em;vertical-align:-0.05em;background:{colour};'
-                f'border:1px solid #555"></span>')
+        return (
+            f'<span class="verdict-mark" title="{verdict}" aria-label="{verdict}" style="display:inline-block;'
+            f"width:0.75em;height:0.75em;margin-right:0.2em;vertical-align:-0.05em;background:{colour};"
+            f'border:1px solid #555"></span>'
+        )
 
     marks = "|".join(map(re.escape, by_mark))
 
@@ -534,89 +474,3 @@ def html_verdict_marks(page: str) -> str:
 
     page = re.sub(r"<td([^>]*)>(.*?)</td>", cell, page, flags=re.S)
     return re.sub(marks, lambda m: square(m.group(0)), page)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Provenance
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True,
-                              timeout=20, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def accelerators(backend: str | None = None) -> list[str]:
-    """Names of the GPUs/TPUs a Keras backend sees (default: the active one; empty on CPU)."""
-    if backend is None:
-        import keras
-
-        backend = keras.config.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf  # the backend is already imported by keras; this adds no cost
-
-        names = []
-        for device in tf.config.list_physical_devices("GPU"):
-            details = tf.config.experimental.get_device_details(device)
-            names.append(details.get("device_name", device.name))
-        return names
-    if backend == "jax":
-        import jax
-
-        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
-    if backend == "torch":
-        import torch
-
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return []
-
-
-def provenance() -> dict:
-    """Where a result came from: code version, package versions, Keras backend and device; no hostname.
-
-    Returns:
-        {"git_commit": sha or "unknown", "git_dirty": bool or None (unknown), "python", "keras",
-        "tensorflow" (None if not installed), "numpy", "pandas", "pattlite", "keras_backend",
-        "device" (GPU names, else the CPU model), "platform", "created_utc"}.
-    """
-    import keras
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    backend = keras.config.backend()
-    gpus = accelerators(backend)
-    return {
-        "git_commit": commit or "unknown",
-        "git_dirty": None if status is None else bool(status),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "tensorflow": _version("tensorflow"),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "pattlite": _version("pattlite") or __import__("pattlite").__version__,
-        "keras_backend": backend,
-        "device": ", ".join(gpus) if gpus else f"CPU: {_cpu_model()}",
-        "platform": f"{platform.system()} {platform.machine()}; {sys.implementation.name}",
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }

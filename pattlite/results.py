@@ -8,7 +8,8 @@ Format versions (`format_version` in the file):
 
 - 1: the first format, without a `format_version` field (and with a stored `"cached": false`). Its
   fields are those of version 2, so it is read as it is; `format_version` is then 1.
-- 2: this format.
+- 2: the second format.
+- 3: this format (`RESULT_FORMAT_VERSION`); versions 1 and 2 are still read.
 
 A file of a later version is an error naming the file and the versions this code reads.
 """
@@ -56,7 +57,7 @@ class ExperimentResult:
         trainable_params: {"stage1", "stage2"}.
         finetune: `pattlite.model.set_finetune_trainable`'s report for stage 2 (None when not run).
         wall_time_s: {"stage1", "stage2", "total", "experiment"} seconds.
-        provenance: package versions, device, git commit (`pattlite.report.provenance`).
+        provenance: package versions, device, git commit (`pattlite.provenance.provenance`).
         extraction: {"engine", "version"} of the library that computed the cached features (None when
             stage 1 ran on pixels).
         test_probe: {stage-2 epochs run: {protocol: test accuracy}} at the experiment's
@@ -99,8 +100,11 @@ class ExperimentResult:
 
     @classmethod
     def required_fields(cls) -> tuple:
-        return tuple(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
+        return tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
 
     def to_dict(self) -> dict:
         """The file's content: every stored field, JSON types only, `format_version` first."""
@@ -143,7 +147,8 @@ class ExperimentResult:
             else:
                 base[name] = value
         base.update(
-            epochs_stage1=self.epochs["stage1"], epochs_stage2=self.epochs["stage2"],
+            epochs_stage1=self.epochs["stage1"],
+            epochs_stage2=self.epochs["stage2"],
             trainable_params_stage1=self.trainable_params["stage1"],
             trainable_params_stage2=self.trainable_params["stage2"],
             wall_time_s=self.wall_time_s["total"],
@@ -151,13 +156,23 @@ class ExperimentResult:
         rows = []
         for subset, by_protocol in self.metrics.items():
             for protocol, m in by_protocol.items():
-                row = dict(base, subset=subset, protocol=protocol, n=m["n"], accuracy=m["accuracy"],
-                           mean_class_accuracy=m["mean_class_accuracy"])
+                row = dict(
+                    base,
+                    subset=subset,
+                    protocol=protocol,
+                    n=m["n"],
+                    accuracy=m["accuracy"],
+                    mean_class_accuracy=m["mean_class_accuracy"],
+                )
                 row.update({f"acc_{c}": v for c, v in m["per_class_accuracy"].items()})
                 if subset == WHOLE_TEST:
-                    row.update({f"probe_{epochs}": by_protocol_probe[protocol]
-                                for epochs, by_protocol_probe in self.test_probe.items()
-                                if protocol in by_protocol_probe})
+                    row.update(
+                        {
+                            f"probe_{epochs}": by_protocol_probe[protocol]
+                            for epochs, by_protocol_probe in self.test_probe.items()
+                            if protocol in by_protocol_probe
+                        }
+                    )
                 rows.append(row)
         return rows
 
@@ -172,8 +187,7 @@ class ExperimentResult:
         """
         path = Path(path)
         key = path.stem if key is None else key
-        fix = ("Delete it, or retrain with `pattlite train ... --force` (force=True in Python), which "
-               "replaces it")
+        fix = "Delete it, or retrain with `pattlite train ... --force` (force=True in Python), which replaces it"
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
@@ -183,31 +197,39 @@ class ExperimentResult:
         try:
             content = json.loads(text)
         except json.JSONDecodeError as error:
-            raise DamagedResultError(f"result file {path} is not valid JSON (truncated or edited?): {error}. "
-                                     f"{fix}") from None
+            raise DamagedResultError(
+                f"result file {path} is not valid JSON (truncated or edited?): {error}. {fix}"
+            ) from None
         if not isinstance(content, dict):
-            raise DamagedResultError(f"result file {path} holds a JSON {type(content).__name__}, not a "
-                                     f"result object. {fix}")
+            raise DamagedResultError(
+                f"result file {path} holds a JSON {type(content).__name__}, not a result object. {fix}"
+            )
         version = content.get("format_version", 1)
         if version not in READABLE_VERSIONS:
             raise DamagedResultError(
                 f"result file {path} has format version {version!r}; this pattlite reads result format "
                 f"versions {', '.join(map(str, READABLE_VERSIONS))} (written now: {RESULT_FORMAT_VERSION}). "
-                f"Read it with the pattlite that wrote it, or retrain with --force")
+                f"Read it with the pattlite that wrote it, or retrain with --force"
+            )
         if version == 1:
             content = {name: value for name, value in content.items() if name != "cached"}
         content["format_version"] = version
         missing = [name for name in cls.required_fields() if name not in content]
         if missing:
-            raise DamagedResultError(f"result file {path} lacks {', '.join(map(repr, missing))}; a result "
-                                     f"(format version {version}) has {', '.join(cls.stored_fields())}. {fix}")
+            raise DamagedResultError(
+                f"result file {path} lacks {', '.join(map(repr, missing))}; a result "
+                f"(format version {version}) has {', '.join(cls.stored_fields())}. {fix}"
+            )
         unknown = sorted(set(content) - set(cls.stored_fields()))
         if unknown:
-            raise DamagedResultError(f"result file {path} has field(s) {', '.join(map(repr, unknown))}, which "
-                                     f"a result of format version {version} does not have. {fix}")
+            raise DamagedResultError(
+                f"result file {path} has field(s) {', '.join(map(repr, unknown))}, which "
+                f"a result of format version {version} does not have. {fix}"
+            )
         if content["key"] != key:
-            raise DamagedResultError(f"result file {path} holds the result of key {content['key']!r}, not "
-                                     f"{key!r}. {fix}")
+            raise DamagedResultError(
+                f"result file {path} holds the result of key {content['key']!r}, not {key!r}. {fix}"
+            )
         if not isinstance(content["metrics"], dict) or WHOLE_TEST not in content["metrics"]:
             raise DamagedResultError(f"result file {path}: 'metrics' lacks the test split ('all'). {fix}")
         return cls(**content, cached=True, path=str(path))

@@ -18,6 +18,12 @@ import numpy as np
 ENGINES = ("onnxruntime", "openvino", "tensorflow")
 
 
+def info_path(out) -> Path:
+    """Where the export's sidecar goes: `<out stem>.json`, or `<folder>/pattlite.json` for a SavedModel."""
+    out = Path(out)
+    return out / "pattlite.json" if out.suffix == "" else out.with_suffix(".json")
+
+
 class OnnxModel:
     """An ONNX export on ONNX Runtime's CPU provider. `threads`: intra-op threads (None: its default)."""
 
@@ -59,7 +65,8 @@ class OpenVinoModel:
             model = self.model.clone()
             model.reshape([*batch.shape])
             request = self.requests[batch.shape] = self.core.compile_model(
-                model, "CPU", self.settings).create_infer_request()
+                model, "CPU", self.settings
+            ).create_infer_request()
         request.infer([batch])
         return np.array(request.get_output_tensor(0).data)
 

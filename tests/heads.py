@@ -14,8 +14,14 @@ FER_TEST = REPO_ROOT / "tests" / "fixtures" / "ferplus" / "data" / "FER2013Test"
 FACE_FILES = ("fer0032376.png", "fer0032447.png")
 
 
-def training_files(folder: Path, variant: str = "pattlite", num_classes: int = 8, image_size: int = 48,
-                   key: str = "0123456789abcdef", dataset: str = "ferplus") -> Path:
+def training_files(
+    folder: Path,
+    variant: str = "pattlite",
+    num_classes: int = 8,
+    image_size: int = 48,
+    key: str = "0123456789abcdef",
+    dataset: str = "ferplus",
+) -> Path:
     """`<key>.weights.h5` + `<key>.json` as `pattlite.experiments` writes them for a head trained on
     cached features (one optimizer step on random features); returns the weights path."""
     from pattlite.model import build_head
@@ -33,12 +39,33 @@ def training_files(folder: Path, variant: str = "pattlite", num_classes: int = 8
     head.save_weights(str(weights))
     classes = list(config.CLASSES[:num_classes])
     ExperimentResult(
-        key=key, dataset=dataset, source_dataset=dataset, classes=classes, synthetic=False, data=None,
-        config={"profile": "ci", "variant": variant, "model_options": {}, "image_size": image_size,
-                "resize_to": 224, "seed": 7, "source": {"dataset": dataset, "options": {}}},
-        stage1="cached", notes=[], weights={}, split_sizes={},
-        metrics={"all": {"independent": {"accuracy": 0.5}}}, predictions={}, history={}, epochs={},
-        trainable_params={}, finetune=None, wall_time_s={}, provenance={"git_commit": "f" * 40, "keras": "3"},
+        key=key,
+        dataset=dataset,
+        source_dataset=dataset,
+        classes=classes,
+        synthetic=False,
+        data=None,
+        config={
+            "profile": "ci",
+            "variant": variant,
+            "model_options": {},
+            "image_size": image_size,
+            "resize_to": 224,
+            "seed": 7,
+            "source": {"dataset": dataset, "options": {}},
+        },
+        stage1="cached",
+        notes=[],
+        weights={},
+        split_sizes={},
+        metrics={"all": {"independent": {"accuracy": 0.5}}},
+        predictions={},
+        history={},
+        epochs={},
+        trainable_params={},
+        finetune=None,
+        wall_time_s={},
+        provenance={"git_commit": "f" * 40, "keras": "3"},
     ).write(folder / f"{key}.json")
     return weights
 

@@ -76,8 +76,9 @@ def test_real_data_plan_uses_cached_features_stage1_and_the_subset(tmp_path):
         assert exp.train["stage1_epochs"] == audit.DEFAULT_STAGE1_EPOCHS
         assert exp.weights == str(weights) and exp.image_size == 120
     assert len({e.key() for e in exps}) == len(exps)
-    custom = audit.cached_head_experiments("fer2013", weights=str(weights), train_limit=500, image_size=48,
-                                     stage1_epochs=3)
+    custom = audit.cached_head_experiments(
+        "fer2013", weights=str(weights), train_limit=500, image_size=48, stage1_epochs=3
+    )
     assert {(e.train_limit, e.image_size, e.train["stage1_epochs"]) for e in custom} == {(500, 48, 3)}
 
 
@@ -88,10 +89,26 @@ def test_summary_averages_seeds(tmp_path):
     def result(accuracy):
         metrics = {"all": {p: {"accuracy": accuracy + i / 100} for i, p in enumerate(PROTOCOLS)}}
         return ExperimentResult(
-            key="0" * 16, config={}, dataset="fer2013", source_dataset="fer2013", classes=[], synthetic=False,
-            data=None, stage1="cached", notes=[], weights={"spec": str(weights)},
-            split_sizes={"train": 10, "test": 5}, metrics=metrics, predictions={}, history={},
-            epochs={"stage1": 7}, trainable_params={}, finetune=None, wall_time_s={}, provenance={})
+            key="0" * 16,
+            config={},
+            dataset="fer2013",
+            source_dataset="fer2013",
+            classes=[],
+            synthetic=False,
+            data=None,
+            stage1="cached",
+            notes=[],
+            weights={"spec": str(weights)},
+            split_sizes={"train": 10, "test": 5},
+            metrics=metrics,
+            predictions={},
+            history={},
+            epochs={"stage1": 7},
+            trainable_params={},
+            finetune=None,
+            wall_time_s={},
+            provenance={},
+        )
 
     summary = audit.summarize(exps, [result(0.2 if e.seed == 0 else 0.4) for e in exps], "fer2013", 1.0)
     assert summary["per_seed"]["pattlite"]["published"] == [0.2, 0.4]
@@ -100,15 +117,21 @@ def test_summary_averages_seeds(tmp_path):
     assert summary["batch_gain"] == pytest.approx(-0.02)
 
 
-@pytest.mark.parametrize("args, status, message", [
-    (["audit", "--dataset", "affectnet"], 2, "valid datasets: ckplus, rafdb, fer2013, ferplus, synthetic"),
-    (["audit", "--dataset", "ferplus"], 2, "needs --weights"),
-    (["audit", "--dataset", "ferplus", "--weights", "/nonexistent/mobilenet.weights.h5"], 1,
-     "/nonexistent/mobilenet.weights.h5"),
-    (["audit", "--dataset", "synthetic", "--profile", "paper"], 2, "needs a synthetic profile"),
-    (["audit", "--dataset", "ferplus", "--weights", "imagenet", "--profile", "ci"], 2, "synthetic stand-in"),
-    (["audit", "--dataset", "synthetic", "--profile", "fast"], 2, "valid profiles: paper, cpu, cpu_full, demo, ci"),
-])
+@pytest.mark.parametrize(
+    "args, status, message",
+    [
+        (["audit", "--dataset", "affectnet"], 2, "valid datasets: ckplus, rafdb, fer2013, ferplus, synthetic"),
+        (["audit", "--dataset", "ferplus"], 2, "needs --weights"),
+        (
+            ["audit", "--dataset", "ferplus", "--weights", "/nonexistent/mobilenet.weights.h5"],
+            1,
+            "/nonexistent/mobilenet.weights.h5",
+        ),
+        (["audit", "--dataset", "synthetic", "--profile", "paper"], 2, "needs a synthetic profile"),
+        (["audit", "--dataset", "ferplus", "--weights", "imagenet", "--profile", "ci"], 2, "synthetic stand-in"),
+        (["audit", "--dataset", "synthetic", "--profile", "fast"], 2, "valid profiles: paper, cpu, cpu_full, demo, ci"),
+    ],
+)
 def test_bad_inputs_exit_non_zero_with_a_clear_message(folders, capsys, args, status, message):
     code, out, err = run_cli(capsys, args)
     assert code == status
@@ -118,7 +141,19 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(folders, capsys, args, st
 
 def test_missing_real_dataset_names_the_dataset(folders, capsys, tmp_path):
     weights = fake_weights(tmp_path)
-    code, _, err = run_cli(capsys, ["audit", "--dataset", "fer2013", "--root", tmp_path / "nowhere",
-                                    "--weights", weights, "--results", tmp_path / "results"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "audit",
+            "--dataset",
+            "fer2013",
+            "--root",
+            tmp_path / "nowhere",
+            "--weights",
+            weights,
+            "--results",
+            tmp_path / "results",
+        ],
+    )
     assert code == 1
     assert "fer2013" in err.lower() and str(tmp_path / "nowhere") in err

@@ -26,8 +26,16 @@ LAYER = "conv_dw_9_relu"
 def make_manifest(folder, n=6, side=10):
     rng = np.random.default_rng(0)
     np.save(folder / "stack.npy", rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8))
-    manifest = pd.DataFrame({"split": "train", "label": "anger", "y": 0, "path": str(folder / "stack.npy"),
-                             "row": range(n), "image_id": [f"i{i}" for i in range(n)]})
+    manifest = pd.DataFrame(
+        {
+            "split": "train",
+            "label": "anger",
+            "y": 0,
+            "path": str(folder / "stack.npy"),
+            "row": range(n),
+            "image_id": [f"i{i}" for i in range(n)],
+        }
+    )
     manifest.attrs.update(dataset="unit", classes=("anger",), synthetic=False, source="test")
     return manifest
 
@@ -59,9 +67,18 @@ def store(tmp_path, monkeypatch):
     weights.write_bytes(b"weights")
 
     def run(**options):
-        return F.backbone_features(manifest, 10, weights, cut_layers=(LAYER,), batch_size=2, progress=False,
-                                   cache_dir=tmp_path / "features", engine="tensorflow",
-                                   pixels=np.load(tmp_path / "stack.npy"), **options)[LAYER]
+        return F.backbone_features(
+            manifest,
+            10,
+            weights,
+            cut_layers=(LAYER,),
+            batch_size=2,
+            progress=False,
+            cache_dir=tmp_path / "features",
+            engine="tensorflow",
+            pixels=np.load(tmp_path / "stack.npy"),
+            **options,
+        )[LAYER]
 
     run.extractor, run.folder = extractor, tmp_path / "features"
     return run
@@ -249,8 +266,10 @@ def test_extraction_engine_is_in_the_store_key_and_cheap_to_name(tmp_path, monke
     assert F.extraction_identity("tensorflow") == {"engine": "tensorflow", "version": version("tensorflow")}
     with pytest.raises(ValueError, match="onnx"):
         F.extraction_identity("onnx")
-    script = ("import sys; from pattlite.features import extraction_identity as e; i = e(); "
-              "assert i['engine'] in ('openvino', 'tensorflow') and i['version'], i; "
-              "assert not {'keras', 'tensorflow', 'openvino'} & set(sys.modules), sorted(sys.modules)")
+    script = (
+        "import sys; from pattlite.features import extraction_identity as e; i = e(); "
+        "assert i['engine'] in ('openvino', 'tensorflow') and i['version'], i; "
+        "assert not {'keras', 'tensorflow', 'openvino'} & set(sys.modules), sorted(sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -14,20 +14,35 @@ PROFILE = get_profile("cpu_full")  # stage 2 capped at 50 epochs, reference seed
 
 def rows(dataset, accuracy, probe50, epochs, cap_epochs, seed=0, fold=None, variant="published"):
     key = f"{dataset}-{variant}-{seed}-{fold}-{cap_epochs}"
-    return [{"key": key, "profile": "cpu_full", "dataset": dataset, "variant": variant, "seed": seed,
-             "fold": fold, "subset": "all", "protocol": protocol, "accuracy": accuracy[i],
-             "probe_50": probe50[i], "epochs_stage2": epochs, "train_train_views": 2,
-             "train_stage2_max_epochs": cap_epochs} for i, protocol in enumerate(("published", "independent"))]
+    return [
+        {
+            "key": key,
+            "profile": "cpu_full",
+            "dataset": dataset,
+            "variant": variant,
+            "seed": seed,
+            "fold": fold,
+            "subset": "all",
+            "protocol": protocol,
+            "accuracy": accuracy[i],
+            "probe_50": probe50[i],
+            "epochs_stage2": epochs,
+            "train_train_views": 2,
+            "train_stage2_max_epochs": cap_epochs,
+        }
+        for i, protocol in enumerate(("published", "independent"))
+    ]
 
 
 @pytest.fixture
 def results():
     return pd.DataFrame(
-        rows("ferplus", (0.90, 0.75), (0.91, 0.74), 141, None)              # uncapped reference
-        + rows("ferplus", (0.905, 0.745), (0.905, 0.745), 50, 50)           # the capped run, seed 0
-        + rows("ferplus", (0.80, 0.70), (0.80, 0.70), 50, 50, seed=1)       # another seed: not compared
+        rows("ferplus", (0.90, 0.75), (0.91, 0.74), 141, None)  # uncapped reference
+        + rows("ferplus", (0.905, 0.745), (0.905, 0.745), 50, 50)  # the capped run, seed 0
+        + rows("ferplus", (0.80, 0.70), (0.80, 0.70), 50, 50, seed=1)  # another seed: not compared
         + rows("ckplus", (0.90, 0.90), (np.nan, np.nan), 30, None, fold=0)  # stopped before the cap
-        + rows("ckplus", (1.00, 0.96), (0.98, 0.98), 70, None, fold=1))
+        + rows("ckplus", (1.00, 0.96), (0.98, 0.98), 70, None, fold=1)
+    )
 
 
 def test_cap_cost_from_the_reference_runs(results):
@@ -44,7 +59,7 @@ def test_cap_cost_from_the_reference_runs(results):
     assert table.loc[("CK+", "published"), "capped runs, same seed(s)"] == "not run yet"
     assert table.loc[("FERPlus", "published"), "cost by the probe"] == "+1.00"
     assert table.loc[("FERPlus", "published"), "cost by the capped runs"] == "+0.50"  # 90.5 - 90.0
-    assert table.loc[("CK+", "published"), "cost by the capped runs"] == "-"         # no capped twins yet
+    assert table.loc[("CK+", "published"), "cost by the capped runs"] == "-"  # no capped twins yet
     assert table.loc[("CK+", "published"), "stage-2 epochs run uncapped"] == "30-70"
 
 

@@ -33,8 +33,18 @@ def run(checkpoint_dir=None, fast=True, views=1):
     model = build_head("published", CLASSES, FEATURES)
     # Patience 1 with min_delta 0.5: EarlyStopping and ReduceLROnPlateau carry state across epochs
     # and stop stage 1 early, so their restored state decides when it ends.
-    cfg = T.TrainConfig(seed=0, stage1_epochs=6, stage2_epochs=9, verbose=False, fast=fast, train_views=views,
-                        stage1_patience=3, stage1_min_delta=0.05, lr_patience=1, lr_min_delta=0.5)
+    cfg = T.TrainConfig(
+        seed=0,
+        stage1_epochs=6,
+        stage2_epochs=9,
+        verbose=False,
+        fast=fast,
+        train_views=views,
+        stage1_patience=3,
+        stage1_min_delta=0.05,
+        lr_patience=1,
+        lr_min_delta=0.5,
+    )
     return T.train(model, x, y, xv, yv, cfg, checkpoint_dir=checkpoint_dir)
 
 

@@ -68,8 +68,13 @@ def test_train_writes_then_loads_the_result(folders, capsys):
     # The installed console script, in a fresh process, loads the same result file.
     script = shutil.which("pattlite") or str(Path(sys.executable).with_name("pattlite"))
     assert Path(script).is_file(), "the pattlite console script is not installed (pip install -e .)"
-    done = subprocess.run([script] + TRAIN + ["--variant", "published", "--results", str(results)],
-                          capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    done = subprocess.run(
+        [script] + TRAIN + ["--variant", "published", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     third = last_json(done.stdout)
     assert third["cached"] is True and third["accuracy"] == first["accuracy"]
@@ -85,16 +90,27 @@ def test_train_pattlite_gives_one_accuracy_under_every_protocol(folders, capsys)
     assert len(set(payload["accuracy"].values())) == 1, payload["accuracy"]
 
 
-@pytest.mark.parametrize("args, valid", [
-    (["train", "--dataset", "imagenet", "--variant", "published", "--profile", "ci"],
-     "valid datasets: ckplus, rafdb, fer2013, ferplus, synthetic"),
-    (["train", "--dataset", "synthetic", "--variant", "mobilevit", "--profile", "ci"],
-     "valid variants: published, no_mixing, pattlite"),
-    (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "fast"],
-     "valid profiles: paper, cpu, cpu_full, demo, ci"),
-    (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "paper"],
-     "needs a synthetic profile"),
-])
+@pytest.mark.parametrize(
+    "args, valid",
+    [
+        (
+            ["train", "--dataset", "imagenet", "--variant", "published", "--profile", "ci"],
+            "valid datasets: ckplus, rafdb, fer2013, ferplus, synthetic",
+        ),
+        (
+            ["train", "--dataset", "synthetic", "--variant", "mobilevit", "--profile", "ci"],
+            "valid variants: published, no_mixing, pattlite",
+        ),
+        (
+            ["train", "--dataset", "synthetic", "--variant", "published", "--profile", "fast"],
+            "valid profiles: paper, cpu, cpu_full, demo, ci",
+        ),
+        (
+            ["train", "--dataset", "synthetic", "--variant", "published", "--profile", "paper"],
+            "needs a synthetic profile",
+        ),
+    ],
+)
 def test_bad_names_exit_2_listing_the_valid_ones(folders, capsys, args, valid):
     status, out, err = run_cli(capsys, args)
     assert status == 2
@@ -111,8 +127,22 @@ def test_missing_weights_file_exits_1_naming_it(folders, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_bench_cached_part_compares_fast_and_plain_paths(capsys):
-    status, out, _ = run_cli(capsys, ["bench", "--parts", "cached", "--cached-samples", "24",
-                                      "--extract-images", "8", "--image-size", "32", "--repeats", "3"])
+    status, out, _ = run_cli(
+        capsys,
+        [
+            "bench",
+            "--parts",
+            "cached",
+            "--cached-samples",
+            "24",
+            "--extract-images",
+            "8",
+            "--image-size",
+            "32",
+            "--repeats",
+            "3",
+        ],
+    )
     assert status == 0
     payload = last_json(out)
     assert set(payload["training"]) == {"published", "pattlite"}
@@ -166,8 +196,22 @@ def test_bad_batch_sizes_exit_2(capsys):
 
 @pytest.mark.slow
 def test_bench_prints_a_table_and_json(capsys):
-    status, out, _ = run_cli(capsys, ["bench", "--parts", "images", "--steps", "1", "--batch-sizes", "2",
-                                      "--image-size", "32", "--train-batch-size", "2"])
+    status, out, _ = run_cli(
+        capsys,
+        [
+            "bench",
+            "--parts",
+            "images",
+            "--steps",
+            "1",
+            "--batch-sizes",
+            "2",
+            "--image-size",
+            "32",
+            "--train-batch-size",
+            "2",
+        ],
+    )
     assert status == 0
     payload = last_json(out)
     assert set(payload["training"]) == {"stage1_frozen", "stage2_as_coded", "stage2_paper_59"}
@@ -191,12 +235,18 @@ BAD_ARGUMENTS = [
     (["train", "--dataset", "imagenet", "--variant", "published", "--profile", "ci"], "--dataset: unknown dataset"),
     (["train", "--dataset", "synthetic", "--variant", "mobilevit", "--profile", "ci"], "--variant: unknown variant"),
     (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "fast"], "--profile: unknown profile"),
-    (["train", "--dataset", "synthetic", "--variant", "published", "--profile", "ci", "--seed", "-1"],
-     "--seed -1: expected an integer in 0..4294967295"),
-    (["train", "--dataset", "rafdb", "--variant", "published", "--profile", "paper", "--fold", "2"],
-     "--fold 2: only ckplus"),
-    (["train", "--dataset", "ckplus", "--variant", "published", "--profile", "paper", "--fold", "10"],
-     "--fold 10: expected a CK+ test fold 0..9"),
+    (
+        ["train", "--dataset", "synthetic", "--variant", "published", "--profile", "ci", "--seed", "-1"],
+        "--seed -1: expected an integer in 0..4294967295",
+    ),
+    (
+        ["train", "--dataset", "rafdb", "--variant", "published", "--profile", "paper", "--fold", "2"],
+        "--fold 2: only ckplus",
+    ),
+    (
+        ["train", "--dataset", "ckplus", "--variant", "published", "--profile", "paper", "--fold", "10"],
+        "--fold 10: expected a CK+ test fold 0..9",
+    ),
     (["bench", "--batch-sizes", "1,0"], "--batch-sizes '1,0': expected positive integers"),
     (["bench", "--steps", "0"], "--steps 0: expected an integer >= 1"),
     (["audit", "--dataset", "synthetic", "--epochs", "0"], "--epochs 0: expected an integer >= 1"),
@@ -221,9 +271,12 @@ print(json.dumps({"results": out, "heavy": heavy}))
 
 
 def test_bad_values_name_their_flag_before_tensorflow_is_imported():
-    done = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TENSORFLOW,
-                           json.dumps([args for args, _ in BAD_ARGUMENTS])],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_TENSORFLOW, json.dumps([args for args, _ in BAD_ARGUMENTS])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = last_json(done.stdout)
     assert report["heavy"] == [], "TensorFlow / Keras imported before the arguments were checked"
@@ -281,18 +334,17 @@ def test_damaged_result_file_is_named_with_the_fix(folders, capsys, tmp_path):
     damaged = tmp_path / "results" / "ci" / "experiments" / original.name
     damaged.parent.mkdir(parents=True)
     text = original.read_text()
-    for content, problem in ((text[: len(text) // 2], "is not valid JSON"), ("", "is empty"),
-                             ("{}", "lacks 'key'")):
+    for content, problem in ((text[: len(text) // 2], "is not valid JSON"), ("", "is empty"), ("{}", "lacks 'key'")):
         damaged.write_text(content)
         status, out, err = run_cli(capsys, TRAIN + ["--variant", "published", "--results", tmp_path / "results"])
         assert status == 2 and out.strip().splitlines()[-1].startswith("pattlite train:")
         assert f"result file {damaged} {problem}" in err and "--force" in err, err
     for i, kind in enumerate(("pipe", "terminal")):  # the same error from a fresh process, after the import
-        err = _run_stderr_to(kind, TRAIN + ["--variant", "published", "--results", str(tmp_path / "results")],
-                             tmp_path, 100 + i)
+        err = _run_stderr_to(
+            kind, TRAIN + ["--variant", "published", "--results", str(tmp_path / "results")], tmp_path, 100 + i
+        )
         assert f"result file {damaged} lacks 'key'".encode() in err, (kind, err[-2000:])
-    status, out, _ = run_cli(capsys, TRAIN + ["--variant", "published", "--results", tmp_path / "results",
-                                              "--force"])
+    status, out, _ = run_cli(capsys, TRAIN + ["--variant", "published", "--results", tmp_path / "results", "--force"])
     assert status == 0 and last_json(out)["cached"] is False
     assert json.loads(damaged.read_text())["key"] == damaged.stem
 
@@ -305,12 +357,28 @@ def test_data_warnings_are_printed_and_hints_name_what_exists(folders, capsys, t
     emotion, _, usage = lines[5].split(",")
     lines[5] = ",".join([emotion, " ".join(["x"] * 2304), usage])  # 48x48 values, none a number
     (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
-    status, out, err = run_cli(capsys, ["train", "--dataset", "fer2013", "--root", tmp_path, "--variant",
-                                        "published", "--profile", "paper", "--weights", "none",
-                                        "--results", tmp_path / "results"])
+    status, out, err = run_cli(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "fer2013",
+            "--root",
+            tmp_path,
+            "--variant",
+            "published",
+            "--profile",
+            "paper",
+            "--weights",
+            "none",
+            "--results",
+            tmp_path / "results",
+        ],
+    )
     assert status == 2
-    assert (f"pattlite train: warning: {tmp_path / 'fer2013.csv'}: 1 data row(s) repeat an earlier row "
-            "exactly") in err and "line 11 repeats line 4" in err
+    assert (
+        f"pattlite train: warning: {tmp_path / 'fer2013.csv'}: 1 data row(s) repeat an earlier row exactly"
+    ) in err and "line 11 repeats line 4" in err
     assert "1 of 169 images cannot be read" in err and "line 6: 'pixels' holds non-integer values" in err
     assert "skip_unreadable" not in err and "never skips images" in err
 

@@ -43,8 +43,10 @@ def test_start_up_noise_is_filtered_and_other_lines_pass():
 
 def test_output_written_right_before_any_kind_of_exit_arrives():
     for name, ending in ENDINGS.items():
-        script = ("import os\nfrom pattlite.console import quiet_backend_logs\nquiet_backend_logs()\n"
-                  f"print('written by {name}', file=__import__('sys').stderr)\n{ending}\n")
+        script = (
+            "import os\nfrom pattlite.console import quiet_backend_logs\nquiet_backend_logs()\n"
+            f"print('written by {name}', file=__import__('sys').stderr)\n{ending}\n"
+        )
         for _ in range(3):
             out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
             assert out.returncode != 0 and f"written by {name}" in out.stderr, (name, out.stderr)

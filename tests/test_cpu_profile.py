@@ -57,8 +57,9 @@ def test_cpu_profile_plan(only_fer):
 
 
 def test_a_dataset_asked_for_by_name_must_be_present(only_fer):
-    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", datasets="rafdb,ferplus",
-                                   run_experiments=False)
+    ctx = studies.notebook_context(
+        "cpu", results_dir=only_fer / "results", datasets="rafdb,ferplus", run_experiments=False
+    )
     assert ctx.datasets == ("rafdb", "ferplus") and ctx.skipped == {}
     with pytest.raises(DatasetNotFoundError, match="rafdb"):
         studies.benchmark_manifests(ctx.profile, ["rafdb"])
@@ -86,8 +87,9 @@ def test_table5_and_gradcam_fall_to_the_first_dataset_present(only_fer):
     assert by_study["table5"] == {"ferplus"} and by_study["gradcam"] == {"ferplus"}
     assert set().union(*by_study.values()) == {"fer2013", "ferplus"}
     # Another order of preference: FER2013 before FERPlus.
-    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", run_experiments=False,
-                                   table5_datasets=("rafdb", "fer2013", "ferplus"))
+    ctx = studies.notebook_context(
+        "cpu", results_dir=only_fer / "results", run_experiments=False, table5_datasets=("rafdb", "fer2013", "ferplus")
+    )
     assert {e.dataset for e in studies.study_experiments(ctx, "table5")} == {"fer2013"}
 
 
@@ -108,10 +110,12 @@ def test_a_preferred_dataset_with_its_files_is_chosen_and_an_empty_folder_is_pas
     empty = only_fer / "empty_rafdb"
     empty.mkdir()
     monkeypatch.setenv("PATTLITE_RAFDB_ROOT", str(empty))
-    assert "no dataset files in" in dataset_found(ctx.profile, "rafdb") and str(empty) in dataset_found(ctx.profile, "rafdb")
+    assert "no dataset files in" in dataset_found(ctx.profile, "rafdb") and str(empty) in dataset_found(
+        ctx.profile, "rafdb"
+    )
     choice = dataset_choice(ctx, "table5")
     assert choice.dataset == "ferplus" and str(empty) in choice.passed_over["rafdb"]
-    assert dataset_choice(ctx, "gradcam").dataset is None   # ("rafdb", "ckplus"): neither is present
+    assert dataset_choice(ctx, "gradcam").dataset is None  # ("rafdb", "ckplus"): neither is present
 
 
 def test_with_no_dataset_present_table5_and_gradcam_are_not_run_and_the_report_is_written(only_fer, monkeypatch):
@@ -122,8 +126,13 @@ def test_with_no_dataset_present_table5_and_gradcam_are_not_run_and_the_report_i
     for name in ("FER2013", "FERPLUS"):
         monkeypatch.delenv(f"PATTLITE_{name}_ROOT")
     monkeypatch.setattr(tables, "model_param_count", lambda variant, classes: 1_000_000)  # no model built
-    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", figures_dir=only_fer / "figures",
-                                   reports_dir=only_fer / "reports", run_experiments=False)
+    ctx = studies.notebook_context(
+        "cpu",
+        results_dir=only_fer / "results",
+        figures_dir=only_fer / "figures",
+        reports_dir=only_fer / "reports",
+        run_experiments=False,
+    )
     assert ctx.datasets == ()
     for study in ("table5", "gradcam"):
         assert dataset_choice(ctx, study).dataset is None and NO_DATASET in dataset_choice(ctx, study).sentence()
@@ -151,17 +160,28 @@ def test_the_report_names_the_stand_in_and_the_dataset_the_gradcam_figures_show(
     monkeypatch.setattr(replication_report, "report_results", lambda ctx, every=None: pd.DataFrame())
     figures = only_fer / "figures"
     figures.mkdir()
-    ctx = studies.notebook_context("cpu", results_dir=only_fer / "results", figures_dir=figures,
-                                   reports_dir=only_fer / "reports", run_experiments=False)
+    ctx = studies.notebook_context(
+        "cpu",
+        results_dir=only_fer / "results",
+        figures_dir=figures,
+        reports_dir=only_fer / "reports",
+        run_experiments=False,
+    )
     sections = dict(studies.report_sections(ctx, include_faces=False))
     table5 = " ".join(b for b in sections["Table 5"] if isinstance(b, str))
     assert "a stand-in for RAF-DB" in table5 and "Table 5's grid: ours on FERPlus" in table5
     gradcam = " ".join(b for b in sections["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))
     assert "Figures 6-7 (Grad-CAM): ours on FERPlus" in gradcam and "Ours on FERPlus, a stand-in for RAF-DB" in gradcam
-    (figures / "gradcam.json").write_text(json.dumps({"key": "k", "dataset": "fer2013", "variant": "published",
-                                                      "seed": 0, "fold": None, "figures": [6, 7]}))
-    gradcam = " ".join(b for b in dict(studies.report_sections(ctx, include_faces=False))["Figures 6-7 (Grad-CAM)"]
-                       if isinstance(b, str))
+    (figures / "gradcam.json").write_text(
+        json.dumps(
+            {"key": "k", "dataset": "fer2013", "variant": "published", "seed": 0, "fold": None, "figures": [6, 7]}
+        )
+    )
+    gradcam = " ".join(
+        b
+        for b in dict(studies.report_sections(ctx, include_faces=False))["Figures 6-7 (Grad-CAM)"]
+        if isinstance(b, str)
+    )
     assert "ours on FER2013, the published model of seed 0 (drawn by notebook 06)" in gradcam
     (figures / "gradcam.json").write_text("{")
     with pytest.raises(ValueError, match="gradcam.json: not valid JSON"):
@@ -177,9 +197,9 @@ def test_notebook_backends(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     cpu = PROFILES["cpu"]
     assert pipeline.notebook_backend(cpu, "02_ablation") == "jax"
-    assert pipeline.notebook_backend(cpu, "06_gradcam") == "tensorflow"   # tf-keras-vis
+    assert pipeline.notebook_backend(cpu, "06_gradcam") == "tensorflow"  # tf-keras-vis
     assert pipeline.notebook_backend(PROFILES["demo"], "02_ablation") is None
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")                    # the user's choice wins
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")  # the user's choice wins
     assert pipeline.notebook_backend(cpu, "02_ablation") == "tensorflow"
 
 
@@ -193,8 +213,12 @@ def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     seen = {}
     monkeypatch.setattr(grid, "plan", lambda profile, params: None)
-    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: seen.update(grid=os.environ.get("KERAS_BACKEND"))
-                        or SimpleNamespace(failed={}, seconds=1.0))
+    monkeypatch.setattr(
+        grid,
+        "run_grid",
+        lambda *a, **k: seen.update(grid=os.environ.get("KERAS_BACKEND")) or SimpleNamespace(failed={}, seconds=1.0),
+    )
+
     def run_notebooks(profile, only, params, timings=None):
         seen.update(gradcam=pipeline.notebook_backend(PROFILES[profile], "06_gradcam"))
         done = [("06_gradcam", 2.0)]
@@ -208,8 +232,7 @@ def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own
     record = json.loads((tmp_path / "run_record.json").read_text())["runs"][0]
     assert record["keras_backends"] == {"grid": "jax", "06_gradcam": "tensorflow"}
     # A failing notebook is recorded too, and the status says so.
-    monkeypatch.setattr(pipeline, "run_notebooks",
-                        lambda *a, **k: (_ for _ in ()).throw(pipeline.NotebookFailed("x")))
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda *a, **k: (_ for _ in ()).throw(pipeline.NotebookFailed("x")))
     assert pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"]) == 1
     assert json.loads((tmp_path / "run_record.json").read_text())["runs"][1]["failed"] == "x"
 

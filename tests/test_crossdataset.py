@@ -26,7 +26,7 @@ def test_every_ferplus_class_is_mapped_or_declared_absent():
     assert set(X.CLASS_MAPS) == set(X.TARGETS) == set(absent)
     for target, mapping in X.CLASS_MAPS.items():
         labels = config.DATASET_CLASSES[target]
-        assert sorted(mapping) == sorted(FERPLUS), target               # every FERPlus class has an entry
+        assert sorted(mapping) == sorted(FERPLUS), target  # every FERPlus class has an entry
         assert [c for c in FERPLUS if mapping[c] is None] == absent[target]
         assert sorted(v for v in mapping.values() if v is not None) == sorted(labels)  # each label once
         index = X.class_map(FERPLUS, target)
@@ -50,18 +50,31 @@ def test_restricted_and_unrestricted_scores_on_fer2013():
     labels = list(config.DATASET_CLASSES["fer2013"])
     y = np.array([labels.index(c) for c in ("anger", "happiness", "neutral", "surprise")])
     probabilities = _probabilities(
-        {"anger": 0.9},                            # right both ways
-        {"contempt": 0.6, "happiness": 0.3},       # contempt, which FER2013 lacks: right only restricted
-        {"contempt": 0.5, "sadness": 0.4},         # restricted to FER2013's classes: sadness, wrong
-        {"fear": 0.7, "surprise": 0.2})            # wrong both ways
+        {"anger": 0.9},  # right both ways
+        {"contempt": 0.6, "happiness": 0.3},  # contempt, which FER2013 lacks: right only restricted
+        {"contempt": 0.5, "sadness": 0.4},  # restricted to FER2013's classes: sadness, wrong
+        {"fear": 0.7, "surprise": 0.2},
+    )  # wrong both ways
     s = X.score(probabilities, y, FERPLUS, "fer2013")
     r, u = s["restricted"], s["unrestricted"]
-    assert s["n"] == 4 and s["support"] == {**dict.fromkeys(labels, 0), "anger": 1, "happiness": 1, "neutral": 1,
-                                                "surprise": 1}
+    assert s["n"] == 4 and s["support"] == {
+        **dict.fromkeys(labels, 0),
+        "anger": 1,
+        "happiness": 1,
+        "neutral": 1,
+        "surprise": 1,
+    }
     assert (r["accuracy"], u["accuracy"]) == (0.5, 0.25)
     assert (r["mean_class_accuracy"], u["mean_class_accuracy"]) == (0.5, 0.25)
-    assert r["per_class_recall"] == {"anger": 1.0, "disgust": None, "fear": None, "happiness": 1.0, "neutral": 0.0,
-                                     "sadness": None, "surprise": 0.0}
+    assert r["per_class_recall"] == {
+        "anger": 1.0,
+        "disgust": None,
+        "fear": None,
+        "happiness": 1.0,
+        "neutral": 0.0,
+        "sadness": None,
+        "surprise": 0.0,
+    }
     assert u["per_class_recall"]["happiness"] == 0.0 and u["per_class_recall"]["anger"] == 1.0
     assert u["predicted_absent"] == {"contempt": 2}
     assert r["confusion_columns"] == labels and u["confusion_columns"] == FERPLUS
@@ -82,7 +95,10 @@ def test_ckplus_neutral_counts_only_unrestricted():
     s = X.score(probabilities, y, FERPLUS, "ckplus")
     assert s["restricted"]["accuracy"] == pytest.approx(2 / 3) and s["unrestricted"]["accuracy"] == pytest.approx(1 / 3)
     assert s["unrestricted"]["predicted_absent"] == {"neutral": 2}
-    assert s["restricted"]["per_class_recall"]["contempt"] == 1.0 and s["unrestricted"]["per_class_recall"]["contempt"] == 0.0
+    assert (
+        s["restricted"]["per_class_recall"]["contempt"] == 1.0
+        and s["unrestricted"]["per_class_recall"]["contempt"] == 0.0
+    )
     assert s["restricted"]["per_class_recall"]["sadness"] == 0.5
     assert "neutral" not in s["restricted"]["per_class_recall"]
 
@@ -99,23 +115,26 @@ def heads(tmp_path_factory):
     from pattlite.features import random_backbone_weights
 
     base = tmp_path_factory.mktemp("heads")
-    files = {variant: P.export_head(training_files(base / variant, variant=variant), base / f"{variant}.weights.h5")[0]
-             for variant in ("pattlite", "published")}
+    files = {
+        variant: P.export_head(training_files(base / variant, variant=variant), base / f"{variant}.weights.h5")[0]
+        for variant in ("pattlite", "published")
+    }
     calibration, _ = generate_synthetic(num_classes=8, image_size=48, n_train=0, n_val=0, n_test=16, progress=False)
     return {**files, "backbone": random_backbone_weights(0, calibration, cache_dir=base / "features")}
 
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATTLITE_CACHE_DIR", str(tmp_path / "cache"))   # pixel caches and file digests
+    monkeypatch.setenv("PATTLITE_CACHE_DIR", str(tmp_path / "cache"))  # pixel caches and file digests
 
 
 def ckplus_folder(root: Path) -> Path:
     """A CK+48 copy of 14 synthetic faces: 2 per class, each its own subject (the reader's 10 folds need 10)."""
     from pattlite.data.synthetic import generate_synthetic
 
-    images, meta = generate_synthetic(num_classes=8, image_size=48, n_train=0, n_val=0, n_test=16, seed=3,
-                                      progress=False)
+    images, meta = generate_synthetic(
+        num_classes=8, image_size=48, n_train=0, n_val=0, n_test=16, seed=3, progress=False
+    )
     folders = {"happiness": "happy"}
     count = 0
     for image, label in zip(images, meta["label"]):
@@ -143,9 +162,9 @@ def test_fer2013_test_split_each_image_alone_with_the_published_head(heads, cach
 
     manifest = X.evaluation_images("fer2013", FER2013_FIXTURE)
     x = np.asarray(load_pixels(manifest, 48, progress=False), dtype="float32")
-    alone = np.concatenate([np.asarray(loaded.model.predict_on_batch(x[i:i + 1])) for i in range(len(x))])
+    alone = np.concatenate([np.asarray(loaded.model.predict_on_batch(x[i : i + 1])) for i in range(len(x))])
     batched = np.asarray(loaded.model.predict_on_batch(x[:32]))
-    assert np.abs(batched - alone[:32]).max() > 1e-3       # this head mixes: a batch is not each image alone
+    assert np.abs(batched - alone[:32]).max() > 1e-3  # this head mixes: a batch is not each image alone
     want = X.score(alone, manifest["y"].to_numpy(), FERPLUS, "fer2013")
     assert result.restricted["confusion_matrix"] == want["restricted"]["confusion_matrix"]
     assert result.unrestricted["confusion_matrix"] == want["unrestricted"]["confusion_matrix"]
@@ -153,9 +172,22 @@ def test_fer2013_test_split_each_image_alone_with_the_published_head(heads, cach
 
 def test_command_on_ckplus_every_image_and_the_output_file(heads, cache, tmp_path, capsys):
     root, out = ckplus_folder(tmp_path / "ckplus"), tmp_path / "crossdataset.json"
-    X.write_result(out, {"dataset": "fer2013", "n": 1})       # an earlier entry of another dataset stays
-    args = ["crossdataset", "--dataset", "ckplus", "--head", heads["pattlite"], "--backbone", "none",
-            "--root", root, "--output", out, "--batch-size", "5"]
+    X.write_result(out, {"dataset": "fer2013", "n": 1})  # an earlier entry of another dataset stays
+    args = [
+        "crossdataset",
+        "--dataset",
+        "ckplus",
+        "--head",
+        heads["pattlite"],
+        "--backbone",
+        "none",
+        "--root",
+        root,
+        "--output",
+        out,
+        "--batch-size",
+        "5",
+    ]
     assert cli.main([str(a) for a in args]) == 0
     captured = capsys.readouterr()
     last = json.loads(captured.out.strip().splitlines()[-1])

@@ -1,7 +1,5 @@
 """CK+ reader on miniature trees (full release and CK+48) with 12 subjects."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +9,15 @@ from pattlite.data import DatasetFormatError, DatasetNotFoundError, load_manifes
 from pattlite.data.ckplus import assign_folds
 
 CK_CODES = {1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happiness", 6: "sadness", 7: "surprise"}
-CK48_FOLDERS = {"anger": "anger", "contempt": "contempt", "disgust": "disgust", "fear": "fear",
-                "happiness": "happy", "sadness": "sadness", "surprise": "surprise"}
+CK48_FOLDERS = {
+    "anger": "anger",
+    "contempt": "contempt",
+    "disgust": "disgust",
+    "fear": "fear",
+    "happiness": "happy",
+    "sadness": "sadness",
+    "surprise": "surprise",
+}
 
 
 def _sequences(subjects=12):

@@ -1,7 +1,5 @@
 """FER2013 reader: the real CSV sample, the Kaggle folder layouts, bad input, root resolution."""
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -41,8 +39,11 @@ def test_duplicate_rows_are_kept_and_named_in_a_warning(tmp_path):
     lines = FER_CSV.read_text().splitlines()
     lines.insert(10, lines[3])  # data row 2 (line 3) again as line 11
     (tmp_path / "fer2013.csv").write_text("\n".join(lines) + "\n")
-    with pytest.warns(DataWarning, match=r"fer2013.csv: 1 data row\(s\) repeat an earlier row exactly .*"
-                                         r"line 11 repeats line 4; all rows are kept"):
+    with pytest.warns(
+        DataWarning,
+        match=r"fer2013.csv: 1 data row\(s\) repeat an earlier row exactly .*"
+        r"line 11 repeats line 4; all rows are kept",
+    ):
         df = load_manifest("fer2013", tmp_path)
     assert len(df) == len(lines) - 1 and any("line 11 repeats line 4" in w for w in df.attrs["warnings"])
     with warnings.catch_warnings():
@@ -125,9 +126,11 @@ def _truncate_pixels(line, keep):
 
 @pytest.mark.parametrize(
     "line_index, replace, message",
-    [(5, lambda l: "9" + l[1:], "emotion '9'"),
-     (40, lambda l: l.replace("Training", "Trainig"), "Usage 'Trainig'"),
-     (70, lambda l: _truncate_pixels(l, 100), "100 pixel values")],
+    [
+        (5, lambda line: "9" + line[1:], "emotion '9'"),
+        (40, lambda line: line.replace("Training", "Trainig"), "Usage 'Trainig'"),
+        (70, lambda line: _truncate_pixels(line, 100), "100 pixel values"),
+    ],
 )
 def test_malformed_csv_row_names_file_and_line(tmp_path, line_index, replace, message):
     lines = FER_CSV.read_bytes().decode().split("\r\n")

@@ -151,8 +151,11 @@ def test_label_csv_duplicate_name_warns_with_lines(tmp_path):
     lines = label_csv.read_bytes().split(b"\r\n")
     lines.insert(5, lines[1])  # the name of line 2 again, as line 6
     label_csv.write_bytes(b"\r\n".join(lines))
-    with pytest.warns(DataWarning, match=r"FER2013Test.label.csv: 1 image name\(s\) listed twice, "
-                                         r"fer\d+\.png \(lines 2 and 6\); the first line of each is kept"):
+    with pytest.warns(
+        DataWarning,
+        match=r"FER2013Test.label.csv: 1 image name\(s\) listed twice, "
+        r"fer\d+\.png \(lines 2 and 6\); the first line of each is kept",
+    ):
         df = load_manifest("ferplus", tmp_path / "ferplus")
     assert len(df) == 167 and df["image_id"].is_unique
 
@@ -179,12 +182,14 @@ def test_short_first_line_of_a_label_csv_is_named_as_line_1(tmp_path):
 
 
 def test_vote_rule_ties_and_empty_votes():
-    votes = np.array([
-        [3, 0, 0, 0, 0, 0, 3, 0, 4, 0],   # neutral = fear, unknown ignored -> neutral (first in file order)
-        [0, 0, 4, 0, 4, 0, 0, 0, 0, 0],   # surprise = anger -> surprise
-        [0, 0, 0, 0, 0, 0, 0, 0, 2, 8],   # no emotion vote at all -> neutral
-        [0, 1, 0, 0, 0, 0, 0, 9, 0, 0],   # clear contempt
-    ])
+    votes = np.array(
+        [
+            [3, 0, 0, 0, 0, 0, 3, 0, 4, 0],  # neutral = fear, unknown ignored -> neutral (first in file order)
+            [0, 0, 4, 0, 4, 0, 0, 0, 0, 0],  # surprise = anger -> surprise
+            [0, 0, 0, 0, 0, 0, 0, 0, 2, 8],  # no emotion vote at all -> neutral
+            [0, 1, 0, 0, 0, 0, 0, 9, 0, 0],  # clear contempt
+        ]
+    )
     labels, ties, none = majority_labels(votes)
     assert list(labels) == ["neutral", "surprise", "neutral", "contempt"]
     assert list(ties) == [True, True, False, False] and list(none) == [False, False, True, False]
@@ -197,12 +202,21 @@ def test_vote_rule_ties_and_empty_votes():
 def test_subset_flags_match_ran_lists_on_test_images():
     df = load_manifest("ferplus", FOLDERS, subsets_dir=LISTS)
     test_names = set(df.loc[df["split"] == "test", "image_id"].str[:10])
-    occlusion = {l.split()[0].split("_", 1)[1][:10]
-                 for l in (LISTS / "FERplus_dir" / "jianfei_occlusion_list.txt").read_text().splitlines() if l}
-    pose45 = {l.split("/")[1][:10] for l in (LISTS / "FERplus_dir" / "pose_45_ferplus_list.txt").read_text().splitlines() if l}
+    occlusion = {
+        line.split()[0].split("_", 1)[1][:10]
+        for line in (LISTS / "FERplus_dir" / "jianfei_occlusion_list.txt").read_text().splitlines()
+        if line
+    }
+    pose45 = {
+        line.split("/")[1][:10]
+        for line in (LISTS / "FERplus_dir" / "pose_45_ferplus_list.txt").read_text().splitlines()
+        if line
+    }
     assert set(df.loc[df["occlusion"], "image_id"].str[:10]) == occlusion & test_names
     assert set(df.loc[df["pose45"], "image_id"].str[:10]) == pose45 & test_names
-    assert df["occlusion"].sum() > 0 and not df.loc[df["split"] != "test", ["occlusion", "pose30", "pose45"]].any().any()
+    assert (
+        df["occlusion"].sum() > 0 and not df.loc[df["split"] != "test", ["occlusion", "pose30", "pose45"]].any().any()
+    )
     assert df.attrs["subsets"]["listed"] == {"occlusion": 605, "pose30": 1170, "pose45": 633}
     # pose45 is a subset of pose30 in the lists, and so in the manifest.
     assert not (df["pose45"] & ~df["pose30"]).any()

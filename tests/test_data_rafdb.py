@@ -21,7 +21,7 @@ def _no_subsets_env(monkeypatch):
 
 
 def _excerpt():
-    return [(l.split()[0], int(l.split()[1])) for l in LABELS.read_text().splitlines() if l.strip()]
+    return [(line.split()[0], int(line.split()[1])) for line in LABELS.read_text().splitlines() if line.strip()]
 
 
 def _jpeg(path):
@@ -65,8 +65,11 @@ def test_aligned_layout_labels_splits_and_seeded_val(aligned_root):
 def test_subset_flags_on_excerpt_test_images(aligned_root):
     with pytest.warns(UserWarning, match="test_2464 listed twice"):
         df = load_manifest("rafdb", aligned_root, subsets_dir=LISTS)
-    occluded = {l.split()[0].replace("_aligned", "") for l in
-                (LISTS / "RAF_DB_dir" / "rafdb_occlusion_list.txt").read_text().splitlines() if l.strip()}
+    occluded = {
+        line.split()[0].replace("_aligned", "")
+        for line in (LISTS / "RAF_DB_dir" / "rafdb_occlusion_list.txt").read_text().splitlines()
+        if line.strip()
+    }
     tests = df[df["split"] == "test"]
     expected = {i for i in tests["image_id"] if i[:-4] in occluded}
     assert set(df.loc[df["occlusion"], "image_id"]) == expected and expected
@@ -128,5 +131,7 @@ def test_malformed_and_duplicate_label_lines(aligned_root):
     assert len(df) == len(_excerpt()) and df.set_index("image_id").loc["train_00003.jpg", "label"] == "happiness"
     lines[6] = "train_00007.jpg 9"
     label_file.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetFormatError, match=r"list_patition_label.txt, line 7: malformed line 'train_00007.jpg 9'"):
+    with pytest.raises(
+        DatasetFormatError, match=r"list_patition_label.txt, line 7: malformed line 'train_00007.jpg 9'"
+    ):
         load_manifest("rafdb", aligned_root)

@@ -19,9 +19,11 @@ def test_fixture_lists_keep_their_crlf_endings():
 
 
 def test_list_sizes_and_pose45_within_pose30():
-    sizes = {d: {s: len(l.entries) for s, l in read_subset_lists(d, LISTS).items()} for d in ("rafdb", "ferplus")}
-    assert sizes == {"rafdb": {"occlusion": 734, "pose30": 1247, "pose45": 558},
-                     "ferplus": {"occlusion": 605, "pose30": 1170, "pose45": 633}}
+    sizes = {d: {s: len(line.entries) for s, line in read_subset_lists(d, LISTS).items()} for d in ("rafdb", "ferplus")}
+    assert sizes == {
+        "rafdb": {"occlusion": 734, "pose30": 1247, "pose45": 558},
+        "ferplus": {"occlusion": 605, "pose30": 1170, "pose45": 633},
+    }
     for dataset in ("rafdb", "ferplus"):
         lists = read_subset_lists(dataset, LISTS)
         assert set(lists["pose45"].entries) <= set(lists["pose30"].entries)
@@ -31,7 +33,9 @@ def test_rafdb_occlusion_duplicate_reported_once_counted_once():
     occlusion = read_subset_list("rafdb", "occlusion", LISTS)
     assert len(occlusion.warnings) == 1 and "test_2464" in occlusion.warnings[0]
     assert "counted once" in occlusion.warnings[0]
-    lines = [l for l in (LISTS / "RAF_DB_dir" / "rafdb_occlusion_list.txt").read_text().splitlines() if l.strip()]
+    lines = [
+        line for line in (LISTS / "RAF_DB_dir" / "rafdb_occlusion_list.txt").read_text().splitlines() if line.strip()
+    ]
     assert len(lines) == len(occlusion.entries) + 1
 
 
@@ -65,12 +69,16 @@ def test_malformed_list_line_names_file_and_line(tmp_path):
 
 def test_contradictory_entries_and_label_file_are_reported(tmp_path):
     (tmp_path / "FERplus_dir").mkdir()
-    (tmp_path / "FERplus_dir" / "pose_30_ferplus_list.txt").write_text("0/fer0032226.jpg\n4/fer0032226.jpg\n1/fer0032227.jpg\n")
+    (tmp_path / "FERplus_dir" / "pose_30_ferplus_list.txt").write_text(
+        "0/fer0032226.jpg\n4/fer0032226.jpg\n1/fer0032227.jpg\n"
+    )
     pose = read_subset_list("ferplus", "pose30", tmp_path)
     assert pose.entries == {"fer0032226": "neutral", "fer0032227": "happiness"}
     assert len(pose.warnings) == 1 and "'neutral' and 'anger'" in pose.warnings[0]
     (tmp_path / "RAF_DB_dir").mkdir()
-    (tmp_path / "RAF_DB_dir" / "val_raf_db_list_45.txt").write_text("0/test_0004_aligned.jpg\n4/test_0006_aligned.jpg\n")
+    (tmp_path / "RAF_DB_dir" / "val_raf_db_list_45.txt").write_text(
+        "0/test_0004_aligned.jpg\n4/test_0006_aligned.jpg\n"
+    )
     (tmp_path / "RAF_DB_dir" / "val_raf_db_label_45.txt").write_text("2 7\n0\n5\n")
     pose45 = read_subset_list("rafdb", "pose45", tmp_path)
     assert "1 label(s) contradict" in pose45.warnings[0]

@@ -13,8 +13,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def manifests():
-    return {"fer2013": load_manifest("fer2013", FIXTURES / "fer2013"),
-            "ferplus": load_manifest("ferplus", FIXTURES / "ferplus", subsets_dir=FIXTURES / "ran_challenge_lists")}
+    return {
+        "fer2013": load_manifest("fer2013", FIXTURES / "fer2013"),
+        "ferplus": load_manifest("ferplus", FIXTURES / "ferplus", subsets_dir=FIXTURES / "ran_challenge_lists"),
+    }
 
 
 def test_table1(manifests):

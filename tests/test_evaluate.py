@@ -40,6 +40,7 @@ def head(variant, scale=None, seed=0):
     return model
 
 
+@pytest.mark.backends
 def test_published_model_depends_on_protocol_but_pattlite_does_not():
     x, y = grouped_data()
     mixing = head("published", scale=30.0)
@@ -51,17 +52,17 @@ def test_published_model_depends_on_protocol_but_pattlite_does_not():
     per_image = head("pattlite")
     others = {p: E.evaluate(per_image, x, y, CLASSES, p, seed=1) for p in E.PROTOCOLS}
     for p in E.PROTOCOLS:
-        np.testing.assert_allclose(others[p]["probabilities"], others["independent"]["probabilities"],
-                                   atol=1e-5)
+        np.testing.assert_allclose(others[p]["probabilities"], others["independent"]["probabilities"], atol=1e-5)
         assert others[p]["accuracy"] == others["independent"]["accuracy"]
 
 
+@pytest.mark.backends
 def test_independent_equals_batch_size_one():
     x, y = grouped_data(n_per_class=10)  # 70 images: two batches of 32 predicted in one call, then 6
     model = head("published", scale=30.0)
     E.predict(model, x, y, "published", batch_size=32)  # a compiled mixing call exists: it must not be reused
     independent = E.predict(model, x, y, "independent", batch_size=32)
-    one_by_one = np.concatenate([model.predict(x[i:i + 1], verbose=0) for i in range(len(x))])
+    one_by_one = np.concatenate([model.predict(x[i : i + 1], verbose=0) for i in range(len(x))])
     np.testing.assert_allclose(independent, one_by_one, atol=1e-5)
     # And the mixing is back on afterwards: batches of 32 differ from batch size 1 again.
     assert not np.allclose(model.predict(x, batch_size=32, verbose=0), one_by_one, atol=1e-4)
@@ -120,22 +121,29 @@ def test_bad_input_is_named():
         E.evaluate(model, x, y, CLASSES[:5], "published")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("batch_size", [8, 32])
 def test_head_predictions_in_big_calls_keep_the_batches(batch_size):
-    """A head is predicted 512 rows per call; each protocol's batches of 8 or 32 (and the last,
-    smaller one) are still mixed only within themselves."""
+    """A head is predicted several batches per call (the backend's `PREDICT_ROWS`: 512 rows on
+    TensorFlow, 64 on JAX); each protocol's batches of 8 or 32 (and the last, smaller one) are still
+    mixed only within themselves."""
     x, y = grouped_data(n_per_class=80)  # 560 images: more than one 512-row call, a partial last batch
     model = head("published", scale=30.0)
     for protocol in ("published", "shuffled"):
         order = E.protocol_order(y, protocol, seed=2)
-        reference = np.concatenate([model.predict_on_batch(x[order[i:i + batch_size]])
-                                    for i in range(0, len(order), batch_size)])
+        reference = np.concatenate(
+            [model.predict_on_batch(x[order[i : i + batch_size]]) for i in range(0, len(order), batch_size)]
+        )
         probs = E.predict(model, x.astype("float16"), y, protocol, seed=2, batch_size=batch_size)
         np.testing.assert_allclose(probs[order], reference, atol=2e-3)  # float16 inputs
-        np.testing.assert_allclose(E.predict(model, x, y, protocol, seed=2, batch_size=batch_size)[order],
-                                   reference, atol=1e-5)
+        np.testing.assert_allclose(
+            E.predict(model, x, y, protocol, seed=2, batch_size=batch_size)[order], reference, atol=1e-5
+        )
     # Mixing across a whole 512-row call would change the predictions: the grouping is what keeps them.
     order = E.protocol_order(y, "published")
-    assert not np.allclose(model.predict_on_batch(x[order[:512]])[:batch_size],
-                           reference_first := model.predict_on_batch(x[order[:batch_size]]), atol=1e-4)
+    assert not np.allclose(
+        model.predict_on_batch(x[order[:512]])[:batch_size],
+        reference_first := model.predict_on_batch(x[order[:batch_size]]),
+        atol=1e-4,
+    )
     assert reference_first.shape == (batch_size, len(CLASSES))

@@ -20,8 +20,12 @@ FAST = dict(stage1_epochs=2, stage2_max_epochs=1)
 @pytest.fixture(scope="module", autouse=True)
 def isolated_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
-    with environment(PATTLITE_DATA_DIR=root / "data", PATTLITE_CACHE_DIR=root / "cache",
-                     PATTLITE_RESULTS_DIR=root / "results", PATTLITE_RAFDB_ROOT=root / "no_rafdb_here"):
+    with environment(
+        PATTLITE_DATA_DIR=root / "data",
+        PATTLITE_CACHE_DIR=root / "cache",
+        PATTLITE_RESULTS_DIR=root / "results",
+        PATTLITE_RAFDB_ROOT=root / "no_rafdb_here",
+    ):
         yield root
 
 
@@ -126,11 +130,17 @@ def test_run_load_and_repeat(tmp_path):
     assert X.run_experiment(exp, results_dir=tmp_path, progress=False).cached is True
 
     # A damaged result file: an error naming the file, what is wrong and the fix; force=True replaces it.
-    for content, problem in ((text[: len(text) // 3], "is not valid JSON"), ("", "is empty"),
-                             ("{}", "lacks 'key', 'config', 'dataset'"), ("[1, 2]", "holds a JSON list")):
+    for content, problem in (
+        (text[: len(text) // 3], "is not valid JSON"),
+        ("", "is empty"),
+        ("{}", "lacks 'key', 'config', 'dataset'"),
+        ("[1, 2]", "holds a JSON list"),
+    ):
         path.write_text(content)
-        for read in (lambda: X.run_experiment(exp, results_dir=tmp_path, progress=False),
-                     lambda: X.collect_results(tmp_path)):
+        for read in (
+            lambda: X.run_experiment(exp, results_dir=tmp_path, progress=False),
+            lambda: X.collect_results(tmp_path),
+        ):
             with pytest.raises(DamagedResultError, match="--force") as caught:
                 read()
             assert f"result file {path} {problem}" in str(caught.value)
@@ -294,7 +304,7 @@ def test_flip_augmentation_trains_on_the_mirror_images_features(tmp_path, monkey
     def spy(features, pixels, train_rows, *args, **kwargs):
         stacked.append(original(features, pixels, train_rows, *args, **kwargs))
         # The first view is exactly the training rows' features, as without the flip.
-        np.testing.assert_array_equal(stacked[-1][:len(train_rows)], np.asarray(features[np.asarray(train_rows)]))
+        np.testing.assert_array_equal(stacked[-1][: len(train_rows)], np.asarray(features[np.asarray(train_rows)]))
         return stacked[-1]
 
     monkeypatch.setattr(X, "_with_mirror_features", spy)

@@ -25,9 +25,11 @@ from pattlite import pretrained as P
 CHECK = 32  # images per round trip in the tests (`pattlite export` checks 100 by default)
 needs_onnx = pytest.mark.skipif(
     importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("onnxruntime") is None,
-    reason="tf2onnx / onnxruntime not installed (pip install -e '.[export]')")
-needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
-                                    reason="openvino not installed (pip install -e '.[export]')")
+    reason="tf2onnx / onnxruntime not installed (pip install -e '.[export]')",
+)
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino not installed (pip install -e '.[export]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,20 @@ def onnx_export(model_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = cli.main(["export", "--format", "onnx", str(out), "--head", str(head), "--backbone", str(backbone),
-                           "--check", str(CHECK)])
+        status = cli.main(
+            [
+                "export",
+                "--format",
+                "onnx",
+                str(out),
+                "--head",
+                str(head),
+                "--backbone",
+                str(backbone),
+                "--check",
+                str(CHECK),
+            ]
+        )
     assert status == 0
     return out, json.loads(printed.getvalue().strip().splitlines()[-1]), printed.getvalue()
 
@@ -99,8 +113,9 @@ def test_predict_runs_the_export_with_keras_probabilities(model_files, onnx_expo
         assert status == 0, captured.err
         (rows[engine],) = [json.loads(line) for line in captured.out.splitlines()]
     assert rows["onnx"]["box"] == rows["keras"]["box"] and rows["onnx"]["status"] == "ok"
-    np.testing.assert_allclose(list(rows["onnx"]["probabilities"].values()),
-                               list(rows["keras"]["probabilities"].values()), atol=E.TOLERANCE)
+    np.testing.assert_allclose(
+        list(rows["onnx"]["probabilities"].values()), list(rows["keras"]["probabilities"].values()), atol=E.TOLERANCE
+    )
     assert json.loads(captured.err.strip().splitlines()[-1])["exported"] == str(onnx_export[0])
     status = cli.main(["predict", str(photo), "--exported", str(tmp_path / "none.onnx")])
     assert status == 2 and "none.onnx does not exist" in capsys.readouterr().err
@@ -117,9 +132,11 @@ def test_openvino_export_gives_keras_probabilities(model_files, tmp_path):
 
 def test_export_command_errors_exit_2(model_files, tmp_path, capsys):
     head, _ = model_files
-    cases = [(["--format", "onnx", tmp_path / "m.onnx", "--head", tmp_path / "none.weights.h5"], "none.weights.h5"),
-             (["--format", "onnx", tmp_path / "m.xml", "--head", head, "--backbone", "none"], "must be named *.onnx"),
-             (["--format", "savedmodel", tmp_path / "m.onnx", "--head", head], "a SavedModel is a folder")]
+    cases = [
+        (["--format", "onnx", tmp_path / "m.onnx", "--head", tmp_path / "none.weights.h5"], "none.weights.h5"),
+        (["--format", "onnx", tmp_path / "m.xml", "--head", head, "--backbone", "none"], "must be named *.onnx"),
+        (["--format", "savedmodel", tmp_path / "m.onnx", "--head", head], "a SavedModel is a folder"),
+    ]
     for args, message in cases:
         status = cli.main(["export", *map(str, args)])
         err = capsys.readouterr().err
@@ -143,11 +160,13 @@ def test_end_to_end_bench_rows(model_files):
     from pattlite.bench_inference import format_end_to_end_table, run_end_to_end_benchmark
 
     head, backbone = model_files
-    result = run_end_to_end_benchmark(batch_sizes=(1, 2), steps=1, head=head, backbone=backbone,
-                                      engines=("keras", "onnxruntime"), log=None)
+    result = run_end_to_end_benchmark(
+        batch_sizes=(1, 2), steps=1, head=head, backbone=backbone, engines=("keras", "onnxruntime"), log=None
+    )
     rows = result["rows"]
     assert [(r["engine"], r["detect"], r["batch_size"]) for r in rows] == [
-        (engine, detect, batch) for engine in ("keras", "onnxruntime") for detect in (False, True) for batch in (1, 2)]
+        (engine, detect, batch) for engine in ("keras", "onnxruntime") for detect in (False, True) for batch in (1, 2)
+    ]
     for row in rows:
         assert row["images_per_s"] > 0 and row["model_ms_per_batch"] <= row["ms_per_batch"]
     assert result["model"]["described"] == f"head {head}" and len(result["machine"]["load_average"]) == 2

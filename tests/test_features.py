@@ -19,8 +19,9 @@ def env(tmp_path_factory):
     from pattlite.data import load_manifest, load_pixels
 
     with environment(PATTLITE_DATA_DIR=root / "data", PATTLITE_CACHE_DIR=root / "cache"):
-        manifest = load_manifest("synthetic", num_classes=7, image_size=32, n_train=14, n_val=7, n_test=7,
-                                 seed=3, progress=False)
+        manifest = load_manifest(
+            "synthetic", num_classes=7, image_size=32, n_train=14, n_val=7, n_test=7, seed=3, progress=False
+        )
         pixels = load_pixels(manifest, 32, progress=False)
         weights = F.random_backbone_weights(0, np.asarray(pixels[:8]))
         yield {"root": root, "manifest": manifest, "pixels": pixels, "weights": weights}
@@ -104,6 +105,7 @@ def test_random_backbone_weights_reproducible(env, tmp_path):
     assert fa.std() > 0.01  # calibrated BatchNorm: activations do not vanish
 
 
+@pytest.mark.backends  # extraction in this process on TensorFlow, in a TensorFlow child on JAX
 def test_cached_head_predicts_like_full_model(env, tmp_path):
     from pattlite.model import build_head, build_model, copy_head_weights
 
@@ -152,8 +154,9 @@ def test_same_images_in_another_order_share_the_extraction(env, count_extraction
     m, w, pixels = env["manifest"], env["weights"], np.asarray(env["pixels"])
     first = np.asarray(F.backbone_features(m, 32, w, progress=False, cache_dir=cache)["conv_dw_9_relu"])
     order = np.arange(len(m))[::-1]
-    again = F.backbone_features(m.iloc[order].reset_index(drop=True), 32, w, progress=False, cache_dir=cache,
-                                pixels=pixels[order])["conv_dw_9_relu"]
+    again = F.backbone_features(
+        m.iloc[order].reset_index(drop=True), 32, w, progress=False, cache_dir=cache, pixels=pixels[order]
+    )["conv_dw_9_relu"]
     assert len(count_extractions) == 1
     np.testing.assert_array_equal(np.asarray(again), first[order])
     changed = pixels.copy()
@@ -196,8 +199,7 @@ def test_openvino_and_tensorflow_extract_the_same_features(env, tmp_path):
     for name in layers:
         tf_values, ov_values = features["tensorflow"][name], features["openvino"][name]
         assert not np.allclose(features["tensorflow"][layers[0]], features["tensorflow"][layers[1]], atol=1e-2)
-        np.testing.assert_allclose(ov_values, tf_values, rtol=4e-3, atol=4e-3 * np.abs(tf_values).max(),
-                                   err_msg=name)
+        np.testing.assert_allclose(ov_values, tf_values, rtol=4e-3, atol=4e-3 * np.abs(tf_values).max(), err_msg=name)
 
 
 def test_interrupt_while_the_tensorflow_child_extracts(env, tmp_path):
@@ -227,8 +229,18 @@ def test_interrupt_while_the_tensorflow_child_extracts(env, tmp_path):
     watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            F.extract_shard_in_tensorflow(images, np.arange(len(images)), 32, env["weights"], ["conv_dw_9_relu"],
-                                          224, 1, False, folder, engine="tensorflow")  # no conversion: quicker
+            F.extract_shard_in_tensorflow(
+                images,
+                np.arange(len(images)),
+                32,
+                env["weights"],
+                ["conv_dw_9_relu"],
+                224,
+                1,
+                False,
+                folder,
+                engine="tensorflow",
+            )  # no conversion: quicker
     finally:
         signal.signal(signal.SIGINT, previous)
     watcher.join()

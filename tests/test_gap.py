@@ -14,30 +14,49 @@ def fake_rows(dataset, variant, seeds, views, profile="cpu_full"):
     for seed, (pub, ind) in enumerate(seeds):
         key = f"{dataset}-{variant}-{seed}-{views}"
         for protocol, accuracy in (("published", pub), ("independent", ind)):
-            rows.append({"key": key, "profile": profile, "dataset": dataset, "variant": variant, "seed": seed,
-                         "subset": "all", "protocol": protocol, "accuracy": accuracy, "train_train_views": views})
+            rows.append(
+                {
+                    "key": key,
+                    "profile": profile,
+                    "dataset": dataset,
+                    "variant": variant,
+                    "seed": seed,
+                    "subset": "all",
+                    "protocol": protocol,
+                    "accuracy": accuracy,
+                    "train_train_views": views,
+                }
+            )
     return rows
 
 
 @pytest.fixture
 def results():
-    rows = (fake_rows("ferplus", "published", [(0.84, 0.70), (0.86, 0.70), (0.82, 0.70)], 2)
-            + fake_rows("ferplus", "published", [(0.80, 0.67)], 1)
-            + fake_rows("ferplus", "no_mixing", [(0.71, 0.71), (0.71, 0.71), (0.71, 0.71)], 2)
-            + fake_rows("ferplus", "pattlite", [(0.69, 0.69), (0.70, 0.70), (0.71, 0.71)], 2))
+    rows = (
+        fake_rows("ferplus", "published", [(0.84, 0.70), (0.86, 0.70), (0.82, 0.70)], 2)
+        + fake_rows("ferplus", "published", [(0.80, 0.67)], 1)
+        + fake_rows("ferplus", "no_mixing", [(0.71, 0.71), (0.71, 0.71), (0.71, 0.71)], 2)
+        + fake_rows("ferplus", "pattlite", [(0.69, 0.69), (0.70, 0.70), (0.71, 0.71)], 2)
+    )
     return pd.DataFrame(rows)
 
 
 def test_gap_lines_and_steps(results, tmp_path):
     summary_csv = tmp_path / "summary.csv"
-    pd.DataFrame([{"dataset": "FERPlus", gap.REDUCED_COLUMN: "81.93 ± 1.55 (n=3)"},
-                  {"dataset": "CK+", gap.REDUCED_COLUMN: "not run (dataset absent)"}]).to_csv(summary_csv, index=False)
+    pd.DataFrame(
+        [
+            {"dataset": "FERPlus", gap.REDUCED_COLUMN: "81.93 ± 1.55 (n=3)"},
+            {"dataset": "CK+", gap.REDUCED_COLUMN: "not run (dataset absent)"},
+        ]
+    ).to_csv(summary_csv, index=False)
     reduced = gap.read_reduced(summary_csv)
     assert reduced == {"ferplus": (81.93, 1.55, 3)}
     numbers = gap.gap_numbers(results, reduced, datasets=("ferplus",))
     row = numbers.iloc[0]
     assert row["paper"] == pytest.approx(paper.paper_value(4, variant="published", dataset="ferplus"))
-    assert row["ours, authors' protocol"] == pytest.approx(84.0) and row["ours, authors' protocol sd"] == pytest.approx(2.0)
+    assert row["ours, authors' protocol"] == pytest.approx(84.0) and row["ours, authors' protocol sd"] == pytest.approx(
+        2.0
+    )
     assert row["ours, authors' protocol, no augmentation"] == pytest.approx(80.0)  # the one run without the flip
     assert row["ours, authors' protocol, no augmentation runs"] == 1
     assert row["published model, each image alone"] == pytest.approx(70.0)
@@ -78,8 +97,13 @@ def test_readme_block_puts_the_gap_first(results):
     from pattlite.studies import publish
 
     numbers = gap.gap_numbers(results, {"ferplus": (81.93, 1.55, 3)}, datasets=("ferplus",))
-    block = publish.readme_block("cpu_full", "full size", summary.headline_table(results, datasets=("ferplus",)),
-                                 Path("docs/results/cpu_full/replication_report.md"), {"runs": []},
-                                 gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)))
+    block = publish.readme_block(
+        "cpu_full",
+        "full size",
+        summary.headline_table(results, datasets=("ferplus",)),
+        Path("docs/results/cpu_full/replication_report.md"),
+        {"runs": []},
+        gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)),
+    )
     assert block.index(gap.CAPTION) < block.index("published model, published protocol")
     assert "| flip augmentation" in block and "+4.00" in block

@@ -19,41 +19,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 from envvars import environment
 
-from pattlite import cli, grid, pipeline, studies
+from pattlite import cli, grid, grid_ray, pipeline, studies
 from pattlite.experiments import make_experiment, result_path, weights_path
 from pattlite.results import ExperimentResult
 
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install -e .[ray]); the Ray executor is untested",
+)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Temporary data, cache and results folders; Ray workers get them too (PATTLITE_* is forwarded)."""
     base = tmp_path_factory.mktemp("grid")
-    with environment(PATTLITE_DATA_DIR=base / "data", PATTLITE_CACHE_DIR=base / "cache",
-                     PATTLITE_RESULTS_DIR=base / "results"):
+    with environment(
+        PATTLITE_DATA_DIR=base / "data", PATTLITE_CACHE_DIR=base / "cache", PATTLITE_RESULTS_DIR=base / "results"
+    ):
         yield base
 
 
 @pytest.fixture(scope="module")
 def tiny(folders):
     """Two ci experiments of the notebooks' plan: different datasets, variants and seeds."""
-    return [make_experiment("ci", "rafdb", "published", seed=3),
-            make_experiment("ci", "fer2013", "baseline", seed=4)]
+    return [make_experiment("ci", "rafdb", "published", seed=3), make_experiment("ci", "fer2013", "baseline", seed=4)]
 
 
 def grid_of(experiments, results_dir) -> grid.GridPlan:
-    planned = tuple(grid.PlannedExperiment(e, ("test",), result_path(e, results_dir).is_file())
-                    for e in experiments)
+    planned = tuple(grid.PlannedExperiment(e, ("test",), result_path(e, results_dir).is_file()) for e in experiments)
     return grid.GridPlan("ci", Path(results_dir), planned)
 
 
 @pytest.fixture(scope="module")
 def ray_runtime(folders):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e .[ray])")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20,
-             logging_level="WARNING")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -65,16 +65,19 @@ def ray_runtime(folders):
 def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
     params = {"seeds": "5", "datasets": "rafdb,ferplus", "results_dir": str(folders / "planned")}
     grid_plan = grid.plan("ci", params)
-    ctx = studies.notebook_context("ci", seeds="5", datasets="rafdb,ferplus", results_dir=folders / "planned",
-                                   run_experiments=False)
+    ctx = studies.notebook_context(
+        "ci", seeds="5", datasets="rafdb,ferplus", results_dir=folders / "planned", run_experiments=False
+    )
     expected = {e.key() for exps in studies.notebook_plan(ctx, "rafdb").values() for e in exps}
     keys = [p.experiment.key() for p in grid_plan.experiments]
     assert len(keys) == len(set(keys)) == len(expected) and set(keys) == expected
     assert {p.experiment.seed for p in grid_plan.experiments} == {5}
     assert {p.experiment.dataset for p in grid_plan.experiments} == {"rafdb", "ferplus"}
-    published = next(p for p in grid_plan.experiments
-                     if p.experiment.dataset == "rafdb" and p.experiment.variant == "published"
-                     and not p.experiment.model_options)
+    published = next(
+        p
+        for p in grid_plan.experiments
+        if p.experiment.dataset == "rafdb" and p.experiment.variant == "published" and not p.experiment.model_options
+    )
     assert set(published.studies) == {"table4", "table6", "main", "audit", "gradcam"}
     assert grid_plan.results_dir == folders / "planned" and not any(p.done for p in grid_plan.experiments)
     # Table 5's own points (the slowest on a CPU) come after everything the other tables need.
@@ -83,8 +86,14 @@ def test_plan_is_the_notebooks_plan_and_honours_their_parameters(folders):
     # Without rafdb, Table 5's grid and the Grad-CAM model fall to the next dataset of the profile's
     # order of preference that this run has (FERPlus), as in the notebooks.
     no_rafdb = grid.plan("ci", {"datasets": "ferplus"})
-    assert {s for p in no_rafdb.experiments for s in p.studies} == {"table4", "table5", "table6", "main", "audit",
-                                                                      "gradcam"}
+    assert {s for p in no_rafdb.experiments for s in p.studies} == {
+        "table4",
+        "table5",
+        "table6",
+        "main",
+        "audit",
+        "gradcam",
+    }
     assert {p.experiment.dataset for p in no_rafdb.experiments} == {"ferplus"}
 
 
@@ -96,9 +105,10 @@ def test_plan_rejects_a_parameter_no_notebook_takes():
 
 
 def test_grid_plan_command_lists_experiments_and_marks_done(folders, tiny, local_run, capsys):
-    results, _ = local_run   # holds the result of (rafdb, published, seed 3)
-    status = cli.main(["grid", "plan", "--profile", "ci", "-p", "seeds=3", "-p", "datasets=rafdb",
-                       "-p", f"results_dir={results}"])
+    results, _ = local_run  # holds the result of (rafdb, published, seed 3)
+    status = cli.main(
+        ["grid", "plan", "--profile", "ci", "-p", "seeds=3", "-p", "datasets=rafdb", "-p", f"results_dir={results}"]
+    )
     out = capsys.readouterr().out
     assert status == 0
     rows = json.loads(out.strip().splitlines()[-1])["experiments"]
@@ -190,7 +200,7 @@ def _killing_compute(marker_dir: Path, kill_first=(), kill_always=()):
         marker.write_text("attempt\n" * attempt)
         if exp.key() in kill_always or (exp.key() in kill_first and attempt == 1):
             os.kill(os.getpid(), signal.SIGKILL)
-        return grid.compute_on_worker(exp)
+        return grid_ray.compute_on_worker(exp)
 
     return compute
 
@@ -217,19 +227,20 @@ def test_ray_task_whose_worker_kills_itself_on_first_attempt_is_retried(ray_runt
 def test_ray_failures_are_reported_retries_bounded_and_the_others_finish(ray_runtime, folders, tiny):
     markers = folders / "markers-failures"
     markers.mkdir()
-    killed = make_experiment("ci", "ferplus", "no_mixing", seed=9)                   # its worker dies every time
+    killed = make_experiment("ci", "ferplus", "no_mixing", seed=9)  # its worker dies every time
     broken = make_experiment("ci", "ferplus", "published", kernel="NO_SUCH_KERNEL")  # raises ValueError
     compute = _killing_compute(markers, kill_first=(broken.key(),), kill_always=(killed.key(),))
     results = folders / "ray-failures"
     lines = []
-    report = grid.run_grid(grid_of([killed, broken, tiny[1]], results), "ray", max_retries=2,
-                           compute=compute, log=lines.append)
+    report = grid.run_grid(
+        grid_of([killed, broken, tiny[1]], results), "ray", max_retries=2, compute=compute, log=lines.append
+    )
     assert report.trained == [tiny[1].key()] and result_path(tiny[1], results).is_file()
     assert set(report.failed) == {killed.key(), broken.key()}
     assert "WorkerCrashedError" in report.failed[killed.key()]
-    assert _attempts(markers, killed) == 3            # the first try and max_retries=2 retries, no more
+    assert _attempts(markers, killed) == 3  # the first try and max_retries=2 retries, no more
     assert "NO_SUCH_KERNEL" in report.failed[broken.key()]
-    assert _attempts(markers, broken) == 2            # its worker died once (retried), then its own error: not retried
+    assert _attempts(markers, broken) == 2  # its worker died once (retried), then its own error: not retried
     assert _attempts(markers, tiny[1]) == 1
     assert any("1/3 done, 0 running, 2 failed, 0 left" in line for line in lines)
     assert any(line.startswith("[grid] FAILED") and killed.key() in line for line in lines)
@@ -244,7 +255,7 @@ import json, pickle, sys
 
 import ray
 
-from pattlite import grid
+from pattlite import grid_ray
 
 def probe(_):
     import pattlite
@@ -253,7 +264,7 @@ def probe(_):
     return pattlite.__file__
 
 ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="WARNING")
-task = grid.ray_task(ray, 1, 0, 0)   # what run_grid submits: its pattlite.grid._ray_task, options, environment
+task = grid_ray.ray_task(ray, 1, 0, 0)   # what run_grid submits: its pattlite.grid_ray._ray_task, options, environment
 try:
     print(json.dumps({"file": ray.get(task.remote(probe, pickle.dumps(None)))}))
 except ray.exceptions.RayError as error:
@@ -273,7 +284,7 @@ def test_ray_workers_import_the_install_when_started_beside_a_clone_named_pattli
     parent.mkdir()
     (parent / "pattlite").symlink_to(Path(pattlite.__file__).resolve().parents[1], target_is_directory=True)
     (tmp_path / "driver").mkdir()
-    script = tmp_path / "driver" / "run.py"   # run as a script: the driver's own sys.path is clean
+    script = tmp_path / "driver" / "run.py"  # run as a script: the driver's own sys.path is clean
     script.write_text(NAMESPACE_DRIVER)
     done = subprocess.run([sys.executable, str(script)], cwd=parent, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -285,16 +296,15 @@ def test_worker_environment_puts_the_install_first_on_pythonpath(monkeypatch):
     import pattlite
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
-    env = grid.worker_env(2, 0)
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]),
-                                                   "/somewhere/else"]
+    env = grid_ray.worker_env(2, 0)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(pattlite.__file__).resolve().parents[1]), "/somewhere/else"]
     assert env["OMP_NUM_THREADS"] == "2"
     assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"].split()
 
 
 def test_one_cpu_trials_run_jax_on_one_thread_and_keep_the_drivers_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x intra_op_parallelism_threads=8")
-    flags = grid.worker_env(1, 0)["XLA_FLAGS"].split()
+    flags = grid_ray.worker_env(1, 0)["XLA_FLAGS"].split()
     assert "--xla_dump_to=/tmp/x" in flags and "--xla_cpu_multi_thread_eigen=false" in flags
     assert [f for f in flags if f.startswith("intra_op")] == ["intra_op_parallelism_threads=1"]
 
@@ -306,13 +316,13 @@ def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
     two = make_experiment("ci", "rafdb", "published", train_views=2)
     options = one.source["options"]
     images = options["n_train"] + options["n_val"] + options["n_test"]
-    per_image = grid._feature_bytes_per_image("conv_dw_9_relu", one.resize_to)
+    per_image = grid_ray._feature_bytes_per_image("conv_dw_9_relu", one.resize_to)
     assert per_image == 14 * 14 * 512 * 2  # float16 at the default cut, 224 pixels
-    assert grid.memory_estimate(one) == grid.TRIAL_OVERHEAD_BYTES + per_image * images
-    assert grid.memory_estimate(two) - grid.memory_estimate(one) == per_image * options["n_train"]
-    assert grid.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
-    monkeypatch.setattr(grid, "_dataset_images", lambda exp: None)
-    assert grid.memory_estimate(one) is None
+    assert grid_ray.memory_estimate(one) == grid_ray.TRIAL_OVERHEAD_BYTES + per_image * images
+    assert grid_ray.memory_estimate(two) - grid_ray.memory_estimate(one) == per_image * options["n_train"]
+    assert grid_ray.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
+    monkeypatch.setattr(grid_ray, "_dataset_images", lambda exp: None)
+    assert grid_ray.memory_estimate(one) is None
 
 
 def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(monkeypatch, folders, tiny, tmp_path):
@@ -323,10 +333,10 @@ def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(mon
 
     results = tmp_path / "results"
     exp = tiny[0]
-    monkeypatch.setenv(grid.CHECKPOINTS_ENV_VAR, str(checkpoint_path(exp, results).parent))
-    returned = grid.compute_on_worker(exp)
+    monkeypatch.setenv(grid_ray.CHECKPOINTS_ENV_VAR, str(checkpoint_path(exp, results).parent))
+    returned = grid_ray.compute_on_worker(exp)
     assert any(checkpoint_path(exp, results).iterdir())
-    grid.store_returned(exp, returned, results)
+    grid_ray.store_returned(exp, returned, results)
     assert result_path(exp, results).is_file() and not checkpoint_path(exp, results).exists()
 
 
@@ -334,13 +344,15 @@ def test_memory_requests_never_exceed_the_largest_node(monkeypatch):
     class FakeRay:
         @staticmethod
         def nodes():
-            return [{"Alive": True, "Resources": {"memory": 10.0 * 2**30}},
-                    {"Alive": False, "Resources": {"memory": 99.0 * 2**30}}]
+            return [
+                {"Alive": True, "Resources": {"memory": 10.0 * 2**30}},
+                {"Alive": False, "Resources": {"memory": 99.0 * 2**30}},
+            ]
 
     small, large, unknown = (make_experiment("ci", "rafdb", "published", seed=s) for s in (1, 2, 3))
     sizes = {small.key(): 2 * 2**30, large.key(): 50 * 2**30, unknown.key(): None}
-    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
-    requests = grid._memory_requests(FakeRay, [small, large, unknown])
+    monkeypatch.setattr(grid_ray, "memory_estimate", lambda exp: sizes[exp.key()])
+    requests = grid_ray._memory_requests(FakeRay, [small, large, unknown])
     assert requests == {small.key(): 2 * 2**30, large.key(): 10 * 2**30, unknown.key(): 10 * 2**30}
 
 
@@ -354,14 +366,14 @@ def test_stale_temporary_folders_of_killed_workers_are_removed(monkeypatch, tmp_
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / f"{grid.TEMP_PREFIX}{_dead_pid()}-abc"
-    live = tmp_path / f"{grid.TEMP_PREFIX}{os.getpid()}-def"
-    old = tmp_path / f"{grid.TEMP_PREFIX}k3j2h1g0"          # the name before the PID was in it
+    dead = tmp_path / f"{grid_ray.TEMP_PREFIX}{_dead_pid()}-abc"
+    live = tmp_path / f"{grid_ray.TEMP_PREFIX}{os.getpid()}-def"
+    old = tmp_path / f"{grid_ray.TEMP_PREFIX}k3j2h1g0"  # the name before the PID was in it
     other = tmp_path / "pattlite-openvino-xyz"
     for folder in (dead, live, old, other):
         (folder / "logs").mkdir(parents=True)
     lines = []
-    removed = grid.remove_stale_temporary(log=lines.append)
+    removed = grid_ray.remove_stale_temporary(log=lines.append)
     assert sorted(removed) == sorted([dead, old])
     assert not dead.exists() and not old.exists() and live.is_dir() and other.is_dir()
     assert lines and "removed 2 temporary folder(s) left by killed workers" in lines[0]
@@ -377,34 +389,33 @@ def test_a_worker_interrupted_mid_task_removes_its_temporary_folder(monkeypatch,
 
     def interrupted(exp, progress=True, log_dir=None, **kwargs):
         seen.append(Path(log_dir).parent)
-        assert seen[0].is_dir() and seen[0].name.startswith(f"{grid.TEMP_PREFIX}{os.getpid()}-")
+        assert seen[0].is_dir() and seen[0].name.startswith(f"{grid_ray.TEMP_PREFIX}{os.getpid()}-")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiments, "compute_experiment", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        grid.compute_on_worker(tiny[0])
+        grid_ray.compute_on_worker(tiny[0])
     assert seen and not seen[0].exists() and not list(tmp_path.iterdir())
 
 
 @needs_ray
-def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime, folders, tiny, tmp_path,
-                                                                      monkeypatch):
+def test_ray_grid_stopped_by_ctrl_c_cancels_its_tasks_and_says_where(ray_runtime, folders, tiny, tmp_path, monkeypatch):
     """SIGINT while two Ray tasks run: run_grid raises RunInterrupted naming the experiments in flight,
     and the cancelled tasks remove their temporary folders on the way out."""
     import threading
 
     # A longer grace than the default 3 s: on 2 cores shared with other work, a cancelled worker took
     # longer than 3 s to unwind (seen once in a full-suite run beside a training) and was force-killed.
-    monkeypatch.setattr(grid, "CANCEL_GRACE_S", 15.0)
+    monkeypatch.setattr(grid_ray, "CANCEL_GRACE_S", 15.0)
 
     markers = tmp_path / "markers"
     markers.mkdir()
 
-    def compute(exp):   # busy in Python, as training is between the backend's calls
+    def compute(exp):  # busy in Python, as training is between the backend's calls
         import tempfile
         import time as _time
 
-        with tempfile.TemporaryDirectory(prefix=f"{grid.TEMP_PREFIX}{os.getpid()}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{grid_ray.TEMP_PREFIX}{os.getpid()}-") as tmp:
             (markers / exp.key()).write_text(tmp)
             end = _time.time() + 600  # longer than the wait for both: the interrupt finds them running
             while _time.time() < end:
@@ -512,12 +523,12 @@ def test_ray_tasks_are_submitted_in_the_grids_order_a_window_at_a_time(monkeypat
         def get(ref):
             return {"seconds": 1.0, "host": "fake", "exp": ref.exp}
 
-    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
+    monkeypatch.setattr(grid_ray, "ray_task", lambda *args, **kwargs: FakeTask())
     stored = []
-    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: stored.append(exp.key()))
-    grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    monkeypatch.setattr(grid_ray, "store_returned", lambda exp, returned, results_dir: stored.append(exp.key()))
+    grid_ray._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
     assert [ref.exp.key() for ref in submitted] == [e.key() for e in experiments]
-    assert max(in_flight_sizes) == 2 + grid.QUEUE_WINDOW
+    assert max(in_flight_sizes) == 2 + grid_ray.QUEUE_WINDOW
     assert stored == [e.key() for e in experiments]
 
 
@@ -529,7 +540,7 @@ def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(
     experiments = [make_experiment("ci", "rafdb", "published", seed=s) for s in range(6)]
     big, small = 15 * 2**30, 2 * 2**30
     sizes = {e.key(): (big if i in (0, 1, 4) else small) for i, e in enumerate(experiments)}
-    monkeypatch.setattr(grid, "memory_estimate", lambda exp: sizes[exp.key()])
+    monkeypatch.setattr(grid_ray, "memory_estimate", lambda exp: sizes[exp.key()])
     submitted, running = [], []
 
     class FakeTask:
@@ -578,9 +589,9 @@ def test_on_one_machine_the_grid_fills_each_slot_with_the_first_trial_that_fits(
         def get(ref):
             return {"seconds": 1.0, "host": "fake"}
 
-    monkeypatch.setattr(grid, "ray_task", lambda *args, **kwargs: FakeTask())
-    monkeypatch.setattr(grid, "store_returned", lambda exp, returned, results_dir: None)
-    report = grid._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
+    monkeypatch.setattr(grid_ray, "ray_task", lambda *args, **kwargs: FakeTask())
+    monkeypatch.setattr(grid_ray, "store_returned", lambda exp, returned, results_dir: None)
+    report = grid_ray._run_ray(FakeRay, experiments, tmp_path, None, 0.0, 1.0, 0, lambda line: None, compute=None)
     order = [experiments[i].key() for i in (0, 2, 1, 3, 4, 5)]
     assert submitted == order and sorted(report[0]) == sorted(sizes)
 
@@ -591,12 +602,26 @@ def test_time_left_sums_each_kind_of_experiments_own_mean_time():
     small = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(4)]
     large = [make_experiment("ci", "fer2013", "published", seed=s) for s in range(2)]
     lines = []
-    progress = grid.Progress(6, lines.append, small + large)
+    progress = grid_ray.Progress(6, lines.append, small + large)
     assert progress.eta(2) == "time left: estimated after the first experiment"
     progress.finish(small[0], 10.0)
     progress.finish(large[0], 1000.0)
     progress.fail(small[1])
     # left: 2 CK+ (10 s each) and 1 FER2013 (1000 s), 2 at once
-    assert progress.eta(2).startswith(f"about {grid._duration((2 * 10 + 1000) / 2)} left")
+    assert progress.eta(2).startswith(f"about {grid_ray._duration((2 * 10 + 1000) / 2)} left")
     progress.line(2)
     assert lines[-1].startswith("[grid] 2/6 done, 0 running, 1 failed, 3 left; about 8 min left")
+    assert "not timed yet" not in lines[-1]
+
+
+def test_time_left_names_the_experiments_of_kinds_not_timed_yet():
+    """Before a kind has run once, its time is unknown: the time left covers the timed kinds only and
+    says how many experiments it leaves out (a CK+ fold's mean says nothing of a full-size training)."""
+    small = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(3)]
+    large = [make_experiment("ci", "fer2013", "published", seed=s) for s in range(2)]
+    progress = grid_ray.Progress(5, lambda line: None, small + large)
+    progress.finish(small[0], 10.0)
+    assert progress.eta(1) == (
+        "about 20 s left (this run's mean time per kind of experiment, 1 at once), "
+        "plus 2 experiment(s) of kinds not timed yet"
+    )

@@ -53,10 +53,22 @@ def shared(tmp_path_factory):
 
 
 def start(args, shared, marker):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PATTLITE_DATA_DIR=str(shared / "data"),
-               PATTLITE_CACHE_DIR=str(shared / "cache"), PATTLITE_TEST_RUN=marker, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, "-c", HARNESS, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PATTLITE_DATA_DIR=str(shared / "data"),
+        PATTLITE_CACHE_DIR=str(shared / "cache"),
+        PATTLITE_TEST_RUN=marker,
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", HARNESS, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def wait_for(proc, text, timeout=240):
@@ -68,8 +80,10 @@ def wait_for(proc, text, timeout=240):
             return lines
         assert time.time() < deadline, f"no {text!r} within {timeout} s:\n{''.join(lines)[-3000:]}"
     proc.wait(timeout=60)
-    raise AssertionError(f"the run ended (status {proc.returncode}) before {text!r}:\n{''.join(lines)[-3000:]}"
-                         f"\n{proc.stderr.read()[-3000:]}")
+    raise AssertionError(
+        f"the run ended (status {proc.returncode}) before {text!r}:\n{''.join(lines)[-3000:]}"
+        f"\n{proc.stderr.read()[-3000:]}"
+    )
 
 
 def stop(proc, how):
@@ -116,7 +130,7 @@ def test_grid_run_stopped_while_training_is_recorded_and_resumes(shared, tmp_pat
     time.sleep(0.5)
     out, err = stop(proc, how)
     assert proc.returncode == status, err[-3000:]
-    assert f"pattlite grid run: interrupted during the grid, training ferplus" in err and f"({name})" in err
+    assert "pattlite grid run: interrupted during the grid, training ferplus" in err and f"({name})" in err
     assert "the same command resumes it" in err and "Traceback" not in err, err[-3000:]
     run = last_run(results)
     assert run["command"] == "pattlite grid run" and run["status"] == "interrupted" and "failed" not in run
@@ -140,10 +154,13 @@ def test_grid_run_stopped_while_training_is_recorded_and_resumes(shared, tmp_pat
 
 def test_run_all_stopped_in_the_grid_is_recorded_with_the_experiment(shared, tmp_path):
     results = tmp_path / "results"
-    proc = start(["run_all", "--profile", "ci", "--executor", "local", "-p", "datasets=ferplus",
-                  "-p", f"results_dir={results}"], shared, uuid.uuid4().hex)
+    proc = start(
+        ["run_all", "--profile", "ci", "--executor", "local", "-p", "datasets=ferplus", "-p", f"results_dir={results}"],
+        shared,
+        uuid.uuid4().hex,
+    )
     wait_for(proc, "TRAINING STARTED")
-    out, err = stop(proc, "term-group")   # the stderr filter must outlive it to pass on the message
+    out, err = stop(proc, "term-group")  # the stderr filter must outlive it to pass on the message
     assert proc.returncode == 143, err[-3000:]
     assert "run_all.sh: interrupted during the grid, training ferplus" in err and "(SIGTERM)" in err
     run = last_run(results)
@@ -155,17 +172,33 @@ def test_run_all_stopped_in_the_grid_is_recorded_with_the_experiment(shared, tmp
 def test_run_all_stopped_in_a_notebook_names_it_and_leaves_no_kernel(shared, tmp_path):
     results = tmp_path / "results"
     marker = uuid.uuid4().hex
-    proc = start(["run_all", "--profile", "ci", "--only", "01_datasets", "-p", "datasets=ferplus",
-                  "-p", f"results_dir={results}", "-p", f"figures_dir={tmp_path / 'figures'}",
-                  "-p", f"reports_dir={tmp_path / 'reports'}"], shared, marker)
+    proc = start(
+        [
+            "run_all",
+            "--profile",
+            "ci",
+            "--only",
+            "01_datasets",
+            "-p",
+            "datasets=ferplus",
+            "-p",
+            f"results_dir={results}",
+            "-p",
+            f"figures_dir={tmp_path / 'figures'}",
+            "-p",
+            f"reports_dir={tmp_path / 'reports'}",
+        ],
+        shared,
+        marker,
+    )
     wait_for(proc, "01_datasets (profile ci) ...")
-    time.sleep(3)   # the kernel is starting or running the set-up cell
+    time.sleep(3)  # the kernel is starting or running the set-up cell
     out, err = stop(proc, "ctrl-c")
     assert proc.returncode == 130, err[-3000:]
     assert "run_all.sh: interrupted in notebook 01_datasets" in err and "(SIGINT)" in err
     run = last_run(results)
     assert run["status"] == "interrupted" and "failed" not in run
     assert run["interrupted"]["stage"] == "notebooks" and run["interrupted"]["notebook"] == "01_datasets"
-    assert run["interrupted"]["cell"]      # "the kernel's start" or the code cell that was running
+    assert run["interrupted"]["cell"]  # "the kernel's start" or the code cell that was running
     assert (results / "notebooks" / "01_datasets.ipynb").is_file()
     assert processes_left(marker) == [], "a notebook kernel or child process outlived the run"

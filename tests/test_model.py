@@ -20,7 +20,8 @@ SMALL = (32, 32, 3)  # cheap model input; the model resizes to 224 itself
 
 def shared_weights_path():
     path = os.environ.get("PATTLITE_TEST_WEIGHTS") or (
-        REPO_ROOT.parent / "shared" / "weights" / "mobilenet_1_0_224_imagenet_no_top.weights.h5")
+        REPO_ROOT.parent / "shared" / "weights" / "mobilenet_1_0_224_imagenet_no_top.weights.h5"
+    )
     return Path(path)
 
 
@@ -45,8 +46,14 @@ def test_model_code_uses_no_tensorflow():
 
 
 def test_table5_cut_layers_resolve_to_expected_names():
-    expected = {17: "conv_dw_11_relu", 23: "conv_dw_10_relu", 29: "conv_dw_9_relu",
-                35: "conv_dw_8_relu", 41: "conv_dw_7_relu", 47: "conv_dw_6_relu"}
+    expected = {
+        17: "conv_dw_11_relu",
+        23: "conv_dw_10_relu",
+        29: "conv_dw_9_relu",
+        35: "conv_dw_8_relu",
+        41: "conv_dw_7_relu",
+        47: "conv_dw_6_relu",
+    }
     for n, name in expected.items():
         assert M.cut_layer_name(n) == name
         assert config.TABLE5_CUT_LAYERS[n] == name
@@ -95,7 +102,7 @@ def test_batch_mixing_attention_matches_keras_attention_on_2d_input():
     ours.scale.assign(0.3)
     reference = keras.layers.Attention(use_scale=True)
     try:
-        expected = reference([vectors, vectors])
+        reference([vectors, vectors])
     except Exception as error:  # some Keras 3 versions reject 2-D input
         pytest.skip(f"this Keras rejects Attention on 2-D input: {error}")
     reference.scale.assign(0.3)
@@ -120,7 +127,7 @@ def test_pattlite_prediction_is_independent_of_the_batch():
     model.get_layer("attention").scale.assign(5.0)
     batch = images(4, seed=3)
     together = model.predict(batch, verbose=0)
-    alone = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(4)])
+    alone = np.concatenate([model.predict(batch[i : i + 1], verbose=0) for i in range(4)])
     order = np.array([2, 0, 3, 1])
     shuffled = model.predict(batch[order], verbose=0)
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6)
@@ -136,7 +143,7 @@ def test_set_batch_mixing_off_equals_batch_size_one():
     mixed = model.predict(batch, verbose=0)
     assert M.set_batch_mixing(model, False) == 1
     independent = model.predict(batch, verbose=0)
-    one_by_one = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(4)])
+    one_by_one = np.concatenate([model.predict(batch[i : i + 1], verbose=0) for i in range(4)])
     np.testing.assert_allclose(independent, one_by_one, rtol=1e-4, atol=1e-6)
     assert np.abs(independent - mixed).max() > 1e-3
     M.set_batch_mixing(model, True)  # the compiled predict function must follow the switch back
@@ -147,22 +154,25 @@ def test_set_batch_mixing_off_equals_batch_size_one():
     np.testing.assert_allclose(control.predict(batch, verbose=0), one_by_one, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant, options, grid", [
-    ("published", {}, (2, 2)),
-    ("no_mixing", {}, (2, 2)),
-    ("pattlite", {}, (2, 2)),
-    ("baseline", {}, None),
-    ("patch_only", {}, (2, 2)),
-    ("attention_only", {}, None),
-    ("attention_only", {"attention": "tokens"}, None),
-    ("patch_attention", {}, None),
-    ("patch_attention", {"attention": "tokens"}, None),
-    ("published", {"kernel": "NP7", "cut_layer": 17}, (2, 2)),
-    ("published", {"kernel": "OP3", "cut_layer": 47}, (7, 7)),
-    ("published", {"kernel": "OP5"}, (4, 4)),
-    ("pattlite", {"kernel": "P4", "cut_layer": 35}, (4, 4)),
-    ("published", {"kernel": "P8", "cut_layer": 41}, (2, 2)),
-])
+@pytest.mark.parametrize(
+    "variant, options, grid",
+    [
+        ("published", {}, (2, 2)),
+        ("no_mixing", {}, (2, 2)),
+        ("pattlite", {}, (2, 2)),
+        ("baseline", {}, None),
+        ("patch_only", {}, (2, 2)),
+        ("attention_only", {}, None),
+        ("attention_only", {"attention": "tokens"}, None),
+        ("patch_attention", {}, None),
+        ("patch_attention", {"attention": "tokens"}, None),
+        ("published", {"kernel": "NP7", "cut_layer": 17}, (2, 2)),
+        ("published", {"kernel": "OP3", "cut_layer": 47}, (7, 7)),
+        ("published", {"kernel": "OP5"}, (4, 4)),
+        ("pattlite", {"kernel": "P4", "cut_layer": 35}, (4, 4)),
+        ("published", {"kernel": "P8", "cut_layer": 41}, (2, 2)),
+    ],
+)
 def test_variant_outputs_are_probabilities(variant, options, grid):
     model = M.build_model(variant, 5, input_shape=SMALL, **options)
     probabilities = model.predict(images(3, seed=5), verbose=0)
@@ -199,16 +209,17 @@ def test_weights_errors(tmp_path):
         M.build_model("published", 7, input_shape=SMALL, weights=garbage)
     # Same layer names, other shapes: MobileNet alpha 0.5.
     half = tmp_path / "mobilenet_half.weights.h5"
-    keras.applications.MobileNet(weights=None, include_top=False, alpha=0.5,
-                                 input_shape=(32, 32, 3)).save_weights(half)
+    keras.applications.MobileNet(weights=None, include_top=False, alpha=0.5, input_shape=(32, 32, 3)).save_weights(half)
     with pytest.raises(M.WeightsError, match="mobilenet_half.weights.h5"):
         M.build_backbone(weights=half)
     with pytest.raises(M.WeightsError, match="expected None"):
         M.build_model("published", 7, weights=3)
 
 
-@pytest.mark.skipif(not shared_weights_path().is_file(),
-                    reason="shared ImageNet MobileNet weights file absent (set PATTLITE_TEST_WEIGHTS)")
+@pytest.mark.skipif(
+    not shared_weights_path().is_file(),
+    reason="shared ImageNet MobileNet weights file absent (set PATTLITE_TEST_WEIGHTS)",
+)
 def test_shared_imagenet_weights_load():
     path = shared_weights_path()
     backbone = M.build_backbone(weights=path, input_shape=SMALL)
@@ -219,9 +230,12 @@ def test_shared_imagenet_weights_load():
         pretrained.get_layer(layer.name).set_weights(layer.get_weights())
     batch = images(2, seed=6)
     assert np.abs(pretrained.predict(batch, verbose=0) - random.predict(batch, verbose=0)).max() > 1e-4
-    np.testing.assert_allclose(backbone.predict(batch, verbose=0),
-                               keras.Model(pretrained.input, pretrained.get_layer("conv_dw_9_relu").output)
-                               .predict(batch, verbose=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        backbone.predict(batch, verbose=0),
+        keras.Model(pretrained.input, pretrained.get_layer("conv_dw_9_relu").output).predict(batch, verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_finetune_trainable_modes():
@@ -236,8 +250,12 @@ def test_finetune_trainable_modes():
     assert len(backbone) + 1 == 58  # the authors' truncated model: input layer + 57 layers
 
     def non_bn_params(layers):
-        return sum(int(np.prod(w.shape)) for layer in layers for w in layer.weights
-                   if not isinstance(layer, keras.layers.BatchNormalization))
+        return sum(
+            int(np.prod(w.shape))
+            for layer in layers
+            for w in layer.weights
+            if not isinstance(layer, keras.layers.BatchNormalization)
+        )
 
     paper = M.set_finetune_trainable(model, "paper", dataset="rafdb")  # 59 > 58: the whole backbone
     assert paper["backbone_trainable_params"] == non_bn_params(backbone)
@@ -246,7 +264,8 @@ def test_finetune_trainable_modes():
     ckplus = M.set_finetune_trainable(model, "paper", dataset="ckplus")  # 40 layers
     assert ckplus["backbone_trainable_params"] == non_bn_params(backbone[-40:])
     assert ckplus["trainable_backbone_layers"][0] == next(
-        layer.name for layer in backbone[-40:] if not isinstance(layer, keras.layers.BatchNormalization))
+        layer.name for layer in backbone[-40:] if not isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert 0 < ckplus["backbone_trainable_params"] < paper["backbone_trainable_params"]
     with pytest.raises(ValueError, match="needs n_layers or dataset"):
         M.set_finetune_trainable(model, "paper")
@@ -262,8 +281,9 @@ def test_finetune_model_shares_layers_and_adds_dropouts():
     assert tuned.get_layer("classifier_dense") is model.get_layer("classifier_dense")
     assert tuned.count_params() == model.count_params()
     batch = images(3, seed=7)
-    np.testing.assert_allclose(tuned.predict(batch, verbose=0), model.predict(batch, verbose=0),
-                               rtol=1e-5, atol=1e-6)  # dropouts act only in training
+    np.testing.assert_allclose(
+        tuned.predict(batch, verbose=0), model.predict(batch, verbose=0), rtol=1e-5, atol=1e-6
+    )  # dropouts act only in training
 
 
 @pytest.mark.parametrize("variant", ["published", "pattlite"])
@@ -276,8 +296,12 @@ def test_head_on_backbone_features_equals_full_model(variant):
     copied = M.copy_head_weights(full, head)
     assert "classifier_dense" in copied and "attention" in copied
     batch = images(3, seed=8)
-    np.testing.assert_allclose(head.predict(backbone.predict(batch, verbose=0), verbose=0),
-                               full.predict(batch, verbose=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        head.predict(backbone.predict(batch, verbose=0), verbose=0),
+        full.predict(batch, verbose=0),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="only in 'pattlite_.*': \\['attention'\\]"):
         M.copy_head_weights(head, M.build_head("patch_only", 7, (14, 14, 512)))
 
@@ -288,8 +312,7 @@ def test_calibrate_batchnorm_normalises_backbone_activations():
     batch = images(8, seed=9)
     before = probe.predict(batch, verbose=0)
     count = M.calibrate_batchnorm(model, batch)
-    assert count == sum(isinstance(layer, keras.layers.BatchNormalization)
-                        for layer in M.backbone_layers(model))
+    assert count == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in M.backbone_layers(model))
     after = probe.predict(batch, verbose=0)
     channel_mean = after.mean(axis=(0, 1, 2))
     channel_var = after.var(axis=(0, 1, 2))
@@ -308,8 +331,9 @@ def assert_same_layer(ours, theirs, shape, rng):
     weights = [rng.standard_normal(w.shape).astype("float32") for w in theirs.get_weights()]
     ours.set_weights(weights)
     theirs.set_weights(weights)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-4
+    )
     probe = keras.layers.Input(shape[1:])
     before = [rng.standard_normal((shape[-1], shape[-1])).astype("float32") * 0.5, np.zeros(shape[-1], "float32")]
     befores = []
@@ -324,37 +348,58 @@ def assert_same_layer(ours, theirs, shape, rng):
     assert not np.allclose(befores[0].get_weights()[0], before[0])  # the input gradient reached it
 
 
-@pytest.mark.parametrize("shape,kernel,padding", [((3, 14, 14, 16), 4, "same"), ((2, 4, 4, 8), 2, "valid"),
-                                                  ((2, 15, 13, 8), 4, "same"), ((2, 15, 13, 8), 4, "valid")])
+@pytest.mark.backends
+@pytest.mark.parametrize(
+    "shape,kernel,padding",
+    [
+        ((3, 14, 14, 16), 4, "same"),
+        ((2, 4, 4, 8), 2, "valid"),
+        ((2, 15, 13, 8), 4, "same"),
+        ((2, 15, 13, 8), 4, "valid"),
+    ],
+)
 def test_patch_separable_conv_equals_separable_conv(shape, kernel, padding):
-    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way;
-    tests/test_jax_backend.py runs this test there too)."""
-    from pattlite.model import PatchSeparableConv2D
+    """Same weights, same outputs and gradients as SeparableConv2D (on JAX it computes them its own way,
+    `pattlite.backends.jax.patch_separable_conv`)."""
+    from pattlite.layers import PatchSeparableConv2D
 
-    assert_same_layer(PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
-                      keras.layers.SeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
-                      shape, np.random.default_rng(0))
+    assert_same_layer(
+        PatchSeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
+        keras.layers.SeparableConv2D(5, kernel, strides=kernel, padding=padding, activation="relu"),
+        shape,
+        np.random.default_rng(0),
+    )
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("code", ["NP7", "OP3", "OP5", "P4", "P8"])
 @pytest.mark.parametrize("shape", [(3, 14, 14, 6), (2, 15, 13, 4)])
 def test_patch_conv_equals_conv(code, shape):
     """Table 5's kernel codes: same weights, same outputs and gradients as Conv2D (on JAX it computes
-    them as patches times a matrix; tests/test_jax_backend.py runs this test there too)."""
-    from pattlite.model import KERNEL_CODES, PatchConv2D
+    them as patches times a matrix, `pattlite.backends.jax.patch_conv`)."""
+    from pattlite.layers import PatchConv2D
+    from pattlite.model import KERNEL_CODES
 
-    assert_same_layer(PatchConv2D(5, activation="relu", **KERNEL_CODES[code]),
-                      keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code]), shape, np.random.default_rng(1))
+    assert_same_layer(
+        PatchConv2D(5, activation="relu", **KERNEL_CODES[code]),
+        keras.layers.Conv2D(5, activation="relu", **KERNEL_CODES[code]),
+        shape,
+        np.random.default_rng(1),
+    )
 
 
+@pytest.mark.backends
 def test_patch_conv_as_the_pointwise_layer_equals_conv():
     """The 1x1 convolution after every patch block (`patch_extraction_pointwise`) is a PatchConv2D too."""
-    from pattlite.model import PatchConv2D
+    from pattlite.model import PatchConv2D  # still importable from pattlite.model
 
-    assert_same_layer(PatchConv2D(5, 1, activation="relu"), keras.layers.Conv2D(5, 1, activation="relu"),
-                      (3, 4, 4, 6), np.random.default_rng(2))
-    assert isinstance(M.build_head("published", 7, (14, 14, 512)).get_layer("patch_extraction_pointwise"),
-                      PatchConv2D)
+    assert_same_layer(
+        PatchConv2D(5, 1, activation="relu"),
+        keras.layers.Conv2D(5, 1, activation="relu"),
+        (3, 4, 4, 6),
+        np.random.default_rng(2),
+    )
+    assert isinstance(M.build_head("published", 7, (14, 14, 512)).get_layer("patch_extraction_pointwise"), PatchConv2D)
 
 
 def test_patch_separable_conv_needs_non_overlapping_patches():

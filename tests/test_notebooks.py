@@ -22,8 +22,12 @@ SEED = 7  # not the ci profile's default (0): the parameter must reach every exp
 
 
 def run_parameters(out) -> dict:
-    return {"results_dir": str(out / "results"), "figures_dir": str(out / "figures"),
-            "reports_dir": str(out / "reports"), "seeds": str(SEED)}
+    return {
+        "results_dir": str(out / "results"),
+        "figures_dir": str(out / "figures"),
+        "reports_dir": str(out / "reports"),
+        "seeds": str(SEED),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_ci_profile_runs_every_notebook(ci_run):
         executed = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and f'results_dir = "{out / "results"}"' in injected[0].source
-        if "seeds" in declared[name]:   # 09 (the shipped model) trains nothing: no seeds
+        if "seeds" in declared[name]:  # 09 (the shipped model) trains nothing: no seeds
             assert f'seeds = "{SEED}"' in injected[0].source
 
 
@@ -86,7 +90,7 @@ def test_report_holds_every_table_and_figure_with_banner(ci_run):
         assert f"Table {n}. " in html
     for n in range(2, 11):
         assert f"**Figure {n}. " in md, f"Figure {n} missing from the report"
-        assert f"figure{n}.png)" in md            # a Markdown image link
+        assert f"figure{n}.png)" in md  # a Markdown image link
         assert "not produced yet" not in md
     assert html.count("data:image/png;base64,") >= 9
     assert report.SYNTHETIC_BANNER in md and report.SYNTHETIC_BANNER in html
@@ -115,8 +119,10 @@ def test_grid_plan_is_what_the_notebooks_trained_and_loaded(ci_run):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                    reason="ray is not installed (pip install -e .[ray]); run_all.sh --executor ray is untested")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install -e .[ray]); run_all.sh --executor ray is untested",
+)
 def test_run_all_with_the_ray_executor_runs_the_grid_then_the_notebooks(ci_run, capsys):
     """./run_all.sh --executor ray: the grid first (here every experiment is already done, so no task
     runs), then the notebooks (here only the report), ending with the report's path."""
@@ -147,10 +153,25 @@ def test_a_stopped_run_is_recorded_and_says_how_to_resume(tmp_path):
     import sys
 
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "pattlite.pipeline", "--profile", "ci", "--executor", "local",
-                             "-p", f"results_dir={results}", "-p", "datasets=ferplus"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the progress line arrives at once
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pattlite.pipeline",
+            "--profile",
+            "ci",
+            "--executor",
+            "local",
+            "-p",
+            f"results_dir={results}",
+            "-p",
+            "datasets=ferplus",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # the progress line arrives at once
     for line in proc.stdout:  # the grid has started: its first experiment is running
         if "[grid] 0/" in line:
             break

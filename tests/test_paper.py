@@ -24,8 +24,7 @@ HEADER_LINES = {11: 2}
 
 
 def _excerpt_lines():
-    return [line.rstrip("\n") for line in EXCERPT.read_text(encoding="utf-8").splitlines()
-            if not line.startswith("#")]
+    return [line.rstrip("\n") for line in EXCERPT.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
 
 
 def parse_tables():
@@ -90,8 +89,13 @@ def test_every_number_of_table_equals_the_paper_text(n):
     ours = {}
     for r in df.itertuples(index=False):
         params_text = getattr(r, "params_text", None)
-        key = (r.row_group or "", r.row, params_text if isinstance(params_text, str) else None,
-               r.column_group or "", r.column)
+        key = (
+            r.row_group or "",
+            r.row,
+            params_text if isinstance(params_text, str) else None,
+            r.column_group or "",
+            r.column,
+        )
         assert key not in ours, f"Table {n}: two numbers for {key}"
         ours[key] = r.value
     assert ours == PARSED[n]["values"]
@@ -177,7 +181,9 @@ def test_ablation_rows_map_to_variants_and_table6_repeats_the_full_model():
     assert switches.loc["attention_only"].tolist() == [True, False]
     assert switches.loc["published"].tolist() == [True, True]
     for ds in ("rafdb", "fer2013", "ferplus"):
-        assert paper.paper_value(6, variant="published", dataset=ds) == paper.paper_value(4, variant="published", dataset=ds)
+        assert paper.paper_value(6, variant="published", dataset=ds) == paper.paper_value(
+            4, variant="published", dataset=ds
+        )
 
 
 def test_figure_points_are_table8_methods():
@@ -202,8 +208,11 @@ def test_text_claims_are_quoted_verbatim_and_match_their_values():
         assert _normalised(c["quote"]) in excerpt, f"claim {name}: quote not in the paper text"
     q = {name: c["quote"] for name, c in paper.claims().items()}
     assert paper.PAPER_PARAMS_TEXT in q["params"] and paper.PAPER_PARAMS == 1.10e6
-    m = re.search(r"(\d+) layers, (\d+) layers, (\d+) layers, and (\d+) layers were unfrozen for "
-                  r"CK\+, RAF-DB, FER2013, and FERPlus", q["finetune_layers"])
+    m = re.search(
+        r"(\d+) layers, (\d+) layers, (\d+) layers, and (\d+) layers were unfrozen for "
+        r"CK\+, RAF-DB, FER2013, and FERPlus",
+        q["finetune_layers"],
+    )
     assert dict(zip(("ckplus", "rafdb", "fer2013", "ferplus"), map(int, m.groups()))) == paper.PAPER_FINETUNE_LAYERS
     assert paper.PAPER_FINETUNE_LAYERS == config.PAPER_FINETUNE_LAYERS
     assert f"{paper.PAPER_INPUT_SIZE}×{paper.PAPER_INPUT_SIZE}" in q["input_size"]

@@ -56,28 +56,38 @@ def test_bad_parameters_are_named_before_anything_heavy_is_imported():
 
 
 def test_run_all_sh_names_a_bad_parameter_in_a_fresh_process():
-    done = subprocess.run([sys.executable, "-m", "pattlite.pipeline", "--profile", "ci", "-p", "seeds=abc"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pattlite.pipeline", "--profile", "ci", "-p", "seeds=abc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "-p seeds='abc': expected a comma-separated list of integers" in done.stderr
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"seeds": "0,-1"}, "-p seeds='0,-1': expected a comma-separated list of integers in 0..4294967295"),
-    ({"seeds": "4294967296"}, "(seed 4294967296: expected an integer in 0..4294967295 (2**32 - 1))"),
-    ({"seeds": ""}, "-p seeds='': expected a comma-separated list of integers in 0..4294967295 (2**32 - 1), "
-                    "e.g. 0,1,2, or none for the profile's (the value is empty)"),
-    ({"datasets": "rafdb,affectnet"}, "('affectnet' is not one of them)"),
-    ({"stage1": "fast"}, "-p stage1='fast': expected one of exact, cached"),
-    ({"finetune": "all"}, "-p finetune='all': expected one of as_coded, paper"),
-    ({"run_experiments": "maybe"}, "-p run_experiments='maybe': expected true or false"),
-    ({"include_faces": "2"}, "-p include_faces='2': expected true or false"),
-    ({"gradcam_true": "-3"}, "-p gradcam_true='-3': expected an integer >= 0"),
-    ({"gradcam_dataset": "raf"}, "-p gradcam_dataset='raf': expected one of ckplus, rafdb, fer2013, ferplus"),
-    ({"gradcam_variant": "mobilevit"}, "-p gradcam_variant='mobilevit': expected one of published,"),
-    ({"profile": "ci"}, "-p profile='ci': the profile is chosen with --profile"),
-    ({"seed": "1"}, "unknown notebook parameter(s) ['seed']; the notebooks take ckplus_root, datasets,"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"seeds": "0,-1"}, "-p seeds='0,-1': expected a comma-separated list of integers in 0..4294967295"),
+        ({"seeds": "4294967296"}, "(seed 4294967296: expected an integer in 0..4294967295 (2**32 - 1))"),
+        (
+            {"seeds": ""},
+            "-p seeds='': expected a comma-separated list of integers in 0..4294967295 (2**32 - 1), "
+            "e.g. 0,1,2, or none for the profile's (the value is empty)",
+        ),
+        ({"datasets": "rafdb,affectnet"}, "('affectnet' is not one of them)"),
+        ({"stage1": "fast"}, "-p stage1='fast': expected one of exact, cached"),
+        ({"finetune": "all"}, "-p finetune='all': expected one of as_coded, paper"),
+        ({"run_experiments": "maybe"}, "-p run_experiments='maybe': expected true or false"),
+        ({"include_faces": "2"}, "-p include_faces='2': expected true or false"),
+        ({"gradcam_true": "-3"}, "-p gradcam_true='-3': expected an integer >= 0"),
+        ({"gradcam_dataset": "raf"}, "-p gradcam_dataset='raf': expected one of ckplus, rafdb, fer2013, ferplus"),
+        ({"gradcam_variant": "mobilevit"}, "-p gradcam_variant='mobilevit': expected one of published,"),
+        ({"profile": "ci"}, "-p profile='ci': the profile is chosen with --profile"),
+        ({"seed": "1"}, "unknown notebook parameter(s) ['seed']; the notebooks take ckplus_root, datasets,"),
+    ],
+)
 def test_each_bad_value_is_named_with_what_was_expected(params, message):
     with pytest.raises(pipeline.ParameterError) as error:
         pipeline.check_parameters(params)
@@ -88,17 +98,30 @@ def test_paths_are_checked_and_every_bad_value_is_listed(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with pytest.raises(pipeline.ParameterError) as error:
-        pipeline.check_parameters({"weights": str(tmp_path / "none.weights.h5"), "rafdb_root": str(tmp_path / "raf"),
-                                   "results_dir": str(a_file)})
+        pipeline.check_parameters(
+            {
+                "weights": str(tmp_path / "none.weights.h5"),
+                "rafdb_root": str(tmp_path / "raf"),
+                "results_dir": str(a_file),
+            }
+        )
     lines = str(error.value).splitlines()
     assert len(lines) == 3
     assert f"-p weights='{tmp_path / 'none.weights.h5'}': expected imagenet, an existing .weights.h5 file" in lines[0]
     assert f"-p rafdb_root='{tmp_path / 'raf'}': expected an existing folder" in lines[1]
     assert f"(no such folder '{tmp_path / 'raf'}')" in lines[1]
     assert f"({a_file} exists and is not a folder)" in lines[2]
-    good = {"seeds": "0, 1,2", "datasets": "rafdb,ferplus", "weights": "imagenet", "rafdb_root": str(tmp_path),
-            "results_dir": str(tmp_path / "new"), "run_experiments": "False", "gradcam_true": "0",
-            "figures_dir": "none", "stage1": "cached"}
+    good = {
+        "seeds": "0, 1,2",
+        "datasets": "rafdb,ferplus",
+        "weights": "imagenet",
+        "rafdb_root": str(tmp_path),
+        "results_dir": str(tmp_path / "new"),
+        "run_experiments": "False",
+        "gradcam_true": "0",
+        "figures_dir": "none",
+        "stage1": "cached",
+    }
     assert pipeline.check_parameters(good) == good
 
 
@@ -116,8 +139,7 @@ def test_the_parameter_table_is_the_notebooks_parameters_cells():
                 pipeline.check_parameters({name: str(default)})
 
 
-def test_a_notebook_is_given_only_the_parameters_it_declares_and_is_written_under_results_dir(
-        monkeypatch, tmp_path):
+def test_a_notebook_is_given_only_the_parameters_it_declares_and_is_written_under_results_dir(monkeypatch, tmp_path):
     """run_notebooks with papermill replaced: 06 gets the Grad-CAM parameters and not include_faces, 08
     the other way round; every notebook gets the shared ones; the executed copies go to
     <results_dir>/notebooks/ when -p results_dir is given (issue 23: they stayed in results/<profile>/)."""
@@ -132,16 +154,25 @@ def test_a_notebook_is_given_only_the_parameters_it_declares_and_is_written_unde
     monkeypatch.setattr(papermill, "execute_notebook", execute)
     monkeypatch.setenv("PATTLITE_RESULTS_DIR", str(tmp_path / "default"))
     results = tmp_path / "elsewhere"
-    params = {"results_dir": str(results), "seeds": "3", "gradcam_true": "2", "gradcam_variant": "published",
-              "include_faces": "false"}
+    params = {
+        "results_dir": str(results),
+        "seeds": "3",
+        "gradcam_true": "2",
+        "gradcam_variant": "published",
+        "include_faces": "false",
+    }
     timings = pipeline.run_notebooks("ci", "06,08", params, log=lambda *_: None)
     assert [name for name, _ in timings] == ["06_gradcam", "08_report"]
-    assert passed["06_gradcam"] == {"profile": "ci", "results_dir": str(results), "seeds": "3",
-                                    "gradcam_true": "2", "gradcam_variant": "published"}
-    assert passed["08_report"] == {"profile": "ci", "results_dir": str(results), "seeds": "3",
-                                   "include_faces": "false"}
+    assert passed["06_gradcam"] == {
+        "profile": "ci",
+        "results_dir": str(results),
+        "seeds": "3",
+        "gradcam_true": "2",
+        "gradcam_variant": "published",
+    }
+    assert passed["08_report"] == {"profile": "ci", "results_dir": str(results), "seeds": "3", "include_faces": "false"}
     assert sorted(p.name for p in (results / "notebooks").iterdir()) == ["06_gradcam.ipynb", "08_report.ipynb"]
-    assert not (tmp_path / "default").exists()   # nothing in results/<profile>/notebooks/
+    assert not (tmp_path / "default").exists()  # nothing in results/<profile>/notebooks/
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -168,16 +199,20 @@ def test_an_error_is_an_interruption_when_its_chain_holds_one():
     assert pipeline.interruption(subprocess.CalledProcessError(130, ["sh"])) == "SIGINT"
     assert pipeline.interruption(subprocess.CalledProcessError(1, ["sh"])) is None
 
-    class KernelError(Exception):   # papermill's PapermillExecutionError carries the kernel's `ename`
+    class KernelError(Exception):  # papermill's PapermillExecutionError carries the kernel's `ename`
         ename = "KeyboardInterrupt"
 
-    class TaskError(Exception):     # ray.exceptions.RayTaskError carries the task's exception as `cause`
+    class TaskError(Exception):  # ray.exceptions.RayTaskError carries the task's exception as `cause`
         cause = KeyboardInterrupt()
 
     assert pipeline.interruption(KernelError()) == "SIGINT" and pipeline.interruption(TaskError()) == "SIGINT"
     stopped = pipeline.as_interruption(wrapped, "grid", experiment="ferplus published seed 0", key="abc")
-    assert stopped.status == 143 and stopped.record() == {"signal": "SIGTERM", "stage": "grid",
-                                                          "experiment": "ferplus published seed 0", "key": "abc"}
+    assert stopped.status == 143 and stopped.record() == {
+        "signal": "SIGTERM",
+        "stage": "grid",
+        "experiment": "ferplus published seed 0",
+        "key": "abc",
+    }
     assert stopped.describe() == "during the grid, training ferplus published seed 0 (key abc) (SIGTERM)"
     assert pipeline.as_interruption(ValueError("x"), "grid") is None
 
@@ -190,8 +225,8 @@ def test_after_a_signal_every_error_is_the_interruption():
             signal.raise_signal(signal.SIGTERM)
         assert pipeline.received_signal() == "SIGTERM"
         assert pipeline.interruption(RuntimeError("OpConversionFailure")) == "SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) is not pipeline._on_signal   # the previous handlers are back
-    assert pipeline.interruption(RuntimeError("OpConversionFailure")) is None   # and the signal is forgotten
+    assert signal.getsignal(signal.SIGTERM) is not pipeline._on_signal  # the previous handlers are back
+    assert pipeline.interruption(RuntimeError("OpConversionFailure")) is None  # and the signal is forgotten
 
 
 def test_a_stopped_notebook_is_recorded_with_where(monkeypatch, tmp_path, capsys):
@@ -213,7 +248,7 @@ def test_a_stopped_notebook_is_recorded_with_where(monkeypatch, tmp_path, capsys
     assert run["status"] == "interrupted" and run["command"] == "run_all.sh"
     assert run["interrupted"] == {"signal": "SIGINT", "stage": "notebooks", "notebook": "02_ablation"}
     assert list(run["notebook_seconds"]) == ["01_datasets"] and "failed" not in run
-    with pipeline.results_lock(tmp_path, "test"):   # released
+    with pipeline.results_lock(tmp_path, "test"):  # released
         pass
 
 
@@ -250,8 +285,10 @@ def test_a_second_run_on_a_results_folder_is_refused_naming_the_holder(held_lock
     assert "-p results_dir=DIR" in message
     # ./run_all.sh and `pattlite grid run` refuse before planning anything; nothing is recorded.
     assert pipeline.main(["--profile", "ci", "--executor", "local", "-p", f"results_dir={folder}"]) == 1
-    assert f"run_all.sh: error: results folder {folder} is in use by another run (PID {holder.pid}" in \
-        capsys.readouterr().err
+    assert (
+        f"run_all.sh: error: results folder {folder} is in use by another run (PID {holder.pid}"
+        in capsys.readouterr().err
+    )
     assert cli.main(["grid", "run", "--profile", "ci", "-p", f"results_dir={folder}"]) == 1
     assert f"pattlite grid: error: results folder {folder} is in use" in capsys.readouterr().err
     assert not (folder / "run_record.json").exists()
@@ -260,11 +297,24 @@ def test_a_second_run_on_a_results_folder_is_refused_naming_the_holder(held_lock
 def test_pattlite_train_refuses_to_train_into_a_folder_in_use(held_lock, capsys, tmp_path, monkeypatch):
     folder, holder = held_lock
     monkeypatch.setenv("PATTLITE_DATA_DIR", str(tmp_path / "data"))
-    status = cli.main(["train", "--dataset", "synthetic", "--variant", "published", "--profile", "ci",
-                       "--results", str(folder.parent)])
+    status = cli.main(
+        [
+            "train",
+            "--dataset",
+            "synthetic",
+            "--variant",
+            "published",
+            "--profile",
+            "ci",
+            "--results",
+            str(folder.parent),
+        ]
+    )
     assert status == 1
-    assert f"pattlite train: error: results folder {folder} is in use by another run (PID {holder.pid}" in \
-        capsys.readouterr().err
+    assert (
+        f"pattlite train: error: results folder {folder} is in use by another run (PID {holder.pid}"
+        in capsys.readouterr().err
+    )
     assert not (folder / "experiments").exists()
 
 
@@ -291,7 +341,7 @@ def test_an_interruption_between_experiments_or_while_planning_says_so(monkeypat
 
     monkeypatch.setattr(experiments, "run_experiment", lambda exp, **kwargs: None)
 
-    def log(line):   # Ctrl-C while the progress line after the first experiment is printed
+    def log(line):  # Ctrl-C while the progress line after the first experiment is printed
         if "1/2 done" in line:
             raise KeyboardInterrupt
 

@@ -3,7 +3,6 @@ memory-mapped cache (served without decoding the sources again, keyed by size an
 fingerprint), unreadable images, repaired and edited sources read again."""
 
 import os
-
 import warnings
 from pathlib import Path
 
@@ -21,8 +20,16 @@ FER_CSV = Path(__file__).parent / "fixtures" / "fer2013" / "fer2013.csv"
 
 def make_manifest(paths, rows=None, dataset="unit"):
     rows = [-1] * len(paths) if rows is None else rows
-    manifest = pd.DataFrame({"split": "train", "label": "anger", "y": 0, "path": [str(p) for p in paths],
-                             "row": rows, "image_id": [f"{Path(p).name}:{r}" for p, r in zip(paths, rows)]})
+    manifest = pd.DataFrame(
+        {
+            "split": "train",
+            "label": "anger",
+            "y": 0,
+            "path": [str(p) for p in paths],
+            "row": rows,
+            "image_id": [f"{Path(p).name}:{r}" for p, r in zip(paths, rows)],
+        }
+    )
     manifest.attrs.update(dataset=dataset, classes=("anger",), synthetic=False, source="test")
     return manifest
 
@@ -153,19 +160,20 @@ def test_npy_container(tmp_path):
     rng = np.random.default_rng(3)
     stack = rng.integers(0, 256, (4, 10, 10, 3), dtype=np.uint8)
     np.save(tmp_path / "stack.npy", stack)
-    out = load_pixels(make_manifest([tmp_path / "stack.npy"] * 2, rows=[3, 1]), 10, progress=False,
-                      cache_dir=tmp_path / "cache")
+    out = load_pixels(
+        make_manifest([tmp_path / "stack.npy"] * 2, rows=[3, 1]), 10, progress=False, cache_dir=tmp_path / "cache"
+    )
     assert (out[0] == stack[3]).all() and (out[1] == stack[1]).all()
     with pytest.raises(DatasetFormatError, match=r"stack\.npy: .*asks for row 4, but the array has 4 rows"):
-        load_pixels(make_manifest([tmp_path / "stack.npy"], rows=[4]), 10, progress=False,
-                    cache_dir=tmp_path / "cache")
+        load_pixels(make_manifest([tmp_path / "stack.npy"], rows=[4]), 10, progress=False, cache_dir=tmp_path / "cache")
 
 
 def test_synthetic_manifest_pixels(tmp_path):
     from pattlite.data.synthetic import load_synthetic_manifest
 
-    manifest = load_synthetic_manifest(tmp_path / "synthetic", image_size=24, n_train=7, n_val=0,
-                                       n_test=7, progress=False)
+    manifest = load_synthetic_manifest(
+        tmp_path / "synthetic", image_size=24, n_train=7, n_val=0, n_test=7, progress=False
+    )
     out = load_pixels(manifest, 20, progress=False, cache_dir=tmp_path / "cache")
     source = np.load(manifest["path"].iloc[0])
     assert out.shape == (14, 20, 20, 3)
@@ -201,8 +209,7 @@ def test_skip_unreadable_returns_kept_rows_and_warns(with_corrupt, tmp_path):
     manifest.index = [10, 11, 12, 13, 14]
     for attempt in range(2):  # building, then from the cache: same result, same warning
         with pytest.warns(UserWarning, match=r"skipped 3 unreadable image\(s\) of 5") as record:
-            out, kept = load_pixels(manifest, 8, progress=False, cache_dir=tmp_path / "cache",
-                                    skip_unreadable=True)
+            out, kept = load_pixels(manifest, 8, progress=False, cache_dir=tmp_path / "cache", skip_unreadable=True)
         assert str(folder / "truncated.png") in str(record[0].message)
         assert list(kept.index) == [10, 12] and kept.attrs["dataset"] == "unit"
         assert out.shape == (2, 8, 8, 3)

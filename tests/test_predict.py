@@ -28,9 +28,11 @@ def heads(tmp_path_factory):
     base = tmp_path_factory.mktemp("heads")
     training = training_files(base / "experiments")
     published = training_files(base / "published", variant="published", key="fedcba9876543210")
-    return {"training": training,
-            "pattlite": P.export_head(training, base / "pattlite_test.weights.h5")[0],
-            "published": P.export_head(published, base / "published_test.weights.h5")[0]}
+    return {
+        "training": training,
+        "pattlite": P.export_head(training, base / "pattlite_test.weights.h5")[0],
+        "published": P.export_head(published, base / "published_test.weights.h5")[0],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,22 @@ def test_predict_folder_gives_a_row_per_face_and_says_why_not(heads, images, cap
 def test_no_detect_jsonl_one_face_per_image(heads, capsys, tmp_path):
     files = [FER_TEST / name for name in sorted(os.listdir(FER_TEST))[:3]]
     out_file = tmp_path / "rows.jsonl"
-    status, out, err = run(capsys, ["predict", *files, "--no-detect", "--format", "jsonl", "--head", heads["pattlite"],
-                                    "--backbone", "none", "--output", out_file])
+    status, out, err = run(
+        capsys,
+        [
+            "predict",
+            *files,
+            "--no-detect",
+            "--format",
+            "jsonl",
+            "--head",
+            heads["pattlite"],
+            "--backbone",
+            "none",
+            "--output",
+            out_file,
+        ],
+    )
     assert status == 0, err
     assert out == ""  # rows went to --output
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
@@ -163,21 +179,27 @@ def test_no_detect_jsonl_one_face_per_image(heads, capsys, tmp_path):
 
 
 def test_small_image_without_a_face_suggests_no_detect(heads, capsys):
-    status, out, _ = run(capsys, ["predict", FER_TEST / FACE_FILES[0], "--head", heads["pattlite"], "--backbone", "none",
-                                  "--format", "jsonl"])
+    status, out, _ = run(
+        capsys,
+        ["predict", FER_TEST / FACE_FILES[0], "--head", heads["pattlite"], "--backbone", "none", "--format", "jsonl"],
+    )
     assert status == 0
     row = json.loads(out)
     assert row["status"] == "no_face" and "--no-detect" in row["message"] and row["probabilities"] is None
 
 
 def test_published_model_is_allowed_with_a_warning(heads, images, capsys):
-    status, out, err = run(capsys, ["predict", images / "face0.png", "--head", heads["published"], "--backbone", "none",
-                                    "--model", "published"])
+    status, out, err = run(
+        capsys,
+        ["predict", images / "face0.png", "--head", heads["published"], "--backbone", "none", "--model", "published"],
+    )
     assert status == 0, err
     assert "warning: the 'published' model" in err and "depend on which images" in err
     assert read_csv(out)[0]["status"] == "ok"
-    status, _, err = run(capsys, ["predict", images / "face0.png", "--head", heads["published"], "--backbone", "none",
-                                  "--model", "pattlite"])
+    status, _, err = run(
+        capsys,
+        ["predict", images / "face0.png", "--head", heads["published"], "--backbone", "none", "--model", "pattlite"],
+    )
     assert status == 2 and "holds a 'published' head, not 'pattlite'" in err
 
 

@@ -26,22 +26,51 @@ def _png(path):
 
 
 def _record(results, **status):
-    pipeline.record_run(results, {"profile": "ci", "argv": [], "started_utc": "x", "seconds": 12.5,
-                                  "grid_seconds": None, "notebook_seconds": {}, **status})
+    pipeline.record_run(
+        results,
+        {
+            "profile": "ci",
+            "argv": [],
+            "started_utc": "x",
+            "seconds": 12.5,
+            "grid_seconds": None,
+            "notebook_seconds": {},
+            **status,
+        },
+    )
 
 
 def write_result(exp, results_dir, accuracy=0.6):
     """A result file in the engine's format with the same accuracy under every protocol."""
     classes = list(config.DATASET_CLASSES[exp.dataset])
-    metrics = {"n": 10, "accuracy": accuracy, "per_class_accuracy": {c: accuracy for c in classes},
-               "mean_class_accuracy": accuracy, "support": {c: 0 for c in classes},
-               "confusion_matrix": [[0] * len(classes) for _ in classes]}
+    metrics = {
+        "n": 10,
+        "accuracy": accuracy,
+        "per_class_accuracy": {c: accuracy for c in classes},
+        "mean_class_accuracy": accuracy,
+        "support": {c: 0 for c in classes},
+        "confusion_matrix": [[0] * len(classes) for _ in classes],
+    }
     ExperimentResult(
-        key=exp.key(), config=exp.to_dict(), dataset=exp.dataset, source_dataset="synthetic", classes=classes,
-        synthetic=exp.synthetic, data=None, stage1=exp.stage1, notes=[], weights={}, split_sizes={},
-        metrics={"all": {p: metrics for p in config.PROTOCOLS}}, predictions={}, history={},
-        epochs={"stage1": 1, "stage2": 1}, trainable_params={"stage1": 1, "stage2": 1}, finetune=None,
-        wall_time_s={"total": 1.0}, provenance={"device": "CPU: test", "git_commit": "abc"},
+        key=exp.key(),
+        config=exp.to_dict(),
+        dataset=exp.dataset,
+        source_dataset="synthetic",
+        classes=classes,
+        synthetic=exp.synthetic,
+        data=None,
+        stage1=exp.stage1,
+        notes=[],
+        weights={},
+        split_sizes={},
+        metrics={"all": {p: metrics for p in config.PROTOCOLS}},
+        predictions={},
+        history={},
+        epochs={"stage1": 1, "stage2": 1},
+        trainable_params={"stage1": 1, "stage2": 1},
+        finetune=None,
+        wall_time_s={"total": 1.0},
+        provenance={"device": "CPU: test", "git_commit": "abc"},
     ).write(result_path(exp, results_dir))
 
 
@@ -55,20 +84,49 @@ def finished_run(tmp_path):
     (tables / "table4.csv").write_text("# Table 4.\nvariant,dataset\n")
     _record(results)
     _record(results)
-    ctx = studies.notebook_context("ci", results_dir=results, figures_dir=figures, tables_dir=tables,
-                                   reports_dir=tmp_path / "reports", datasets="ferplus", run_experiments=False)
+    ctx = studies.notebook_context(
+        "ci",
+        results_dir=results,
+        figures_dir=figures,
+        tables_dir=tables,
+        reports_dir=tmp_path / "reports",
+        datasets="ferplus",
+        run_experiments=False,
+    )
     for exp in planned_experiments(ctx):
         write_result(exp, results)
     readme = tmp_path / "README.md"
-    readme.write_text("# Project\n\nbefore\n" + publish.README_START.format(profile="ci") + "\nOLD BLOCK\n"
-                      + publish.README_END.format(profile="ci") + "\nafter\n")
+    readme.write_text(
+        "# Project\n\nbefore\n"
+        + publish.README_START.format(profile="ci")
+        + "\nOLD BLOCK\n"
+        + publish.README_END.format(profile="ci")
+        + "\nafter\n"
+    )
     return ctx, readme, tmp_path / "docs" / "published"
 
 
 def _cli(ctx, readme, out, *extra):
-    return cli.main(["publish", "--profile", "ci", "-p", f"results_dir={ctx.results_dir}",
-                     "-p", f"figures_dir={ctx.figures_dir}", "-p", f"tables_dir={ctx.tables_dir}",
-                     "-p", "datasets=ferplus", "--to", str(out), "--readme", str(readme), *extra])
+    return cli.main(
+        [
+            "publish",
+            "--profile",
+            "ci",
+            "-p",
+            f"results_dir={ctx.results_dir}",
+            "-p",
+            f"figures_dir={ctx.figures_dir}",
+            "-p",
+            f"tables_dir={ctx.tables_dir}",
+            "-p",
+            "datasets=ferplus",
+            "--to",
+            str(out),
+            "--readme",
+            str(readme),
+            *extra,
+        ]
+    )
 
 
 def _tree(folder):
@@ -131,11 +189,14 @@ def test_an_incomplete_or_interrupted_run_is_refused_with_status_2_and_nothing_w
     assert _cli(ctx, readme, out) == 2
     assert "its last recorded run did not finish (interrupted during the grid)" in capsys.readouterr().err
     assert not out.parent.exists() and readme.read_text() == before
-    _record(ctx.results_dir, status="interrupted", interrupted={"signal": "SIGTERM", "stage": "notebooks",
-                                                                 "notebook": "06_gradcam"})
+    _record(
+        ctx.results_dir,
+        status="interrupted",
+        interrupted={"signal": "SIGTERM", "stage": "notebooks", "notebook": "06_gradcam"},
+    )
     assert _cli(ctx, readme, out) == 2
     assert "did not finish (interrupted (SIGTERM) during notebooks, notebook 06_gradcam)" in capsys.readouterr().err
-    _record(ctx.results_dir, status="finished")   # the same command, resumed to the end: published
+    _record(ctx.results_dir, status="finished")  # the same command, resumed to the end: published
     assert _cli(ctx, readme, out) == 0 and (out / "replication_report.md").is_file()
 
 
@@ -148,13 +209,15 @@ def test_allow_incomplete_publishes_and_the_summary_counts_what_lacks_a_result(f
     result = publish.publish(ctx, folder=out, readme=readme, log=None, allow_incomplete=True)
     assert result["missing"] == 3 and result["planned"] == len(planned)
     report_md = (out / "replication_report.md").read_text()
-    summary_part = report_md[:report_md.index("## Table 1")]
+    summary_part = report_md[: report_md.index("## Table 1")]
     assert "Incomplete run, published with --allow-incomplete" in summary_part
     assert "did not finish (failed: notebook 06_gradcam failed)" in summary_part
     assert f"3 of {len(planned)} planned experiments have no result" in summary_part
     # Every published number is counted once (synthetic data: not comparable).
-    assert "of 70 published accuracies, 70 concern the benchmarks run here: 0 reproduced, 0 not reproduced, " \
-           "0 without any result, 70 not comparable" in summary_part
+    assert (
+        "of 70 published accuracies, 70 concern the benchmarks run here: 0 reproduced, 0 not reproduced, "
+        "0 without any result, 70 not comparable" in summary_part
+    )
     assert "Incomplete run, published with --allow-incomplete" in readme.read_text()
 
 
@@ -162,7 +225,7 @@ def test_a_failing_readme_rewrite_leaves_the_published_folder_as_it_was(finished
     ctx, readme, out = finished_run
     publish.publish(ctx, folder=out, readme=readme, log=None)
     published, text = _tree(out), readme.read_text()
-    _png(ctx.figures_dir / "figure5.png")   # the next publish would add it
+    _png(ctx.figures_dir / "figure5.png")  # the next publish would add it
 
     def no_space(path, payload):
         raise OSError(28, "No space left on device", str(path))

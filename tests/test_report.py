@@ -50,9 +50,13 @@ def test_verdict_missing_values_and_non_comparable_runs():
 
 
 def _ours_table4():
-    return pd.DataFrame({"variant": ["published", "published", "baseline"],
-                         "dataset": ["rafdb", "fer2013", "rafdb"],
-                         "value": [94.60, 70.10, 85.17]})
+    return pd.DataFrame(
+        {
+            "variant": ["published", "published", "baseline"],
+            "dataset": ["rafdb", "fer2013", "rafdb"],
+            "value": [94.60, 70.10, 85.17],
+        }
+    )
 
 
 def test_compare_joins_and_judges_every_published_number():
@@ -115,8 +119,10 @@ def test_compare_outer_keeps_our_rows_without_a_published_number():
 
 
 def _small_comparison():
-    return report.compare(paper.paper_table(6), pd.DataFrame(
-        {"variant": ["published"], "dataset": ["rafdb"], "value": [93.5]}), on=["variant", "dataset"]
+    return report.compare(
+        paper.paper_table(6),
+        pd.DataFrame({"variant": ["published"], "dataset": ["rafdb"], "value": [93.5]}),
+        on=["variant", "dataset"],
     )[["variant", "dataset", "paper", "ours", "diff", "verdict"]]
 
 
@@ -193,8 +199,10 @@ def test_confusion_matrix_is_row_normalised_percent():
 
 def test_accuracy_vs_params_plots_paper_and_our_points():
     pts = paper.figure_points(9)
-    ours = [{"method": "ours: published", "params": 1_102_664, "accuracy": 88.0},
-            {"method": "ours: no params", "params": None, "accuracy": 70.0}]
+    ours = [
+        {"method": "ours: published", "params": 1_102_664, "accuracy": 88.0},
+        {"method": "ours: no params", "params": None, "accuracy": 70.0},
+    ]
     ax = report.plot_accuracy_vs_params(pts, ours, "Fig. 9")
     assert ax.get_xscale() == "log"
     labels = {t.get_text() for t in ax.texts}
@@ -221,8 +229,13 @@ def test_render_report_markdown_and_standalone_html(tmp_path):
         ("Ablation (Table 6)", ["Our **patch extraction** vs `patch_attention`.\n\n- first\n- second", table]),
         ("Figures", [image, "Text after the figure."]),
     ]
-    md_path, html_path = report.render_report(tmp_path / "out" / "report.md", tmp_path / "out" / "report.html",
-                                              sections, synthetic=True, provenance_info={"git_commit": "abc123"})
+    md_path, html_path = report.render_report(
+        tmp_path / "out" / "report.md",
+        tmp_path / "out" / "report.html",
+        sections,
+        synthetic=True,
+        provenance_info={"git_commit": "abc123"},
+    )
     md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
     for title, _ in sections:
         assert f"## {title}" in md
@@ -241,8 +254,12 @@ def test_render_report_markdown_and_standalone_html(tmp_path):
 
 def test_render_report_contents_link_explicit_anchors(tmp_path):
     cells = pd.DataFrame({"Methods": ["a | b"], "CK+": ["paper 99.90<br>🟩 99.50 (published protocol)"]})
-    sections = [("Summary", ["text"]), ("Table 4", [cells]), ("Figures 6-7 (Grad-CAM)", ["none"]),
-                ("Table 4", ["a second section of the same title"])]
+    sections = [
+        ("Summary", ["text"]),
+        ("Table 4", [cells]),
+        ("Figures 6-7 (Grad-CAM)", ["none"]),
+        ("Table 4", ["a second section of the same title"]),
+    ]
     md_path, html_path = report.render_report(tmp_path / "r.md", tmp_path / "r.html", sections, title="T")
     md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
     anchors = ["summary", "table-4", "figures-6-7-grad-cam", "table-4-1"]
@@ -281,8 +298,20 @@ def test_provenance_has_versions_backend_and_device_but_no_hostname():
     import keras
 
     info = report.provenance()
-    for key in ("git_commit", "git_dirty", "python", "keras", "tensorflow", "numpy", "pandas", "pattlite",
-                "keras_backend", "device", "platform", "created_utc"):
+    for key in (
+        "git_commit",
+        "git_dirty",
+        "python",
+        "keras",
+        "tensorflow",
+        "numpy",
+        "pandas",
+        "pattlite",
+        "keras_backend",
+        "device",
+        "platform",
+        "created_utc",
+    ):
         assert key in info, key
     assert info["keras"] == keras.__version__ and info["numpy"] == np.__version__
     assert info["keras_backend"] == keras.config.backend()

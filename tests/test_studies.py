@@ -24,10 +24,13 @@ from pattlite.experiments import collect_results, result_path  # noqa: E402
 from pattlite.profiles import get_profile  # noqa: E402
 from pattlite.results import ExperimentResult  # noqa: E402
 
-CI2 = get_profile("ci", ckplus_folds=(0, 1),     # two CK+ folds, so the fold mean is tested,
-                  table5_layers=(17, 23, 29, 35, 41, 47))  # and Table 5's whole grid
-INDEPENDENT_DROP = 0.25                        # independent accuracy = published - 0.25 (published model)
-GRID_ACCURACY = 0.5                            # every Table 5 grid point
+CI2 = get_profile(
+    "ci",
+    ckplus_folds=(0, 1),  # two CK+ folds, so the fold mean is tested,
+    table5_layers=(17, 23, 29, 35, 41, 47),
+)  # and Table 5's whole grid
+INDEPENDENT_DROP = 0.25  # independent accuracy = published - 0.25 (published model)
+GRID_ACCURACY = 0.5  # every Table 5 grid point
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +44,11 @@ def _published_accuracy(exp):
     if exp.model_options.get("kernel"):
         return GRID_ACCURACY
     if exp.dataset == "ckplus":
-        return 0.98 if exp.fold == 0 else 1.0            # mean 99.0
+        return 0.98 if exp.fold == 0 else 1.0  # mean 99.0
     try:
         return paper.paper_value(4, variant=exp.variant, dataset=exp.dataset) / 100.0
     except ValueError:
-        return 0.6                                       # variants outside Table 4 (pattlite, no_mixing, ...)
+        return 0.6  # variants outside Table 4 (pattlite, no_mixing, ...)
 
 
 def _metrics(accuracy, classes, n=100):
@@ -55,24 +58,49 @@ def _metrics(accuracy, classes, n=100):
     cm[0, 0] = correct
     cm[1 % k, 0] = n - correct
     per_class = {c: accuracy for c in classes}
-    return {"n": n, "accuracy": accuracy, "per_class_accuracy": per_class, "mean_class_accuracy": accuracy - 0.01,
-            "support": {c: 0 for c in classes}, "confusion_matrix": cm.tolist()}
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "per_class_accuracy": per_class,
+        "mean_class_accuracy": accuracy - 0.01,
+        "support": {c: 0 for c in classes},
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def write_fake_result(exp, results_dir, published_accuracy):
     classes = list(config.DATASET_CLASSES[exp.dataset])
     mixing = exp.variant == "published"
-    by_protocol = {"published": published_accuracy, "shuffled": published_accuracy - (0.1 if mixing else 0.0),
-                   "independent": published_accuracy - (INDEPENDENT_DROP if mixing else 0.0)}
+    by_protocol = {
+        "published": published_accuracy,
+        "shuffled": published_accuracy - (0.1 if mixing else 0.0),
+        "independent": published_accuracy - (INDEPENDENT_DROP if mixing else 0.0),
+    }
     subsets = ["all"] + (list(studies.SUBSETS) if exp.dataset in studies.SUBSET_DATASETS else [])
-    metrics = {s: {p: _metrics(a - (0.05 if s != "all" else 0.0), classes) for p, a in by_protocol.items()}
-               for s in subsets}
+    metrics = {
+        s: {p: _metrics(a - (0.05 if s != "all" else 0.0), classes) for p, a in by_protocol.items()} for s in subsets
+    }
     result = ExperimentResult(
-        key=exp.key(), config=exp.to_dict(), dataset=exp.dataset, source_dataset="synthetic", classes=classes,
-        synthetic=exp.synthetic, data=None, stage1=exp.stage1, notes=[], weights={}, split_sizes={},
-        metrics=metrics, predictions={}, history={}, epochs={"stage1": 3, "stage2": 1},
-        trainable_params={"stage1": 10, "stage2": 10}, finetune=None, wall_time_s={"total": 2.0},
-        provenance={"device": "CPU: test", "git_commit": "abc"})
+        key=exp.key(),
+        config=exp.to_dict(),
+        dataset=exp.dataset,
+        source_dataset="synthetic",
+        classes=classes,
+        synthetic=exp.synthetic,
+        data=None,
+        stage1=exp.stage1,
+        notes=[],
+        weights={},
+        split_sizes={},
+        metrics=metrics,
+        predictions={},
+        history={},
+        epochs={"stage1": 3, "stage2": 1},
+        trainable_params={"stage1": 10, "stage2": 10},
+        finetune=None,
+        wall_time_s={"total": 2.0},
+        provenance={"device": "CPU: test", "git_commit": "abc"},
+    )
     result.write(result_path(exp, results_dir))
 
 
@@ -99,13 +127,18 @@ def test_plans_cover_each_table_and_share_experiments():
     t5 = studies.table5_experiments(CI2)
     assert len({e.key() for e in t5}) == 30
     assert {(e.model_options["cut_layer"], e.model_options["kernel"]) for e in t5} == {
-        (l, k) for l in studies.TABLE5_LAYERS for k in studies.TABLE5_KERNELS}
+        (layer, k) for layer in studies.TABLE5_LAYERS for k in studies.TABLE5_KERNELS
+    }
     assert {e.dataset for e in t5} == {"rafdb"}
     t6 = studies.table6_experiments(CI2)
-    assert {(e.dataset, e.variant) for e in t6} == {(d, v) for d in studies.IN_THE_WILD for v in studies.TABLE6_VARIANTS}
+    assert {(e.dataset, e.variant) for e in t6} == {
+        (d, v) for d in studies.IN_THE_WILD for v in studies.TABLE6_VARIANTS
+    }
+
     # The published RAF-DB model is one experiment, whichever study asks for it.
-    key = lambda plan: {e.key() for e in plan if e.dataset == "rafdb" and e.variant == "published"
-                        and not e.model_options}
+    def key(plan):
+        return {e.key() for e in plan if e.dataset == "rafdb" and e.variant == "published" and not e.model_options}
+
     assert key(t4) == key(t6) == key(studies.main_experiments(CI2)) == key(studies.audit_experiments(CI2))
     assert len(key(t4)) == 1
     every = studies.all_experiments(CI2)
@@ -157,7 +190,7 @@ def test_table4_ours_beside_paper_with_both_protocols(results):
     assert len(t4) == 16
     row = _row(t4, variant="published", dataset="rafdb")
     assert row["paper"] == 95.05
-    assert row["ours"] == pytest.approx(95.05)       # Table 5's grid (50%) is not mixed into the default model
+    assert row["ours"] == pytest.approx(95.05)  # Table 5's grid (50%) is not mixed into the default model
     assert row["verdict"] == "reproduced"
     assert row["ours_independent"] == pytest.approx(95.05 - 100 * INDEPENDENT_DROP)
     assert row["diff_independent"] == pytest.approx(-100 * INDEPENDENT_DROP)
@@ -270,7 +303,7 @@ def test_audit_table_and_findings(results):
 def test_confusion_and_params_figures_are_saved(results, results_dir, tmp_path):
     ctx = studies.notebook_context("ci", results_dir=results_dir, figures_dir=tmp_path, ckplus_folds=(0, 1))
     fig = studies.paper_figure(2, results, ctx)
-    assert len([ax for ax in fig.axes if ax.get_title()]) == 3       # occlusion, pose30, pose45
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 3  # occlusion, pose30, pose45
     assert "n = 100" in fig.axes[0].get_title()
     assert any(t.get_text() == report.SYNTHETIC_BANNER for t in fig.texts)
     assert (tmp_path / "figure2.png").is_file() and (tmp_path / "figure2.pdf").is_file()
@@ -279,8 +312,9 @@ def test_confusion_and_params_figures_are_saved(results, results_dir, tmp_path):
     fig9 = studies.paper_figure(9, results, ctx)
     labels = {t.get_text() for t in fig9.axes[0].texts}
     assert "ours: corrected PAtt-Lite (per-image attention)" in labels
-    cm, classes = studies.summed_confusion(studies.load_results_files(results, results_dir, dataset="rafdb",
-                                                                      variant="published"), "published")
+    cm, classes = studies.summed_confusion(
+        studies.load_results_files(results, results_dir, dataset="rafdb", variant="published"), "published"
+    )
     assert cm.sum() == 100 and classes == list(config.DATASET_CLASSES["rafdb"])
     with pytest.raises(ValueError, match="6 and 7 are Grad-CAM"):
         studies.paper_figure(6, results, ctx)
@@ -314,9 +348,14 @@ def test_data_tables_verdicts():
 
 def test_notebook_context_parses_papermill_strings(tmp_path, monkeypatch):
     monkeypatch.delenv(config.dataset_root_env_var("rafdb"), raising=False)
-    ctx = studies.notebook_context("ci", results_dir=str(tmp_path), seeds="3,4", datasets="rafdb,ferplus",
-                                   run_experiments="False", dataset_roots={"rafdb": str(tmp_path / "raf"),
-                                                                           "ferplus": None})
+    ctx = studies.notebook_context(
+        "ci",
+        results_dir=str(tmp_path),
+        seeds="3,4",
+        datasets="rafdb,ferplus",
+        run_experiments="False",
+        dataset_roots={"rafdb": str(tmp_path / "raf"), "ferplus": None},
+    )
     assert ctx.seeds == (3, 4) and ctx.datasets == ("rafdb", "ferplus")
     assert ctx.run_experiments is False
     assert ctx.tables_dir == tmp_path / "tables"
@@ -363,13 +402,15 @@ def test_sample_grid_shows_each_class_with_its_count():
 
 
 def test_learning_curves_follow_stage_1_then_stage_2():
-    history = {"stage1": {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.9], "accuracy": [0.3, 0.4, 0.5]},
-               "stage2": {"loss": [0.6, 0.5], "val_loss": [0.8, 0.85]}}
+    history = {
+        "stage1": {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.9], "accuracy": [0.3, 0.4, 0.5]},
+        "stage2": {"loss": [0.6, 0.5], "val_loss": [0.8, 0.85]},
+    }
     fig = studies.learning_curves_figure(history, title="run")
     loss_ax, acc_ax = fig.axes
     lines = {line.get_label(): line for line in loss_ax.get_lines()}
     assert set(lines) == {"stage1 loss", "stage1 val_loss", "stage2 loss", "stage2 val_loss"}
-    np.testing.assert_array_equal(lines["stage2 loss"].get_xdata(), [4, 5])   # after stage 1's 3 epochs
+    np.testing.assert_array_equal(lines["stage2 loss"].get_xdata(), [4, 5])  # after stage 1's 3 epochs
     np.testing.assert_array_equal(lines["stage2 val_loss"].get_ydata(), [0.8, 0.85])
     assert [line.get_label() for line in acc_ax.get_lines()] == ["stage1 accuracy"]
 
@@ -455,7 +496,7 @@ def test_gradcam_sample_choice_and_figures():
     y = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([1, 0, 1, 0, 0, 0])
     chosen = gradcam.pick_per_class(y, pred, 4)
-    assert list(y[chosen]) == [0, 1, 2]               # class 3 has no image
+    assert list(y[chosen]) == [0, 1, 2]  # class 3 has no image
     assert pred[chosen[0]] == 0 and pred[chosen[1]] == 1  # correct ones preferred
     tf = gradcam.pick_true_false(y, pred, n_true=1, n_false=2)
     assert (y[tf[:1]] == pred[tf[:1]]).all() and (y[tf[1:]] != pred[tf[1:]]).all()
@@ -474,9 +515,15 @@ def report_ctx(results_dir, tmp_path_factory):
     figures = tmp_path_factory.mktemp("figures")
     for n in studies.FIGURES:
         (figures / f"figure{n}.png").write_bytes(b"\x89PNG")
-    ctx = studies.notebook_context("ci", results_dir=results_dir, figures_dir=figures, run_experiments=False,
-                                   datasets="ckplus,rafdb,ferplus", ckplus_folds=CI2.ckplus_folds,
-                                   table5_layers=CI2.table5_layers)
+    ctx = studies.notebook_context(
+        "ci",
+        results_dir=results_dir,
+        figures_dir=figures,
+        run_experiments=False,
+        datasets="ckplus,rafdb,ferplus",
+        ckplus_folds=CI2.ckplus_folds,
+        table5_layers=CI2.table5_layers,
+    )
     return dataclasses.replace(ctx, skipped={"fer2013": "no folder data/fer2013"})
 
 
@@ -490,8 +537,7 @@ def test_report_sections_show_the_papers_layout_with_figures_beside_their_tables
 
     sections = studies.report_sections(report_ctx, include_faces=False)
     by_title = dict(sections)
-    assert [t for t, _ in sections][:7] == ["Summary", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5",
-                                            "Table 6"]
+    assert [t for t, _ in sections][:7] == ["Summary", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 6"]
     assert _images(by_title["Table 6"]) == [f"figure{n}.png" for n in (2, 3, 4, 5)]
     assert _images(by_title["Table 8"]) == [f"figure{n}.png" for n in (8, 9, 10)]
     every_image = [name for _, blocks in sections for name in _images(blocks)]
@@ -514,5 +560,7 @@ def test_report_sections_show_the_papers_layout_with_figures_beside_their_tables
     assert "over 2 folds (1 seed)" in intro and "over 2 seeds" not in intro
     assert "seeds planned: 0; Seeds run (from the result files): 0" in by_title["Provenance"][0]
     # Table 5 and Grad-CAM on RAF-DB, the paper's: no stand-in.
-    assert any(isinstance(b, str) and b.startswith("Table 5's grid: ours on RAF-DB, the first") for b in by_title["Table 5"])
+    assert any(
+        isinstance(b, str) and b.startswith("Table 5's grid: ours on RAF-DB, the first") for b in by_title["Table 5"]
+    )
     assert "stands in" not in " ".join(b for b in by_title["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))

@@ -23,8 +23,17 @@ def fake_results(per_variant, dataset="ferplus"):
         for seed, (pub, ind) in enumerate(seeds):
             key = f"{dataset}-{variant}-{seed}"
             for protocol, accuracy in (("published", pub), ("shuffled", (pub + ind) / 2), ("independent", ind)):
-                rows.append({"key": key, "dataset": dataset, "variant": variant, "seed": seed, "subset": "all",
-                             "protocol": protocol, "accuracy": accuracy})
+                rows.append(
+                    {
+                        "key": key,
+                        "dataset": dataset,
+                        "variant": variant,
+                        "seed": seed,
+                        "subset": "all",
+                        "protocol": protocol,
+                        "accuracy": accuracy,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -43,8 +52,7 @@ def test_headline_numbers_mean_sd_and_batch_gain():
 
 
 def test_headline_table_marks_absent_datasets():
-    table = summary.headline_table(fake_results(FERPLUS), absent={"rafdb": "no folder"},
-                                   datasets=("rafdb", "ferplus"))
+    table = summary.headline_table(fake_results(FERPLUS), absent={"rafdb": "no folder"}, datasets=("rafdb", "ferplus"))
     rafdb, ferplus = table.iloc[0], table.iloc[1]
     assert rafdb["dataset"] == "RAF-DB" and ferplus["dataset"] == "FERPlus"
     assert rafdb["corrected model (pattlite)"] == summary.NOT_RUN
@@ -67,8 +75,9 @@ def test_verdict_counts_and_summary_text():
     assert row["no result"] == row["published numbers"] - row["not run"] - 1
     diff = 80.0 - paper.paper_value(4, variant="published", dataset="ferplus")
     assert row["diffs"] == [pytest.approx(diff)]
-    text = summary.summary_markdown(counts, summary.headline_numbers(results, ("ferplus",)),
-                                    absent={"rafdb": "x", "ckplus": "x"})
+    text = summary.summary_markdown(
+        counts, summary.headline_numbers(results, ("ferplus",)), absent={"rafdb": "x", "ckplus": "x"}
+    )
     assert "Accuracies (Tables 4-11)" in text and "Data (Tables 1-3)" not in text
     assert f"{diff:+.2f}" in text
     assert "+14.00 points" in text and "66.00%" in text and "67.00%" in text
@@ -78,8 +87,7 @@ def test_verdict_counts_and_summary_text():
 def test_spread_widens_the_tolerance():
     paper_df = pd.DataFrame({"k": ["a", "b", "c"], "value": [90.0, 90.0, 90.0]})
     # Tolerance max(1, 2 sd / sqrt(runs)): 2 x 2 / sqrt(4) = 2; max(1, 2 x 0.5 / 1) = 1; 2 x 3 / sqrt(9) = 2.
-    ours = pd.DataFrame({"k": ["a", "b", "c"], "value": [91.5, 91.5, 87.0], "sd": [2.0, 0.5, 3.0],
-                         "runs": [4, 1, 9]})
+    ours = pd.DataFrame({"k": ["a", "b", "c"], "value": [91.5, 91.5, 87.0], "sd": [2.0, 0.5, 3.0], "runs": [4, 1, 9]})
     out = report.compare(paper_df, ours, on=["k"])
     assert list(out["tolerance"]) == [2.0, 1.0, 2.0]
     assert list(out["verdict"]) == ["reproduced", "not reproduced", "not reproduced"]
@@ -95,8 +103,18 @@ def ckplus_results(folds=10, seeds=(0,)):
         for seed in seeds:
             pub, ind = 0.9, 0.8 - fold / 100
             for protocol, accuracy in (("published", pub), ("independent", ind)):
-                rows.append({"key": f"ckplus-{fold}-{seed}", "dataset": "ckplus", "variant": "published", "seed": seed,
-                             "fold": fold, "subset": "all", "protocol": protocol, "accuracy": accuracy})
+                rows.append(
+                    {
+                        "key": f"ckplus-{fold}-{seed}",
+                        "dataset": "ckplus",
+                        "variant": "published",
+                        "seed": seed,
+                        "fold": fold,
+                        "subset": "all",
+                        "protocol": protocol,
+                        "accuracy": accuracy,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -107,7 +125,11 @@ def test_the_spread_says_folds_for_ckplus_and_seeds_elsewhere():
     assert summary.runs_phrase(3, 3, 0) == "3 seeds"
     one_seed = ckplus_results()
     numbers = summary.headline_numbers(one_seed, datasets=("ckplus",))
-    assert (numbers["seeds"].iloc[0], numbers["folds"].iloc[0], numbers["published/published runs"].iloc[0]) == (1, 10, 10)
+    assert (numbers["seeds"].iloc[0], numbers["folds"].iloc[0], numbers["published/published runs"].iloc[0]) == (
+        1,
+        10,
+        10,
+    )
     counts = summary.verdict_counts({"Table 4": tables.table4(one_seed)})
     text = summary.summary_markdown(counts, numbers)
     sd = np.std(np.arange(10), ddof=1)  # gains 10..19 points
@@ -125,10 +147,12 @@ def test_the_seeds_shown_are_those_of_the_result_files():
 
     one = fake_results({"published": FERPLUS["published"][:1]})
     assert summary.runs_line(one) == "Seeds run (from the result files): 0."
-    assert summary.runs_line(pd.concat([one, ckplus_results(folds=2, seeds=(4,))])) == \
-        "Seeds run (from the result files): 0, 4; CK+ folds: 0, 1."
+    assert (
+        summary.runs_line(pd.concat([one, ckplus_results(folds=2, seeds=(4,))]))
+        == "Seeds run (from the result files): 0, 4; CK+ folds: 0, 1."
+    )
     assert summary.runs_line(pd.DataFrame()) == "No result files yet."
-    cpu = PROFILES["cpu"]   # its description and table note leave the seeds to the run
+    cpu = PROFILES["cpu"]  # its description and table note leave the seeds to the run
     assert "3 seeds" not in cpu.description and "3 seeds" not in cpu.table_note
 
 
@@ -139,5 +163,7 @@ def test_the_summary_counts_planned_experiments_without_a_result():
     text = summary.summary_markdown(counts, summary.headline_numbers(one, ("ferplus",)), missing=2, planned=3)
     assert text.startswith("- **2 of 3 planned experiments have no result yet**")
     row = counts.iloc[0]
-    assert row["reproduced"] + row["not reproduced"] + row["no result"] + row["not comparable"] + row["not run"] \
+    assert (
+        row["reproduced"] + row["not reproduced"] + row["no result"] + row["not comparable"] + row["not run"]
         == row["published numbers"]
+    )

@@ -36,8 +36,19 @@ def test_image_depends_only_on_its_own_stream():
 
 def test_manifest_contract_cache_and_reload(tmp_path, monkeypatch):
     manifest = load_synthetic_manifest(tmp_path, seed=2, **SMALL)
-    assert list(manifest.columns) == ["split", "label", "y", "path", "row", "image_id", "subject", "fold",
-                                      "occlusion", "pose30", "pose45"]
+    assert list(manifest.columns) == [
+        "split",
+        "label",
+        "y",
+        "path",
+        "row",
+        "image_id",
+        "subject",
+        "fold",
+        "occlusion",
+        "pose30",
+        "pose45",
+    ]
     assert manifest.attrs["dataset"] == "synthetic" and manifest.attrs["synthetic"] is True
     assert manifest.attrs["classes"] == config.CLASSES[:7]
     assert "synthetic" in manifest.attrs["source"]
@@ -88,8 +99,15 @@ def test_corrupt_cached_array_is_reported(tmp_path):
 @pytest.mark.parametrize("num_classes", [7, 8])
 def test_balance_subsets_and_subject_folds(num_classes):
     n_test = 40 * num_classes
-    _, meta = generate_synthetic(num_classes=num_classes, image_size=16, n_train=20 * num_classes,
-                                 n_val=2 * num_classes + 1, n_test=n_test, seed=0, progress=False)
+    _, meta = generate_synthetic(
+        num_classes=num_classes,
+        image_size=16,
+        n_train=20 * num_classes,
+        n_val=2 * num_classes + 1,
+        n_test=n_test,
+        seed=0,
+        progress=False,
+    )
     for split, part in meta.groupby("split"):
         counts = part["y"].value_counts().reindex(range(num_classes), fill_value=0)
         assert counts.max() - counts.min() <= 1, (split, counts.to_dict())
@@ -108,8 +126,9 @@ def test_balance_subsets_and_subject_folds(num_classes):
     # Training images also get (unflagged) turns and occluders, as in the real datasets.
     assert (not_test["occluder"] != "").any() and (not_test["yaw_degrees"].abs() >= 30).any()
     # Subjects: each identity in one split and one fold, showing every expression; folds cover 0-9.
-    per_subject = meta.groupby("subject").agg(splits=("split", "nunique"), folds=("fold", "nunique"),
-                                              classes=("y", "nunique"))
+    per_subject = meta.groupby("subject").agg(
+        splits=("split", "nunique"), folds=("fold", "nunique"), classes=("y", "nunique")
+    )
     assert (per_subject["splits"] == 1).all() and (per_subject["folds"] == 1).all()
     full = meta.groupby("subject").size() == 2 * num_classes
     assert (per_subject.loc[full[full].index, "classes"] == num_classes).all()
@@ -137,21 +156,35 @@ def test_tiny_cnn_learns_expressions_but_not_perfectly():
     keras = pytest.importorskip("keras")
     num_classes = 7
     # Stronger expressions than the defaults, so a 1,400-image run of ~30 s on 2 cores learns them.
-    images, meta = generate_synthetic(num_classes=num_classes, image_size=48, n_train=1400, n_val=0,
-                                      n_test=350, seed=11, min_intensity=0.75, progress=False)
+    images, meta = generate_synthetic(
+        num_classes=num_classes,
+        image_size=48,
+        n_train=1400,
+        n_val=0,
+        n_test=350,
+        seed=11,
+        min_intensity=0.75,
+        progress=False,
+    )
     train, test = (meta["split"] == "train").to_numpy(), (meta["split"] == "test").to_numpy()
     keras.utils.set_random_seed(0)
     layers = [keras.Input((48, 48, 3)), keras.layers.Rescaling(1 / 255)]
     for filters in (16, 32, 64):
-        layers += [keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
-                   keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.MaxPooling2D()]
-    layers += [keras.layers.Flatten(), keras.layers.Dropout(0.3),
-               keras.layers.Dense(num_classes, activation="softmax")]
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(),
+        ]
+    layers += [keras.layers.Flatten(), keras.layers.Dropout(0.3), keras.layers.Dense(num_classes, activation="softmax")]
     model = keras.Sequential(layers)
     epochs, batch = 10, 32
     steps = epochs * int(np.ceil(train.sum() / batch))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
-                  "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps)),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(images[train], meta["y"][train].to_numpy(), epochs=epochs, batch_size=batch, verbose=0)
     predicted = model.predict(images[test], verbose=0).argmax(axis=1)
     correct = predicted == meta["y"][test].to_numpy()

@@ -78,8 +78,7 @@ def test_train_config_rejects_bad_values():
     with pytest.raises(ValueError, match="paper"):
         x, y = separable_features(2, 0)
         model = build_head("pattlite", len(CLASSES), FEATURES)
-        T.train(model, x, y, x, y, T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1, finetune="paper",
-                                                 verbose=False))
+        T.train(model, x, y, x, y, T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1, finetune="paper", verbose=False))
 
 
 def test_full_model_two_stages_as_coded_and_paper(tmp_path):
@@ -97,13 +96,20 @@ def test_full_model_two_stages_as_coded_and_paper(tmp_path):
 
     keras.utils.set_random_seed(0)
     model = build_model("published", 7, input_shape=(32, 32, 3))
-    paper = T.train(model, x, y, x[:8], y[:8], T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1,
-                                                             verbose=False, finetune="paper"), dataset="rafdb")
+    paper = T.train(
+        model,
+        x,
+        y,
+        x[:8],
+        y[:8],
+        T.TrainConfig(stage1_epochs=1, stage2_max_epochs=1, verbose=False, finetune="paper"),
+        dataset="rafdb",
+    )
     assert paper.finetune["backbone_trainable_params"] > 0
     assert paper.trainable_params["stage2"] > paper.trainable_params["stage1"]
 
 
-@pytest.mark.parametrize("variant", ["published", "pattlite"])
+@pytest.mark.parametrize("variant", [pytest.param("published", marks=pytest.mark.backends), "pattlite"])
 def test_fast_path_gives_the_plain_paths_updates(variant):
     """fit_in_order (the default) and Keras fit over OrderedBatches (fast=False): same weights, same
     predictions, same epoch logs, for a few dozen steps of both stages with class weights, a partial
@@ -116,8 +122,13 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
         model = build_head(variant, len(CLASSES), FEATURES)
         cfg = T.TrainConfig(seed=0, stage1_epochs=4, stage2_epochs=7, fast=fast, verbose=False)
         result = T.train(model, x, y, xv, yv, cfg)
-        outcomes.append((result, [w.copy() for w in result.model.get_weights()],
-                         result.model.predict(xv.astype("float32"), batch_size=8, verbose=0)))
+        outcomes.append(
+            (
+                result,
+                [w.copy() for w in result.model.get_weights()],
+                result.model.predict(xv.astype("float32"), batch_size=8, verbose=0),
+            )
+        )
     (plain, plain_weights, plain_probs), (fast, fast_weights, fast_probs) = outcomes
     assert fast.epochs == plain.epochs and fast.epochs["stage2"] >= 2
     # On JAX, XLA fuses the compiled loop's step differently from Keras' own step, and Adam's normalised
@@ -132,7 +143,10 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
     else:
         diff = np.concatenate([np.abs(b - a).ravel() for a, b in zip(plain_weights, fast_weights)])
         assert diff.mean() < 1e-5 and np.quantile(diff, 0.999) < 1e-4 and diff.max() < 1e-3, (
-            diff.mean(), np.quantile(diff, 0.999), diff.max())
+            diff.mean(),
+            np.quantile(diff, 0.999),
+            diff.max(),
+        )
     np.testing.assert_allclose(fast_probs, plain_probs, rtol=1e-5, atol=max(atol, 1e-6))
     # Epoch logs: stage 1's first epoch tightly on every backend (a sample in the wrong batch shows
     # there already); the rest on JAX within the drift that the rounding above grows into: stage 1's training
@@ -143,13 +157,20 @@ def test_fast_path_gives_the_plain_paths_updates(variant):
         assert fast.history[stage].keys() == plain.history[stage].keys()
         for name, values in plain.history[stage].items():
             if stage == "stage1" or not jax_drift:  # stage 2 starts from stage 1's (drifted) weights
-                np.testing.assert_allclose(fast.history[stage][name][:1], values[:1], rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{stage} {name}")
+                np.testing.assert_allclose(
+                    fast.history[stage][name][:1], values[:1], rtol=1e-5, atol=1e-6, err_msg=f"{stage} {name}"
+                )
             one_image = 1.001 / min(len(x), len(xv)) if jax_drift and "accuracy" in name else 1e-6
-            np.testing.assert_allclose(fast.history[stage][name], values, rtol=2e-2 if jax_drift else 1e-5,
-                                       atol=one_image, err_msg=f"{stage} {name}")
+            np.testing.assert_allclose(
+                fast.history[stage][name],
+                values,
+                rtol=2e-2 if jax_drift else 1e-5,
+                atol=one_image,
+                err_msg=f"{stage} {name}",
+            )
 
 
+@pytest.mark.backends  # device-resident vs chunks
 def test_fast_path_reads_a_memory_map_in_chunks(tmp_path, monkeypatch):
     """Inputs over the in-memory budget are gathered from their memory map: same result."""
     x, y = separable_features(4, seed=5)

@@ -28,14 +28,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pattlite.data import IMAGE_SUFFIXES, data_warning, finish_manifest, reject_unknown_options
+from pattlite.data.common import IMAGE_SUFFIXES, data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
 DATASET = "ckplus"
 CKPLUS_EMOTIONS = {1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happiness", 6: "sadness", 7: "surprise"}
 FOLDER_TO_LABEL = {
-    "anger": "anger", "contempt": "contempt", "disgust": "disgust", "fear": "fear", "happy": "happiness",
-    "sadness": "sadness", "surprise": "surprise", "happiness": "happiness", "angry": "anger", "sad": "sadness",
+    "anger": "anger",
+    "contempt": "contempt",
+    "disgust": "disgust",
+    "fear": "fear",
+    "happy": "happiness",
+    "sadness": "sadness",
+    "surprise": "surprise",
+    "happiness": "happiness",
+    "angry": "anger",
+    "sad": "sadness",
 }
 EXPECTED_LAYOUT = (
     "cohn-kanade-images/S###/###/*.png with Emotion/S###/###/*_emotion.txt (full release), "
@@ -53,18 +61,25 @@ def _parse_frame_name(path: Path):
 
 def read_emotion_file(path: Path) -> str:
     """Canonical label of one `*_emotion.txt` file (DatasetFormatError naming file and line)."""
-    lines = [(i, l.strip()) for i, l in enumerate(path.read_text().splitlines(), start=1) if l.strip()]
+    lines = [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     if len(lines) != 1:
-        raise DatasetFormatError(path, lines[1][0] if len(lines) > 1 else 1,
-                                 f"{len(lines)} non-empty lines; expected one label (e.g. '3.0000000e+00')")
+        raise DatasetFormatError(
+            path,
+            lines[1][0] if len(lines) > 1 else 1,
+            f"{len(lines)} non-empty lines; expected one label (e.g. '3.0000000e+00')",
+        )
     number, text = lines[0]
     try:
         value = float(text)
     except ValueError:
         raise DatasetFormatError(path, number, f"label {text!r} is not a number; expected 1-7") from None
     if value != int(value) or int(value) not in CKPLUS_EMOTIONS:
-        raise DatasetFormatError(path, number, f"label {text!r}; expected an integer 1-7 "
-                                 "(1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy, 6 sadness, 7 surprise)")
+        raise DatasetFormatError(
+            path,
+            number,
+            f"label {text!r}; expected an integer 1-7 "
+            "(1 anger, 2 contempt, 3 disgust, 4 fear, 5 happy, 6 sadness, 7 surprise)",
+        )
     return CKPLUS_EMOTIONS[int(value)]
 
 
@@ -87,7 +102,9 @@ def read_full_release(root: Path, frames_per_sequence: int, notes: list):
         label = read_emotion_file(emotion_file)
         subject, sequence = emotion_file.parent.parent.name, emotion_file.parent.name
         sequence_dir = images_dir / subject / sequence
-        frames = [p for p in sequence_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES] if sequence_dir.is_dir() else []
+        frames = (
+            [p for p in sequence_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES] if sequence_dir.is_dir() else []
+        )
         if not frames:
             missing.append(str(sequence_dir))
             continue
@@ -95,7 +112,9 @@ def read_full_release(root: Path, frames_per_sequence: int, notes: list):
             rows.append((label, str(frame.resolve()), frame.name, subject, sequence))
     if missing:
         raise DatasetNotFoundError(
-            DATASET, images_dir, EXPECTED_LAYOUT,
+            DATASET,
+            images_dir,
+            EXPECTED_LAYOUT,
             detail=f"{len(missing)} labelled sequence folder(s) without images, e.g. {', '.join(missing[:5])}.",
         )
     return rows, f"full release ({root}), last {frames_per_sequence} frames of each labelled sequence"
@@ -107,8 +126,9 @@ def read_ck48(folder: Path, frames_per_sequence: int, notes: list):
     for class_dir in class_dirs:
         key = class_dir.name.lower()
         if key not in FOLDER_TO_LABEL:
-            raise DatasetFormatError(class_dir, None, f"unknown class folder {class_dir.name!r}; "
-                                     f"expected one of {sorted(FOLDER_TO_LABEL)}")
+            raise DatasetFormatError(
+                class_dir, None, f"unknown class folder {class_dir.name!r}; expected one of {sorted(FOLDER_TO_LABEL)}"
+            )
         for image in class_dir.iterdir():
             if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
                 subject, sequence = _parse_frame_name(image)

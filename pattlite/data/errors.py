@@ -16,8 +16,7 @@ WHERE_TO_GET = {
     "Challenge' (fer2013.csv), or a Kaggle image-folder copy (train/<class>/, test/<class>/)",
     "ferplus": "Microsoft's FERPlus GitHub repository (microsoft/FERPlus: fer2013new.csv, plus "
     "fer2013.csv from Kaggle; or the PNG folders its generate_training_data.py writes)",
-    "rafdb": "the RAF-DB request page (www.whdeng.cn/raf/model1.html), 'basic' part, by e-mail "
-    "agreement",
+    "rafdb": "the RAF-DB request page (www.whdeng.cn/raf/model1.html), 'basic' part, by e-mail agreement",
     "ckplus": "the CK+ request page (jeffcohn.net/Resources, Extended Cohn-Kanade), or a CK+48 copy",
     "ran_lists": "the RAN authors' GitHub repository (kaiwang960112/Challenge-condition-FER-dataset): "
     "folders FERplus_dir/ and RAF_DB_dir/",
@@ -91,17 +90,22 @@ def require_files_exist(dataset: str, paths, listed_in: Path, expected: str, lin
     lines = [None] * len(paths) if lines is None else list(lines)
     missing = [(path, line) for path, line in zip(paths, lines) if not Path(path).is_file()]
     if missing:
+
         def where(path, line):
             return f"{Path(path).name} ({listed_in}, line {line})" if line is not None else path
 
         path, line = missing[0]
         others = ", ".join(where(p, n) for p, n in missing[1:5])
         raise DatasetNotFoundError(
-            dataset, Path(path), "the image file that "
-            + (f"line {line} of {listed_in}" if line is not None else str(listed_in)) + " names",
-            detail=(f"{len(missing)} image file(s) listed in {listed_in} are missing"
-                    + (f"; also {others}" if others else "") + ". The folder itself exists; "
-                    f"expected layout: {expected}."),
+            dataset,
+            Path(path),
+            "the image file that " + (f"line {line} of {listed_in}" if line is not None else str(listed_in)) + " names",
+            detail=(
+                f"{len(missing)} image file(s) listed in {listed_in} are missing"
+                + (f"; also {others}" if others else "")
+                + ". The folder itself exists; "
+                f"expected layout: {expected}."
+            ),
         )
 
 
@@ -113,6 +117,8 @@ def read_csv_table(path: Path, **options):
         return pd.read_csv(path, dtype=str, keep_default_na=False, **options)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         match = re.search(r"line (\d+)", str(error))
-        raise DatasetFormatError(path, int(match.group(1)) if match else None, f"cannot be parsed as CSV: {error}") from None
+        raise DatasetFormatError(
+            path, int(match.group(1)) if match else None, f"cannot be parsed as CSV: {error}"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DatasetFormatError(path, 1, "empty file; expected CSV rows") from None

@@ -44,9 +44,14 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning, finish_manifest, reject_unknown_options
+from pattlite.data.common import data_warning, finish_manifest, reject_unknown_options
 from pattlite.data.errors import (
-    DatasetFormatError, DatasetNotFoundError, read_csv_table, require_file, require_files_exist)
+    DatasetFormatError,
+    DatasetNotFoundError,
+    read_csv_table,
+    require_file,
+    require_files_exist,
+)
 from pattlite.data.fer2013 import USAGE_TO_SPLIT, read_fer2013_csv_table
 from pattlite.data.subsets import FERPLUS_FILE_ORDER, mark_subsets
 
@@ -89,7 +94,8 @@ def _votes(frame: pd.DataFrame, columns, path: Path, line_offset: int) -> np.nda
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
         raise DatasetFormatError(
-            path, int(row) + line_offset,
+            path,
+            int(row) + line_offset,
             f"vote {frame.iloc[row][columns[col]]!r} in column {columns[col]!r}; expected a non-negative integer",
         )
     return values.to_numpy(dtype=np.int64)
@@ -104,8 +110,10 @@ def _folders_root(root: Path) -> Path | None:
 
 def _first_lines(duplicated, first_of, names, line_offset):
     """'name (lines a and b)' for each duplicated row, as `data_warning` text."""
-    return [f"{names.iloc[i]} (lines {first_of[names.iloc[i]] + line_offset} and {i + line_offset})"
-            for i in np.flatnonzero(duplicated)]
+    return [
+        f"{names.iloc[i]} (lines {first_of[names.iloc[i]] + line_offset} and {i + line_offset})"
+        for i in np.flatnonzero(duplicated)
+    ]
 
 
 def _check_field_counts(path: Path, expected: int, layout: str) -> None:
@@ -142,9 +150,11 @@ def read_ferplus_folders(base: Path):
         if repeated.any():
             first_of = {name: i for i, name in reversed(list(enumerate(names)))}
             listed = _first_lines(repeated, first_of, names, line_offset=1)
-            messages.append(f"{label_csv}: {int(repeated.sum())} image name(s) listed twice, "
-                            f"{', '.join(listed[:5])}{' ...' if len(listed) > 5 else ''}; the first line "
-                            "of each is kept (one image file per name)")
+            messages.append(
+                f"{label_csv}: {int(repeated.sum())} image name(s) listed twice, "
+                f"{', '.join(listed[:5])}{' ...' if len(listed) > 5 else ''}; the first line "
+                "of each is kept (one image file per name)"
+            )
         keep = ~repeated
         names, split_votes = names[keep], split_votes[keep]
         lines = np.flatnonzero(keep) + 1  # header-less: data row i is line i + 1
@@ -156,13 +166,17 @@ def read_ferplus_folders(base: Path):
 
 
 def _find_fer2013_csv(root: Path, explicit) -> Path:
-    candidates = [Path(explicit)] if explicit is not None else [
-        root / "fer2013.csv", config.dataset_root("fer2013") / "fer2013.csv"]
+    candidates = (
+        [Path(explicit)]
+        if explicit is not None
+        else [root / "fer2013.csv", config.dataset_root("fer2013") / "fer2013.csv"]
+    )
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise DatasetNotFoundError(
-        DATASET, candidates[0],
+        DATASET,
+        candidates[0],
         "fer2013.csv (Kaggle) beside fer2013new.csv, at the FER2013 root, or given as option fer2013_csv",
         detail=f"Tried {', '.join(str(c) for c in candidates)}.",
     )
@@ -186,7 +200,8 @@ def read_ferplus_csv(root: Path, fer2013_csv=None):
     old = read_fer2013_csv_table(old_csv, columns=("Usage",))
     if len(new) != len(old):
         raise DatasetFormatError(
-            new_csv, None,
+            new_csv,
+            None,
             f"{len(new)} data rows but {old_csv} has {len(old)}; the files must be row-aligned (same rows, same order)",
         )
     usage_new, usage_old = new["Usage"].str.strip(), old["Usage"].str.strip()
@@ -194,7 +209,8 @@ def read_ferplus_csv(root: Path, fer2013_csv=None):
     if differs.any():
         i = int(differs.nonzero()[0][0])
         raise DatasetFormatError(
-            new_csv, i + 2,
+            new_csv,
+            i + 2,
             f"Usage {usage_new.iloc[i]!r} but {old_csv} line {i + 2} says {usage_old.iloc[i]!r}; "
             "the files are not row-aligned",
         )
@@ -205,23 +221,28 @@ def read_ferplus_csv(root: Path, fer2013_csv=None):
     votes = _votes(new, VOTE_COLUMNS, new_csv, line_offset=2)
     names = new["Image name"].str.strip()
     named = (names != "").to_numpy()
-    overwritten = (names.duplicated(keep="last").to_numpy() & named)
+    overwritten = names.duplicated(keep="last").to_numpy() & named
     messages = []
     if overwritten.any():
         last_of = {name: i for i, name in enumerate(names)}
-        pairs = [f"{names.iloc[i]} (lines {i + 2} and {last_of[names.iloc[i]] + 2})"
-                 for i in np.flatnonzero(overwritten)]
-        messages.append(f"{new_csv}: {len(pairs)} image name(s) on two data rows, "
-                        f"{', '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}; the later row of each "
-                        "is kept, as in Microsoft's generator, which writes one PNG per name (the later "
-                        "row overwrites the earlier one's file)")
+        pairs = [
+            f"{names.iloc[i]} (lines {i + 2} and {last_of[names.iloc[i]] + 2})" for i in np.flatnonzero(overwritten)
+        ]
+        messages.append(
+            f"{new_csv}: {len(pairs)} image name(s) on two data rows, "
+            f"{', '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}; the later row of each "
+            "is kept, as in Microsoft's generator, which writes one PNG per name (the later "
+            "row overwrites the earlier one's file)"
+        )
     keep = named & ~overwritten
-    records = pd.DataFrame({
-        "split": usage_new.map(USAGE_TO_SPLIT),
-        "path": str(old_csv.resolve()),
-        "row": np.arange(len(new)),
-        "image_id": names,
-    })[keep]
+    records = pd.DataFrame(
+        {
+            "split": usage_new.map(USAGE_TO_SPLIT),
+            "path": str(old_csv.resolve()),
+            "row": np.arange(len(new)),
+            "image_id": names,
+        }
+    )[keep]
     source = f"fer2013new.csv + fer2013.csv joined by row position ({new_csv}, {old_csv})"
     return records, votes[keep], source, int((~named).sum()), messages
 

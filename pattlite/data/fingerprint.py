@@ -2,7 +2,7 @@
 
 Results and caches must never outlive the data they came from. Every file is identified by its path,
 its size and its modification time in nanoseconds: `os.stat` only, never the contents, so a 300 MB
-`fer2013.csv` costs one system call and 36,000 PNG files about 0.2 s. Any edit, repair, copy or
+`fer2013.csv` costs one system call and a folder of images one per file. Any edit, repair, copy or
 replacement of a file changes its modification time (and usually its size), so the digest changes.
 What it cannot see: an edit that keeps the size and puts the old modification time back (`touch -r`,
 some sync tools), or two writes within one tick of the file system's clock (a few milliseconds on
@@ -15,8 +15,8 @@ Two digests:
 - the *content digest* (`content_digest`): SHA-256 of every file's bytes, named relative to the dataset
   root, so the same files in another folder, on another machine or freshly copied give the same digest.
   It is what an experiment's key holds (`pattlite.experiments`), so that committed result files are
-  reused wherever the same data are, and never for changed files. Hashing reads every byte once (FERPlus'
-  300 MB `fer2013.csv`: about 1 s); the digest of each file is memoised by (real path, size, mtime_ns) in
+  reused wherever the same data are, and never for changed files. Hashing reads every byte once; the
+  digest of each file is memoised by (real path, size, mtime_ns) in
   `<cache dir>/file-digests.json` and in the process, so later runs pay one `stat` per file.
 
 Users of the fingerprint (`fingerprint_files`):
@@ -127,14 +127,20 @@ def named_dataset_files(dataset: str, root, **options) -> list[tuple[str, str]]:
         named = [(root.name, str(root))]
     elif root.is_dir():
         named = [(Path(path).relative_to(root).as_posix(), path) for path in files_under(root)]
-        named = [(name, path) for name, path in named if is_data_file(name)
-                 and not (lists is not None and _inside(Path(path), lists))]
+        named = [
+            (name, path)
+            for name, path in named
+            if is_data_file(name) and not (lists is not None and _inside(Path(path), lists))
+        ]
     else:
         named = []
     if dataset == "ferplus":
         explicit = options.get("fer2013_csv")
-        extra = Path(explicit) if explicit is not None else (
-            None if (root / "fer2013.csv").exists() else config.dataset_root("fer2013") / "fer2013.csv")
+        extra = (
+            Path(explicit)
+            if explicit is not None
+            else (None if (root / "fer2013.csv").exists() else config.dataset_root("fer2013") / "fer2013.csv")
+        )
         if extra is not None and extra.is_file():
             named.append((extra.name, str(extra)))
     if lists is not None:
@@ -165,9 +171,13 @@ def dataset_identity(dataset: str, root=None, content: bool = True, **options) -
     named = named_dataset_files(dataset, resolved, **options)
     relative_to = resolved if resolved.is_dir() else resolved.parent
     signatures = file_signatures([path for _, path in named], relative_to)
-    return {"root": str(resolved), "fingerprint": _digest(signatures),
-            "content": content_digest(named) if content else None,
-            "files": len(signatures), "bytes": int(sum(max(size, 0) for _, size, _ in signatures))}
+    return {
+        "root": str(resolved),
+        "fingerprint": _digest(signatures),
+        "content": content_digest(named) if content else None,
+        "files": len(signatures),
+        "bytes": int(sum(max(size, 0) for _, size, _ in signatures)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

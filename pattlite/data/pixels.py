@@ -47,8 +47,16 @@ from PIL import Image, UnidentifiedImageError
 from pattlite import config
 from pattlite.data.errors import DatasetFormatError
 from pattlite.data.fingerprint import fingerprint_files
-from pattlite.files import (DamagedCacheError, NpyWriter, check_file, mark_verified, read_json,
-                            remove_stale_temporaries, temporary_path, write_atomic)
+from pattlite.files import (
+    DamagedCacheError,
+    NpyWriter,
+    check_file,
+    mark_verified,
+    read_json,
+    remove_stale_temporaries,
+    temporary_path,
+    write_atomic,
+)
 
 # Bump when decoding or resizing changes, so old caches are not reused (3: the .json records the array's
 # digest).
@@ -60,8 +68,9 @@ NPY_SUFFIXES = (".npy",)
 
 
 # What to do about unreadable images, for callers of load_pixels (which offers skip_unreadable).
-SKIP_HINT = ("Fix or replace them (edited files are read again), or pass skip_unreadable=True to "
-             "load_pixels to drop them.")
+SKIP_HINT = (
+    "Fix or replace them (edited files are read again), or pass skip_unreadable=True to load_pixels to drop them."
+)
 
 
 class UnreadableImagesError(DatasetFormatError):
@@ -69,11 +78,16 @@ class UnreadableImagesError(DatasetFormatError):
 
     def __init__(self, unreadable, total: int, hint: str = SKIP_HINT):
         self.unreadable, self.total = list(unreadable), total
-        first = "; ".join(f"{path}" + (f" (row {row})" if row >= 0 else "") + f": {reason}"
-                          for _, path, row, reason in self.unreadable[:10])
+        first = "; ".join(
+            f"{path}" + (f" (row {row})" if row >= 0 else "") + f": {reason}"
+            for _, path, row, reason in self.unreadable[:10]
+        )
         more = f" (and {len(self.unreadable) - 10} more)" if len(self.unreadable) > 10 else ""
-        super().__init__(self.unreadable[0][1], None,
-                         f"{len(self.unreadable)} of {total} images cannot be read: {first}{more}. {hint}")
+        super().__init__(
+            self.unreadable[0][1],
+            None,
+            f"{len(self.unreadable)} of {total} images cannot be read: {first}{more}. {hint}",
+        )
 
 
 def pixels_cache_dir(cache_dir=None) -> Path:
@@ -86,12 +100,22 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
     fingerprint of their files>`."""
     dataset = _dataset_name(manifest)
     digest = hashlib.sha256()
-    digest.update(json.dumps({"version": CACHE_VERSION, "dataset": dataset, "size": int(size),
-                              "filter": RESIZE_FILTER, "rows": len(manifest),
-                              "files": fingerprint_files(manifest["path"].astype(str).unique())}).encode())
+    digest.update(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "dataset": dataset,
+                "size": int(size),
+                "filter": RESIZE_FILTER,
+                "rows": len(manifest),
+                "files": fingerprint_files(manifest["path"].astype(str).unique()),
+            }
+        ).encode()
+    )
     # One pass over the three identifying columns; a change to any row changes the key.
-    for path, row, image_id in zip(manifest["path"].astype(str), manifest["row"].astype("int64"),
-                                   manifest["image_id"].astype(str)):
+    for path, row, image_id in zip(
+        manifest["path"].astype(str), manifest["row"].astype("int64"), manifest["image_id"].astype(str)
+    ):
         digest.update(f"{path}\x1f{row}\x1f{image_id}\x1e".encode())
     return f"{dataset}_{int(size)}px_{digest.hexdigest()[:16]}"
 
@@ -99,8 +123,10 @@ def cache_key(manifest: pd.DataFrame, size: int) -> str:
 def _dataset_name(manifest) -> str:
     name = str(manifest.attrs.get("dataset", "")) if hasattr(manifest, "attrs") else ""
     if not name:
-        raise ValueError("manifest.attrs['dataset'] is missing; pass a manifest from "
-                         "pattlite.data.load_manifest (the cache is keyed by the dataset name)")
+        raise ValueError(
+            "manifest.attrs['dataset'] is missing; pass a manifest from "
+            "pattlite.data.load_manifest (the cache is keyed by the dataset name)"
+        )
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
@@ -109,14 +135,17 @@ def _check_manifest(manifest, size) -> None:
         raise TypeError(f"manifest must be a pandas DataFrame, got {type(manifest).__name__}")
     missing = [c for c in ("path", "row", "image_id") if c not in manifest.columns]
     if missing:
-        raise ValueError(f"manifest lacks column(s) {missing}; expected the columns of "
-                         f"docs/architecture.md (path, row, image_id, ...)")
+        raise ValueError(
+            f"manifest lacks column(s) {missing}; expected the columns of "
+            f"docs/architecture.md (path, row, image_id, ...)"
+        )
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive integer (pixels), got {size!r}")
 
 
-def load_pixels(manifest: pd.DataFrame, size: int, progress: bool = True, cache_dir=None,
-                skip_unreadable: bool = False):
+def load_pixels(
+    manifest: pd.DataFrame, size: int, progress: bool = True, cache_dir=None, skip_unreadable: bool = False
+):
     """Returns a manifest's images as uint8 RGB `(N, size, size, 3)`, memory-mapped from a disk cache.
 
     Args:
@@ -152,8 +181,9 @@ def load_pixels(manifest: pd.DataFrame, size: int, progress: bool = True, cache_
         folder.mkdir(parents=True, exist_ok=True)
         _build_cache(manifest, int(size), array_path, info_path, progress)
 
-    hint = (f"delete {array_path} and {info_path} (rm '{array_path}' '{info_path}'): the next run decodes "
-            "the images again")
+    hint = (
+        f"delete {array_path} and {info_path} (rm '{array_path}' '{info_path}'): the next run decodes the images again"
+    )
     info = read_json(info_path, hint)
     if not isinstance(info, dict) or not isinstance(info.get("unreadable"), list) or "digest" not in info:
         raise DamagedCacheError(f"{info_path} lacks the fields of a pixel cache record; {hint}")
@@ -165,17 +195,18 @@ def load_pixels(manifest: pd.DataFrame, size: int, progress: bool = True, cache_
         raise DamagedCacheError(f"{array_path} cannot be read ({type(error).__name__}: {error}); {hint}") from None
     expected = (len(manifest) - len(unreadable), size, size, 3)
     if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise DamagedCacheError(f"{array_path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected}; "
-                                f"{hint}")
+        raise DamagedCacheError(f"{array_path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected}; {hint}")
     if not unreadable:
         return (pixels, manifest) if skip_unreadable else pixels
     if not skip_unreadable:
         raise UnreadableImagesError(unreadable, len(manifest))
     dropped = sorted(position for position, *_ in unreadable)
     listing = ", ".join(str(path) for _, path, _, _ in unreadable[:10])
-    warnings.warn(f"load_pixels: skipped {len(unreadable)} unreadable image(s) of {len(manifest)} "
-                  f"({_dataset_name(manifest)}): {listing}"
-                  + (" ..." if len(unreadable) > 10 else ""), stacklevel=2)
+    warnings.warn(
+        f"load_pixels: skipped {len(unreadable)} unreadable image(s) of {len(manifest)} "
+        f"({_dataset_name(manifest)}): {listing}" + (" ..." if len(unreadable) > 10 else ""),
+        stacklevel=2,
+    )
     keep = np.ones(len(manifest), bool)
     keep[dropped] = False
     kept_manifest = manifest.iloc[np.flatnonzero(keep)].copy()
@@ -200,8 +231,13 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
         # ends the process with SIGBUS; the space is reserved here instead, so that fails at once.
         out = NpyWriter(temp_path, (n, size, size, 3), np.uint8)
         writers.append(out)
-        bar = tqdm(total=n, desc=f"pixel cache {_dataset_name(manifest)} {size}px", unit="img",
-                   disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            total=n,
+            desc=f"pixel cache {_dataset_name(manifest)} {size}px",
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+        )
         # Group positions by source file, keeping first-appearance order, so each container is opened
         # (or streamed) once however its rows are spread over the manifest.
         by_path: dict[str, list[int]] = {}
@@ -217,9 +253,13 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
             else:
                 for position, row in zip(positions, container_rows):
                     if row != -1:
-                        raise DatasetFormatError(path, None, f"manifest row {position} has row={row}, but "
-                                                 f"{Path(path).name} is an image file (row must be -1; "
-                                                 f"containers are {CSV_SUFFIXES + NPY_SUFFIXES})")
+                        raise DatasetFormatError(
+                            path,
+                            None,
+                            f"manifest row {position} has row={row}, but "
+                            f"{Path(path).name} is an image file (row must be -1; "
+                            f"containers are {CSV_SUFFIXES + NPY_SUFFIXES})",
+                        )
                     try:
                         out[position] = _decode_image_file(path, size)
                     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
@@ -237,12 +277,19 @@ def _build_cache(manifest, size, array_path: Path, info_path: Path, progress: bo
             compact = NpyWriter(compact_path, (len(keep), size, size, 3), np.uint8)
             writers.append(compact)
             for start in range(0, len(keep), 1024):
-                compact.append(full[keep[start:start + 1024]])
+                compact.append(full[keep[start : start + 1024]])
             record = writers.pop().close()
             del full
             final_source = compact_path
-        info = {"version": CACHE_VERSION, "dataset": _dataset_name(manifest), "size": size, "rows": n,
-                "filter": RESIZE_FILTER, "unreadable": [list(item) for item in unreadable], "digest": record}
+        info = {
+            "version": CACHE_VERSION,
+            "dataset": _dataset_name(manifest),
+            "size": size,
+            "rows": n,
+            "filter": RESIZE_FILTER,
+            "unreadable": [list(item) for item in unreadable],
+            "digest": record,
+        }
         info_path.unlink(missing_ok=True)  # an older record must not describe the new array
         os.replace(final_source, array_path)
         mark_verified(array_path, record)  # its digest was taken from the bytes just written
@@ -290,14 +337,22 @@ def _read_npy_rows(path, positions, container_rows, out, size, unreadable, bar) 
             unreadable.append((position, path, int(row), f"{type(error).__name__}: {error}"))
         bar.update(len(positions))
         return
-    if container.dtype != np.uint8 or not (container.ndim == 3 or (container.ndim == 4 and container.shape[3]
-                                                                   in (1, 3))):
-        raise DatasetFormatError(path, None, f"array of {container.dtype} {container.shape}; expected uint8 "
-                                 f"(M, H, W), (M, H, W, 1) or (M, H, W, 3)")
+    if container.dtype != np.uint8 or not (
+        container.ndim == 3 or (container.ndim == 4 and container.shape[3] in (1, 3))
+    ):
+        raise DatasetFormatError(
+            path,
+            None,
+            f"array of {container.dtype} {container.shape}; expected uint8 (M, H, W), (M, H, W, 1) or (M, H, W, 3)",
+        )
     for position, row in zip(positions, container_rows):
         if not 0 <= row < len(container):
-            raise DatasetFormatError(path, None, f"manifest row {position} asks for row {row}, but the "
-                                     f"array has {len(container)} rows (0..{len(container) - 1})")
+            raise DatasetFormatError(
+                path,
+                None,
+                f"manifest row {position} asks for row {row}, but the "
+                f"array has {len(container)} rows (0..{len(container) - 1})",
+            )
         image = np.asarray(container[row])
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
@@ -309,8 +364,12 @@ def _read_csv_rows(path, positions, container_rows, out, size, unreadable, bar) 
     wanted: dict[int, list[int]] = {}
     for position, row in zip(positions, container_rows):
         if row < 0:
-            raise DatasetFormatError(path, None, f"manifest row {position} has row={row}; a CSV container "
-                                     f"needs the data row index (0 = first line after the header)")
+            raise DatasetFormatError(
+                path,
+                None,
+                f"manifest row {position} has row={row}; a CSV container "
+                f"needs the data row index (0 = first line after the header)",
+            )
         wanted.setdefault(int(row), []).append(position)
     last_wanted = max(wanted)
     try:
@@ -324,8 +383,9 @@ def _read_csv_rows(path, positions, container_rows, out, size, unreadable, bar) 
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or "pixels" not in [h.strip() for h in header]:
-            raise DatasetFormatError(path, 1, f"header {header}; expected a 'pixels' column "
-                                     f"(FER2013 format: emotion,pixels,Usage)")
+            raise DatasetFormatError(
+                path, 1, f"header {header}; expected a 'pixels' column (FER2013 format: emotion,pixels,Usage)"
+            )
         column = [h.strip() for h in header].index("pixels")
         data_row = -1
         for data_row, record in enumerate(reader):
@@ -344,8 +404,9 @@ def _read_csv_rows(path, positions, container_rows, out, size, unreadable, bar) 
             if data_row >= last_wanted:
                 break
     if data_row < last_wanted:
-        raise DatasetFormatError(path, None, f"the manifest asks for data row {last_wanted}, but the file "
-                                 f"has {data_row + 1} data rows")
+        raise DatasetFormatError(
+            path, None, f"the manifest asks for data row {last_wanted}, but the file has {data_row + 1} data rows"
+        )
 
 
 def _parse_pixel_string(text: str) -> np.ndarray:
@@ -371,9 +432,14 @@ def cache_info(cache_dir=None) -> pd.DataFrame:
         if not array_path.exists():
             continue
         info = read_json(info_path, f"delete {info_path} and {array_path} to rebuild that cache")
-        records.append(dict(dataset=info.get("dataset"), size=info.get("size"),
-                            rows=info.get("rows", 0) - len(info.get("unreadable", [])),
-                            unreadable=len(info.get("unreadable", [])),
-                            megabytes=round(array_path.stat().st_size / 2**20, 2), path=str(array_path)))
-    return pd.DataFrame.from_records(records, columns=["dataset", "size", "rows", "unreadable",
-                                                       "megabytes", "path"])
+        records.append(
+            dict(
+                dataset=info.get("dataset"),
+                size=info.get("size"),
+                rows=info.get("rows", 0) - len(info.get("unreadable", [])),
+                unreadable=len(info.get("unreadable", [])),
+                megabytes=round(array_path.stat().st_size / 2**20, 2),
+                path=str(array_path),
+            )
+        )
+    return pd.DataFrame.from_records(records, columns=["dataset", "size", "rows", "unreadable", "megabytes", "path"])

@@ -12,7 +12,7 @@ Layouts (root = the dataset folder, default `data/rafdb/`, holding `basic/`, or 
 Labels: 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral.
 
 RAF-DB has no validation split. A stratified `val_fraction` (default 0.1) of train, drawn with the seed
-`val_seed` (default 0) by `pattlite.data.stratified_holdout`, becomes val; the paper's 12,271 training
+`val_seed` (default 0) by `pattlite.data.common.stratified_holdout`, becomes val; the paper's 12,271 training
 images are train + val here. `val_fraction=0` gives no val split.
 Subset columns come from the RAN lists (`RAF_DB_dir/`), option `subsets_dir`; see `pattlite.data.subsets`.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning, finish_manifest, reject_unknown_options, stratified_holdout
+from pattlite.data.common import data_warning, finish_manifest, reject_unknown_options, stratified_holdout
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError, require_files_exist
 from pattlite.data.fer2013 import read_class_folder_splits
 from pattlite.data.subsets import RAFDB_MINUS_ONE_ORDER, mark_subsets
@@ -36,7 +36,9 @@ RAFDB_LABELS = {i + 1: name for i, name in enumerate(RAFDB_MINUS_ONE_ORDER)}  # 
 FOLDER_TO_LABEL = {
     **{str(k): v for k, v in RAFDB_LABELS.items()},
     **{c: c for c in config.DATASET_CLASSES["rafdb"]},
-    "angry": "anger", "happy": "happiness", "sad": "sadness",
+    "angry": "anger",
+    "happy": "happiness",
+    "sad": "sadness",
 }
 EXPECTED_LAYOUT = (
     "basic/EmoLabel/list_patition_label.txt with basic/Image/aligned/*_aligned.jpg (or basic/Image/original/), "
@@ -65,14 +67,19 @@ def read_label_file(path: Path):
             continue
         match = _LINE.match(line.strip())
         if not match or int(match.group(3)) not in RAFDB_LABELS:
-            raise DatasetFormatError(path, number, f"malformed line {line.strip()!r}; "
-                                     "expected '<train|test>_NNNN.jpg <label 1-7>' (e.g. 'train_00001.jpg 5')")
+            raise DatasetFormatError(
+                path,
+                number,
+                f"malformed line {line.strip()!r}; "
+                "expected '<train|test>_NNNN.jpg <label 1-7>' (e.g. 'train_00001.jpg 5')",
+            )
         stem, label = match.group(1), RAFDB_LABELS[int(match.group(3))]
         if stem in seen:
             first_number, first_label = seen[stem]
             kind = "again" if first_label == label else f"again with label {label!r} (first: {first_label!r})"
-            duplicates.append(f"{path}: {stem}.jpg listed {kind} on line {number} (first on line "
-                              f"{first_number}); first entry kept")
+            duplicates.append(
+                f"{path}: {stem}.jpg listed {kind} on line {number} (first on line {first_number}); first entry kept"
+            )
             continue
         seen[stem] = (number, label)
         rows.append((f"{stem}.jpg", stem, match.group(2), label, number))
@@ -118,8 +125,9 @@ def read_rafdb(root, **options) -> pd.DataFrame:
         records = table.assign(row=-1)
         source = f"label file + Image/{images} ({basic}); val = stratified {val_fraction:g} of train, seed {val_seed}"
     elif (root / "train").is_dir() and (root / "test").is_dir():
-        records, note = read_class_folder_splits(DATASET, root, FOLDER_TO_LABEL, EXPECTED_LAYOUT,
-                                                 val_seed=val_seed, val_fraction=val_fraction)
+        records, note = read_class_folder_splits(
+            DATASET, root, FOLDER_TO_LABEL, EXPECTED_LAYOUT, val_seed=val_seed, val_fraction=val_fraction
+        )
         source = f"class folders ({root}; {note})"
     else:
         raise DatasetNotFoundError(DATASET, root / "basic" / LABEL_FILE, EXPECTED_LAYOUT)

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.data import data_warning
+from pattlite.data.common import data_warning
 from pattlite.data.errors import DatasetFormatError, DatasetNotFoundError
 
 SUBSETS_ENV_VAR = "PATTLITE_SUBSETS_DIR"
@@ -46,16 +46,22 @@ FERPLUS_FILE_ORDER = ("neutral", "happiness", "surprise", "sadness", "anger", "d
 RAFDB_MINUS_ONE_ORDER = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 
 _LIST_FILES = {
-    "ferplus": ("FERplus_dir", {
-        "occlusion": ("jianfei_occlusion_list.txt", None),
-        "pose30": ("pose_30_ferplus_list.txt", None),
-        "pose45": ("pose_45_ferplus_list.txt", None),
-    }),
-    "rafdb": ("RAF_DB_dir", {
-        "occlusion": ("rafdb_occlusion_list.txt", None),
-        "pose30": ("val_raf_db_list.txt", "val_raf_db_label.txt"),
-        "pose45": ("val_raf_db_list_45.txt", "val_raf_db_label_45.txt"),
-    }),
+    "ferplus": (
+        "FERplus_dir",
+        {
+            "occlusion": ("jianfei_occlusion_list.txt", None),
+            "pose30": ("pose_30_ferplus_list.txt", None),
+            "pose45": ("pose_45_ferplus_list.txt", None),
+        },
+    ),
+    "rafdb": (
+        "RAF_DB_dir",
+        {
+            "occlusion": ("rafdb_occlusion_list.txt", None),
+            "pose30": ("val_raf_db_list.txt", "val_raf_db_label.txt"),
+            "pose45": ("val_raf_db_list_45.txt", "val_raf_db_label_45.txt"),
+        },
+    ),
 }
 
 _FERPLUS_OCCLUSION = re.compile(r"^(\d+)_(fer\d+)\.png$", re.IGNORECASE)
@@ -90,13 +96,17 @@ def resolve_subsets_dir(dataset_root, subsets_dir=None) -> Path | None:
     if subsets_dir is not None:
         path = Path(subsets_dir).expanduser()
         if not path.is_dir():
-            raise DatasetNotFoundError("ran_lists", path, "a folder holding FERplus_dir/ and RAF_DB_dir/ (option subsets_dir)")
+            raise DatasetNotFoundError(
+                "ran_lists", path, "a folder holding FERplus_dir/ and RAF_DB_dir/ (option subsets_dir)"
+            )
         return path
     from_env = os.environ.get(SUBSETS_ENV_VAR)
     if from_env:
         path = Path(from_env).expanduser()
         if not path.is_dir():
-            raise DatasetNotFoundError("ran_lists", path, f"a folder holding FERplus_dir/ and RAF_DB_dir/ (${SUBSETS_ENV_VAR})")
+            raise DatasetNotFoundError(
+                "ran_lists", path, f"a folder holding FERplus_dir/ and RAF_DB_dir/ (${SUBSETS_ENV_VAR})"
+            )
         return path
     path = Path(dataset_root) / DEFAULT_SUBFOLDER
     return path if path.is_dir() else None
@@ -144,8 +154,11 @@ def list_files(dataset: str, subsets_dir) -> list[tuple[str, Path]]:
     from `subsets_dir` (those that exist; the reader names a missing one)."""
     folder, files = _LIST_FILES[dataset]
     names = [name for pair in files.values() for name in pair if name is not None]
-    return [(f"{folder}/{name}", Path(subsets_dir) / folder / name) for name in names
-            if (Path(subsets_dir) / folder / name).is_file()]
+    return [
+        (f"{folder}/{name}", Path(subsets_dir) / folder / name)
+        for name in names
+        if (Path(subsets_dir) / folder / name).is_file()
+    ]
 
 
 def read_subset_list(dataset: str, subset: str, subsets_dir) -> SubsetList:
@@ -188,12 +201,15 @@ def _check_label_file(path: Path, ordered, result: SubsetList) -> None:
     header_number, header = lines[0]
     parts = header.split()
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise DatasetFormatError(path, header_number, f"header {header!r}; expected '<count> <classes>' (e.g. '1247 7')")
+        raise DatasetFormatError(
+            path, header_number, f"header {header!r}; expected '<count> <classes>' (e.g. '1247 7')"
+        )
     count = int(parts[0])
     labels = lines[1:]
     if count != len(labels) or count != len(ordered):
         raise DatasetFormatError(
-            path, header_number,
+            path,
+            header_number,
             f"header says {count} labels, file has {len(labels)}, list {result.path.name} has {len(ordered)}",
         )
     disagreements = []
@@ -233,9 +249,13 @@ def mark_subsets(df: pd.DataFrame, dataset: str, dataset_root, subsets_dir=None)
     folder = resolve_subsets_dir(dataset_root, subsets_dir)
     if folder is None:
         df.attrs["subsets"] = None
-        data_warning(df, f"{dataset}: RAN challenging-condition lists not found (option subsets_dir, "
-                         f"${SUBSETS_ENV_VAR}, or {Path(dataset_root) / DEFAULT_SUBFOLDER}); "
-                         "occlusion/pose30/pose45 are all False", stacklevel=4)
+        data_warning(
+            df,
+            f"{dataset}: RAN challenging-condition lists not found (option subsets_dir, "
+            f"${SUBSETS_ENV_VAR}, or {Path(dataset_root) / DEFAULT_SUBFOLDER}); "
+            "occlusion/pose30/pose45 are all False",
+            stacklevel=4,
+        )
         return df
     lists = read_subset_lists(dataset, folder)
     test_rows = df.index[df["split"] == "test"]
@@ -260,12 +280,16 @@ def mark_subsets(df: pd.DataFrame, dataset: str, dataset_root, subsets_dir=None)
         info["label_disagreements"][subset] = len(disagree)
         if unmatched:
             listed = ", ".join(f"{k} (line {sl.lines[k]})" for k in unmatched[:5])
-            warn(f"{sl.path}: {len(unmatched)} of {len(sl.entries)} listed images match no test image "
-                 f"read here: {listed}{' ...' if len(unmatched) > 5 else ''}; they are left out of the "
-                 f"{subset} subset")
+            warn(
+                f"{sl.path}: {len(unmatched)} of {len(sl.entries)} listed images match no test image "
+                f"read here: {listed}{' ...' if len(unmatched) > 5 else ''}; they are left out of the "
+                f"{subset} subset"
+            )
         if disagree:
             listed = ", ".join(f"{k} (line {sl.lines[k]})" for k in disagree[:5])
-            warn(f"{sl.path}: {len(disagree)} listed images carry a label different from the manifest's: "
-                 f"{listed}{' ...' if len(disagree) > 5 else ''}; the manifest's label is used")
+            warn(
+                f"{sl.path}: {len(disagree)} listed images carry a label different from the manifest's: "
+                f"{listed}{' ...' if len(disagree) > 5 else ''}; the manifest's label is used"
+            )
     df.attrs["subsets"] = info
     return df

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pattlite import config
 
+
 def published_tables() -> dict:
     """Tables 1-3 as published, from the project's one transcription (pattlite/resources/paper_results.json),
     shaped {table: {dataset: ...}} in the canonical class order (None = not in the paper)."""
@@ -66,8 +67,7 @@ def table1(manifests) -> pd.DataFrame:
             if paper is None:
                 continue
             rows.append((dataset, name, paper, None if counts is None else int(counts.get(name, 0))))
-        rows.append((dataset, "total", sum(p for p in published if p is not None),
-                     None if df is None else len(df)))
+        rows.append((dataset, "total", sum(p for p in published if p is not None), None if df is None else len(df)))
     return _frame(rows, ["class"])
 
 
@@ -117,6 +117,12 @@ def table3(manifests) -> pd.DataFrame:
         for split, paper in published.items():
             rows.append((dataset, split, paper, None if sizes is None else int(sizes.get(split, 0))))
         if published["val"] is None:
-            rows.append((dataset, "train+val", published["train"],
-                         None if sizes is None else int(sizes.get("train", 0) + sizes.get("val", 0))))
+            rows.append(
+                (
+                    dataset,
+                    "train+val",
+                    published["train"],
+                    None if sizes is None else int(sizes.get("train", 0) + sizes.get("val", 0)),
+                )
+            )
     return _frame(rows, ["split"])

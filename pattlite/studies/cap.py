@@ -23,11 +23,13 @@ from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.tables import standard_rows
 
 PROTOCOLS_SHOWN = ("published", "independent")
-CAPTION = ("What the stage-2 cap costs. The published head at the reference seed(s), trained with stage 2 "
-           "uncapped, against the same runs' test accuracy after the cap's number of stage-2 epochs (their "
-           "test probe) and the capped runs of the same seed(s), which end with EarlyStopping's best "
-           "weights. Accuracy (%) on the test split, mean over runs (CK+: over folds); costs in points: "
-           "the probe at the cap - uncapped, and the capped runs - uncapped.")
+CAPTION = (
+    "What the stage-2 cap costs. The published head at the reference seed(s), trained with stage 2 "
+    "uncapped, against the same runs' test accuracy after the cap's number of stage-2 epochs (their "
+    "test probe) and the capped runs of the same seed(s), which end with EarlyStopping's best "
+    "weights. Accuracy (%) on the test split, mean over runs (CK+: over folds); costs in points: "
+    "the probe at the cap - uncapped, and the capped runs - uncapped."
+)
 
 
 def _published_rows(results: pd.DataFrame, profile, capped: bool) -> pd.DataFrame:
@@ -35,8 +37,9 @@ def _published_rows(results: pd.DataFrame, profile, capped: bool) -> pd.DataFram
     capped runs (the profile's own recipe) or the uncapped reference runs."""
     if results.empty or "train_stage2_max_epochs" not in results.columns:
         return results.iloc[0:0]
-    rows = results[(results["profile"] == profile.name) & (results["variant"] == "published")
-                   & (results["subset"] == WHOLE_TEST)]
+    rows = results[
+        (results["profile"] == profile.name) & (results["variant"] == "published") & (results["subset"] == WHOLE_TEST)
+    ]
     if capped:
         rows = standard_rows(rows)
     else:
@@ -62,8 +65,19 @@ def cap_numbers(results: pd.DataFrame, profile, datasets=BENCHMARKS) -> pd.DataF
     max over the runs), `uncapped`, `at the cap`, `capped runs` (means, percent; NaN where none) and
     `cost` (at the cap - uncapped, points). Empty for a profile without a cap."""
     cap = profile.stage2_max_epochs
-    columns = ["dataset", "protocol", "runs", "epochs min", "epochs max", "uncapped", "at the cap", "capped runs",
-               "capped n", "cost", "cost capped"]
+    columns = [
+        "dataset",
+        "protocol",
+        "runs",
+        "epochs min",
+        "epochs max",
+        "uncapped",
+        "at the cap",
+        "capped runs",
+        "capped n",
+        "cost",
+        "cost capped",
+    ]
     if cap is None:
         return pd.DataFrame(columns=columns)
     reference = _published_rows(results, profile, capped=False)
@@ -82,28 +96,48 @@ def cap_numbers(results: pd.DataFrame, profile, datasets=BENCHMARKS) -> pd.DataF
             # The capped runs' cost only once every reference run has its capped twin (same seed, fold).
             twins = len(mine) == len(ref)
             capped_mean = 100 * float(mine["accuracy"].mean()) if len(mine) else np.nan
-            out.append({"dataset": dataset, "protocol": protocol, "runs": len(ref),
-                        "epochs min": int(ref["epochs_stage2"].min()), "epochs max": int(ref["epochs_stage2"].max()),
-                        "uncapped": uncapped, "at the cap": at, "capped runs": capped_mean,
-                        "capped n": len(mine), "cost": at - uncapped,
-                        "cost capped": capped_mean - uncapped if twins else np.nan})
+            out.append(
+                {
+                    "dataset": dataset,
+                    "protocol": protocol,
+                    "runs": len(ref),
+                    "epochs min": int(ref["epochs_stage2"].min()),
+                    "epochs max": int(ref["epochs_stage2"].max()),
+                    "uncapped": uncapped,
+                    "at the cap": at,
+                    "capped runs": capped_mean,
+                    "capped n": len(mine),
+                    "cost": at - uncapped,
+                    "cost capped": capped_mean - uncapped if twins else np.nan,
+                }
+            )
     return pd.DataFrame(out, columns=columns)
 
 
 def cap_table(numbers: pd.DataFrame, cap: int) -> pd.DataFrame:
     """`cap_numbers` for display ("-" where a value is missing, "not run yet" for capped runs to come)."""
+
     def pct(value):
         return f"{value:.2f}" if np.isfinite(value) else "-"
 
     rows = []
     for row in numbers.to_dict("records"):
-        epochs = (str(row["epochs min"]) if row["epochs min"] == row["epochs max"]
-                  else f"{row['epochs min']}-{row['epochs max']}")
-        rows.append({"dataset": DATASET_NAMES[row["dataset"]], "protocol": row["protocol"],
-                     "runs": row["runs"], "stage-2 epochs run uncapped": epochs,
-                     "uncapped": pct(row["uncapped"]), f"after {cap} stage-2 epochs": pct(row["at the cap"]),
-                     "capped runs, same seed(s)": pct(row["capped runs"]) if row["capped n"] else "not run yet",
-                     "cost by the probe": f"{row['cost']:+.2f}" if np.isfinite(row["cost"]) else "-",
-                     "cost by the capped runs": (f"{row['cost capped']:+.2f}" if np.isfinite(row["cost capped"])
-                                                 else "-")})
+        epochs = (
+            str(row["epochs min"])
+            if row["epochs min"] == row["epochs max"]
+            else f"{row['epochs min']}-{row['epochs max']}"
+        )
+        rows.append(
+            {
+                "dataset": DATASET_NAMES[row["dataset"]],
+                "protocol": row["protocol"],
+                "runs": row["runs"],
+                "stage-2 epochs run uncapped": epochs,
+                "uncapped": pct(row["uncapped"]),
+                f"after {cap} stage-2 epochs": pct(row["at the cap"]),
+                "capped runs, same seed(s)": pct(row["capped runs"]) if row["capped n"] else "not run yet",
+                "cost by the probe": f"{row['cost']:+.2f}" if np.isfinite(row["cost"]) else "-",
+                "cost by the capped runs": (f"{row['cost capped']:+.2f}" if np.isfinite(row["cost capped"]) else "-"),
+            }
+        )
     return pd.DataFrame(rows)

@@ -1,23 +1,24 @@
-"""A notebook's papermill parameters -> one `NotebookContext` (profile, datasets, folders).
+"""What a notebook runs on: the `NotebookContext` (profile, datasets, folders), the parsing of its papermill
+parameters, the benchmarks present and their manifests.
 
-Every notebook starts with the same `parameters` cell; `notebook_context` turns its values (strings
-when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take. Which
+Every notebook starts with the same `parameters` cell; `pattlite.studies.notebook.notebook_context` turns its
+values (strings when they come from `./run_all.sh -p NAME=VALUE`) into the context the other modules take. Which
 parameters exist, what each value must be and which notebooks take it is one table,
-`pattlite.pipeline.PARAMETERS`: ./run_all.sh and `pattlite grid` check `-p` values against it before
+`pattlite.parameters.PARAMETERS`: ./run_all.sh and `pattlite grid` check `-p` values against it before
 anything heavy is imported; the checks here are for a notebook run by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pattlite import config, report
+from pattlite.profiles import as_profile
 
-BENCHMARKS = config.REAL_DATASETS                 # ckplus, rafdb, fer2013, ferplus (the paper's column order)
+BENCHMARKS = config.REAL_DATASETS  # ckplus, rafdb, fer2013, ferplus (the paper's column order)
 IN_THE_WILD = ("rafdb", "fer2013", "ferplus")
 
 
@@ -53,13 +54,6 @@ class NotebookContext:
         return tuple(self.profile.seeds)
 
 
-def as_profile(profile):
-    """A `Profile` from a profile name, or the `Profile` given."""
-    from pattlite.profiles import get_profile
-
-    return get_profile(profile) if isinstance(profile, str) else profile
-
-
 def parse_bool(value, name: str = "value") -> bool:
     """A papermill/CLI parameter as a bool: True/False, 1/0, "true"/"false", "yes"/"no"."""
     if isinstance(value, bool):
@@ -79,79 +73,15 @@ def parse_list(value, name: str = "value", item=str) -> tuple | None:
     try:
         return tuple(item(v) for v in items)
     except (TypeError, ValueError):
-        raise ValueError(f"parameter {name}={value!r}: expected a comma-separated list of "
-                         f"{item.__name__} values") from None
+        raise ValueError(
+            f"parameter {name}={value!r}: expected a comma-separated list of {item.__name__} values"
+        ) from None
 
 
 def _optional_path(value):
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
     return Path(value).expanduser()
-
-
-def notebook_context(profile: str = "demo", results_dir=None, tables_dir=None, figures_dir=None,
-                     reports_dir=None, seeds=None, datasets=None, weights=None, dataset_roots=None,
-                     run_experiments=True, **profile_overrides) -> NotebookContext:
-    """Resolve a notebook's parameters (strings from `./run_all.sh -p NAME=VALUE` are accepted).
-
-    Args:
-        profile: "paper", "cpu", "demo" or "ci".
-        results_dir: default `config.results_dir(profile)`; tables go to `<results_dir>/tables`.
-        tables_dir, figures_dir, reports_dir: defaults `<results_dir>/tables`, `config.figures_dir(profile)`,
-            `config.reports_dir(profile)`.
-        seeds: e.g. "0,1" or [0, 1]; default the profile's.
-        datasets: benchmarks to run, e.g. "rafdb,ferplus"; default all four, or, for a profile with
-            `only_present_datasets`, those whose folder exists (the others are listed in `skipped`).
-        weights: backbone weights (a `.weights.h5` path or "imagenet"); default the profile's.
-        dataset_roots: {benchmark: folder} for the real datasets; a None value keeps the default
-            (`$PATTLITE_<NAME>_ROOT`, else `data/<name>/`). Set as those environment variables, which
-            every reader consults.
-        run_experiments: train missing experiments (False: assemble from existing result files only).
-        **profile_overrides: other `Profile` fields (e.g. stage1_epochs=5); None values are ignored.
-    """
-    from pattlite.profiles import get_profile
-    from pattlite.studies.compute import warn_if_no_accelerator
-
-    overrides = {k: v for k, v in profile_overrides.items() if v is not None}
-    parsed_seeds = parse_list(seeds, "seeds", int)
-    if parsed_seeds is not None:
-        for seed in parsed_seeds:   # the same range ./run_all.sh checks (pattlite.pipeline.PARAMETERS)
-            config.check_seed(seed, f"parameter seeds={seeds!r}: seed")
-        overrides["seeds"] = parsed_seeds
-    if weights is not None and str(weights).strip().lower() not in ("", "none"):
-        overrides["weights"] = str(weights)
-    prof = get_profile(profile, **overrides)
-    asked = parse_list(datasets, "datasets")
-    for name in asked or ():
-        config.check_name("benchmark", name, BENCHMARKS)
-    for name, root in (dataset_roots or {}).items():
-        config.check_name("benchmark", name, BENCHMARKS)
-        root = _optional_path(root)
-        if root is not None:
-            os.environ[config.dataset_root_env_var(name)] = str(root)
-    skipped = {}
-    if asked:
-        chosen = asked  # asked for by name: a missing one is the reader's error, not a skip
-    elif prof.only_present_datasets:
-        chosen, skipped = present_benchmarks(prof)
-    else:
-        chosen = BENCHMARKS
-    results = _optional_path(results_dir) or config.results_dir(prof.name)
-    ctx = NotebookContext(
-        profile=prof,
-        datasets=tuple(chosen),
-        results_dir=results,
-        tables_dir=_optional_path(tables_dir) or results / "tables",
-        figures_dir=_optional_path(figures_dir) or config.figures_dir(prof.name),
-        reports_dir=_optional_path(reports_dir) or config.reports_dir(prof.name),
-        run_experiments=parse_bool(run_experiments, "run_experiments"),
-        skipped=skipped,
-    )
-    if skipped:
-        print(skipped_line(ctx))
-    if ctx.run_experiments:
-        warn_if_no_accelerator(prof)  # the paper profile on a CPU: says how long it would take
-    return ctx
 
 
 def present_benchmarks(profile) -> tuple[tuple, dict]:
@@ -171,8 +101,10 @@ def present_benchmarks(profile) -> tuple[tuple, dict]:
         if root.exists():
             present.append(name)
         else:
-            absent[name] = (f"no folder {root} (set ${config.dataset_root_env_var(name)}, pass "
-                            f"-p {name}_root=DIR, or see data/README.md)")
+            absent[name] = (
+                f"no folder {root} (set ${config.dataset_root_env_var(name)}, pass "
+                f"-p {name}_root=DIR, or see data/README.md)"
+            )
     return tuple(present), absent
 
 
@@ -181,8 +113,10 @@ def skipped_line(ctx) -> str | None:
     if not ctx.skipped:
         return None
     why = "; ".join(f"{name}: {reason}" for name, reason in ctx.skipped.items())
-    return (f"profile {ctx.profile.name!r} runs {', '.join(ctx.datasets) or 'no benchmark'}; not run "
-            f"(dataset absent): {why}")
+    return (
+        f"profile {ctx.profile.name!r} runs {', '.join(ctx.datasets) or 'no benchmark'}; not run "
+        f"(dataset absent): {why}"
+    )
 
 
 def in_the_wild(ctx) -> tuple:
@@ -201,15 +135,17 @@ def _shown(path) -> str:
 def context_summary(ctx) -> str:
     """A few Markdown lines saying what a notebook runs on (profile, data, folders, seeds)."""
     p = ctx.profile
-    lines = [f"- profile **{p.name}**: {p.description}",
-             f"- benchmarks: {', '.join(ctx.datasets)}"
-             + (f" (not run, dataset absent: {', '.join(ctx.skipped)})" if ctx.skipped else "")
-             + f"; seeds: {', '.join(map(str, ctx.seeds))}"
-             + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
-             f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
-             f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
-             f"- results: `{_shown(ctx.results_dir)}`; tables: `{_shown(ctx.tables_dir)}`; figures: "
-             f"`{_shown(ctx.figures_dir)}`"]
+    lines = [
+        f"- profile **{p.name}**: {p.description}",
+        f"- benchmarks: {', '.join(ctx.datasets)}"
+        + (f" (not run, dataset absent: {', '.join(ctx.skipped)})" if ctx.skipped else "")
+        + f"; seeds: {', '.join(map(str, ctx.seeds))}"
+        + (f"; CK+ folds: {', '.join(map(str, p.ckplus_folds))}" if "ckplus" in ctx.datasets else ""),
+        f"- backbone weights: {p.weights if p.weights is not None else 'random (seeded), BatchNorm calibrated'}"
+        f"; stage 1: {p.stage1}; fine-tuning: {p.finetune}",
+        f"- results: `{_shown(ctx.results_dir)}`; tables: `{_shown(ctx.tables_dir)}`; figures: "
+        f"`{_shown(ctx.figures_dir)}`",
+    ]
     if ctx.synthetic:
         lines.insert(0, f"> **{report.SYNTHETIC_BANNER}**: every benchmark is a synthetic stand-in.\n")
     return "\n".join(lines)

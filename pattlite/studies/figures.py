@@ -22,8 +22,17 @@ from pattlite import config, paper, report
 from pattlite.results import ExperimentResult, result_file
 from pattlite.studies import prose
 from pattlite.studies.plan import GRADCAM_DATASET, gradcam_experiment
-from pattlite.studies.tables import (OUR_ROWS, WHOLE_TEST, audit_table, model_param_count, ours_accuracy,
-                                     params_text, require_columns, standard_rows)
+from pattlite.studies.tables import (
+    OUR_ROWS,
+    WHOLE_TEST,
+    audit_table,
+    model_param_count,
+    ours_accuracy,
+    params_text,
+    require_columns,
+    standard_rows,
+)
+
 
 def load_results_files(results: pd.DataFrame, results_dir, **keys) -> list[ExperimentResult]:
     """The result files of the experiments in `results` that match `keys` (default options)."""
@@ -48,8 +57,9 @@ def summed_confusion(result_files, protocol: str, subset: str = WHOLE_TEST):
     return total, classes
 
 
-def confusion_figure(results: pd.DataFrame, results_dir, panels, variant: str, protocol: str = "published",
-                     title: str = ""):
+def confusion_figure(
+    results: pd.DataFrame, results_dir, panels, variant: str, protocol: str = "published", title: str = ""
+):
     """A row of confusion matrices like the paper's Figs. 2-5 and 8.
 
     Args:
@@ -94,9 +104,15 @@ def accuracy_vs_params_figure(figure: int, results: pd.DataFrame, title: str = "
         acc = acc[(acc["dataset"] == dataset) & (acc["variant"] == variant)]
         if acc.empty:
             continue
-        ours.append({"method": label.replace("Ours: ", "ours: "), "accuracy": float(acc["value"].iloc[0]),
-                     "params": float(model_param_count(variant, len(config.DATASET_CLASSES[dataset]))),
-                     "params_text": params_text(variant, dataset), "is_pattlite": False})
+        ours.append(
+            {
+                "method": label.replace("Ours: ", "ours: "),
+                "accuracy": float(acc["value"].iloc[0]),
+                "params": float(model_param_count(variant, len(config.DATASET_CLASSES[dataset]))),
+                "params_text": params_text(variant, dataset),
+                "is_pattlite": False,
+            }
+        )
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
     ours_frame = pd.DataFrame(ours, columns=["method", "accuracy", "params", "params_text", "is_pattlite"])
     report.plot_accuracy_vs_params(paper.figure_points(figure), ours_frame, title or figure_caption(figure), ax=ax)
@@ -126,16 +142,24 @@ def paper_figure(figure: int, results: pd.DataFrame, ctx, protocol: str = "publi
 
     info = paper.load_results()["figures"].get(str(figure))
     if info is None:
-        raise ValueError(f"figure {figure!r}: drawn from results are Figures "
-                         f"{', '.join(paper.load_results()['figures'])}; 6 and 7 are Grad-CAM (gradcam_figure)")
+        raise ValueError(
+            f"figure {figure!r}: drawn from results are Figures "
+            f"{', '.join(paper.load_results()['figures'])}; 6 and 7 are Grad-CAM (gradcam_figure)"
+        )
     if info["kind"] == "confusion_matrix":
         datasets = [d for d in info.get("datasets", [info.get("dataset")]) if d in ctx.datasets]
         if not datasets:
             return None
         subsets = info.get("subsets") or [WHOLE_TEST]
         panels = [(d, s) for d in datasets for s in subsets]
-        fig = confusion_figure(results, ctx.results_dir, panels, info["variant"], protocol,
-                               title=f"{figure_caption(figure)} ({info['variant']} model, {protocol} protocol)")
+        fig = confusion_figure(
+            results,
+            ctx.results_dir,
+            panels,
+            info["variant"],
+            protocol,
+            title=f"{figure_caption(figure)} ({info['variant']} model, {protocol} protocol)",
+        )
     else:
         if info["dataset"] not in ctx.datasets:
             return None
@@ -145,10 +169,9 @@ def paper_figure(figure: int, results: pd.DataFrame, ctx, protocol: str = "publi
     return fig
 
 
-
-
-def gradcam_samples(ctx, dataset: str | None = None, variant: str = "published", n_true: int = 6,
-                    n_false: int = 6, seed: int = 0) -> dict:
+def gradcam_samples(
+    ctx, dataset: str | None = None, variant: str = "published", n_true: int = 6, n_false: int = 6, seed: int = 0
+) -> dict:
     """The trained model of (dataset, variant, first seed) and Grad-CAM maps for Figs. 6 and 7.
 
     `dataset` defaults to `plan.dataset_choice(ctx, "gradcam")` (the paper's RAF-DB when present).
@@ -171,10 +194,17 @@ def gradcam_samples(ctx, dataset: str | None = None, variant: str = "published",
     true_false = gradcam.pick_true_false(y, predictions, n_true, n_false, seed=seed)
     layer = gradcam.default_layer(model)
     return {
-        "experiment": exp, "model": model, "classes": classes, "layer": layer,
-        "images": images[per_class], "labels": y[per_class], "predictions": predictions[per_class],
+        "experiment": exp,
+        "model": model,
+        "classes": classes,
+        "layer": layer,
+        "images": images[per_class],
+        "labels": y[per_class],
+        "predictions": predictions[per_class],
         "maps": gradcam.gradcam_maps(model, images[per_class], predictions[per_class], layer),
-        "tf_images": images[true_false], "tf_labels": y[true_false], "tf_predictions": predictions[true_false],
+        "tf_images": images[true_false],
+        "tf_labels": y[true_false],
+        "tf_predictions": predictions[true_false],
         "tf_maps": gradcam.gradcam_maps(model, images[true_false], predictions[true_false], layer),
         "test_accuracy": float(np.mean(predictions == y)) * 100.0,
     }
@@ -187,8 +217,7 @@ def gradcam_title(figure: int, dataset: str) -> str:
     """The paper's caption, then what ours shows when it is not the paper's RAF-DB."""
     title = figure_caption(figure)
     if dataset != GRADCAM_DATASET:
-        title += (f" Ours on {config.DATASET_NAMES[dataset]}, a stand-in for "
-                  f"{config.DATASET_NAMES[GRADCAM_DATASET]}.")
+        title += f" Ours on {config.DATASET_NAMES[dataset]}, a stand-in for {config.DATASET_NAMES[GRADCAM_DATASET]}."
     return title
 
 
@@ -204,11 +233,18 @@ def gradcam_figure(figure: int, sample: dict, ctx):
 
     exp = sample["experiment"]
     if figure == 6:
-        fig = gradcam.plot_per_class(sample["images"], sample["maps"], sample["labels"], sample["classes"],
-                                     title=gradcam_title(6, exp.dataset))
+        fig = gradcam.plot_per_class(
+            sample["images"], sample["maps"], sample["labels"], sample["classes"], title=gradcam_title(6, exp.dataset)
+        )
     elif figure == 7:
-        fig = gradcam.plot_predictions(sample["tf_images"], sample["tf_maps"], sample["tf_labels"],
-                                       sample["tf_predictions"], sample["classes"], title=gradcam_title(7, exp.dataset))
+        fig = gradcam.plot_predictions(
+            sample["tf_images"],
+            sample["tf_maps"],
+            sample["tf_labels"],
+            sample["tf_predictions"],
+            sample["classes"],
+            title=gradcam_title(7, exp.dataset),
+        )
     else:
         raise ValueError(f"figure {figure!r}: the Grad-CAM figures are 6 and 7")
     report.save_figure(fig, f"figure{figure}", ctx.figures_dir, synthetic=ctx.synthetic)
@@ -216,9 +252,17 @@ def gradcam_figure(figure: int, sample: dict, ctx):
     record = Path(ctx.figures_dir) / GRADCAM_RECORD
     shown = json.loads(record.read_text()) if record.is_file() else {}
     shown = shown if shown.get("key") == exp.key() else {}  # another experiment's record is replaced
-    write_json_atomic(record, {"key": exp.key(), "dataset": exp.dataset, "variant": exp.variant,
-                               "seed": exp.seed, "fold": exp.fold,
-                               "figures": sorted(set(shown.get("figures", [])) | {figure})})
+    write_json_atomic(
+        record,
+        {
+            "key": exp.key(),
+            "dataset": exp.dataset,
+            "variant": exp.variant,
+            "seed": exp.seed,
+            "fold": exp.fold,
+            "figures": sorted(set(shown.get("figures", [])) | {figure}),
+        },
+    )
     return fig
 
 
@@ -234,8 +278,10 @@ def gradcam_shown(figures_dir) -> dict | None:
     except ValueError as err:
         raise ValueError(f"{record}: not valid JSON ({err}); delete it and rerun notebook 06") from None
     if not isinstance(shown, dict) or shown.get("dataset") not in config.DATASET_NAMES:
-        raise ValueError(f"{record}: expected {{\"dataset\": <benchmark>, ...}} as notebook 06 writes it; delete "
-                         "it and rerun notebook 06")
+        raise ValueError(
+            f'{record}: expected {{"dataset": <benchmark>, ...}} as notebook 06 writes it; delete '
+            "it and rerun notebook 06"
+        )
     return shown
 
 
@@ -270,8 +316,7 @@ def sample_grid_figure(manifest: pd.DataFrame, pixels, per_class: int = 4, seed:
     classes = list(manifest.attrs["classes"])
     rng = np.random.default_rng(seed)
     labels = manifest["y"].to_numpy()
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.3 * per_class, 1.3 * len(classes)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.3 * per_class, 1.3 * len(classes)), squeeze=False)
     for i, name in enumerate(classes):
         rows = np.flatnonzero(labels == i)
         chosen = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False)) if len(rows) else []

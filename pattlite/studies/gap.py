@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from pattlite import config, paper, report
+from pattlite.config import DATASET_NAMES
 from pattlite.results import WHOLE_TEST
 from pattlite.studies.context import BENCHMARKS
-from pattlite.config import DATASET_NAMES
 from pattlite.studies.summary import NOT_RUN, format_spread
 from pattlite.studies.tables import ours_accuracy, standard_rows
 
@@ -46,18 +46,29 @@ GAP_LINES = (
 GAP_STEPS = (
     ("remaining gap to the paper", "paper", "ours, authors' protocol"),
     ("flip augmentation", "ours, authors' protocol", "ours, authors' protocol, no augmentation"),
-    ("full size vs the reduced cpu profile", "ours, authors' protocol, no augmentation",
-     "reduced cpu profile, authors' protocol"),
-    ("batch composition (authors' protocol vs each image alone)", "ours, authors' protocol",
-     "published model, each image alone"),
-    ("batch-mixing head vs the same head without mixing, each image alone", "published model, each image alone",
-     "without batch mixing"),
+    (
+        "full size vs the reduced cpu profile",
+        "ours, authors' protocol, no augmentation",
+        "reduced cpu profile, authors' protocol",
+    ),
+    (
+        "batch composition (authors' protocol vs each image alone)",
+        "ours, authors' protocol",
+        "published model, each image alone",
+    ),
+    (
+        "batch-mixing head vs the same head without mixing, each image alone",
+        "published model, each image alone",
+        "without batch mixing",
+    ),
     ("corrected model vs the head without mixing", "corrected model (pattlite)", "without batch mixing"),
 )
 REDUCED_SUMMARY = config.PROJECT_ROOT / "docs" / "results" / "cpu" / "summary.csv"
 REDUCED_COLUMN = "published model, published protocol"
-CAPTION = ("The gap to the paper taken apart. Accuracy (%) on the test split, mean ± sd over runs (n); the "
-           "steps below are differences of these means, in points.")
+CAPTION = (
+    "The gap to the paper taken apart. Accuracy (%) on the test split, mean ± sd over runs (n); the "
+    "steps below are differences of these means, in points."
+)
 
 
 def no_augmentation_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -109,12 +120,16 @@ def gap_numbers(results: pd.DataFrame, reduced: dict | None = None, datasets=BEN
             else:
                 key = (source, protocol)
                 if key not in cache:
-                    cache[key] = ours_accuracy(frames[source], protocol, WHOLE_TEST, ["dataset", "variant"],
-                                               standard=source == "standard")
+                    cache[key] = ours_accuracy(
+                        frames[source], protocol, WHOLE_TEST, ["dataset", "variant"], standard=source == "standard"
+                    )
                 ours = cache[key]
                 match = ours[(ours["dataset"] == dataset) & (ours["variant"] == variant)]
-                mean, sd, runs = ((float(match["value"].iloc[0]), float(match["sd"].iloc[0]), int(match["runs"].iloc[0]))
-                                  if len(match) else (np.nan, np.nan, 0))
+                mean, sd, runs = (
+                    (float(match["value"].iloc[0]), float(match["sd"].iloc[0]), int(match["runs"].iloc[0]))
+                    if len(match)
+                    else (np.nan, np.nan, 0)
+                )
             row[column], row[f"{column} sd"], row[f"{column} runs"] = mean, sd, runs
         rows.append(row)
     return pd.DataFrame(rows)
@@ -127,8 +142,13 @@ def gap_table(numbers: pd.DataFrame, absent: dict | None = None) -> pd.DataFrame
     for row in numbers.to_dict("records"):
         line = {"dataset": DATASET_NAMES[row["dataset"]], "paper": f"{row['paper']:.2f}"}
         for column, *_ in GAP_LINES:
-            line[column] = (NOT_RUN if row["dataset"] in absent else "not run" if not row[f"{column} runs"]
-                            else format_spread(row[column], row[f"{column} sd"], row[f"{column} runs"]))
+            line[column] = (
+                NOT_RUN
+                if row["dataset"] in absent
+                else "not run"
+                if not row[f"{column} runs"]
+                else format_spread(row[column], row[f"{column} sd"], row[f"{column} runs"])
+            )
         out.append(line)
     return pd.DataFrame(out)
 
@@ -158,8 +178,15 @@ def gap_figure(numbers: pd.DataFrame, ctx=None, synthetic: bool = False):
     for i, column in enumerate(columns):
         values = shown[column].to_numpy(dtype=float)
         errors = None if column == "paper" else np.nan_to_num(shown[f"{column} sd"].to_numpy(dtype=float))
-        ax.bar(x + i * width - 0.42 + width / 2, values, width, yerr=errors, capsize=2,
-               label=column, color="black" if column == "paper" else None)
+        ax.bar(
+            x + i * width - 0.42 + width / 2,
+            values,
+            width,
+            yerr=errors,
+            capsize=2,
+            label=column,
+            color="black" if column == "paper" else None,
+        )
     ax.set_xticks(x, [DATASET_NAMES[d] for d in shown["dataset"]])
     ax.set_ylabel("Accuracy (%)")
     ax.set_ylim(0, 100)

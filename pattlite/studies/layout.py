@@ -29,8 +29,10 @@ from pattlite.config import DATASET_NAMES
 
 MARKS = {verdict: mark for verdict, (mark, _, _) in report.VERDICT_MARKS.items()}
 ABSENT = "not run (dataset absent)"
-PROTOCOL_LINES = (("ours", "ours_sd", "verdict", "published protocol"),
-                  ("ours_independent", "ours_independent_sd", "verdict_independent", "independent"))
+PROTOCOL_LINES = (
+    ("ours", "ours_sd", "verdict", "published protocol"),
+    ("ours_independent", "ours_independent_sd", "verdict_independent", "independent"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Key:
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    rows: tuple      # Keys whose values label a printed row (one label column each)
+    rows: tuple  # Keys whose values label a printed row (one label column each)
     columns: tuple = ()  # Keys whose values label a printed column; () is the paper's one value column
 
 
@@ -60,8 +62,10 @@ SPECS = {
     1: Spec((Key("dataset", "Databases"),), (Key("class"),)),
     2: Spec((Key("dataset", "Databases"), Key("subset", "Subsets")), (Key("class"),)),
     3: Spec((Key("dataset", "Databases"),), (Key("split"),)),
-    4: Spec((Key("attention_classifier", "Attention Classifier"), Key("patch_extraction", "Patch Extraction")),
-            (Key("dataset"),)),
+    4: Spec(
+        (Key("attention_classifier", "Attention Classifier"), Key("patch_extraction", "Patch Extraction")),
+        (Key("dataset"),),
+    ),
     5: Spec((Key("layer", "Layer"),), (Key("kernel"),)),
     6: Spec((Key("variant", ""),), (Key("dataset"),)),
     7: Spec((_METHODS,)),
@@ -114,7 +118,7 @@ def _label(column: str, value, labels: dict) -> str:
     if isinstance(value, bool):
         return "✓" if value else "×"
     if column == "class":
-        return str(value).capitalize()   # "total", a row the paper does not print
+        return str(value).capitalize()  # "total", a row the paper does not print
     return str(value)
 
 
@@ -126,8 +130,10 @@ def _with_paper_keys(frame: pd.DataFrame, pub: pd.DataFrame, wanted) -> pd.DataF
         return frame
     shared = [c for c in pub.columns if c in frame.columns and c not in _NOT_KEYS]
     if not shared or pub.duplicated(shared).any():
-        raise ValueError(f"the frame lacks key column(s) {missing}, and its columns {list(frame.columns)} do not "
-                         "pick one of the paper's numbers to take them from")
+        raise ValueError(
+            f"the frame lacks key column(s) {missing}, and its columns {list(frame.columns)} do not "
+            "pick one of the paper's numbers to take them from"
+        )
     return frame.merge(pub[shared + missing], on=shared, how="left")
 
 
@@ -143,8 +149,9 @@ def _ordered(pub: pd.DataFrame, frame: pd.DataFrame, keys) -> list:
     """Key tuples in the paper's order, then those only in the frame (e.g. our rows) in the frame's."""
     seen = dict.fromkeys(tuple(_norm(v) for v in t) for t in pub[[k.in_paper for k in keys]].itertuples(index=False))
     if len(frame):
-        seen.update(dict.fromkeys(tuple(_norm(v) for v in t)
-                                  for t in frame[[k.column for k in keys]].itertuples(index=False)))
+        seen.update(
+            dict.fromkeys(tuple(_norm(v) for v in t) for t in frame[[k.column for k in keys]].itertuples(index=False))
+        )
     return list(seen)
 
 
@@ -193,8 +200,10 @@ def paper_layout(n: int, frame: pd.DataFrame, absent: dict | None = None) -> pd.
     rows, columns = spec.rows, spec.columns
     for key in rows + columns:
         if key.in_paper not in pub.columns or key.column not in frame.columns:
-            raise ValueError(f"Table {n}: key {key.column!r} is not a column of the frame {list(frame.columns)} "
-                             f"and the paper's table")
+            raise ValueError(
+                f"Table {n}: key {key.column!r} is not a column of the frame {list(frame.columns)} "
+                f"and the paper's table"
+            )
     two_protocols = "ours_independent" in frame.columns
     labels = _paper_labels(n)
 
@@ -202,16 +211,21 @@ def paper_layout(n: int, frame: pd.DataFrame, absent: dict | None = None) -> pd.
     for record in frame.to_dict("records"):
         at = (tuple(_norm(record[k.column]) for k in rows), tuple(_norm(record[k.column]) for k in columns))
         if at in records:
-            raise ValueError(f"Table {n}: several rows of the frame for {dict(zip([k.column for k in rows], at[0]))}"
-                             f", {dict(zip([k.column for k in columns], at[1]))}")
+            raise ValueError(
+                f"Table {n}: several rows of the frame for {dict(zip([k.column for k in rows], at[0]))}"
+                f", {dict(zip([k.column for k in columns], at[1]))}"
+            )
         records[at] = record
-    published = {(tuple(_norm(r[k.in_paper]) for k in rows), tuple(_norm(r[k.in_paper]) for k in columns)): r["value"]
-                 for r in pub.to_dict("records")}
+    published = {
+        (tuple(_norm(r[k.in_paper]) for k in rows), tuple(_norm(r[k.in_paper]) for k in columns)): r["value"]
+        for r in pub.to_dict("records")
+    }
     row_keys = _ordered(pub, frame, rows)
     column_keys = _ordered(_by_printed_column(pub, info), frame, columns) if columns else [()]
 
-    runs = Counter(_runs(r) for r in records.values()
-                   if _runs(r) and not _missing(r.get("ours")) and r.get("verdict") != "")
+    runs = Counter(
+        _runs(r) for r in records.values() if _runs(r) and not _missing(r.get("ours")) and r.get("verdict") != ""
+    )
     usual_runs = runs.most_common(1)[0][0] if runs else None
     ours_dataset = frame.attrs.get("ours_dataset")
     table_dataset = info["keys"].get("dataset")
@@ -236,8 +250,10 @@ def paper_layout(n: int, frame: pd.DataFrame, absent: dict | None = None) -> pd.
         record = record or {}
         if two_protocols:
             lines = [f"paper {_number(paper_value, count)}"]
-            shown = [(record.get(o), record.get(s), record.get(v) or "no result", name, v)
-                     for o, s, v, name in PROTOCOL_LINES]
+            shown = [
+                (record.get(o), record.get(s), record.get(v) or "no result", name, v)
+                for o, s, v, name in PROTOCOL_LINES
+            ]
             for value, sd, verdict, name, column in shown:
                 tally(column, verdict)
             if all(_missing(value) for value, *_ in shown):
@@ -266,10 +282,13 @@ def paper_layout(n: int, frame: pd.DataFrame, absent: dict | None = None) -> pd.
         label_cells = [_label(k.column, v, labels) for k, v in zip(rows, row_key)]
         out_rows.append(label_cells + [cell(row_key, ck) for ck in column_keys])
     out = pd.DataFrame(out_rows, columns=[k.header for k in rows] + headers)
-    out.attrs = {"table": n, "caption": frame.attrs.get("caption", paper.table_caption(n)),
-                 "synthetic": bool(frame.attrs.get("synthetic", False)),
-                 "legend": legend(usual_runs, two_protocols, count),
-                 "verdicts": {c: dict(v) for c, v in verdicts.items()}}
+    out.attrs = {
+        "table": n,
+        "caption": frame.attrs.get("caption", paper.table_caption(n)),
+        "synthetic": bool(frame.attrs.get("synthetic", False)),
+        "legend": legend(usual_runs, two_protocols, count),
+        "verdicts": {c: dict(v) for c, v in verdicts.items()},
+    }
     return out
 
 
@@ -277,13 +296,19 @@ def legend(runs: int | None, two_protocols: bool, count: bool) -> str:
     """One line under a table: what a cell holds and what each mark means."""
     marks = " · ".join(f"{mark} {name}" for name, mark in MARKS.items())
     if count:
-        return (f"Each cell: our count (the paper's in brackets). {marks}; reproduced: the same count. "
-                f"\"{ABSENT}\": the run skipped the dataset because its files are absent.")
-    spread = ("ours: one run per number" if runs in (None, 1) else f"ours: mean ± sd over n = {runs} runs")
+        return (
+            f"Each cell: our count (the paper's in brackets). {marks}; reproduced: the same count. "
+            f'"{ABSENT}": the run skipped the dataset because its files are absent.'
+        )
+    spread = "ours: one run per number" if runs in (None, 1) else f"ours: mean ± sd over n = {runs} runs"
     spread += " (a cell with another n says so)"
-    what = ("Each cell: the paper's number, then ours under the published protocol (the authors' evaluation: "
-            "class-grouped test batches of 32) and the independent one (each image alone)"
-            if two_protocols else
-            "Other methods: the paper's numbers; our rows: ours with the paper's PAtt-Lite number in brackets")
-    return (f"{what}; {spread}. {marks}; reproduced: within {report.ACCURACY_TOLERANCE:g} point of the paper, "
-            f"or {report.SPREAD_FACTOR:g} standard errors of our mean (sd/√n) when that is wider.")
+    what = (
+        "Each cell: the paper's number, then ours under the published protocol (the authors' evaluation: "
+        "class-grouped test batches of 32) and the independent one (each image alone)"
+        if two_protocols
+        else "Other methods: the paper's numbers; our rows: ours with the paper's PAtt-Lite number in brackets"
+    )
+    return (
+        f"{what}; {spread}. {marks}; reproduced: within {report.ACCURACY_TOLERANCE:g} point of the paper, "
+        f"or {report.SPREAD_FACTOR:g} standard errors of our mean (sd/√n) when that is wider."
+    )

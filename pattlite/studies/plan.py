@@ -19,24 +19,32 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config
-from pattlite.audit import AUDIT_HEADS
 from pattlite.model import KERNEL_CODES
-from pattlite.studies.context import BENCHMARKS, IN_THE_WILD, as_profile, in_the_wild
+from pattlite.profiles import AUDIT, GRADCAM_DATASET, TABLE5_DATASET, as_profile
+from pattlite.studies.context import BENCHMARKS, IN_THE_WILD, in_the_wild
 
 SUBSETS = config.SUBSETS
-SUBSET_DATASETS = ("rafdb", "ferplus")            # datasets with RAN challenging-condition lists
+SUBSET_DATASETS = ("rafdb", "ferplus")  # datasets with RAN challenging-condition lists
 TABLE4_VARIANTS = ("baseline", "patch_only", "attention_only", "published")
 TABLE5_LAYERS = tuple(config.TABLE5_CUT_LAYERS)
 TABLE5_KERNELS = tuple(KERNEL_CODES)
-TABLE5_DATASET = "rafdb"                          # the paper's Table 5 (another dataset is a stand-in)
-GRADCAM_DATASET = "rafdb"                         # the paper's Figures 6-7
 NO_DATASET = "not run (no dataset present)"
 TABLE6_VARIANTS = ("patch_attention", "published")
 MAIN_VARIANTS = ("published", "pattlite")
-AUDIT_VARIANTS = AUDIT_HEADS
+AUDIT_VARIANTS = AUDIT.heads
 # The columns of `run`'s frame when there is no result at all (a run with no dataset present).
-EMPTY_RESULT_COLUMNS = ("key", "dataset", "variant", "seed", "fold", "subset", "protocol", "n", "accuracy",
-                        "mean_class_accuracy")
+EMPTY_RESULT_COLUMNS = (
+    "key",
+    "dataset",
+    "variant",
+    "seed",
+    "fold",
+    "subset",
+    "protocol",
+    "n",
+    "accuracy",
+    "mean_class_accuracy",
+)
 
 
 def _seeds(profile, seeds):
@@ -59,9 +67,13 @@ def _plan(profile, datasets, variants, seeds=None, **options):
         config.check_name("dataset", dataset, BENCHMARKS)
     # The data's content digest once per dataset, not once per experiment (memoised: one stat per file).
     data = {dataset: data_identity(profile.source(dataset)) for dataset in datasets}
-    return [make_experiment(profile, dataset, variant, seed=seed, fold=fold, data=data[dataset], **options)
-            for dataset in datasets for variant in variants
-            for fold in _folds(profile, dataset) for seed in _seeds(profile, seeds)]
+    return [
+        make_experiment(profile, dataset, variant, seed=seed, fold=fold, data=data[dataset], **options)
+        for dataset in datasets
+        for variant in variants
+        for fold in _folds(profile, dataset)
+        for seed in _seeds(profile, seeds)
+    ]
 
 
 def dataset_found(profile, dataset: str) -> str | None:
@@ -98,13 +110,23 @@ def _layout_found(name: str, root: Path) -> bool:
     if not root.is_dir():
         return False
     if name == "ferplus":
-        return (any(all((base / folder / "label.csv").is_file() for folder in ferplus.SPLIT_FOLDERS.values())
-                    for base in (root / "data", root))
-                or (root / "fer2013new.csv").is_file())
+        return (
+            any(
+                all((base / folder / "label.csv").is_file() for folder in ferplus.SPLIT_FOLDERS.values())
+                for base in (root / "data", root)
+            )
+            or (root / "fer2013new.csv").is_file()
+        )
     if name == "rafdb":
-        return any((base / rafdb.LABEL_FILE).is_file() for base in (root / "basic", root)) or dirs(root, "train", "test")
-    return (dirs(root, "Emotion") or dirs(root, "cohn-kanade-images") or dirs(root, "CK+48")
-            or any(dirs(root, folder) for folder in ckplus.FOLDER_TO_LABEL))
+        return any((base / rafdb.LABEL_FILE).is_file() for base in (root / "basic", root)) or dirs(
+            root, "train", "test"
+        )
+    return (
+        dirs(root, "Emotion")
+        or dirs(root, "cohn-kanade-images")
+        or dirs(root, "CK+48")
+        or any(dirs(root, folder) for folder in ckplus.FOLDER_TO_LABEL)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +163,10 @@ class DatasetChoice:
             text = f"{what}: ours on {names[self.dataset]}, asked for by name"
         elif self.passed_over:
             skipped = "; ".join(f"{names[d]}: {reason}" for d, reason in self.passed_over.items())
-            text = (f"{what}: ours on {names[self.dataset]}, the first present of this profile's order of "
-                    f"preference ({order}); passed over {skipped}")
+            text = (
+                f"{what}: ours on {names[self.dataset]}, the first present of this profile's order of "
+                f"preference ({order}); passed over {skipped}"
+            )
         else:
             text = f"{what}: ours on {names[self.dataset]}, the first of this profile's order of preference ({order})"
         if self.dataset != self.paper_dataset:
@@ -163,8 +187,7 @@ def dataset_choice(ctx, study: str, asked: str | None = None) -> DatasetChoice:
     passed_over = {}
     for dataset in preference:
         if dataset not in ctx.datasets:
-            passed_over[dataset] = ("dataset absent" if dataset in ctx.skipped
-                                    else "not among this run's benchmarks")
+            passed_over[dataset] = "dataset absent" if dataset in ctx.skipped else "not among this run's benchmarks"
             continue
         missing = dataset_found(ctx.profile, dataset)
         if missing is None:
@@ -257,6 +280,22 @@ def reference_experiments(profile, seeds=None, datasets=BENCHMARKS):
     return _plan(profile, datasets, ("published",), seeds, stage2_max_epochs=None)
 
 
+def contrast_experiments(profile, seeds=None, datasets=BENCHMARKS):
+    """The `contrast` study of a profile with `Profile.contrast_seeds` (`seeds` overrides): stage 1 of the
+    published head on `contrast_train_limit` training images of `contrast_dataset`, as the full image model
+    with the authors' flip and contrast layers (stage1 "exact", in a process on `Profile.exact_backend`) and
+    as the head on cached features with the profile's flip only, at each seed
+    (`pattlite.studies.contrast`); none when the profile has no contrast seeds or the dataset is absent."""
+    profile = as_profile(profile)
+    seeds = profile.contrast_seeds if seeds is None else seeds
+    if not seeds or profile.contrast_dataset not in datasets:
+        return []
+    common = dict(train_limit=profile.contrast_train_limit, stage2=False)
+    return _plan(
+        profile, (profile.contrast_dataset,), ("published",), seeds, stage1="exact", train_views=1, **common
+    ) + _plan(profile, (profile.contrast_dataset,), ("published",), seeds, **common)
+
+
 STUDIES = {
     "table4": table4_experiments,
     "table5": table5_experiments,
@@ -265,6 +304,7 @@ STUDIES = {
     "audit": audit_experiments,
     "gap": gap_experiments,
     "reference": reference_experiments,
+    "contrast": contrast_experiments,
 }
 
 
@@ -304,8 +344,9 @@ def gradcam_experiment(ctx, dataset: str | None = None, variant: str = "publishe
     return make_experiment(ctx.profile, dataset, variant, seed=ctx.seeds[0], fold=fold)
 
 
-def notebook_plan(ctx, gradcam_dataset: str | None = None, gradcam_variant: str = "published",
-                  gradcam: bool = False) -> dict:
+def notebook_plan(
+    ctx, gradcam_dataset: str | None = None, gradcam_variant: str = "published", gradcam: bool = False
+) -> dict:
     """{study: experiments} of every study of the notebooks, for their context (`study_experiments`);
     with `gradcam` or a `gradcam_dataset`, also {"gradcam": [the experiment of the Grad-CAM figures]}
     (the dataset of `dataset_choice(ctx, "gradcam", gradcam_dataset)`; none when no dataset is present)."""
@@ -333,38 +374,16 @@ def plan_frame(ctx, experiments) -> pd.DataFrame:
     result file already exists (`done`: it is read back, not trained). What a notebook shows before it runs."""
     from pattlite.experiments import result_path
 
-    rows = [{"dataset": e.dataset, "variant": e.variant,
-             "options": " ".join(f"{k}={v}" for k, v in sorted(e.model_options.items())),
-             "fold": e.fold, "seed": e.seed, "done": result_path(e, ctx.results_dir).is_file()}
-            for e in experiments]
+    rows = [
+        {
+            "dataset": e.dataset,
+            "variant": e.variant,
+            "options": " ".join(f"{k}={v}" for k, v in sorted(e.model_options.items())),
+            "fold": e.fold,
+            "seed": e.seed,
+            "done": result_path(e, ctx.results_dir).is_file(),
+        }
+        for e in experiments
+    ]
     frame = pd.DataFrame(rows, columns=["dataset", "variant", "options", "fold", "seed", "done"])
     return frame.astype({"fold": "Int64"})  # folds are integers or missing (one fixed split)
-
-
-def run(ctx, experiments, require_all: bool = True) -> pd.DataFrame:
-    """Train the missing experiments (when `ctx.run_experiments`) and return their result rows.
-
-    Returns:
-        The rows of `pattlite.experiments.collect_results` for these experiments only (other result
-        files in the folder, e.g. other seeds, are left out).
-
-    Raises:
-        ValueError: with `require_all`, when some experiment has no result file (and training was off).
-    """
-    from pattlite.experiments import collect_results, result_path, run_experiments
-    from pattlite.studies.compute import warn_if_no_accelerator
-
-    experiments = list(experiments)
-    if ctx.run_experiments and experiments:
-        warn_if_no_accelerator(ctx.profile, experiments)
-        run_experiments(experiments, results_dir=ctx.results_dir)
-    missing = [e for e in experiments if not result_path(e, ctx.results_dir).is_file()]
-    if missing and require_all:
-        names = "; ".join(e.label() for e in missing[:5])
-        raise ValueError(f"{len(missing)} experiment(s) have no result file in {ctx.results_dir}/experiments "
-                         f"(e.g. {names}); run with run_experiments=True")
-    results = collect_results(ctx.results_dir)
-    keys = {e.key() for e in experiments}
-    if results.empty:  # the columns every result row has, so that a notebook can still select them
-        return pd.DataFrame(columns=list(EMPTY_RESULT_COLUMNS))
-    return results[results["key"].isin(keys)].reset_index(drop=True)

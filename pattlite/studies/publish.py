@@ -64,8 +64,11 @@ class Completeness:
 
     def summary_line(self) -> str:
         """The line the report's summary and the README block carry for a run published incomplete."""
-        return ("**Incomplete run, published with --allow-incomplete:** " + "; ".join(self.problems())
-                + ". Cells without a result say \"no result\"; a mean over fewer runs than planned gives its n.")
+        return (
+            "**Incomplete run, published with --allow-incomplete:** "
+            + "; ".join(self.problems())
+            + '. Cells without a result say "no result"; a mean over fewer runs than planned gives its n.'
+        )
 
 
 def default_folder(profile: str) -> Path:
@@ -84,14 +87,15 @@ def read_run_record(path) -> dict:
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); expected the run record ./run_all.sh writes") from None
     if not isinstance(record, dict) or not isinstance(record.get("runs"), list) or not record["runs"]:
-        raise ValueError(f"{path}: expected {{\"runs\": [one entry per ./run_all.sh invocation, ...]}}, as "
-                         "./run_all.sh writes it")
+        raise ValueError(
+            f'{path}: expected {{"runs": [one entry per ./run_all.sh invocation, ...]}}, as ./run_all.sh writes it'
+        )
     return record
 
 
 def unfinished(entry: dict) -> str | None:
     """Why one run-record entry did not finish (None when it did): `failed`, `interrupted` (a line, or
-    `pipeline.RunInterrupted.record()`'s {"signal", "stage", "notebook"/"experiment", ...}), or a
+    `pattlite.runs.RunInterrupted.record()`'s {"signal", "stage", "notebook"/"experiment", ...}), or a
     `status` other than "finished"."""
     if entry.get("failed"):
         return f"failed: {entry['failed']}"
@@ -147,17 +151,20 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print, allow_inc
     folder = Path(folder or default_folder(ctx.profile.name))
     record_path = Path(run_record or Path(ctx.results_dir) / "run_record.json")
     if not record_path.is_file():
-        raise FileNotFoundError(f"no run record {record_path}: publish a run of ./run_all.sh --profile "
-                                f"{ctx.profile.name}, which writes it")
+        raise FileNotFoundError(
+            f"no run record {record_path}: publish a run of ./run_all.sh --profile {ctx.profile.name}, which writes it"
+        )
     record = read_run_record(record_path)
     source = dataclasses.replace(ctx, run_experiments=False)
     results = replication_report.report_results(source)
     state = completeness(source, record, results)
     if not state.complete and not allow_incomplete:
         raise IncompleteRunError(
-            f"refusing to publish the {ctx.profile.name} run in {ctx.results_dir}: " + "; ".join(state.problems())
+            f"refusing to publish the {ctx.profile.name} run in {ctx.results_dir}: "
+            + "; ".join(state.problems())
             + f". Finish it (the same ./run_all.sh --profile {ctx.profile.name} command resumes it), or pass "
-            "--allow-incomplete to publish it as it is (the report then says what is missing).")
+            "--allow-incomplete to publish it as it is (the report then says what is missing)."
+        )
     readme_text = None if readme is None else _readme_with_markers(readme, ctx.profile.name)
 
     for stale in folder.parent.glob(f"{TEMPORARY_PREFIX}*-{folder.name}"):
@@ -172,9 +179,17 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print, allow_inc
         backends = training_backends(source.results_dir, results["key"].unique() if not results.empty else [])
         new_readme = None
         if readme is not None:
-            new_readme = readme_text_with_block(readme, readme_text, ctx.profile, headline, folder /
-                                                "replication_report.md", record, backends, results,
-                                                None if state.complete else state)
+            new_readme = readme_text_with_block(
+                readme,
+                readme_text,
+                ctx.profile,
+                headline,
+                folder / "replication_report.md",
+                record,
+                backends,
+                results,
+                None if state.complete else state,
+            )
         _replace_folder(staging, folder, readme, new_readme)
     except BaseException:  # an error or an interrupt: nothing of this publish stays
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,11 +198,21 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print, allow_inc
         raise
     md_path, html_path = folder / "replication_report.md", folder / "replication_report.html"
     note = "" if state.complete else f"; INCOMPLETE (published with --allow-incomplete): {'; '.join(state.problems())}"
-    say(f"published {ctx.profile.name}: {md_path}, {html_path}, {len(built['figures'])} figures, "
-        f"{len(built['tables'])} table files" + (f"; README block rewritten in {readme}" if readme else "") + note)
-    return {"folder": folder, "report": md_path, "html": html_path, "figures": built["figures"],
-            "tables": built["tables"], "readme": Path(readme) if readme is not None else None,
-            "planned": state.planned, "missing": len(state.missing), "unfinished": state.unfinished}
+    say(
+        f"published {ctx.profile.name}: {md_path}, {html_path}, {len(built['figures'])} figures, "
+        f"{len(built['tables'])} table files" + (f"; README block rewritten in {readme}" if readme else "") + note
+    )
+    return {
+        "folder": folder,
+        "report": md_path,
+        "html": html_path,
+        "figures": built["figures"],
+        "tables": built["tables"],
+        "readme": Path(readme) if readme is not None else None,
+        "planned": state.planned,
+        "missing": len(state.missing),
+        "unfinished": state.unfinished,
+    }
 
 
 def _owner_gone(path: Path) -> bool:
@@ -225,7 +250,10 @@ def _build(ctx, staging: Path, folder: Path, record_path: Path, state: Completen
     sections = replication_report.report_sections(published, include_faces=False)
     intro = sections[0][1]
     # The report names the folder its figures end up in, not the staging folder they are read from.
-    staged, final = context_summary(published), context_summary(dataclasses.replace(published, figures_dir=folder / "figures"))
+    staged, final = (
+        context_summary(published),
+        context_summary(dataclasses.replace(published, figures_dir=folder / "figures")),
+    )
     intro[:] = [final if isinstance(block, str) and block == staged else block for block in intro]
     if not state.complete:
         intro.insert(0, state.summary_line())
@@ -243,7 +271,7 @@ def copy_result_files(ctx, results, out: Path) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    for key in (results["key"].unique() if not results.empty else []):
+    for key in results["key"].unique() if not results.empty else []:
         source = result_file(ctx.results_dir, key)
         shutil.copy2(source, out / source.name)
         names.append(source.name)
@@ -281,12 +309,25 @@ def training_backends(results_dir, keys) -> list[str]:
     """The Keras backends the result files were trained on (their provenance)."""
     from pattlite.results import ExperimentResult, result_file
 
-    return sorted({str((ExperimentResult.read(result_file(results_dir, key)).provenance or {})
-                       .get("keras_backend", "unknown")) for key in keys})
+    return sorted(
+        {
+            str((ExperimentResult.read(result_file(results_dir, key)).provenance or {}).get("keras_backend", "unknown"))
+            for key in keys
+        }
+    )
 
 
-def readme_block(profile: str, description: str, headline, report_path: Path, record: dict,
-                 backends=(), results=None, incomplete: Completeness | None = None, gap_tables=None) -> str:
+def readme_block(
+    profile: str,
+    description: str,
+    headline,
+    report_path: Path,
+    record: dict,
+    backends=(),
+    results=None,
+    incomplete: Completeness | None = None,
+    gap_tables=None,
+) -> str:
     """The README's results block: the headline table, the seeds run, and where the full report is."""
     from pattlite.studies import summary
 
@@ -297,23 +338,32 @@ def readme_block(profile: str, description: str, headline, report_path: Path, re
     if gap_tables is not None:  # the gap to the paper first, for a profile that augments
         from pattlite.studies import gap
 
-        lines += [f"**{gap.CAPTION}**", "", gap_tables[0].to_markdown(index=False, disable_numparse=True), "",
-                  "Points each step accounts for (difference of the two lines' means; the reduced cpu "
-                  "profile's line from docs/results/cpu/summary.csv):", "",
-                  gap_tables[1].to_markdown(index=False, disable_numparse=True), ""]
-        if len(gap_tables) > 2:  # what the stage-2 cap costs (`pattlite.studies.cap`)
-            from pattlite.studies import cap
-
-            lines += [f"{cap.CAPTION}", "", gap_tables[2].to_markdown(index=False, disable_numparse=True), ""]
-    lines += [headline.to_markdown(index=False),
-             "",
-             f"{summary.HEADLINE_CAPTION} Profile `{profile}`: {description}."
-             + ("" if results is None else f" {summary.runs_line(results)}"),
-             f"Run: {record.get('total_seconds', 0) / 3600:.2f} h on {machine.get('cpu_count', '?')} cores "
-             f"({machine.get('device', '?')}), {len(runs)} invocation(s) at commit(s) {', '.join(commits) or '?'}, Keras "
-             f"{machine.get('keras', '?')}, trained on the {' and '.join(backends) or '?'} backend. Full report: "
-             f"[{report_path.as_posix()}]({report_path.as_posix()}).",
-             README_END.format(profile=profile)]
+        lines += [
+            f"**{gap.CAPTION}**",
+            "",
+            gap_tables[0].to_markdown(index=False, disable_numparse=True),
+            "",
+            "Points each step accounts for (difference of the two lines' means; the reduced cpu "
+            "profile's line from docs/results/cpu/summary.csv):",
+            "",
+            gap_tables[1].to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+        # What the stage-2 cap costs (`pattlite.studies.cap`), what the random contrast changes
+        # (`pattlite.studies.contrast`): (caption, table) pairs.
+        for caption, table in gap_tables[2] if len(gap_tables) > 2 else ():
+            lines += [caption, "", table.to_markdown(index=False, disable_numparse=True), ""]
+    lines += [
+        headline.to_markdown(index=False),
+        "",
+        f"{summary.HEADLINE_CAPTION} Profile `{profile}`: {description}."
+        + ("" if results is None else f" {summary.runs_line(results)}"),
+        f"Run: {record.get('total_seconds', 0) / 3600:.2f} h on {machine.get('cpu_count', '?')} cores "
+        f"({machine.get('device', '?')}), {len(runs)} invocation(s) at commit(s) {', '.join(commits) or '?'}, Keras "
+        f"{machine.get('keras', '?')}, trained on the {' and '.join(backends) or '?'} backend. Full report: "
+        f"[{report_path.as_posix()}]({report_path.as_posix()}).",
+        README_END.format(profile=profile),
+    ]
     if incomplete is not None:
         lines.insert(-1, incomplete.summary_line())
     return "\n".join(lines)
@@ -323,13 +373,15 @@ def _readme_with_markers(readme, profile: str) -> str:
     """The README's text, checked for the results block of `profile` (before anything is written)."""
     readme = Path(readme)
     if not readme.is_file():
-        raise FileNotFoundError(f"no README {readme} to rewrite the results block of (pass --no-readme to leave "
-                                "READMEs alone)")
+        raise FileNotFoundError(
+            f"no README {readme} to rewrite the results block of (pass --no-readme to leave READMEs alone)"
+        )
     text = readme.read_text(encoding="utf-8")
     start, end = README_START.format(profile=profile), README_END.format(profile=profile)
     if not _block_pattern(profile).search(text):
-        raise ValueError(f"{readme}: no results block for profile {profile!r}; expected the lines {start!r} "
-                         f"and {end!r}")
+        raise ValueError(
+            f"{readme}: no results block for profile {profile!r}; expected the lines {start!r} and {end!r}"
+        )
     return text
 
 
@@ -338,8 +390,17 @@ def _block_pattern(profile: str):
     return re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
 
 
-def readme_text_with_block(readme, text: str, profile, headline, report_path: Path, record: dict, backends=(),
-                           results=None, incomplete: Completeness | None = None) -> str:
+def readme_text_with_block(
+    readme,
+    text: str,
+    profile,
+    headline,
+    report_path: Path,
+    record: dict,
+    backends=(),
+    results=None,
+    incomplete: Completeness | None = None,
+) -> str:
     """`text` (the README's) with the results block of `profile` (a `Profile`) replaced; links are
     relative to the README's folder."""
     readme = Path(readme)
@@ -349,25 +410,30 @@ def readme_text_with_block(readme, text: str, profile, headline, report_path: Pa
         relative = Path(report_path)
     gap_tables = None
     if profile.train_views == 2 and results is not None:
-        from pattlite.studies import gap
-
-        from pattlite.studies import cap
+        from pattlite.studies import cap, contrast, gap
 
         numbers = gap.gap_numbers(results)
-        gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers))
+        extras = []
         capped = cap.cap_numbers(results, profile)
         if len(capped):
-            gap_tables += (cap.cap_table(capped, profile.stage2_max_epochs),)
-    block = readme_block(profile.name, profile.description, headline, relative, record, backends, results,
-                         incomplete, gap_tables)
+            extras.append((cap.CAPTION, cap.cap_table(capped, profile.stage2_max_epochs)))
+        contrasted = contrast.contrast_numbers(results, profile)
+        if len(contrasted):
+            extras.append((contrast.caption(profile), contrast.contrast_table(contrasted)))
+        gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers), extras)
+    block = readme_block(
+        profile.name, profile.description, headline, relative, record, backends, results, incomplete, gap_tables
+    )
     return _block_pattern(profile.name).sub(lambda _: block, text)
 
 
-def write_readme_block(readme, profile, headline, report_path: Path, record_path: Path, backends=(),
-                       results=None) -> Path:
+def write_readme_block(
+    readme, profile, headline, report_path: Path, record_path: Path, backends=(), results=None
+) -> Path:
     """Replace the README's results block for `profile` (a `Profile`; the markers must be there)."""
     text = _readme_with_markers(readme, profile.name)
     record = read_run_record(record_path)
-    write_atomic(readme, readme_text_with_block(readme, text, profile, headline, report_path, record, backends,
-                                                results))
+    write_atomic(
+        readme, readme_text_with_block(readme, text, profile, headline, report_path, record, backends, results)
+    )
     return Path(readme)

@@ -38,8 +38,9 @@ HEADLINE_COLUMNS = (
 )
 
 
-HEADLINE_CAPTION = ("Accuracy (%) on the test split, mean ± sd over runs (n: one run per seed; CK+: one per "
-                    "fold and seed).")
+HEADLINE_CAPTION = (
+    "Accuracy (%) on the test split, mean ± sd over runs (n: one run per seed; CK+: one per fold and seed)."
+)
 
 
 def _plural(n: int, word: str) -> str:
@@ -76,7 +77,7 @@ def runs_line(results: pd.DataFrame) -> str:
 
 
 def format_spread(mean, sd, runs) -> str:
-    """"72.31 ± 0.42 (n=3)"; the sd is left out for one run, "-" when there is no result."""
+    """ "72.31 ± 0.42 (n=3)"; the sd is left out for one run, "-" when there is no result."""
     if mean is None or not np.isfinite(mean):
         return "-"
     if runs is not None and runs > 1 and sd is not None and np.isfinite(sd):
@@ -93,8 +94,10 @@ def headline_numbers(results: pd.DataFrame, datasets=BENCHMARKS) -> pd.DataFrame
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
     rows = []
     gains = batch_gains(results) if not results.empty else pd.DataFrame(columns=["mean", "sd"])
-    by_protocol = {protocol: ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
-                   for protocol in {protocol for _, _, protocol in HEADLINE_COLUMNS}}
+    by_protocol = {
+        protocol: ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
+        for protocol in {protocol for _, _, protocol in HEADLINE_COLUMNS}
+    }
     for dataset in datasets:
         row = {"dataset": dataset, "paper": float(published.get(dataset, np.nan))}
         for _, variant, protocol in HEADLINE_COLUMNS:
@@ -117,8 +120,12 @@ def _published_runs(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     if results.empty:
         return results
     rows = standard_rows(results)
-    return rows[(rows["dataset"] == dataset) & (rows["variant"] == "published") & (rows["subset"] == WHOLE_TEST)
-                & (rows["protocol"] == "published")]
+    return rows[
+        (rows["dataset"] == dataset)
+        & (rows["variant"] == "published")
+        & (rows["subset"] == WHOLE_TEST)
+        & (rows["protocol"] == "published")
+    ]
 
 
 def headline_table(results: pd.DataFrame, absent: dict | None = None, datasets=BENCHMARKS) -> pd.DataFrame:
@@ -131,12 +138,21 @@ def headline_table(results: pd.DataFrame, absent: dict | None = None, datasets=B
         line = {"dataset": DATASET_NAMES[row["dataset"]], "paper (PAtt-Lite)": f"{row['paper']:.2f}"}
         for column, variant, protocol in HEADLINE_COLUMNS:
             name = f"{variant}/{protocol}"
-            line[column] = NOT_RUN if row["dataset"] in absent else format_spread(
-                row[name], row[f"{name} sd"], row[f"{name} runs"])
+            line[column] = (
+                NOT_RUN
+                if row["dataset"] in absent
+                else format_spread(row[name], row[f"{name} sd"], row[f"{name} runs"])
+            )
         gain_runs = row["published/published runs"]
-        line["batch gain (points)"] = NOT_RUN if row["dataset"] in absent else (
-            "-" if not np.isfinite(row["batch_gain"]) else
-            f"{row['batch_gain']:+.2f}" + (f" ± {row['batch_gain_sd']:.2f}" if gain_runs > 1 else ""))
+        line["batch gain (points)"] = (
+            NOT_RUN
+            if row["dataset"] in absent
+            else (
+                "-"
+                if not np.isfinite(row["batch_gain"])
+                else f"{row['batch_gain']:+.2f}" + (f" ± {row['batch_gain_sd']:.2f}" if gain_runs > 1 else "")
+            )
+        )
         out.append(line)
     return pd.DataFrame(out)
 
@@ -169,20 +185,43 @@ def verdict_counts(tables: dict, absent: dict | None = None) -> pd.DataFrame:
         is_absent = checked["dataset"].isin(list(absent)) if "dataset" in checked else pd.Series(False, checked.index)
         verdicts = checked["verdict"].where(~is_absent, NOT_RUN)
         missed = checked[(verdicts == "not reproduced")]
-        rows.append({"table": name, "published numbers": len(checked),
-                     "reproduced": int((verdicts == "reproduced").sum()),
-                     "not reproduced": int((verdicts == "not reproduced").sum()),
-                     "no result": int((verdicts == "no result").sum()),
-                     "not comparable": int((verdicts == "not comparable").sum()),
-                     "not run": int((verdicts == NOT_RUN).sum()),
-                     "median diff": float(missed["diff"].median()) if len(missed) else np.nan,
-                     "diffs": [float(d) for d in missed["diff"]]})
-    return pd.DataFrame(rows, columns=["table", "published numbers", "reproduced", "not reproduced", "no result",
-                                       "not comparable", "not run", "median diff", "diffs"])
+        rows.append(
+            {
+                "table": name,
+                "published numbers": len(checked),
+                "reproduced": int((verdicts == "reproduced").sum()),
+                "not reproduced": int((verdicts == "not reproduced").sum()),
+                "no result": int((verdicts == "no result").sum()),
+                "not comparable": int((verdicts == "not comparable").sum()),
+                "not run": int((verdicts == NOT_RUN).sum()),
+                "median diff": float(missed["diff"].median()) if len(missed) else np.nan,
+                "diffs": [float(d) for d in missed["diff"]],
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "table",
+            "published numbers",
+            "reproduced",
+            "not reproduced",
+            "no result",
+            "not comparable",
+            "not run",
+            "median diff",
+            "diffs",
+        ],
+    )
 
 
-def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict | None = None,
-                     synthetic: bool = False, missing: int = 0, planned: int | None = None) -> str:
+def summary_markdown(
+    counts: pd.DataFrame,
+    numbers: pd.DataFrame,
+    absent: dict | None = None,
+    synthetic: bool = False,
+    missing: int = 0,
+    planned: int | None = None,
+) -> str:
     """The opening paragraph: verdict counts, each model's real accuracy, the batch gain; numbers from
     `verdict_counts` and `headline_numbers`. `missing` of `planned` experiments without a result file
     are said first: a published number averages the runs there are, so it can have a result while
@@ -192,18 +231,24 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
     if synthetic:
         lines.append(f"> **{report.SYNTHETIC_BANNER}**: the counts below say nothing about the paper.\n")
     if missing:
-        lines.append(f"- **{missing} of {planned} planned experiments have no result yet**: a number below "
-                     "averages the runs there are (its n says how many), and one with none says \"no result\".")
+        lines.append(
+            f"- **{missing} of {planned} planned experiments have no result yet**: a number below "
+            'averages the runs there are (its n says how many), and one with none says "no result".'
+        )
     is_data = counts["table"].astype(str).isin(list(DATA_TABLES))
     names = ", ".join(DATASET_NAMES.get(d, d) for d in absent)
-    for label, part, unit in (("Data (Tables 1-3)", counts[is_data], "counts"),
-                              ("Accuracies (Tables 4-11)", counts[~is_data], "accuracies")):
+    for label, part, unit in (
+        ("Data (Tables 1-3)", counts[is_data], "counts"),
+        ("Accuracies (Tables 4-11)", counts[~is_data], "accuracies"),
+    ):
         if part.empty:
             continue
         total, not_run = int(part["published numbers"].sum()), int(part["not run"].sum())
-        text = (f"- **{label}:** of {total} published {unit}, {total - not_run} concern the benchmarks run "
-                f"here: {int(part['reproduced'].sum())} reproduced, {int(part['not reproduced'].sum())} not "
-                f"reproduced, {int(part['no result'].sum())} without any result")
+        text = (
+            f"- **{label}:** of {total} published {unit}, {total - not_run} concern the benchmarks run "
+            f"here: {int(part['reproduced'].sum())} reproduced, {int(part['not reproduced'].sum())} not "
+            f"reproduced, {int(part['no result'].sum())} without any result"
+        )
         not_comparable = int(part["not comparable"].sum())
         if not_comparable:
             text += f", {not_comparable} not comparable (synthetic data or a stand-in dataset)"
@@ -212,8 +257,10 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
         text += "."
         diffs = [d for ds in part["diffs"] for d in ds]
         if diffs and unit == "accuracies":
-            text += (f" Those not reproduced miss by a median of {np.median(diffs):+.2f} points (from "
-                     f"{min(diffs):+.2f} to {max(diffs):+.2f}; ours minus paper, the authors' protocol).")
+            text += (
+                f" Those not reproduced miss by a median of {np.median(diffs):+.2f} points (from "
+                f"{min(diffs):+.2f} to {max(diffs):+.2f}; ours minus paper, the authors' protocol)."
+            )
         elif diffs:
             text += f" The counts that differ are off by {min(diffs):+.0f} to {max(diffs):+.0f} images."
         lines.append(text)
@@ -221,9 +268,11 @@ def summary_markdown(counts: pd.DataFrame, numbers: pd.DataFrame, absent: dict |
         if row["dataset"] in absent or not np.isfinite(row.get("published/published", np.nan)):
             continue
         name = DATASET_NAMES.get(row["dataset"], row["dataset"])
-        parts = [f"- **{name}:** the paper reports {row['paper']:.2f}%. The published model scores "
-                 f"{row['published/published']:.2f}% under the authors' protocol (class-grouped test batches) "
-                 f"and {row['published/independent']:.2f}% with each image predicted alone"]
+        parts = [
+            f"- **{name}:** the paper reports {row['paper']:.2f}%. The published model scores "
+            f"{row['published/published']:.2f}% under the authors' protocol (class-grouped test batches) "
+            f"and {row['published/independent']:.2f}% with each image predicted alone"
+        ]
         if np.isfinite(row.get("batch_gain", np.nan)):
             parts.append(f": batch composition adds {row['batch_gain']:+.2f} points")
             runs = int(row["published/published runs"])

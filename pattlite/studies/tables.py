@@ -25,7 +25,6 @@ from pattlite.studies import prose
 from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.plan import AUDIT_VARIANTS, SUBSETS, TABLE5_DATASET
 
-
 # Our rows in the comparison tables (Tables 7-11) and the accuracy-vs-params figures.
 OUR_ROWS = (
     # (row label, variant, protocol)
@@ -40,25 +39,29 @@ MODEL_OPTION_COLUMNS = tuple(f"opt_{name}" for name in MODEL_OPTIONS)  # as `Exp
 def require_columns(results: pd.DataFrame, columns, what="results"):
     missing = [c for c in columns if c not in results.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(results.columns)} "
-                         "(expected the frame of pattlite.experiments.collect_results)")
+        raise ValueError(
+            f"{what} lacks column(s) {missing}; it has {list(results.columns)} "
+            "(expected the frame of pattlite.experiments.collect_results)"
+        )
 
 
 def standard_rows(results: pd.DataFrame, recipe: bool = True) -> pd.DataFrame:
-    """Results of variants at their default options (Table 5's cut/kernel grid points left out) and,
-    with `recipe`, trained with their profile's own augmentation and stage-2 cap (the gap study's runs
-    without augmentation, `pattlite.studies.gap`, and the uncapped reference runs,
+    """Results of variants at their default options (Table 5's cut/kernel grid points left out) that ran
+    both stages (stage-1-only runs left out: the contrast study's, `pattlite.studies.contrast`, and the
+    audit's) and, with `recipe`, trained with their profile's own augmentation and stage-2 cap (the gap
+    study's runs without augmentation, `pattlite.studies.gap`, and the uncapped reference runs,
     `pattlite.studies.cap`, left out)."""
     mask = pd.Series(True, index=results.index)
     for column in MODEL_OPTION_COLUMNS:
         if column in results.columns:
             mask &= results[column].isna()
+    if "train_stage2" in results.columns:
+        mask &= results["train_stage2"].map(lambda value: value is not False)
     if recipe and "profile" in results.columns:
         from pattlite.profiles import PROFILES
 
         def own(field, default):
-            return results["profile"].map(lambda name: getattr(PROFILES[name], field) if name in PROFILES
-                                          else default)
+            return results["profile"].map(lambda name: getattr(PROFILES[name], field) if name in PROFILES else default)
 
         if "train_train_views" in results.columns:
             views = pd.to_numeric(results["train_train_views"], errors="coerce").fillna(1)
@@ -69,8 +72,14 @@ def standard_rows(results: pd.DataFrame, recipe: bool = True) -> pd.DataFrame:
     return results[mask]
 
 
-def ours_accuracy(results: pd.DataFrame, protocol: str, subset: str = WHOLE_TEST,
-                  by=("dataset", "variant"), value: str = "accuracy", standard: bool = True) -> pd.DataFrame:
+def ours_accuracy(
+    results: pd.DataFrame,
+    protocol: str,
+    subset: str = WHOLE_TEST,
+    by=("dataset", "variant"),
+    value: str = "accuracy",
+    standard: bool = True,
+) -> pd.DataFrame:
     """Our accuracy (%) per key from `collect_results` rows: the mean over seeds and CK+ folds, with its
     spread.
 
@@ -89,9 +98,14 @@ def ours_accuracy(results: pd.DataFrame, protocol: str, subset: str = WHOLE_TEST
     config.check_name("protocol", protocol, PROTOCOLS)
     by = list(by)
     if results.empty:
-        return pd.DataFrame({**{c: pd.Series(dtype=object) for c in by},
-                             "value": pd.Series(dtype=float), "sd": pd.Series(dtype=float),
-                             "runs": pd.Series(dtype=int)})
+        return pd.DataFrame(
+            {
+                **{c: pd.Series(dtype=object) for c in by},
+                "value": pd.Series(dtype=float),
+                "sd": pd.Series(dtype=float),
+                "runs": pd.Series(dtype=int),
+            }
+        )
     require_columns(results, by + ["protocol", "subset", value])
     rows = standard_rows(results) if standard else results
     rows = rows[(rows["protocol"] == protocol) & (rows["subset"] == subset)]
@@ -110,21 +124,40 @@ def _with_protocols(paper_df, results, on, subset=WHOLE_TEST, synthetic=False, s
     table = table.merge(ours_pub[on + ["runs"]], on=on, how="left")
     table["runs"] = table["runs"].fillna(0).astype(int)
     ours_ind = ours_accuracy(results, "independent", subset, on, standard=standard)
-    ind = report.compare(paper_df, ours_ind, on=on, synthetic=synthetic)[on + ["ours", "ours_sd", "diff",
-                                                                               "verdict"]]
-    ind = ind.rename(columns={"ours": "ours_independent", "ours_sd": "ours_independent_sd",
-                              "diff": "diff_independent", "verdict": "verdict_independent"})
+    ind = report.compare(paper_df, ours_ind, on=on, synthetic=synthetic)[on + ["ours", "ours_sd", "diff", "verdict"]]
+    ind = ind.rename(
+        columns={
+            "ours": "ours_independent",
+            "ours_sd": "ours_independent_sd",
+            "diff": "diff_independent",
+            "verdict": "verdict_independent",
+        }
+    )
     return table.merge(ind, on=on, how="left")
 
 
-_DROP = ("table", "row_group", "column_group", "quantity", "unit", "tolerance", "ref", "params",
-         "params_text", "attention_classifier", "patch_extraction")
+_DROP = (
+    "table",
+    "row_group",
+    "column_group",
+    "quantity",
+    "unit",
+    "tolerance",
+    "ref",
+    "params",
+    "params_text",
+    "attention_classifier",
+    "patch_extraction",
+)
 
 
 def _finish(df: pd.DataFrame, n, synthetic: bool, drop=_DROP, caption=None) -> pd.DataFrame:
     out = df[[c for c in df.columns if c not in drop]].reset_index(drop=True)
-    out.attrs = {"synthetic": bool(synthetic), "table": n,
-                 "caption": caption or (paper.table_caption(n) if isinstance(n, int) else str(n))}
+    out.attrs = {
+        "synthetic": bool(synthetic),
+        "table": n,
+        "caption": caption or (paper.table_caption(n) if isinstance(n, int) else str(n)),
+    }
     return out
 
 
@@ -147,9 +180,15 @@ def data_tables(manifests: dict, synthetic: bool) -> dict:
     out = {}
     for n, df in built.items():
         df = df.copy()
-        df["verdict"] = [report.verdict(None if pd.isna(p) else float(p), None if pd.isna(o) else float(o),
-                                        report.COUNT_TOLERANCE, comparable=not synthetic)
-                         for p, o in zip(df["paper"], df["ours"])]
+        df["verdict"] = [
+            report.verdict(
+                None if pd.isna(p) else float(p),
+                None if pd.isna(o) else float(o),
+                report.COUNT_TOLERANCE,
+                comparable=not synthetic,
+            )
+            for p, o in zip(df["paper"], df["ours"])
+        ]
         out[n] = _finish(df, n, synthetic, drop=())
     return out
 
@@ -172,16 +211,23 @@ def table5(results: pd.DataFrame, synthetic: bool = False, dataset: str = TABLE5
     if results.empty or not {"opt_cut_layer", "opt_kernel"} <= set(results.columns):
         rows = pd.DataFrame(columns=["layer", "kernel", "protocol", "subset", "accuracy"])
     else:
-        rows = results[(results["dataset"] == dataset) & results["opt_kernel"].notna()
-                       & results["opt_cut_layer"].notna()].copy()
+        rows = results[
+            (results["dataset"] == dataset) & results["opt_kernel"].notna() & results["opt_cut_layer"].notna()
+        ].copy()
         rows["layer"] = rows["opt_cut_layer"].astype(int)
         rows["kernel"] = rows["opt_kernel"].astype(str)
     # Ours on a stand-in dataset is not comparable with the paper's RAF-DB numbers: shown, never judged.
     stand_in = dataset != TABLE5_DATASET
     table = _with_protocols(pub, rows, ["layer", "kernel"], synthetic=synthetic or stand_in, standard=False)
-    caption = None if not stand_in else (
-        f"{paper.table_caption(5)} Ours on {config.DATASET_NAMES.get(dataset, dataset)}, a stand-in for RAF-DB: the "
-        "paper's numbers are RAF-DB's.")
+    caption = (
+        None
+        if not stand_in
+        else (
+            f"{paper.table_caption(5)} Ours on {config.DATASET_NAMES.get(dataset, dataset)}, "
+            "a stand-in for RAF-DB: the "
+            "paper's numbers are RAF-DB's."
+        )
+    )
     out = _finish(table, 5, synthetic, caption=caption)
     out.attrs["ours_dataset"] = dataset  # the `dataset` column holds the paper's (RAF-DB)
     return out
@@ -220,8 +266,12 @@ def _comparison(n: int, results: pd.DataFrame, keys, synthetic: bool, ours_for) 
     has_params = pub["params_text"].notna().any()
     methods = pub.rename(columns={"value": "paper", "row": "method_label"})
     methods = methods.assign(ours=np.nan, ours_sd=np.nan, diff=np.nan, verdict="", runs=0)
-    columns = ["method_label"] + keys + (["params_text"] if has_params else []) + ["paper", "ours", "ours_sd",
-                                                                                  "diff", "verdict", "runs"]
+    columns = (
+        ["method_label"]
+        + keys
+        + (["params_text"] if has_params else [])
+        + ["paper", "ours", "ours_sd", "diff", "verdict", "runs"]
+    )
     parts = [methods[columns]]
     pattlite_pub = pub[pub["method"] == "PAtt-Lite"]
     for label, variant, protocol in OUR_ROWS:
@@ -231,8 +281,7 @@ def _comparison(n: int, results: pd.DataFrame, keys, synthetic: bool, ours_for) 
         if has_params:
             compared["params_text"] = [params_text(variant, d) for d in compared["dataset"]]
         parts.append(compared[columns])
-    table = pd.concat(parts, ignore_index=True).rename(columns={"method_label": "method",
-                                                                "params_text": "params"})
+    table = pd.concat(parts, ignore_index=True).rename(columns={"method_label": "method", "params_text": "params"})
     table["runs"] = table["runs"].fillna(0).astype(int)  # how many results each mean of ours averages
     return _finish(table, n, synthetic, drop=())
 
@@ -241,6 +290,7 @@ def _whole_test(results):
     def ours_for(variant, protocol):
         ours = ours_accuracy(results, protocol, WHOLE_TEST, ["dataset", "variant"])
         return ours[ours["variant"] == variant]
+
     return ours_for
 
 
@@ -259,6 +309,7 @@ def table9(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
 
     The paper's "Average" is the mean of the per-class accuracies (our `mean_class_accuracy`).
     """
+
     def ours_for(variant, protocol):
         parts = []
         for name in config.DATASET_CLASSES["rafdb"]:
@@ -280,6 +331,7 @@ def table10(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
 
 def table11(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
     """Table 11 (occlusion, pose > 30, pose > 45 of RAF-DB and FERPlus): every method, then our rows."""
+
     def ours_for(variant, protocol):
         parts = []
         for subset in SUBSETS:
@@ -296,8 +348,10 @@ TABLES = {4: table4, 5: table5, 6: table6, 7: table7, 8: table8, 9: table9, 10: 
 def table(n: int, results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
     """Table `n` (4-11), ours beside the paper; Tables 1-3 come from `data_tables`."""
     if n not in TABLES:
-        raise ValueError(f"table {n!r}: studies assembles Tables {min(TABLES)}-{max(TABLES)} from results; "
-                         "Tables 1-3 come from data_tables(manifests, synthetic)")
+        raise ValueError(
+            f"table {n!r}: studies assembles Tables {min(TABLES)}-{max(TABLES)} from results; "
+            "Tables 1-3 come from data_tables(manifests, synthetic)"
+        )
     return TABLES[n](results, synthetic)
 
 
@@ -335,13 +389,15 @@ def audit_table(results: pd.DataFrame, synthetic: bool = False) -> pd.DataFrame:
         gains = batch_gains(results)
         wide["batch_gain sd"] = gains["sd"].reindex(wide.index)
     # The spread over seeds of each number, and how many runs it averages.
-    spread = long.pivot_table(index="dataset", columns=["variant", "protocol"], values="sd", aggfunc="mean",
-                              dropna=False)
+    spread = long.pivot_table(
+        index="dataset", columns=["variant", "protocol"], values="sd", aggfunc="mean", dropna=False
+    )
     for (v, p), column in spread.items():
         if f"{v} / {p}" in wide.columns:
             wide[f"{v} / {p} sd"] = column.reindex(wide.index)
-    runs = long[long["protocol"] == "independent"].pivot_table(index="dataset", columns="variant", values="runs",
-                                                              aggfunc="max")
+    runs = long[long["protocol"] == "independent"].pivot_table(
+        index="dataset", columns="variant", values="runs", aggfunc="max"
+    )
     for v in runs.columns:
         wide[f"{v} runs"] = runs[v].reindex(wide.index).astype("Int64")
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
@@ -366,15 +422,19 @@ def audit_findings(audit: pd.DataFrame, synthetic: bool = False) -> str:
     """The audit's findings as Markdown, one bullet per benchmark, numbers from `audit`."""
     lines = []
     if synthetic:
-        lines.append(f"> **{report.SYNTHETIC_BANNER}**: these numbers show the mechanism on stand-in data, "
-                     "not the size of the effect on the paper's datasets.\n")
+        lines.append(
+            f"> **{report.SYNTHETIC_BANNER}**: these numbers show the mechanism on stand-in data, "
+            "not the size of the effect on the paper's datasets.\n"
+        )
     for row in audit.to_dict("records"):
         pub, ind = row.get("published / published"), row.get("published / independent")
         if not (_is_finite(pub) and _is_finite(ind)):
             lines.append(f"- {row['dataset']}: no complete result yet.")
             continue
-        text = (f"- **{row['dataset']}**: the published model scores {pub:.2f}% on class-grouped batches and "
-                f"{ind:.2f}% with each image alone: {pub - ind:+.2f} points come from batch composition")
+        text = (
+            f"- **{row['dataset']}**: the published model scores {pub:.2f}% on class-grouped batches and "
+            f"{ind:.2f}% with each image alone: {pub - ind:+.2f} points come from batch composition"
+        )
         if _is_finite(row.get("published / shuffled")):
             text += f" (shuffled batches: {row['published / shuffled']:.2f}%)"
         if _is_finite(row.get("paper")):
