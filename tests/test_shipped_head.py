@@ -33,9 +33,10 @@ def test_shipped_head_loads_as_the_corrected_model():
     np.testing.assert_allclose(together[1], alone[0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(not os.environ.get("PATTLITE_WEIGHTS") or not Path(os.environ["PATTLITE_WEIGHTS"]).is_file(),
-                    reason="needs the ImageNet backbone offline: set PATTLITE_WEIGHTS to "
-                    "mobilenet_1_0_224_imagenet_no_top.weights.h5")
+@pytest.mark.skipif(
+    not os.environ.get("PATTLITE_WEIGHTS") or not Path(os.environ["PATTLITE_WEIGHTS"]).is_file(),
+    reason="needs the ImageNet backbone offline: set PATTLITE_WEIGHTS to mobilenet_1_0_224_imagenet_no_top.weights.h5",
+)
 def test_shipped_head_recognises_ferplus_faces_it_never_trained_on():
     from pattlite.data import load_manifest
     from pattlite.data.pixels import load_pixels
