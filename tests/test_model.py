@@ -10,19 +10,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
+from envvars import shared_weights_path
 
 from pattlite import config
 from pattlite import model as M
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = (32, 32, 3)  # cheap model input; the model resizes to 224 itself
-
-
-def shared_weights_path():
-    path = os.environ.get("PATTLITE_TEST_WEIGHTS") or (
-        REPO_ROOT.parent / "shared" / "weights" / "mobilenet_1_0_224_imagenet_no_top.weights.h5"
-    )
-    return Path(path)
 
 
 def images(n, seed=0, shape=SMALL):

@@ -4,11 +4,11 @@ FERPlus faces of the fixture sample that it never trained on (validation and tes
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from envvars import shared_weights_path
 
 from pattlite import pretrained as P
 
@@ -34,8 +34,8 @@ def test_shipped_head_loads_as_the_corrected_model():
 
 
 @pytest.mark.skipif(
-    not os.environ.get("PATTLITE_WEIGHTS") or not Path(os.environ["PATTLITE_WEIGHTS"]).is_file(),
-    reason="needs the ImageNet backbone offline: set PATTLITE_WEIGHTS to mobilenet_1_0_224_imagenet_no_top.weights.h5",
+    not shared_weights_path().is_file(),
+    reason="shared ImageNet MobileNet weights file absent (set PATTLITE_TEST_WEIGHTS)",
 )
 def test_shipped_head_recognises_ferplus_faces_it_never_trained_on():
     from pattlite.data import load_manifest
@@ -43,7 +43,7 @@ def test_shipped_head_recognises_ferplus_faces_it_never_trained_on():
 
     manifest = load_manifest("ferplus", root=FIXTURE)
     manifest = manifest[manifest["split"] != "train"].reset_index(drop=True)
-    loaded = P.load_pretrained()
+    loaded = P.load_pretrained(backbone=shared_weights_path())
     x = load_pixels(manifest, loaded.info.image_size, progress=False)
     predicted = np.asarray(loaded.info.classes)[np.asarray(loaded.model.predict_on_batch(x)).argmax(axis=1)]
     accuracy = float((predicted == manifest["label"].to_numpy()).mean())
