@@ -486,5 +486,6 @@ def cmd_grid(args) -> int:
 
 def _keras_backend() -> str | None:
     """The backend Keras trained on in this process (None: Keras was not imported)."""
-    keras = sys.modules.get("keras")
-    return keras.backend.backend() if keras is not None else None
+    from pattlite import backends
+
+    return backends.name() if "keras" in sys.modules else None
