@@ -171,7 +171,7 @@ def trial_backend(exp) -> str | None:
     """The Keras backend a trial of `exp` must run on when it is not the grid's own: the profile's
     `exact_backend` for a trial that trains the full image model (stage1 "exact"), when it names a backend
     other than the running one (`pattlite.backends.name`); else None (the grid's backend)."""
-    if exp.stage1 != "exact":
+    if getattr(exp, "stage1", None) != "exact":  # (objects standing in for experiments may not say)
         return None
     from pattlite import backends
     from pattlite.profiles import PROFILES

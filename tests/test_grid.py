@@ -310,8 +310,9 @@ def test_one_cpu_trials_run_jax_on_one_thread_and_keep_the_drivers_xla_flags(mon
 
 
 def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
-    """Synthetic ci experiments: images known from the profile; the flip doubles the training rows;
-    a trial on images (stage1 exact) or on a dataset not cached yet is unknown (None)."""
+    """Synthetic ci experiments: images known from the profile; the flip doubles the training rows; a
+    trial on images (stage1 exact) holds every image's pixels and the full model; a dataset not cached
+    yet is unknown (None)."""
     one = make_experiment("ci", "rafdb", "published")
     two = make_experiment("ci", "rafdb", "published", train_views=2)
     options = one.source["options"]
@@ -320,7 +321,9 @@ def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
     assert per_image == 14 * 14 * 512 * 2  # float16 at the default cut, 224 pixels
     assert grid_ray.memory_estimate(one) == grid_ray.TRIAL_OVERHEAD_BYTES + per_image * images
     assert grid_ray.memory_estimate(two) - grid_ray.memory_estimate(one) == per_image * options["n_train"]
-    assert grid_ray.memory_estimate(make_experiment("ci", "rafdb", "published", stage1="exact")) is None
+    exact = make_experiment("ci", "rafdb", "published", stage1="exact")
+    pixels = images * exact.image_size**2 * 3  # uint8
+    assert grid_ray.memory_estimate(exact) == grid_ray.TRIAL_OVERHEAD_BYTES + grid_ray.EXACT_MODEL_BYTES + pixels
     monkeypatch.setattr(grid_ray, "_dataset_images", lambda exp: None)
     assert grid_ray.memory_estimate(one) is None
 
