@@ -397,6 +397,9 @@ PROFILES = {
         weights=None,
         bn_calibration_images=32,
         stage1="cached",
+        # Keras itself, in the process: OpenVINO's export and conversion cost seconds per feature store,
+        # more than extracting the ci profile's few images (its own tests: test_features, test_export).
+        extraction_engine="tensorflow",
         stage1_epochs=2,
         stage2_max_epochs=1,
         train_limit=56,
