@@ -23,7 +23,7 @@ Five profiles:
   docs/results/cpu/.
 - `ci`: smaller still, for tests (seconds per training), with a random backbone whose BatchNorm
   statistics are calibrated on training images, so it needs no download; it checks the plumbing, its
-  accuracies are near chance.
+  accuracies are near chance. Its features are extracted by Keras in the test's own process.
 
 Example:
 
