@@ -36,9 +36,8 @@ class RayNotInstalled(ValueError):
 
 
 def size_class(exp) -> tuple:
-    """Experiments of one class take about the same time: same dataset, training-set limit and stage 1
-    (None for what an object does not say)."""
-    return tuple(getattr(exp, name, None) for name in ("dataset", "train_limit", "stage1"))
+    """Experiments of one class take about the same time: same dataset, training-set limit and stage 1."""
+    return (exp.dataset, exp.train_limit, exp.stage1)
 
 
 class Progress:
@@ -171,7 +170,7 @@ def trial_backend(exp) -> str | None:
     """The Keras backend a trial of `exp` must run on when it is not the grid's own: the profile's
     `exact_backend` for a trial that trains the full image model (stage1 "exact"), when it names a backend
     other than the running one (`pattlite.backends.name`); else None (the grid's backend)."""
-    if getattr(exp, "stage1", None) != "exact":  # (objects standing in for experiments may not say)
+    if exp.stage1 != "exact":
         return None
     from pattlite import backends
     from pattlite.profiles import PROFILES

@@ -329,7 +329,9 @@ def test_a_lock_left_by_a_killed_run_does_not_block(held_lock):
 def test_an_interruption_between_experiments_or_while_planning_says_so(monkeypatch, tmp_path, capsys):
     from pattlite import experiments, grid
 
-    class Exp:
+    class Exp:  # what the local grid reads of an experiment
+        dataset, train_limit, stage1 = "ferplus", None, "cached"
+
         def __init__(self, name):
             self.name = name
 
