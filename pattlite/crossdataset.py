@@ -304,6 +304,8 @@ def recall_table(results: dict, which: str = "restricted"):
 
 def add_parser(subparsers) -> None:
     """`pattlite crossdataset` (see the module docstring)."""
+    from pattlite.predict import add_model_arguments
+
     p = subparsers.add_parser(
         "crossdataset",
         help="a trained model's accuracy on CK+ or FER2013, each image predicted alone",
@@ -312,18 +314,7 @@ def add_parser(subparsers) -> None:
         "the model's classes, per-class recall, confusion matrices.",
     )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(TARGETS)}")
-    p.add_argument(
-        "--head",
-        default=None,
-        help="trained head weights (.weights.h5 with its .json sidecar); "
-        "default: the shipped pattlite_ferplus.weights.h5",
-    )
-    p.add_argument(
-        "--backbone",
-        default="imagenet",
-        help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, "
-        "data/weights/, else Keras' download), a .weights.h5 path, or none (random: for tests only)",
-    )
+    add_model_arguments(p)
     p.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, else data/<name>/)")
     p.add_argument("--output", default=None, help="add the result to this JSON file (one entry per dataset)")
     p.add_argument(

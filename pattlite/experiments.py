@@ -160,6 +160,8 @@ def _build_and_train(
     index, y = data["index"], data["y"]
     num_classes = len(data["classes"])
     model_kwargs = dict(exp.model_options, resize_to=exp.resize_to)
+    y_train, y_val = y[index["train"]], y[index["val"]]
+    log_options = dict(dataset=exp.dataset, log_dir=log_dir, tensorboard=tensorboard)  # every stage's logs
     if exp.stage1 == "exact":
         enable_determinism(exp.seed, cfg.deterministic)  # seeds the head's initialisation too
         model = build_model(
@@ -169,15 +171,13 @@ def _build_and_train(
         result = train(
             model,
             _take(inputs, index["train"]),
-            y[index["train"]],
+            y_train,
             _take(inputs, index["val"]),
-            y[index["val"]],
+            y_val,
             cfg,
-            dataset=exp.dataset,
-            log_dir=log_dir,
-            tensorboard=tensorboard,
             checkpoint_dir=checkpoint_dir,
             test_probe=_test_probe(exp, cfg, data, inputs),
+            **log_options,
         )
         return result.stage1_model, inputs, result
     cut = variant_cut_layer(exp.variant, **exp.model_options)
@@ -208,14 +208,12 @@ def _build_and_train(
         result = train(
             head,
             x_train,
-            y[index["train"]],
+            y_train,
             _take(features, index["val"]),
-            y[index["val"]],
+            y_val,
             dataclasses.replace(cfg, stage2=False),
-            dataset=exp.dataset,
-            log_dir=log_dir,
-            tensorboard=tensorboard,
             checkpoint_dir=checkpoint_dir,
+            **log_options,
         )
         full = build_model(
             exp.variant, num_classes, input_shape=(exp.image_size, exp.image_size, 3), weights=weights, **model_kwargs
@@ -226,29 +224,25 @@ def _build_and_train(
             result,
             full,
             _take(pixels, index["train"]),
-            y[index["train"]],
+            y_train,
             _take(pixels, index["val"]),
-            y[index["val"]],
+            y_val,
             cfg,
-            dataset=exp.dataset,
-            log_dir=log_dir,
-            tensorboard=tensorboard,
             checkpoint=None if checkpoint_dir is None else TrainingCheckpoint(checkpoint_dir),
             test_probe=_test_probe(exp, cfg, data, pixels),
+            **log_options,
         )
         return full, pixels, result
     result = train(
         head,
         x_train,
-        y[index["train"]],
+        y_train,
         _take(features, index["val"]),
-        y[index["val"]],
+        y_val,
         cfg,
-        dataset=exp.dataset,
-        log_dir=log_dir,
-        tensorboard=tensorboard,
         checkpoint_dir=checkpoint_dir,
         test_probe=_test_probe(exp, cfg, data, features),
+        **log_options,
     )
     return result.stage1_model, features, result
 

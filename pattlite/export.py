@@ -204,6 +204,8 @@ def _in_tensorflow(out, fmt, head, backbone, variant, check, log) -> dict:
 
 def add_parsers(subparsers) -> None:
     """`pattlite export` and `pattlite export-head` (see the module docstring)."""
+    from pattlite.predict import add_model_arguments
+
     p = subparsers.add_parser(
         "export",
         help="the trained model as ONNX, OpenVINO IR or a SavedModel, checked against Keras",
@@ -212,8 +214,7 @@ def add_parsers(subparsers) -> None:
     )
     p.add_argument("out", metavar="OUT", help="model.onnx, model.xml (OpenVINO) or a SavedModel folder")
     p.add_argument("--format", required=True, choices=tuple(FORMATS), help="onnx, openvino or savedmodel")
-    p.add_argument("--head", default=None, help="trained head weights (default: the shipped pattlite head)")
-    p.add_argument("--backbone", default="imagenet", help="MobileNetV1 weights: imagenet (default), a path, or none")
+    add_model_arguments(p)
     p.add_argument(
         "--model",
         default=None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from pattlite.files import physical_memory, pid_alive, write_atomic
 from pattlite.runs import RunInterrupted, interruption
 
-PROGRESS_EVERY_S = 60.0  # a progress line at least this often while tasks run
+PROGRESS_EVERY_S = 600.0  # while no experiment ends, a progress line this often: a sign of life, not a log of repeats
 RAY_INSTALL_HINT = "pip install -e .[ray]"
 # Environment variables a Ray worker gets from the driver: dataset roots, weights, cache, backend.
 FORWARDED_ENV_PREFIXES = ("PATTLITE_", "KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")

@@ -206,18 +206,7 @@ def add_parser(subparsers) -> None:
         metavar="IMAGE_OR_FOLDER",
         help=f"image files or folders (searched recursively for {', '.join(faces.IMAGE_SUFFIXES)})",
     )
-    p.add_argument(
-        "--head",
-        default=None,
-        help="trained head weights (.weights.h5 with its .json sidecar); "
-        "default: the shipped pattlite_ferplus.weights.h5",
-    )
-    p.add_argument(
-        "--backbone",
-        default="imagenet",
-        help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, data/weights/, else Keras' "
-        "download), a .weights.h5 path, or none (random: for tests only)",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--exported",
         default=None,
@@ -258,6 +247,23 @@ def add_parser(subparsers) -> None:
 def _error(message: str) -> int:
     print(f"pattlite predict: error: {message}", file=sys.stderr)
     return 2
+
+
+def add_model_arguments(parser) -> None:
+    """--head and --backbone, the trained model of `predict`, `export` and `crossdataset` (read them with
+    `load_model(args.head, backbone_argument(args.backbone))`)."""
+    parser.add_argument(
+        "--head",
+        default=None,
+        help="trained head weights (.weights.h5 with its .json sidecar); "
+        "default: the shipped pattlite_ferplus.weights.h5",
+    )
+    parser.add_argument(
+        "--backbone",
+        default="imagenet",
+        help="MobileNetV1 weights: imagenet (default: $PATTLITE_WEIGHTS, data/weights/, else Keras' "
+        "download), a .weights.h5 path, or none (random: for tests only)",
+    )
 
 
 def backbone_argument(value: str):
