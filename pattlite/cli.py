@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--root", default=None, help="dataset folder (default $PATTLITE_<NAME>_ROOT, else data/<name>/)")
     train.add_argument("--variant", required=True, help="model variant, e.g. published, pattlite, no_mixing")
-    train.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
+    train.add_argument("--profile", required=True, help=", ".join(PROFILES))
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--fold", type=int, default=None, help="CK+ test fold 0..9")
     train.add_argument(

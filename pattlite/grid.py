@@ -368,6 +368,8 @@ def add_run_options(parser) -> None:
 
 def add_parser(subparsers) -> None:
     """`pattlite grid plan|run` (see the module docstring)."""
+    from pattlite.profiles import PROFILES
+
     grid_parser = subparsers.add_parser(
         "grid",
         help="plan or run every experiment the notebooks need (locally or on Ray)",
@@ -380,7 +382,7 @@ def add_parser(subparsers) -> None:
         ("run", "run the experiments that are not done yet"),
     ):
         p = actions.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--profile", required=True, help="paper, cpu, demo or ci")
+        p.add_argument("--profile", required=True, help=", ".join(PROFILES))
         p.add_argument(
             "-p",
             "--parameter",

@@ -8,6 +8,7 @@ them); without it they skip, saying so.
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -326,6 +327,22 @@ def test_memory_estimate_counts_each_view_of_the_training_features(monkeypatch):
     assert grid_ray.memory_estimate(exact) == grid_ray.TRIAL_OVERHEAD_BYTES + grid_ray.EXACT_MODEL_BYTES + pixels
     monkeypatch.setattr(grid_ray, "_dataset_images", lambda exp: None)
     assert grid_ray.memory_estimate(one) is None
+
+
+def test_memory_estimate_of_a_training_subset_counts_held_out_images_not_unused_ones(monkeypatch, tmp_path):
+    """Real data with a training limit (a Table 5 point): the trial holds its training rows (each view)
+    and the validation and test images, bounded by a third of the dataset, not every row it leaves out."""
+    images = 35_710  # FERPlus: 28,558 training, 7,152 validation and test images
+    monkeypatch.setattr(grid_ray, "_dataset_images", lambda exp: images)
+    nowhere = tmp_path / "nowhere"
+    full = make_experiment("cpu_full", "ferplus", "published", root=nowhere)
+    subset = make_experiment("cpu_full", "ferplus", "published", root=nowhere, train_limit=1000)
+    per_image = grid_ray._feature_bytes_per_image("conv_dw_9_relu", full.resize_to)
+    assert full.train["train_views"] == 2
+    assert grid_ray.memory_estimate(full) == grid_ray.TRIAL_OVERHEAD_BYTES + per_image * images * 2
+    held_out = math.ceil(images * grid_ray.HELD_OUT_SHARE_BOUND)
+    assert grid_ray.memory_estimate(subset) == grid_ray.TRIAL_OVERHEAD_BYTES + per_image * (2 * 1000 + held_out)
+    assert grid_ray.memory_estimate(subset) < 5 * 2**30 < grid_ray.memory_estimate(full)
 
 
 def test_a_worker_on_the_drivers_machine_checkpoints_into_the_results_folder(monkeypatch, folders, tiny, tmp_path):
