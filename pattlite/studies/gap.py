@@ -65,6 +65,8 @@ GAP_STEPS = (
 )
 REDUCED_SUMMARY = config.PROJECT_ROOT / "docs" / "results" / "cpu" / "summary.csv"
 REDUCED_COLUMN = "published model, published protocol"
+FIGURE = "gap"  # the figure's file stem (`gap.png`), which the README block shows too
+
 CAPTION = (
     "The gap to the paper taken apart. Accuracy (%) on the test split, mean ± sd over runs (n); the "
     "steps below are differences of these means, in points."
@@ -194,5 +196,5 @@ def gap_figure(numbers: pd.DataFrame, ctx=None, synthetic: bool = False):
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     if ctx is not None:
-        report.save_figure(fig, "gap", ctx.figures_dir, synthetic=ctx.synthetic or synthetic)
+        report.save_figure(fig, FIGURE, ctx.figures_dir, synthetic=ctx.synthetic or synthetic)
     return fig

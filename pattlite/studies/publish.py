@@ -189,6 +189,7 @@ def publish(ctx, folder=None, readme=None, run_record=None, log=print, allow_inc
                 backends,
                 results,
                 None if state.complete else state,
+                built["figures"],
             )
         _replace_folder(staging, folder, readme, new_readme)
     except BaseException:  # an error or an interrupt: nothing of this publish stays
@@ -327,8 +328,12 @@ def readme_block(
     results=None,
     incomplete: Completeness | None = None,
     gap_tables=None,
+    figures=(),
 ) -> str:
-    """The README's results block: the headline table, the seeds run, and where the full report is."""
+    """The README's results block: the headline table, the seeds run, and where the full report is.
+
+    `figures` names the figures published beside the report (in its folder's `figures/`); the gap
+    figure, when there, is shown under the gap tables."""
     from pattlite.studies import summary
 
     runs = record.get("runs", [])
@@ -353,6 +358,9 @@ def readme_block(
         # (`pattlite.studies.contrast`): (caption, table) pairs.
         for caption, table in gap_tables[2] if len(gap_tables) > 2 else ():
             lines += [caption, "", table.to_markdown(index=False, disable_numparse=True), ""]
+        if f"{gap.FIGURE}.png" in figures:
+            figure = (report_path.parent / "figures" / f"{gap.FIGURE}.png").as_posix()
+            lines += [f"![The gap to the paper per dataset, error bars: sd over runs]({figure})", ""]
     lines += [
         headline.to_markdown(index=False),
         "",
@@ -400,9 +408,10 @@ def readme_text_with_block(
     backends=(),
     results=None,
     incomplete: Completeness | None = None,
+    figures=(),
 ) -> str:
     """`text` (the README's) with the results block of `profile` (a `Profile`) replaced; links are
-    relative to the README's folder."""
+    relative to the README's folder. `figures`: the names of the figures published with the report."""
     readme = Path(readme)
     try:
         relative = Path(report_path).resolve().relative_to(readme.resolve().parent)
@@ -422,18 +431,15 @@ def readme_text_with_block(
             extras.append((contrast.caption(profile), contrast.contrast_table(contrasted)))
         gap_tables = (gap.gap_table(numbers), gap.gap_steps(numbers), extras)
     block = readme_block(
-        profile.name, profile.description, headline, relative, record, backends, results, incomplete, gap_tables
+        profile.name,
+        profile.description,
+        headline,
+        relative,
+        record,
+        backends,
+        results,
+        incomplete,
+        gap_tables,
+        figures,
     )
     return _block_pattern(profile.name).sub(lambda _: block, text)
-
-
-def write_readme_block(
-    readme, profile, headline, report_path: Path, record_path: Path, backends=(), results=None
-) -> Path:
-    """Replace the README's results block for `profile` (a `Profile`; the markers must be there)."""
-    text = _readme_with_markers(readme, profile.name)
-    record = read_run_record(record_path)
-    write_atomic(
-        readme, readme_text_with_block(readme, text, profile, headline, report_path, record, backends, results)
-    )
-    return Path(readme)
