@@ -124,7 +124,9 @@ def test_readme_block_shows_the_published_gap_figure_under_the_gap_tables(result
         {"runs": []},
         gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)),
         figures=("confusion_ferplus.png", f"{gap.FIGURE}.png"),
+        backends=("jax", "tensorflow"),
     )
     link = "(docs/results/cpu_full/figures/gap.png)"
     assert link in block
     assert block.index("| flip augmentation") < block.index(link) < block.index("published model, published protocol")
+    assert "trained on the jax and tensorflow backends. Full report" in block

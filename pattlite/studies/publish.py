@@ -368,7 +368,8 @@ def readme_block(
         + ("" if results is None else f" {summary.runs_line(results)}"),
         f"Run: {record.get('total_seconds', 0) / 3600:.2f} h on {machine.get('cpu_count', '?')} cores "
         f"({machine.get('device', '?')}), {len(runs)} invocation(s) at commit(s) {', '.join(commits) or '?'}, Keras "
-        f"{machine.get('keras', '?')}, trained on the {' and '.join(backends) or '?'} backend. Full report: "
+        f"{machine.get('keras', '?')}, trained on the {' and '.join(backends) or '?'} "
+        f"backend{'s' if len(backends) > 1 else ''}. Full report: "
         f"[{report_path.as_posix()}]({report_path.as_posix()}).",
         README_END.format(profile=profile),
     ]
