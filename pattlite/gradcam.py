@@ -37,7 +37,8 @@ def _require_tensorflow():
     if not backends.current().TENSORFLOW_MODELS:
         raise RuntimeError(
             f"Grad-CAM uses tf-keras-vis, which needs the TensorFlow backend; the Keras "
-            f"backend is {backends.name()!r} (set KERAS_BACKEND=tensorflow)"
+            f"backend is {backends.name()!r} (set KERAS_BACKEND=tensorflow; ./run_all.sh runs this notebook on "
+            "TensorFlow when KERAS_BACKEND is unset)"
         )
 
 

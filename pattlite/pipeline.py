@@ -77,6 +77,20 @@ def notebook_backend(profile, name: str) -> str | None:
     return profile.keras_backend
 
 
+def check_notebook_backends(names) -> None:
+    """Refuse, before any training, a run whose notebooks include a `TENSORFLOW_ONLY` one while the user
+    chose another backend (`$KERAS_BACKEND`, which `notebook_backend` obeys): else it would fail only
+    after the grid, hours later."""
+    chosen = os.environ.get("KERAS_BACKEND")
+    needing = [name for name in names if name in TENSORFLOW_ONLY]
+    if chosen and chosen != "tensorflow" and needing:
+        raise ValueError(
+            f"KERAS_BACKEND={chosen} is set, but notebook {', '.join(needing)} needs TensorFlow (tf-keras-vis). "
+            "Unset KERAS_BACKEND (./run_all.sh then trains on the profile's backend and runs each notebook "
+            "on the one it needs), set KERAS_BACKEND=tensorflow, or leave the notebook out with --only"
+        )
+
+
 class NotebookFailed(RuntimeError):
     pass
 
@@ -239,7 +253,9 @@ def main(argv=None) -> int:
     quiet_backend_logs()  # the kernels inherit the filtered stderr
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--profile", default="demo", help="demo (default, synthetic data), cpu (real data on a CPU), paper (GPU) or ci"
+        "--profile",
+        default="demo",
+        help=f"one of {', '.join(PROFILES)}; default demo (synthetic data); see the README for each",
     )
     parser.add_argument(
         "--only", default=None, help="comma-separated notebooks to run, e.g. 01_datasets,report or 02,08"
@@ -268,7 +284,7 @@ def main(argv=None) -> int:
     # Every parameter and --only are checked here: before a kernel starts or Keras is imported.
     try:
         params = check_parameters(parse_parameters(args.parameter))
-        resolve_notebooks(args.only)
+        check_notebook_backends(resolve_notebooks(args.only))
     except ValueError as err:
         parser.error(str(err))
     profile = PROFILES[args.profile]

@@ -237,6 +237,23 @@ def test_run_all_trains_on_the_profiles_backend_then_gives_each_notebook_its_own
     assert json.loads((tmp_path / "run_record.json").read_text())["runs"][1]["failed"] == "x"
 
 
+def test_run_all_refuses_a_chosen_backend_that_grad_cam_cannot_run_on_before_training(monkeypatch, tmp_path, capsys):
+    from pattlite import grid
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setattr(grid, "plan", lambda *a, **k: pytest.fail("planned before the backends were checked"))
+    with pytest.raises(SystemExit) as stopped:
+        pipeline.main(["--profile", "cpu", "-p", f"results_dir={tmp_path}"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "KERAS_BACKEND=jax is set, but notebook 06_gradcam needs TensorFlow" in message
+    assert "Unset KERAS_BACKEND" in message
+    # Without Grad-CAM's notebook, or on TensorFlow, the same choice is accepted.
+    pipeline.check_notebook_backends(pipeline.resolve_notebooks("02,08"))
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    pipeline.check_notebook_backends(pipeline.resolve_notebooks(None))
+
+
 def test_profile_rejects_unknown_datasets_and_backends():
     with pytest.raises(ValueError, match="benchmark"):
         get_profile("cpu", table5_datasets=("ferplus", "affectnet"))
