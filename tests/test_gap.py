@@ -91,40 +91,34 @@ def test_html_verdict_marks_show_without_an_emoji_font():
     assert "<td>plain</td>" in html
 
 
-def test_readme_block_puts_the_gap_first(results):
+def _readme_block(results, **options):
+    """The cpu_full README block of FERPlus from `results`, the reduced profile's line given."""
     from pathlib import Path
 
     from pattlite.studies import publish
 
     numbers = gap.gap_numbers(results, {"ferplus": (81.93, 1.55, 3)}, datasets=("ferplus",))
-    block = publish.readme_block(
+    return publish.readme_block(
         "cpu_full",
         "full size",
         summary.headline_table(results, datasets=("ferplus",)),
         Path("docs/results/cpu_full/replication_report.md"),
         {"runs": []},
         gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)),
+        **options,
     )
+
+
+def test_readme_block_puts_the_gap_first(results):
+    block = _readme_block(results)
     assert block.index(gap.CAPTION) < block.index("published model, published protocol")
     assert "| flip augmentation" in block and "+4.00" in block
     assert "gap.png" not in block  # no figure published, none linked
 
 
 def test_readme_block_shows_the_published_gap_figure_under_the_gap_tables(results):
-    from pathlib import Path
-
-    from pattlite.studies import publish
-
-    numbers = gap.gap_numbers(results, {"ferplus": (81.93, 1.55, 3)}, datasets=("ferplus",))
-    block = publish.readme_block(
-        "cpu_full",
-        "full size",
-        summary.headline_table(results, datasets=("ferplus",)),
-        Path("docs/results/cpu_full/replication_report.md"),
-        {"runs": []},
-        gap_tables=(gap.gap_table(numbers), gap.gap_steps(numbers)),
-        figures=("confusion_ferplus.png", f"{gap.FIGURE}.png"),
-        backends=("jax", "tensorflow"),
+    block = _readme_block(
+        results, figures=("confusion_ferplus.png", f"{gap.FIGURE}.png"), backends=("jax", "tensorflow")
     )
     link = "(docs/results/cpu_full/figures/gap.png)"
     assert link in block
