@@ -39,9 +39,11 @@ both the feature cache and any full model, so cached and full-model runs agree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -100,6 +102,7 @@ __all__ = [
 
 # 2: every shard carries digest.json, and the key names the extraction engine (older stores are not read).
 FEATURE_FORMAT_VERSION = 2
+EXTRACTION_LOCK = ".extract.lock"  # in a store's folder: one process extracts into it at a time
 
 
 def features_dir(cache_dir=None) -> Path:
@@ -399,62 +402,15 @@ def backbone_features(
     key = feature_key(size, weights, resize_to, engine)
     folder = features_dir(cache_dir) / key
     remove_stale_temporaries(folder)
-    missing = {}
-    for name in names:
-        _, index = _store_index(folder, name)
-        absent = [i for i, digest in enumerate(hashes.tolist()) if digest not in index]
-        if absent:
-            missing[name] = absent
+    missing = _missing_rows(folder, names, hashes)
     if missing:
-        # One pass for every missing layer, over the images any of them lacks (each image once).
-        todo = sorted(set().union(*missing.values()))
-        first_of = {}
-        for i in todo:
-            first_of.setdefault(hashes[i], i)
-        unique = np.array(sorted(first_of.values()), dtype=np.int64)
-        layers = list(missing)
-        with interrupts_honoured():
-            if backends.current().TENSORFLOW_MODELS:
-                tmp = extract_shard(
-                    pixels,
-                    rows[unique],
-                    make_extractor(size, weights, layers, resize_to, engine),
-                    layers,
-                    batch_size,
-                    progress,
-                    folder,
-                    hashes=hashes[unique],
+        with _extraction_lock(folder):
+            # Another process may have extracted them while this one waited for the lock.
+            missing = _missing_rows(folder, names, hashes)
+            if missing:
+                _extract_missing(
+                    missing, folder, hashes, pixels, rows, size, weights, resize_to, batch_size, progress, engine, key
                 )
-            else:
-                tmp, _ = extract_shard_in_tensorflow(
-                    pixels,
-                    rows[unique],
-                    size,
-                    weights,
-                    layers,
-                    resize_to,
-                    batch_size,
-                    progress,
-                    folder,
-                    hashes=hashes[unique],
-                    engine=engine,
-                )
-            try:
-                _finish_shard(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if that failed
-        source = {} if weights == "imagenet" else {"file": str(Path(weights).expanduser().resolve())}
-        meta = {
-            "key": key,
-            "size": int(size),
-            "resize_to": int(resize_to),
-            "weights": {**weights_identity(weights), **source},
-            "pattlite": pattlite.__version__,
-            "format": FEATURE_FORMAT_VERSION,
-            "engine": engine,
-            "versions": engine_versions(engine),
-        }
-        write_json_atomic(folder / "meta.json", meta)
     features = {}
     for name in names:
         shards, index = _store_index(folder, name)
@@ -465,3 +421,95 @@ def backbone_features(
         arrays = [_load_checked(shards[s][0], f"{name}.npy", shards[s][1], mmap=True) for s in used]
         features[name] = FeatureRows(arrays, local.reshape(-1), located[:, 1])
     return features
+
+
+def _missing_rows(folder: Path, names, hashes) -> dict:
+    """{layer name: positions in `hashes` whose features the store lacks}, for the layers lacking any."""
+    missing = {}
+    for name in names:
+        _, index = _store_index(folder, name)
+        absent = [i for i, digest in enumerate(hashes.tolist()) if digest not in index]
+        if absent:
+            missing[name] = absent
+    return missing
+
+
+@contextlib.contextmanager
+def _extraction_lock(folder: Path):
+    """Hold the store's `.extract.lock` (an exclusive `flock`) while inside, waiting for it when another
+    process holds it: two processes that need the same images (two grid trials starting together)
+    extract them once, the second then reads the first's shard. The system drops the lock when its
+    process ends, however it ends."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / EXTRACTION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"[features] another process is extracting into {folder}; waiting for it, then extracting "
+                "only what it did not",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _extract_missing(
+    missing, folder, hashes, pixels, rows, size, weights, resize_to, batch_size, progress, engine, key
+):
+    """One pass of the backbone for every missing layer, over the images any of them lacks (each image
+    once), appended to the store as a new shard; the store's meta.json rewritten."""
+    todo = sorted(set().union(*missing.values()))
+    first_of = {}
+    for i in todo:
+        first_of.setdefault(hashes[i], i)
+    unique = np.array(sorted(first_of.values()), dtype=np.int64)
+    layers = list(missing)
+    with interrupts_honoured():
+        if backends.current().TENSORFLOW_MODELS:
+            tmp = extract_shard(
+                pixels,
+                rows[unique],
+                make_extractor(size, weights, layers, resize_to, engine),
+                layers,
+                batch_size,
+                progress,
+                folder,
+                hashes=hashes[unique],
+            )
+        else:
+            tmp, _ = extract_shard_in_tensorflow(
+                pixels,
+                rows[unique],
+                size,
+                weights,
+                layers,
+                resize_to,
+                batch_size,
+                progress,
+                folder,
+                hashes=hashes[unique],
+                engine=engine,
+            )
+        try:
+            _finish_shard(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if that failed
+    source = {} if weights == "imagenet" else {"file": str(Path(weights).expanduser().resolve())}
+    meta = {
+        "key": key,
+        "size": int(size),
+        "resize_to": int(resize_to),
+        "weights": {**weights_identity(weights), **source},
+        "pattlite": pattlite.__version__,
+        "format": FEATURE_FORMAT_VERSION,
+        "engine": engine,
+        "versions": engine_versions(engine),
+    }
+    write_json_atomic(folder / "meta.json", meta)

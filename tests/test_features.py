@@ -165,6 +165,49 @@ def test_same_images_in_another_order_share_the_extraction(env, count_extraction
     assert count_extractions.rows[-1] == 1
 
 
+def test_two_processes_needing_the_same_images_extract_them_once(env, count_extractions, monkeypatch, tmp_path):
+    """Two grid trials that start together on the same data: the second waits for the first's shard and
+    reads it, instead of extracting the same images into a second shard (the store's lock is a file
+    lock, which two threads with their own descriptors contend for as two processes do)."""
+    import threading
+
+    cache = tmp_path / "cache"
+    m, w = env["manifest"], env["weights"]
+    entered, go_on = threading.Event(), threading.Event()
+    counting = F.extract_shard
+
+    def held(*args, **kwargs):  # the first extraction waits here until the second caller has started
+        entered.set()
+        assert go_on.wait(60)
+        return counting(*args, **kwargs)
+
+    monkeypatch.setattr(F, "extract_shard", held)
+    out, errors = {}, []
+
+    def call(name):
+        try:
+            out[name] = F.backbone_features(m, 32, w, cut_layers=(29,), progress=False, cache_dir=cache)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert entered.wait(120)
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    second.join(1.0)
+    assert second.is_alive()  # waiting for the lock
+    go_on.set()
+    first.join(120)
+    second.join(120)
+    assert not errors, errors
+    assert len(count_extractions) == 1
+    assert len(list(cache.glob("*/shard-*"))) == 1
+    np.testing.assert_array_equal(
+        np.asarray(out["second"]["conv_dw_9_relu"]), np.asarray(out["first"]["conv_dw_9_relu"])
+    )
+
+
 def test_image_hashes_follow_content():
     images = np.zeros((3, 4, 4, 3), dtype=np.uint8)
     images[2, 1, 1, 1] = 7
