@@ -33,7 +33,7 @@ def fake_rows(dataset, variant, seeds, views, profile="cpu_full"):
 @pytest.fixture
 def results():
     rows = (
-        fake_rows("ferplus", "published", [(0.84, 0.70), (0.86, 0.70), (0.82, 0.70)], 2)
+        fake_rows("ferplus", "published", [(0.86, 0.70), (0.84, 0.70), (0.82, 0.70)], 2)
         + fake_rows("ferplus", "published", [(0.80, 0.67)], 1)
         + fake_rows("ferplus", "no_mixing", [(0.71, 0.71), (0.71, 0.71), (0.71, 0.71)], 2)
         + fake_rows("ferplus", "pattlite", [(0.69, 0.69), (0.70, 0.70), (0.71, 0.71)], 2)
@@ -65,12 +65,31 @@ def test_gap_lines_and_steps(results, tmp_path):
     assert table.iloc[0]["ours, authors' protocol"] == "84.00 ± 2.00 (n=3)"
     assert table.iloc[0]["reduced cpu profile, authors' protocol"] == "81.93 ± 1.55 (n=3)"
     steps = gap.gap_steps(numbers).set_index("step")["FERPlus"]
-    assert steps["flip augmentation"] == "+4.00"
-    assert steps["full size vs the reduced cpu profile"] == "-1.93"
-    assert steps["batch composition (authors' protocol vs each image alone)"] == "+14.00"
+    # paired by seed: the run without the flip is seed 0's (80), the flipped seed 0 scored 86; the
+    # difference of the lines' means (84 - 80) would mix in the spread between seeds
+    assert steps["flip augmentation"] == "+6.00 (n=1)"
+    assert steps["full size vs the reduced cpu profile"] == "-1.93"  # other trainings: a difference of means
+    assert steps["batch composition (authors' protocol vs each image alone)"] == "+14.00 ± 2.00 (n=3)"
+    assert steps["corrected model vs the head without mixing"] == "-1.00 ± 1.00 (n=3)"
     assert steps["remaining gap to the paper"] == f"{row['paper'] - 84.0:+.2f}"
     fig = gap.gap_figure(numbers)
     assert len(fig.axes[0].patches) == 1 + len(gap.GAP_LINES)  # one benchmark: a bar per line and the paper
+
+
+def test_steps_pair_ck_plus_runs_by_seed_and_fold():
+    """CK+ runs are paired by seed and fold; runs only one line has are left out of the step."""
+    rows = []
+    for fold, (flip, plain) in enumerate([(0.90, 0.85), (0.80, 0.78), (0.70, None)]):
+        for views, accuracy in ((2, flip), (1, plain)):
+            if accuracy is None:
+                continue
+            for row in fake_rows("ckplus", "published", [(accuracy, accuracy)], views):
+                rows.append({**row, "key": f"{row['key']}-{fold}", "fold": float(fold)})
+    numbers = gap.gap_numbers(pd.DataFrame(rows), {}, datasets=("ckplus",))
+    assert numbers.iloc[0]["ours, authors' protocol runs"] == 3
+    steps = gap.gap_steps(numbers).set_index("step")["CK+"]
+    assert steps["flip augmentation"] == "+3.50 ± 2.12 (n=2)"  # folds 0 and 1: +5 and +2
+    assert steps["full size vs the reduced cpu profile"] == "-"  # no reduced line
 
 
 def test_runs_without_augmentation_stay_out_of_the_other_tables(results):
@@ -112,7 +131,7 @@ def _readme_block(results, **options):
 def test_readme_block_puts_the_gap_first(results):
     block = _readme_block(results)
     assert block.index(gap.CAPTION) < block.index("published model, published protocol")
-    assert "| flip augmentation" in block and "+4.00" in block
+    assert "| flip augmentation" in block and "+6.00 (n=1)" in block
     assert "gap.png" not in block  # no figure published, none linked
 
 

@@ -13,8 +13,11 @@ Lines (each the mean ± sd over runs; CK+ over folds x seeds):
 - the published head with each image predicted alone; the head without batch mixing; the corrected
   `pattlite` model (independent protocol).
 
-The steps are differences of those means (the runs of two lines are different trainings, so a step's sd
-is not given; each line's sd is).
+A step between two lines of ours is paired: the mean ± sd, over the runs both lines have (the same seed
+and CK+ fold), of the difference between the two runs. The lines can hold different runs (the line
+without augmentation has only the gap study's seed), and a difference of their means would then mix the
+step with the spread between seeds. A step to the paper or to the reduced profile (whose runs are other
+trainings) is the difference of the two lines' means.
 """
 
 from __future__ import annotations
@@ -69,7 +72,12 @@ FIGURE = "gap"  # the figure's file stem (`gap.png`), which the README block sho
 
 CAPTION = (
     "The gap to the paper taken apart. Accuracy (%) on the test split, mean ± sd over runs (n); the "
-    "steps below are differences of these means, in points."
+    "steps below are in points."
+)
+STEPS_CAPTION = (
+    "Points each step accounts for: between two lines of ours, the mean ± sd of the difference between "
+    "runs of the same seed (and CK+ fold), over the n runs both lines have; to the paper and to the "
+    "reduced cpu profile (its line from docs/results/cpu/summary.csv), the difference of the two lines' means."
 )
 
 
@@ -108,7 +116,8 @@ def read_reduced(path=REDUCED_SUMMARY) -> dict:
 
 def gap_numbers(results: pd.DataFrame, reduced: dict | None = None, datasets=BENCHMARKS) -> pd.DataFrame:
     """One row per benchmark: `paper`, and per line of `GAP_LINES` its mean, `<line> sd` and
-    `<line> runs` (NaN / 0 where there is none)."""
+    `<line> runs` (NaN / 0 where there is none), and for each line of ours `<line> per run`:
+    {(seed, fold): accuracy (%)}, which `gap_steps` pairs."""
     reduced = read_reduced() if reduced is None else reduced
     published = paper.paper_table(4).query("variant == 'published'").set_index("dataset")["value"]
     frames = {"standard": results, "no_augmentation": no_augmentation_rows(results)}
@@ -119,6 +128,7 @@ def gap_numbers(results: pd.DataFrame, reduced: dict | None = None, datasets=BEN
         for column, variant, protocol, source in GAP_LINES:
             if source == "reduced":
                 mean, sd, runs = reduced.get(dataset, (np.nan, np.nan, 0))
+                row[f"{column} per run"] = None
             else:
                 key = (source, protocol)
                 if key not in cache:
@@ -132,9 +142,36 @@ def gap_numbers(results: pd.DataFrame, reduced: dict | None = None, datasets=BEN
                     if len(match)
                     else (np.nan, np.nan, 0)
                 )
+                row[f"{column} per run"] = _per_run(
+                    frames[source], dataset, variant, protocol, standard=source == "standard"
+                )
             row[column], row[f"{column} sd"], row[f"{column} runs"] = mean, sd, runs
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _per_run(results: pd.DataFrame, dataset: str, variant: str, protocol: str, standard: bool) -> dict:
+    """{(seed, fold): accuracy (%)} of one line's runs (fold "" outside CK+), the rows `ours_accuracy`
+    averages for it."""
+    if results.empty:
+        return {}
+    rows = standard_rows(results) if standard else results
+    rows = rows[
+        (rows["dataset"] == dataset)
+        & (rows["variant"] == variant)
+        & (rows["protocol"] == protocol)
+        & (rows["subset"] == WHOLE_TEST)
+    ]
+    folds = rows["fold"] if "fold" in rows.columns else pd.Series("", index=rows.index)
+    runs = pd.Series(
+        100.0 * pd.to_numeric(rows["accuracy"], errors="raise").to_numpy(dtype=float),
+        index=pd.MultiIndex.from_arrays([rows["seed"].astype(str).to_numpy(), folds.map(_fold).to_numpy()]),
+    )
+    return runs.groupby(level=[0, 1]).mean().to_dict()  # one value per run, as `ours_accuracy` averages them
+
+
+def _fold(value) -> str:
+    return "" if value is None or value == "" or value != value else str(int(float(value)))
 
 
 def gap_table(numbers: pd.DataFrame, absent: dict | None = None) -> pd.DataFrame:
@@ -156,15 +193,33 @@ def gap_table(numbers: pd.DataFrame, absent: dict | None = None) -> pd.DataFrame
 
 
 def gap_steps(numbers: pd.DataFrame) -> pd.DataFrame:
-    """Points each step of `GAP_STEPS` accounts for, per benchmark ("-" where a line has no result)."""
+    """Points each step of `GAP_STEPS` accounts for, per benchmark (see `STEPS_CAPTION`): "+1.23 ± 0.45
+    (n=3)" for a step between two lines of ours, paired by seed and fold; "+1.23" for a difference of
+    means; "-" where a line (or a pair) has no result."""
     out = []
     for step, minuend, subtrahend in GAP_STEPS:
         line = {"step": step}
         for row in numbers.to_dict("records"):
-            value = row[minuend] - row[subtrahend]
-            line[DATASET_NAMES[row["dataset"]]] = f"{value:+.2f}" if np.isfinite(value) else "-"
+            first, second = row.get(f"{minuend} per run"), row.get(f"{subtrahend} per run")
+            if first is not None and second is not None:
+                cell = _paired(first, second)
+            else:
+                value = row[minuend] - row[subtrahend]
+                cell = f"{value:+.2f}" if np.isfinite(value) else "-"
+            line[DATASET_NAMES[row["dataset"]]] = cell
         out.append(line)
     return pd.DataFrame(out)
+
+
+def _paired(first: dict, second: dict) -> str:
+    """The mean ± sd of first - second over the runs both have, "+x.xx ± s.ss (n=k)"."""
+    shared = sorted(set(first) & set(second))
+    if not shared:
+        return "-"
+    differences = np.array([first[run] - second[run] for run in shared])
+    if len(differences) == 1:
+        return f"{differences[0]:+.2f} (n=1)"
+    return f"{differences.mean():+.2f} ± {differences.std(ddof=1):.2f} (n={len(differences)})"
 
 
 def gap_figure(numbers: pd.DataFrame, ctx=None, synthetic: bool = False):

@@ -348,8 +348,7 @@ def readme_block(
             "",
             gap_tables[0].to_markdown(index=False, disable_numparse=True),
             "",
-            "Points each step accounts for (difference of the two lines' means; the reduced cpu "
-            "profile's line from docs/results/cpu/summary.csv):",
+            f"{gap.STEPS_CAPTION}",
             "",
             gap_tables[1].to_markdown(index=False, disable_numparse=True),
             "",

@@ -263,7 +263,7 @@ def gap_blocks(ctx, results, absent: dict) -> list:
         f"**{gap.CAPTION}** The reduced cpu profile's line is read from "
         "`docs/results/cpu/summary.csv` (its published run).",
         gap.gap_table(numbers, absent),
-        "**Points each step accounts for** (difference of the two lines' means):",
+        f"**{gap.STEPS_CAPTION}**",
         gap.gap_steps(numbers),
         Path(ctx.figures_dir) / "gap.png",
     ]
