@@ -564,3 +564,54 @@ def test_report_sections_show_the_papers_layout_with_figures_beside_their_tables
         isinstance(b, str) and b.startswith("Table 5's grid: ours on RAF-DB, the first") for b in by_title["Table 5"]
     )
     assert "stands in" not in " ".join(b for b in by_title["Figures 6-7 (Grad-CAM)"] if isinstance(b, str))
+
+
+def test_provenance_table_tells_the_studies_runs_apart():
+    """Runs of one (dataset, variant, seed) that differ in training images, flip views, stage-2 cap or
+    stage 2 get rows that say so; folds read as whole numbers."""
+    from pattlite.studies.replication_report import provenance_table
+
+    common = {"dataset": "ferplus", "variant": "published", "seed": 0, "wall_time_s": 10.0}
+    results = pd.DataFrame(
+        [
+            {**common, "key": "flip", "fold": None, "train_train_views": 2.0, "train_stage2_max_epochs": 50.0},
+            {**common, "key": "plain", "fold": None, "train_train_views": 1.0, "train_stage2_max_epochs": 50.0},
+            {**common, "key": "uncapped", "fold": None, "train_train_views": 2.0, "train_stage2_max_epochs": None},
+            {
+                **common,
+                "key": "stage1",
+                "fold": None,
+                "train_limit": 5000.0,
+                "train_train_views": 2.0,
+                "train_stage2_max_epochs": 50.0,
+                "train_stage2": False,
+            },
+            {**common, "key": "ck", "dataset": "ckplus", "fold": 3.0, "train_train_views": 2.0},
+        ]
+    )
+    table = provenance_table(results).set_index("key")
+    assert table.loc["plain", "views"] == 1 and table.loc["flip", "views"] == 2
+    assert pd.isna(table.loc["uncapped", "stage2_cap"]) and table.loc["flip", "stage2_cap"] == 50
+    assert table.loc["stage1", "train_images"] == 5000 and table.loc["stage1", "stage2"] == "no"
+    assert table.loc["flip", "stage2"] == "yes"
+    assert table.loc["ck", "fold"] == "3" and table.loc["flip", "fold"] == ""
+    assert float(table["wall_time_s"].sum()) == 50.0
+
+
+def test_device_commits_gives_one_line_per_machine():
+    from pattlite.studies.replication_report import device_commits
+
+    lines = device_commits(
+        [
+            {"device": "CPU: Xeon", "git_commit": "bbbbbbbbbbbb"},
+            {"device": "CPU: Xeon", "git_commit": "aaaaaaaaaaaa"},
+            {"device": "CPU: Xeon", "git_commit": "aaaaaaaaaaaa"},
+            {"device": "GPU: H100", "git_commit": "cccccccccccc"},
+            None,
+        ]
+    )
+    assert lines == [
+        "? (1 result; 1 commit: ?)",
+        "CPU: Xeon (3 results; 2 commits: aaaaaaaaaa, bbbbbbbbbb)",
+        "GPU: H100 (1 result; 1 commit: cccccccccc)",
+    ]

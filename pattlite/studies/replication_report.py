@@ -99,7 +99,9 @@ def _figure_block(ctx, figure: int, caption: str | None = None):
 
 
 def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment: what ran, its seed, fold, epochs and wall time (s)."""
+    """One row per experiment: what ran (with the training settings that set the studies' runs apart:
+    training images, flip views, stage-2 cap, stage 2 run or not), its seed, fold, epochs and wall
+    time (s)."""
     if results.empty:
         return pd.DataFrame(columns=["key", "dataset", "variant", "seed", "fold", "wall_time_s"])
     first = results.drop_duplicates("key")
@@ -115,6 +117,10 @@ def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
             "seed",
             "stage1",
             "finetune",
+            "train_limit",
+            "train_train_views",
+            "train_stage2_max_epochs",
+            "train_stage2",
             "epochs_stage1",
             "epochs_stage2",
             "wall_time_s",
@@ -122,10 +128,39 @@ def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
         if c in first.columns
     ]
     out = first[columns].copy()
-    if "opt_cut_layer" in out:
-        out["opt_cut_layer"] = out["opt_cut_layer"].astype("Int64")  # NaN made the layer numbers floats
+    for column in ("opt_cut_layer", "train_limit", "train_train_views", "train_stage2_max_epochs"):
+        if column in out:  # NaN made these whole numbers floats
+            out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
+    if "fold" in out:
+        out["fold"] = out["fold"].map(lambda f: "" if f is None or f == "" or f != f else str(int(float(f))))
+    if "train_stage2" in out:  # False only for the stage-1-only runs (the contrast study's, the audit's)
+        out["train_stage2"] = out["train_stage2"].map(lambda value: "no" if value is False else "yes")
     order = [c for c in ("dataset", "variant", "opt_cut_layer", "opt_kernel", "fold", "seed") if c in out]
-    return out.sort_values(order, na_position="first").reset_index(drop=True)
+    out = out.sort_values(order, na_position="first").reset_index(drop=True)
+    return out.rename(
+        columns={
+            "train_limit": "train_images",
+            "train_train_views": "views",
+            "train_stage2_max_epochs": "stage2_cap",
+            "train_stage2": "stage2",
+        }
+    )
+
+
+def device_commits(provenances) -> list[str]:
+    """"<device> (n results; commits a, b, ...)" per device, from result files' provenance dicts: one
+    line per machine, not one per (machine, commit)."""
+    by_device: dict[str, dict] = {}
+    for prov in provenances:
+        prov = prov or {}
+        entry = by_device.setdefault(str(prov.get("device", "?")), {"results": 0, "commits": {}})
+        entry["results"] += 1
+        entry["commits"][str(prov.get("git_commit", "?"))[:10]] = None
+    return [
+        f"{device} ({entry['results']} result{'s' * (entry['results'] != 1)}; "
+        f"{len(entry['commits'])} commit{'s' * (len(entry['commits']) != 1)}: {', '.join(sorted(entry['commits']))})"
+        for device, entry in sorted(by_device.items())
+    ]
 
 
 def _table_blocks(n: int, frame: pd.DataFrame, absent: dict, note: str | None = None) -> list:
@@ -232,7 +267,7 @@ def report_sections(ctx, include_faces: bool = True) -> list:
 
     prov = provenance_table(results)
     total = float(prov["wall_time_s"].sum()) if "wall_time_s" in prov else 0.0
-    devices = sorted(set(_result_devices(ctx, prov["key"]))) if not prov.empty else []
+    devices = device_commits(_result_provenances(ctx, prov["key"])) if not prov.empty else []
     sections.append(
         (
             "Provenance",
@@ -241,7 +276,10 @@ def report_sections(ctx, include_faces: bool = True) -> list:
                 f"({total / 3600:.2f} h)\n- seeds planned: {', '.join(map(str, ctx.seeds))}; "
                 f"{summary.runs_line(results)}\n"
                 f"- devices of the result files: {'; '.join(devices) or 'none'}\n"
-                f"- profile settings: `{json.dumps(_profile_summary(ctx.profile))}`",
+                f"- profile settings: `{json.dumps(_profile_summary(ctx.profile))}`\n"
+                "- columns: `train_images` the training-set size when capped (- = every image); `views` 2 = "
+                "the horizontal flip on cached features, 1 = none (an `exact` stage 1 augments inside the "
+                "model); `stage2_cap` - = uncapped; `stage2` no = a stage-1-only run",
                 prov,
             ],
         )
@@ -303,12 +341,11 @@ def _profile_summary(profile) -> dict:
     return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keep if k in d}
 
 
-def _result_devices(ctx, keys):
+def _result_provenances(ctx, keys):
     from pattlite.results import ExperimentResult, result_file
 
     for key in keys:
-        prov = ExperimentResult.read(result_file(ctx.results_dir, key)).provenance or {}
-        yield f"{prov.get('device', '?')} (commit {str(prov.get('git_commit', '?'))[:10]})"
+        yield ExperimentResult.read(result_file(ctx.results_dir, key)).provenance
 
 
 def write_report(ctx, sections) -> tuple:
