@@ -148,7 +148,7 @@ def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def device_commits(provenances) -> list[str]:
-    """"<device> (n results; commits a, b, ...)" per device, from result files' provenance dicts: one
+    """Per device, "<device> (n results; k commits: a, b, ...)", from result files' provenance dicts: one
     line per machine, not one per (machine, commit)."""
     by_device: dict[str, dict] = {}
     for prov in provenances:
