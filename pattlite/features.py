@@ -68,6 +68,7 @@ from pattlite.extraction import (
 from pattlite.files import (
     DamagedCacheError,
     check_file,
+    exclusive_lock,
     json_digest,
     mark_verified,
     read_json,
@@ -440,24 +441,18 @@ def _extraction_lock(folder: Path):
     process holds it: two processes that need the same images (two grid trials starting together)
     extract them once, the second then reads the first's shard. The system drops the lock when its
     process ends, however it ends."""
-    import fcntl
-
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / EXTRACTION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(
-                f"[features] another process is extracting into {folder}; waiting for it, then extracting "
-                "only what it did not",
-                file=sys.stderr,
-                flush=True,
-            )
-            fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def say_waiting():
+        print(
+            f"[features] another process is extracting into {folder}; waiting for it, then extracting "
+            "only what it did not",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with exclusive_lock(folder / EXTRACTION_LOCK, on_busy=say_waiting):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _extract_missing(

@@ -11,6 +11,7 @@ disk is an `OSError` naming the file (`NoSpaceError`), never a SIGBUS from a mem
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -350,6 +351,33 @@ def read_json(path, rebuild: str):
 
 _OWNER = re.compile(r"^(?:[a-z]+-)?(\d+)-")
 _CLEANED: set = set()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, on_busy=None):
+    """Hold an exclusive `flock` on `path` (created when absent) while inside; yields its descriptor.
+
+    When another process holds it, `on_busy()` is called first: it may raise (refuse at once) or return
+    (then this waits for the lock). The system drops the lock when its process ends, however it ends,
+    so a lock left by a killed process never blocks the next one; the file itself stays (removing it
+    would race with a process about to take it).
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
+        except BlockingIOError:
+            busy = True
+        if busy:  # outside the except: an error raised by on_busy carries no BlockingIOError context
+            if on_busy is not None:
+                on_busy()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from pattlite.files import write_json_atomic
+from pattlite.files import exclusive_lock, write_json_atomic
 from pattlite.provenance import machine
 
 RUN_RECORD = "run_record.json"
@@ -181,21 +181,18 @@ def results_lock(results_dir, command: str):
         ResultsFolderBusy: another process holds it; the message names the folder, the PID and the
             command holding it.
     """
-    import fcntl
-
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ResultsFolderBusy(
-                f"results folder {folder} is in use by another run ({_lock_holder(path)}; lock file {path}); "
-                "wait for it to end or stop it, or give this run another folder (-p results_dir=DIR, or "
-                "--results for pattlite train)"
-            ) from None
+
+    def refuse():
+        raise ResultsFolderBusy(
+            f"results folder {folder} is in use by another run ({_lock_holder(path)}; lock file {path}); "
+            "wait for it to end or stop it, or give this run another folder (-p results_dir=DIR, or "
+            "--results for pattlite train)"
+        )
+
+    with exclusive_lock(path, on_busy=refuse) as fd:
         os.ftruncate(fd, 0)
         os.write(
             fd,
@@ -211,8 +208,6 @@ def results_lock(results_dir, command: str):
             ).encode(),
         )
         yield path
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _lock_holder(path: Path) -> str:

@@ -273,3 +273,34 @@ def test_extraction_engine_is_in_the_store_key_and_cheap_to_name(tmp_path, monke
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_exclusive_lock_refuses_or_waits_as_its_caller_says(tmp_path):
+    """A held lock: an `on_busy` that raises refuses at once (its error without the BlockingIOError
+    behind it); one that returns waits until the holder lets go."""
+    import threading
+
+    from pattlite.files import exclusive_lock
+
+    path = tmp_path / ".lock"
+
+    def refuse():
+        raise RuntimeError("busy")
+
+    calls = []
+    with exclusive_lock(path):
+        with pytest.raises(RuntimeError, match="busy") as refused:
+            with exclusive_lock(path, on_busy=refuse):
+                pass
+        assert refused.value.__context__ is None
+
+        def wait_for_it():
+            with exclusive_lock(path, on_busy=lambda: calls.append("waiting")):
+                calls.append("held")
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and calls == ["waiting"]  # still waiting while the lock is held
+    waiter.join(timeout=5)
+    assert not waiter.is_alive() and calls == ["waiting", "held"]
