@@ -42,6 +42,8 @@ from pattlite.grid_ray import (
     compute_on_worker,
     import_ray,
     remove_stale_temporary,
+    resumed_note,
+    training_seconds,
     trial_backend,
 )
 
@@ -297,8 +299,9 @@ def _run_local(pending, results_dir, log):
                 log(f"[grid] failed: {failed[exp.key()]}")
             else:
                 trained.append(exp.key())
-                progress.finish(exp, time.time() - t0)
-                log(f"[grid] done: {exp.label()} ({time.time() - t0:.1f} s)")
+                seconds, training = time.time() - t0, training_seconds(_stored_result(exp, results_dir))
+                progress.finish(exp, seconds, training)
+                log(f"[grid] done: {exp.label()} ({seconds:.1f} s{resumed_note(seconds, training)})")
             progress.running = 0
             if received_signal():  # a signal whose KeyboardInterrupt something swallowed: stop all the same
                 raise RunInterrupted(received_signal(), "grid", experiment=exp.label(), key=exp.key())
@@ -310,6 +313,13 @@ def _run_local(pending, results_dir, log):
         )
         raise stopped from (None if stopped is error else error)
     return trained, failed
+
+
+def _stored_result(exp, results_dir):
+    from pattlite.experiments import result_path
+    from pattlite.results import ExperimentResult
+
+    return ExperimentResult.read(result_path(exp, results_dir))
 
 
 def run_on_backend(exp, results_dir, backend: str) -> None:

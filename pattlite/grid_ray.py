@@ -54,7 +54,11 @@ class Progress:
         self.by_class: dict[tuple, list[float]] = {}
         self.start = self.last_line = time.time()
 
-    def finish(self, exp, seconds: float) -> None:
+    def finish(self, exp, seconds: float, trained_seconds: float | None = None) -> None:
+        """`seconds` this run spent on `exp`; `trained_seconds` its result's training time, which counts
+        the earlier runs' share of a training resumed from its checkpoint: the larger is what a fresh
+        experiment of its kind costs, and what the time left is estimated from."""
+        seconds = max(seconds, trained_seconds or 0.0)
         self.done += 1
         self.seconds.append(seconds)
         self.by_class.setdefault(size_class(exp), []).append(seconds)
@@ -93,6 +97,19 @@ class Progress:
             f"{left} left; {self.eta(parallel)}"
         )
         self.last_line = time.time()
+
+
+def training_seconds(result) -> float | None:
+    """A result's training time in all (`wall_time_s["total"]`: with a resumed training's earlier runs)."""
+    total = (getattr(result, "wall_time_s", None) or {}).get("total")
+    return float(total) if total is not None else None
+
+
+def resumed_note(seconds: float, trained: float | None) -> str:
+    """ "; resumed: 1,234 s of training in all" when the result's training outlasted this run's share."""
+    if trained is None or trained <= seconds + 1.0:
+        return ""
+    return f"; resumed from its checkpoint: {trained:,.0f} s of training in all"
 
 
 def _duration(seconds: float) -> str:
@@ -585,8 +602,10 @@ def _collect_ray(
             else:
                 store_returned(exp, returned, results_dir)
                 trained.append(exp.key())
-                progress.finish(exp, returned["seconds"])
-                log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']})")
+                training = training_seconds(returned.get("result"))
+                progress.finish(exp, returned["seconds"], training)
+                note = resumed_note(returned["seconds"], training)
+                log(f"[grid] done: {exp.label()} ({returned['seconds']:.1f} s on {returned['host']}{note})")
                 continue
             progress.fail(exp)
             log(f"[grid] failed: {failed[exp.key()]}")

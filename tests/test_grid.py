@@ -655,3 +655,15 @@ def test_time_left_names_the_experiments_of_kinds_not_timed_yet():
         "about 20 s left (this run's mean time per kind of experiment, 1 at once), "
         "plus 2 experiment(s) of kinds not timed yet"
     )
+
+
+def test_a_resumed_training_counts_its_whole_training_time_in_the_time_left():
+    """A training resumed from its checkpoint ran only its last epochs in this run: the time left is
+    estimated from its result's training time in all, and its done line says it was resumed."""
+    experiments = [make_experiment("ci", "ckplus", "published", seed=s) for s in range(3)]
+    progress = grid_ray.Progress(3, lambda line: None, experiments)
+    progress.finish(experiments[0], 5.0, trained_seconds=100.0)  # 5 s here after 95 s in an earlier run
+    assert progress.eta(1).startswith(f"about {grid_ray._duration(2 * 100.0)} left")
+    assert grid_ray.resumed_note(5.0, 100.0) == "; resumed from its checkpoint: 100 s of training in all"
+    assert grid_ray.resumed_note(100.4, 100.0) == ""  # not resumed: training is most of the run's time
+    assert grid_ray.training_seconds(None) is None
