@@ -285,9 +285,10 @@ def _run_local(pending, results_dir, log):
             try:
                 backend = trial_backend(exp)
                 if backend is None:
-                    run_experiment(exp, results_dir=results_dir, progress=False)
+                    result = run_experiment(exp, results_dir=results_dir, progress=False)
                 else:
                     run_on_backend(exp, results_dir, backend)
+                    result = _stored_result(exp, results_dir)
             except BaseException as error:  # noqa: B036 - an interruption stops the grid; a failure is reported
                 stopped = as_interruption(error, "grid", experiment=exp.label(), key=exp.key())
                 if stopped is not None:
@@ -299,7 +300,7 @@ def _run_local(pending, results_dir, log):
                 log(f"[grid] failed: {failed[exp.key()]}")
             else:
                 trained.append(exp.key())
-                seconds, training = time.time() - t0, training_seconds(_stored_result(exp, results_dir))
+                seconds, training = time.time() - t0, training_seconds(result)
                 progress.finish(exp, seconds, training)
                 log(f"[grid] done: {exp.label()} ({seconds:.1f} s{resumed_note(seconds, training)})")
             progress.running = 0
@@ -316,10 +317,13 @@ def _run_local(pending, results_dir, log):
 
 
 def _stored_result(exp, results_dir):
+    """The result file a child process wrote for `exp` (None where there is none: the time-left
+    estimate then counts this run's seconds only)."""
     from pattlite.experiments import result_path
     from pattlite.results import ExperimentResult
 
-    return ExperimentResult.read(result_path(exp, results_dir))
+    path = result_path(exp, results_dir)
+    return ExperimentResult.read(path) if path.is_file() else None
 
 
 def run_on_backend(exp, results_dir, backend: str) -> None:
