@@ -195,7 +195,9 @@ def format_plan(grid_plan: GridPlan) -> str:
     df = pd.DataFrame([p.row() for p in grid_plan.experiments])
     if df.empty:
         return "(no experiments)"
-    df["fold"] = df["fold"].map(lambda f: "" if f is None or f != f else str(int(f)))
+    from pattlite.results import fold_label
+
+    df["fold"] = df["fold"].map(fold_label)
     df["done"] = df["done"].map({True: "done", False: "to run"})
     return df.to_string(index=False)
 

@@ -252,6 +252,11 @@ def jsonable(value):
     return value
 
 
+def fold_label(value) -> str:
+    """A CK+ fold as tables print it ("3"); "" for no fold (None, NaN or "", as result frames hold it)."""
+    return "" if value is None or value == "" or value != value else str(int(float(value)))
+
+
 def result_file(results_dir, key: str) -> Path:
     """Where the result of the experiment with `key` lives in a results folder."""
     return Path(results_dir) / "experiments" / f"{key}.json"

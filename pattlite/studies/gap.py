@@ -30,7 +30,7 @@ import pandas as pd
 
 from pattlite import config, paper, report
 from pattlite.config import DATASET_NAMES
-from pattlite.results import WHOLE_TEST
+from pattlite.results import WHOLE_TEST, fold_label
 from pattlite.studies.context import BENCHMARKS
 from pattlite.studies.summary import NOT_RUN, format_spread
 from pattlite.studies.tables import ours_accuracy, standard_rows
@@ -165,13 +165,9 @@ def _per_run(results: pd.DataFrame, dataset: str, variant: str, protocol: str, s
     folds = rows["fold"] if "fold" in rows.columns else pd.Series("", index=rows.index)
     runs = pd.Series(
         100.0 * pd.to_numeric(rows["accuracy"], errors="raise").to_numpy(dtype=float),
-        index=pd.MultiIndex.from_arrays([rows["seed"].astype(str).to_numpy(), folds.map(_fold).to_numpy()]),
+        index=pd.MultiIndex.from_arrays([rows["seed"].astype(str).to_numpy(), folds.map(fold_label).to_numpy()]),
     )
     return runs.groupby(level=[0, 1]).mean().to_dict()  # one value per run, as `ours_accuracy` averages them
-
-
-def _fold(value) -> str:
-    return "" if value is None or value == "" or value != value else str(int(float(value)))
 
 
 def gap_table(numbers: pd.DataFrame, absent: dict | None = None) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pattlite import config, report
+from pattlite.results import fold_label
 from pattlite.studies import cap, contrast, gap, prose, summary
 from pattlite.studies.context import IN_THE_WILD, benchmark_manifests, context_summary
 from pattlite.studies.figures import GRADCAM_FIGURES, figure_caption, gradcam_shown, gradcam_title
@@ -132,7 +133,7 @@ def provenance_table(results: pd.DataFrame) -> pd.DataFrame:
         if column in out:  # NaN made these whole numbers floats
             out[column] = pd.to_numeric(out[column], errors="coerce").round().astype("Int64")
     if "fold" in out:
-        out["fold"] = out["fold"].map(lambda f: "" if f is None or f == "" or f != f else str(int(float(f))))
+        out["fold"] = out["fold"].map(fold_label)
     if "train_stage2" in out:  # False only for the stage-1-only runs (the contrast study's, the audit's)
         out["train_stage2"] = out["train_stage2"].map(lambda value: "no" if value is False else "yes")
     order = [c for c in ("dataset", "variant", "opt_cut_layer", "opt_kernel", "fold", "seed") if c in out]
